@@ -1,7 +1,14 @@
 //! ablate: declarative, cached, parallel GAN ablation pipelines.
 //!
-//! The data path (see DESIGN.md in the README):
-//! `pipeline` (YAML -> validated, expanded spec) -> `engine` (keys, cache,
-//! scheduler; knows no GAN) -> `stages` (one file per stage kind, the only place
-//! that joins the engine to the numerical code) -> `data`, `nn`, `gan`, `metrics`,
-//! `results` (the numerical and tabular libraries, which never read YAML).
+//! The data path: [`pipeline`] (YAML -> validated, expanded instances) ->
+//! [`engine`] (keys, cache, scheduler; knows no GAN) -> [`stages`] (one file per
+//! stage kind, the only place that joins the engine to the numerical code) ->
+//! the libraries that never read YAML: `data`, `nn`, `gan`, `metrics`, [`results`].
+
+pub mod cli;
+pub mod engine;
+pub mod logging;
+pub mod pipeline;
+pub mod results;
+pub mod stages;
+pub mod util;

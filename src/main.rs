@@ -1,1 +1,5 @@
-fn main() {}
+//! The `ablate` binary: command line only (see `ablate::cli`).
+
+fn main() {
+    std::process::exit(ablate::cli::main(ablate::stages::registry()));
+}

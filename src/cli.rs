@@ -1,0 +1,428 @@
+//! The command line: argument parsing, the one place that prints, and exit codes
+//! (0 success, 1 some instance failed, 2 invalid pipeline / query / usage,
+//! 130 interrupted). Kept in the library so tests and embedders can run it with a
+//! registry of their own stage kinds.
+
+use crate::engine::{self, Cache, DeviceChoice, Plan, PlanOptions, PlanStatus, Registry, RunOptions};
+use crate::pipeline::{Pipeline, SpecError};
+use crate::results::{query, table};
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+const ABOUT: &str = "Declarative, cached, parallel GAN ablation pipelines.
+
+A pipeline YAML names stages (data, judge, train, sample, evaluate, tabulate), what
+each needs, its params, and a matrix of what to compare. `ablate run` expands it into
+a DAG of stage instances, skips everything already in the cache, runs the rest in
+parallel and writes one table per tabulate stage under results/<pipeline>/.";
+
+const AFTER: &str = "Examples:
+  ablate plan pipelines/quickstart.yaml          what would run, and why
+  ablate run pipelines/quickstart.yaml -j 2      run it (cached work is skipped)
+  ablate run pipelines/quickstart.yaml --force train   redo train and everything after it
+  ablate query 'SELECT * FROM table' -p pipelines/quickstart.yaml
+  ablate dag pipelines/r3gan-roadmap.yaml --format dot | dot -Tsvg > dag.svg
+  ablate gc pipelines/*.yaml                     drop cache entries no pipeline uses
+
+Exit codes: 0 ok, 1 an instance failed, 2 invalid pipeline/query/usage, 130 interrupted.";
+
+#[derive(Parser, Debug)]
+#[command(name = "ablate", version, about = "Declarative, cached, parallel GAN ablation pipelines", long_about = ABOUT, after_help = AFTER)]
+pub struct Cli {
+    /// More log output (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Only warnings and errors; no progress bar.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// Cache root (one directory per stage instance).
+    #[arg(long, global = true, env = "ABLATE_CACHE", default_value = "results/cache")]
+    cache_dir: PathBuf,
+    /// Where tabulate publishes `<pipeline>/<stage>.{parquet,csv,md}`.
+    #[arg(long, global = true, env = "ABLATE_RESULTS", default_value = "results")]
+    results_dir: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run a pipeline: everything not cached, in parallel, then publish its tables.
+    Run {
+        /// The pipeline YAML file.
+        file: PathBuf,
+        /// Instances run at once (default: number of cores).
+        #[arg(short, long)]
+        jobs: Option<usize>,
+        /// Re-run this stage and everything downstream of it (repeatable).
+        #[arg(long, value_name = "STAGE")]
+        force: Vec<String>,
+        /// After a failure, still finish every branch that does not depend on it.
+        #[arg(short, long)]
+        keep_going: bool,
+        /// Where stages that can use a GPU run: cpu, cuda, or auto (cuda when built with it and present).
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: DeviceArg,
+    },
+    /// Dry run: every instance, its key, and whether it is cached or will run (and why).
+    Plan {
+        file: PathBuf,
+        #[arg(long, value_enum, default_value = "text")]
+        format: PlanFormat,
+        /// Plan as if this stage were forced (repeatable).
+        #[arg(long, value_name = "STAGE")]
+        force: Vec<String>,
+    },
+    /// Print the stage graph (with instance counts) as text or Graphviz DOT.
+    Dag {
+        file: PathBuf,
+        #[arg(long, value_enum, default_value = "text")]
+        format: DagFormat,
+    },
+    /// SQL (polars) over the results tables; tables are named by tabulate stage.
+    Query {
+        /// e.g. "SELECT \"objective.loss\", avg(modes) FROM table GROUP BY 1"
+        sql: String,
+        /// Only this pipeline's tables (without it: every pipeline's, stacked, with a `pipeline` column).
+        #[arg(short, long, value_name = "FILE")]
+        pipeline: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: OutFormat,
+    },
+    /// Print a pipeline's result tables.
+    Show {
+        file: PathBuf,
+        #[arg(long, value_enum, default_value = "table")]
+        format: OutFormat,
+    },
+    /// Remove cache entries that none of the given pipelines reference.
+    Gc {
+        /// Every pipeline whose cache entries must be kept.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Only say what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// List the stage kinds this build knows.
+    Kinds,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum DeviceArg {
+    Cpu,
+    Cuda,
+    Auto,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum PlanFormat {
+    Text,
+    Json,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum DagFormat {
+    Text,
+    Dot,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum OutFormat {
+    Table,
+    Csv,
+    Json,
+    Markdown,
+}
+
+/// An error with its exit code.
+struct Exit(i32, String);
+
+impl From<SpecError> for Exit {
+    fn from(e: SpecError) -> Self {
+        Exit(2, e.to_string())
+    }
+}
+
+impl From<anyhow::Error> for Exit {
+    fn from(e: anyhow::Error) -> Self {
+        Exit(1, format!("{e:#}"))
+    }
+}
+
+/// Parse the process arguments and run; returns the exit code.
+pub fn main(reg: Registry) -> i32 {
+    run_with(std::env::args_os(), reg)
+}
+
+/// Run the command line on explicit arguments with a given stage registry.
+pub fn run_with<I, T>(args: I, reg: Registry) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    crate::logging::init(cli.verbose, cli.quiet);
+    match dispatch(&cli, &reg) {
+        Ok(code) => code,
+        Err(Exit(code, msg)) => {
+            eprintln!("error: {msg}");
+            code
+        }
+    }
+}
+
+fn cwd() -> PathBuf {
+    std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."))
+}
+
+fn dispatch(cli: &Cli, reg: &Registry) -> Result<i32, Exit> {
+    let cache = Cache::new(&cli.cache_dir);
+    match &cli.cmd {
+        Cmd::Plan { file, format, force } => {
+            let plan = Plan::new(file, reg, cache, &cwd(), &PlanOptions { force: force.clone() })?;
+            match format {
+                PlanFormat::Json => {
+                    println!("{}", serde_json::to_string_pretty(&plan.rows()).map_err(anyhow::Error::from)?);
+                }
+                PlanFormat::Text => print_plan(&plan),
+            }
+            Ok(0)
+        }
+        Cmd::Dag { file, format } => {
+            let (ex, _) = engine::plan::load(file, reg, &cwd())?;
+            match format {
+                DagFormat::Text => print!("{}", dag_text(&ex)),
+                DagFormat::Dot => print!("{}", dag_dot(&ex)),
+            }
+            Ok(0)
+        }
+        Cmd::Run {
+            file,
+            jobs,
+            force,
+            keep_going,
+            device,
+        } => {
+            let plan = Plan::new(file, reg, cache, &cwd(), &PlanOptions { force: force.clone() })?;
+            let (cached, to_run) = plan.counts();
+            tracing::info!(
+                "{}: {} instances, {cached} cached, {to_run} to run",
+                plan.ex.pipeline.name,
+                plan.items.len()
+            );
+            let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+            let progress = !cli.quiet && std::io::stderr().is_terminal() && std::env::var_os("CI").is_none();
+            let opts = RunOptions {
+                jobs,
+                keep_going: *keep_going,
+                device: match device {
+                    DeviceArg::Cpu => DeviceChoice::Cpu,
+                    DeviceArg::Cuda => DeviceChoice::Cuda,
+                    DeviceArg::Auto => DeviceChoice::Auto,
+                },
+                results_root: cli.results_dir.clone(),
+                progress,
+            };
+            let cancel = install_ctrlc();
+            let s = engine::run(&plan, reg, &opts, cancel)?;
+            for (label, err) in &s.failures {
+                eprintln!("failed: {label}\n  {}", err.replace('\n', "\n  "));
+            }
+            eprintln!("{}: {}", plan.ex.pipeline.name, s.line());
+            let results = plan.results_dir(&cli.results_dir);
+            if results.exists() && s.ok() {
+                eprintln!("tables: {}", results.display());
+            }
+            Ok(if s.interrupted > 0 {
+                130
+            } else if s.ok() {
+                0
+            } else {
+                1
+            })
+        }
+        Cmd::Query { sql, pipeline, format } => {
+            let tables = match pipeline {
+                Some(f) => {
+                    let p = Pipeline::load(f)?;
+                    query::pipeline_tables(&cli.results_dir.join(&p.name))?
+                }
+                None => query::all_tables(&cli.results_dir)?,
+            };
+            if tables.is_empty() {
+                return Err(Exit(
+                    2,
+                    format!("no result tables under {} (run a pipeline first)", cli.results_dir.display()),
+                ));
+            }
+            let mut df = query::run_sql(&tables, sql).map_err(|e| {
+                let names: Vec<&str> = tables.keys().map(|s| s.as_str()).collect();
+                Exit(2, format!("query failed: {e}\n(tables: {})", names.join(", ")))
+            })?;
+            print_frame(&mut df, *format)?;
+            Ok(0)
+        }
+        Cmd::Show { file, format } => {
+            let p = Pipeline::load(file)?;
+            let dir = cli.results_dir.join(&p.name);
+            let tables = query::pipeline_tables(&dir)?;
+            if tables.is_empty() {
+                return Err(Exit(1, format!("{} has no tables yet in {} (run it first)", p.name, dir.display())));
+            }
+            for (name, mut df) in tables {
+                if matches!(format, OutFormat::Table | OutFormat::Markdown) {
+                    println!("## {}/{name}\n", p.name);
+                }
+                print_frame(&mut df, *format)?;
+                println!();
+            }
+            Ok(0)
+        }
+        Cmd::Gc { files, dry_run } => gc(&cache, files, reg, *dry_run),
+        Cmd::Kinds => {
+            for s in reg.iter() {
+                println!("{:<10} v{}  {}", s.kind(), s.version(), s.about());
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn install_ctrlc() -> Arc<AtomicBool> {
+    let cancel = Arc::new(AtomicBool::new(false));
+    let presses = Arc::new(AtomicUsize::new(0));
+    let c = cancel.clone();
+    let _ = ctrlc::set_handler(move || {
+        if presses.fetch_add(1, Ordering::SeqCst) == 0 {
+            c.store(true, Ordering::SeqCst);
+            eprintln!("\nstopping: unfinished instances leave no manifest and resume next run (Ctrl-C again to quit now)");
+        } else {
+            std::process::exit(130);
+        }
+    });
+    cancel
+}
+
+fn print_plan(plan: &Plan) {
+    let (cached, to_run) = plan.counts();
+    println!(
+        "{}: {} instances ({cached} cached, {to_run} to run)",
+        plan.ex.pipeline.name,
+        plan.items.len()
+    );
+    let width = plan.ex.instances.iter().map(|i| i.label.len()).max().unwrap_or(0);
+    for (inst, it) in plan.ex.instances.iter().zip(&plan.items) {
+        let st = match it.status {
+            PlanStatus::Cached => "cached",
+            PlanStatus::Run => "run",
+        };
+        println!("  {:<width$}  {}  {st:<6}  {}", inst.label, &it.key[..12], it.reason);
+    }
+}
+
+fn dag_text(ex: &crate::pipeline::Expanded) -> String {
+    let mut out = format!("{}\n", ex.pipeline.name);
+    for &si in &ex.stage_order {
+        let s = &ex.pipeline.stages[si];
+        let n = ex.by_stage[si].len();
+        let needs = if s.needs.is_empty() {
+            String::new()
+        } else {
+            format!("  <- {}", s.needs.join(", "))
+        };
+        out.push_str(&format!("  {} ({}) x{n}{needs}\n", s.name, s.kind));
+    }
+    out
+}
+
+fn dag_dot(ex: &crate::pipeline::Expanded) -> String {
+    use petgraph::dot::{Config, Dot};
+    let g = ex.graph.map(
+        |_, &si| {
+            let s = &ex.pipeline.stages[si];
+            format!("{} ({}) x{}", s.name, s.kind, ex.by_stage[si].len())
+        },
+        |_, _| "",
+    );
+    format!("{}", Dot::with_config(&g, &[Config::EdgeNoLabel]))
+}
+
+fn print_frame(df: &mut polars::prelude::DataFrame, format: OutFormat) -> Result<(), Exit> {
+    match format {
+        OutFormat::Table => print!("{}", table::to_text(df)),
+        OutFormat::Markdown => print!("{}", table::to_markdown(df)),
+        OutFormat::Csv => print!("{}", table::to_csv(df)?),
+        OutFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&table::to_json(df)).map_err(anyhow::Error::from)?
+        ),
+    }
+    Ok(())
+}
+
+fn gc(cache: &Cache, files: &[PathBuf], reg: &Registry, dry_run: bool) -> Result<i32, Exit> {
+    let mut keep = std::collections::HashSet::new();
+    for f in files {
+        let plan = Plan::new(f, reg, cache.clone(), &cwd(), &PlanOptions::default())?;
+        for (inst, it) in plan.ex.instances.iter().zip(&plan.items) {
+            keep.insert((inst.kind.clone(), it.key.clone()));
+        }
+    }
+    let mut freed = 0u64;
+    let mut removed = 0usize;
+    for (kind, key, dir) in cache.entries()? {
+        if keep.contains(&(kind.clone(), key.clone())) {
+            continue;
+        }
+        let bytes = engine::cache::disk_usage(&dir);
+        tracing::info!("{} {kind}/{} ({})", if dry_run { "would remove" } else { "removing" }, &key[..12.min(key.len())], human_bytes(bytes));
+        if !dry_run {
+            let lock = dir.with_extension("lock");
+            remove_entry(&dir).map_err(anyhow::Error::from)?;
+            let _ = std::fs::remove_file(lock);
+        }
+        freed += bytes;
+        removed += 1;
+    }
+    println!(
+        "{} {removed} cache entries, {} {}",
+        if dry_run { "would remove" } else { "removed" },
+        if dry_run { "would free" } else { "freed" },
+        human_bytes(freed)
+    );
+    Ok(0)
+}
+
+/// Remove an instance directory, manifest first so a crash halfway never leaves a
+/// complete-looking entry.
+fn remove_entry(dir: &Path) -> std::io::Result<()> {
+    let _ = std::fs::remove_file(dir.join(engine::cache::MANIFEST));
+    std::fs::remove_dir_all(dir)
+}
+
+/// `1.5 MiB`-style sizes.
+pub fn human_bytes(b: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}

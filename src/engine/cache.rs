@@ -1,0 +1,244 @@
+//! The artifact cache: one directory per stage instance, keyed by content.
+//!
+//! Layout under the cache root (default `results/cache/`):
+//! ```text
+//! <kind>/<key>/            the instance's files
+//! <kind>/<key>/manifest.json   written last, by atomic rename: the only mark of completion
+//! <kind>/<key>.lock        held while a process computes the instance
+//! index/<pipeline>/<hash of label>   the key an instance label had last time (for plan's "why")
+//! ```
+
+use super::stage::Status;
+use crate::util::{atomic_write, canonical_json, hash_file, is_tmp_name};
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+pub const MANIFEST: &str = "manifest.json";
+
+/// The key of an instance: blake3 over kind, kind version, canonical params and input keys.
+pub fn instance_key(kind: &str, version: u32, params: &Value, inputs: &[&str]) -> String {
+    let doc = serde_json::json!({
+        "kind": kind,
+        "version": version,
+        "params": params,
+        "inputs": inputs,
+    });
+    blake3::hash(canonical_json(&doc).as_bytes()).to_hex().to_string()
+}
+
+/// An output file as the manifest records it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FileRecord {
+    pub bytes: u64,
+    pub blake3: String,
+}
+
+/// An input as the manifest records it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct InputRecord {
+    pub stage: String,
+    pub key: String,
+}
+
+/// Start, end and length of a run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Timings {
+    /// Seconds since the Unix epoch.
+    pub started: f64,
+    pub finished: f64,
+    pub wall_s: f64,
+}
+
+/// `manifest.json`: what was computed, from what, and what came out.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub kind: String,
+    pub version: u32,
+    pub key: String,
+    /// Stage name and instance label of the pipeline that computed it.
+    pub stage: String,
+    pub label: String,
+    pub params: Value,
+    pub inputs: Vec<InputRecord>,
+    pub outputs: BTreeMap<String, FileRecord>,
+    pub status: Status,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub metrics: BTreeMap<String, f64>,
+    #[serde(default)]
+    pub info: Map<String, Value>,
+    pub timings: Timings,
+    pub device: String,
+    pub crate_version: String,
+}
+
+/// The cache root and the paths inside it.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    pub root: PathBuf,
+}
+
+impl Cache {
+    pub fn new(root: impl Into<PathBuf>) -> Cache {
+        Cache { root: root.into() }
+    }
+
+    pub fn dir(&self, kind: &str, key: &str) -> PathBuf {
+        self.root.join(kind).join(key)
+    }
+
+    fn lock_path(&self, kind: &str, key: &str) -> PathBuf {
+        self.root.join(kind).join(format!("{key}.lock"))
+    }
+
+    /// The manifest of a finished instance, if there is one.
+    pub fn manifest(&self, kind: &str, key: &str) -> Option<Manifest> {
+        let p = self.dir(kind, key).join(MANIFEST);
+        let text = std::fs::read_to_string(p).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Take the instance's lock, waiting for another process if it holds it.
+    /// The lock is released when the returned file is dropped (or the process dies).
+    pub fn lock(&self, kind: &str, key: &str) -> Result<File> {
+        let p = self.lock_path(kind, key);
+        std::fs::create_dir_all(p.parent().unwrap())?;
+        let f = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .with_context(|| format!("opening lock {}", p.display()))?;
+        match f.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                tracing::info!("waiting for another ablate process that is computing {kind}/{}", &key[..12]);
+                f.lock()?;
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+        }
+        Ok(f)
+    }
+
+    /// Hash every output file of an instance directory (all but the manifest and temporaries).
+    pub fn record_outputs(dir: &Path) -> Result<BTreeMap<String, FileRecord>> {
+        let mut out = BTreeMap::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d)? {
+                let e = e?;
+                let p = e.path();
+                let name = e.file_name().to_string_lossy().to_string();
+                if e.file_type()?.is_dir() {
+                    stack.push(p);
+                    continue;
+                }
+                if (d == dir && name == MANIFEST) || is_tmp_name(&name) {
+                    continue;
+                }
+                let rel = p.strip_prefix(dir).unwrap().to_string_lossy().replace('\\', "/");
+                out.insert(
+                    rel,
+                    FileRecord {
+                        bytes: e.metadata()?.len(),
+                        blake3: hash_file(&p)?,
+                    },
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// Write a manifest last and atomically.
+    pub fn write_manifest(&self, m: &Manifest) -> Result<()> {
+        let p = self.dir(&m.kind, &m.key).join(MANIFEST);
+        atomic_write(&p, serde_json::to_string_pretty(m)?.as_bytes())
+    }
+
+    fn index_path(&self, pipeline: &str, label: &str) -> PathBuf {
+        let h = blake3::hash(label.as_bytes()).to_hex();
+        self.root.join("index").join(pipeline).join(&h[..24])
+    }
+
+    /// Remember which key an instance label had (for plan's reasons).
+    pub fn remember(&self, pipeline: &str, label: &str, kind: &str, key: &str) -> Result<()> {
+        atomic_write(&self.index_path(pipeline, label), format!("{kind}/{key}").as_bytes())
+    }
+
+    /// The (kind, key) an instance label had last time, if any.
+    pub fn previous(&self, pipeline: &str, label: &str) -> Option<(String, String)> {
+        let s = std::fs::read_to_string(self.index_path(pipeline, label)).ok()?;
+        let (k, key) = s.trim().split_once('/')?;
+        Some((k.to_string(), key.to_string()))
+    }
+
+    /// Every instance directory in the cache: (kind, key, path).
+    pub fn entries(&self) -> Result<Vec<(String, String, PathBuf)>> {
+        let mut out = vec![];
+        let Ok(rd) = std::fs::read_dir(&self.root) else {
+            return Ok(out);
+        };
+        for kd in rd {
+            let kd = kd?;
+            let kind = kd.file_name().to_string_lossy().to_string();
+            if kind == "index" || !kd.file_type()?.is_dir() {
+                continue;
+            }
+            for e in std::fs::read_dir(kd.path())? {
+                let e = e?;
+                if e.file_type()?.is_dir() {
+                    out.push((kind.clone(), e.file_name().to_string_lossy().to_string(), e.path()));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Bytes under a path (a file or a whole directory tree).
+pub fn disk_usage(p: &Path) -> u64 {
+    let Ok(md) = std::fs::symlink_metadata(p) else { return 0 };
+    if !md.is_dir() {
+        return md.len();
+    }
+    std::fs::read_dir(p)
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| disk_usage(&e.path())).sum())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn key_ignores_key_order_and_sees_every_part() {
+        let a = instance_key("train", 1, &json!({"a": 1, "b": [1, 2]}), &["k1"]);
+        let b = instance_key("train", 1, &json!({"b": [1, 2], "a": 1}), &["k1"]);
+        assert_eq!(a, b);
+        assert_ne!(a, instance_key("train", 2, &json!({"a": 1, "b": [1, 2]}), &["k1"]));
+        assert_ne!(a, instance_key("train", 1, &json!({"a": 2, "b": [1, 2]}), &["k1"]));
+        assert_ne!(a, instance_key("train", 1, &json!({"a": 1, "b": [1, 2]}), &["k2"]));
+        assert_ne!(a, instance_key("sample", 1, &json!({"a": 1, "b": [1, 2]}), &["k1"]));
+        // The key is blake3 of the canonical document, which a notebook can recompute.
+        let doc = r#"{"inputs":["k1"],"kind":"train","params":{"a":1,"b":[1,2]},"version":1}"#;
+        assert_eq!(a, blake3::hash(doc.as_bytes()).to_hex().to_string());
+    }
+
+    #[test]
+    fn lock_is_exclusive_between_handles() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Cache::new(d.path());
+        let key = "a".repeat(64);
+        let held = c.lock("k", &key).unwrap();
+        let other = File::options().write(true).open(c.lock_path("k", &key)).unwrap();
+        assert!(matches!(other.try_lock(), Err(std::fs::TryLockError::WouldBlock)));
+        drop(held);
+        assert!(other.try_lock().is_ok());
+    }
+}

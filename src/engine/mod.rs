@@ -1,0 +1,17 @@
+//! The engine: keys, cache, plan and scheduler. It knows stage kinds only through
+//! the [`Stage`] trait and never imports anything about GANs.
+
+pub mod cache;
+pub mod plan;
+pub mod registry;
+pub mod run;
+pub mod stage;
+
+pub use cache::{Cache, Manifest};
+pub use plan::{Plan, PlanOptions, PlanStatus};
+pub use registry::Registry;
+pub use run::{run, RunOptions, Summary};
+pub use stage::{
+    typed_params, CheckCtx, DeviceChoice, InputRef, Interrupted, Outcome, ParamError, Progress, PublishCtx, Resources,
+    RunCtx, Stage, Status,
+};

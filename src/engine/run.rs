@@ -1,0 +1,513 @@
+//! The scheduler: runs a plan's instances on a rayon pool, in dependency order.
+//!
+//! A coordinator loop keeps the ready set, hands instances to the pool while
+//! `--jobs` and the resource slots allow (one GPU slot), and collects results over a
+//! channel. A failure marks every descendant skipped; without `--keep-going` nothing
+//! new starts after it. Ctrl-C sets a flag: nothing new starts, running stages stop
+//! at their next check, and no manifest is written for unfinished work.
+
+use super::cache::{Cache, InputRecord, Manifest, Timings, MANIFEST};
+use super::plan::{Plan, PlanStatus};
+use super::registry::Registry;
+use super::stage::{DeviceChoice, InputRef, Interrupted, Progress, PublishCtx, RunCtx, Status};
+use anyhow::{Context, Result};
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+/// How to run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub jobs: usize,
+    pub keep_going: bool,
+    pub device: DeviceChoice,
+    /// `results/`: tabulate writes `results/<pipeline>/`.
+    pub results_root: PathBuf,
+    /// Draw a progress bar (off in CI, with `-q`, or when stderr is not a terminal).
+    pub progress: bool,
+}
+
+/// How each instance ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Cached,
+    Ran(Status),
+    Failed(String),
+    Skipped,
+    Interrupted,
+    NotStarted,
+}
+
+/// What `run` reports at the end.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    pub ran: usize,
+    pub cached: usize,
+    pub diverged: usize,
+    pub failed: usize,
+    pub skipped: usize,
+    pub interrupted: usize,
+    pub not_started: usize,
+    pub wall_s: f64,
+    /// (instance label, error) of every failure.
+    pub failures: Vec<(String, String)>,
+    pub outcomes: Vec<Outcome>,
+}
+
+impl Summary {
+    pub fn ok(&self) -> bool {
+        self.failed == 0 && self.interrupted == 0 && self.skipped == 0 && self.not_started == 0
+    }
+    pub fn line(&self) -> String {
+        let mut s = format!(
+            "ran {}, cached {}, failed {}, skipped {}",
+            self.ran, self.cached, self.failed, self.skipped
+        );
+        if self.diverged > 0 {
+            s.push_str(&format!(" ({} diverged)", self.diverged));
+        }
+        if self.interrupted > 0 {
+            s.push_str(&format!(", interrupted {}", self.interrupted));
+        }
+        if self.not_started > 0 {
+            s.push_str(&format!(", not started {}", self.not_started));
+        }
+        s.push_str(&format!(" in {:.1}s", self.wall_s));
+        s
+    }
+}
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Run everything the plan marks `run`; publish what the cache already has.
+pub fn run(plan: &Plan, reg: &Registry, opts: &RunOptions, cancel: Arc<AtomicBool>) -> Result<Summary> {
+    let t0 = Instant::now();
+    let n = plan.items.len();
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
+    let results = plan.results_dir(&opts.results_root);
+    let pipeline = plan.ex.pipeline.name.clone();
+
+    // Cached instances are done already; make sure their published copies exist.
+    for (i, it) in plan.items.iter().enumerate() {
+        if it.status == PlanStatus::Cached {
+            outcomes[i] = Some(Outcome::Cached);
+            let inst = &plan.ex.instances[i];
+            let dir = plan.cache.dir(&inst.kind, &it.key);
+            reg.get(&inst.kind).unwrap().publish(&PublishCtx {
+                pipeline: &pipeline,
+                stage: &inst.stage_name,
+                dir: &dir,
+                results: &results,
+            })?;
+        }
+    }
+
+    // Dependency counts among the instances to run.
+    let mut waiting: Vec<usize> = vec![0; n];
+    let mut dependents: Vec<Vec<usize>> = vec![vec![]; n];
+    let mut ready: BTreeSet<usize> = BTreeSet::new();
+    for (i, inst) in plan.ex.instances.iter().enumerate() {
+        if outcomes[i].is_some() {
+            continue;
+        }
+        for &u in &inst.inputs {
+            if outcomes[u].is_none() {
+                waiting[i] += 1;
+                dependents[u].push(i);
+            }
+        }
+        if waiting[i] == 0 {
+            ready.insert(i);
+        }
+    }
+    let to_run = outcomes.iter().filter(|o| o.is_none()).count();
+
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(opts.jobs.max(1))
+        .thread_name(|i| format!("ablate-job-{i}"))
+        .build()?;
+    let (tx, rx) = mpsc::channel::<(usize, Outcome)>();
+    let running: Arc<Mutex<HashMap<usize, (String, Arc<Progress>)>>> = Arc::default();
+    let bar = progress_bar(opts.progress, to_run as u64);
+    let mut gpu_busy = false;
+    let mut stop = false;
+    let mut n_running = 0usize;
+    let mut last_tick = Instant::now();
+
+    loop {
+        if cancel.load(Ordering::Relaxed) {
+            stop = true;
+        }
+        // Dispatch while slots allow.
+        while !stop && n_running < opts.jobs.max(1) {
+            let pick = ready.iter().copied().find(|&i| {
+                let inst = &plan.ex.instances[i];
+                let res = reg.get(&inst.kind).unwrap().resources(&plan.items[i].params, opts.device);
+                !(res.gpu && gpu_busy)
+            });
+            let Some(i) = pick else { break };
+            ready.remove(&i);
+            let inst = &plan.ex.instances[i];
+            let res = reg.get(&inst.kind).unwrap().resources(&plan.items[i].params, opts.device);
+            gpu_busy |= res.gpu;
+            n_running += 1;
+            let prog = Arc::new(Progress::default());
+            running.lock().unwrap().insert(i, (inst.label.clone(), prog.clone()));
+            let job = Job {
+                plan,
+                reg,
+                opts,
+                idx: i,
+                cancel: cancel.clone(),
+                progress: prog,
+            }
+            .prepare();
+            let tx = tx.clone();
+            let gpu = res.gpu;
+            match job {
+                Ok(job) => pool.spawn(move || {
+                    let out = job.execute();
+                    let _ = tx.send((i, out));
+                }),
+                Err(e) => {
+                    let _ = tx.send((i, Outcome::Failed(format!("{e:#}"))));
+                }
+            }
+            if gpu {
+                tracing::debug!("{} holds the GPU slot", inst.label);
+            }
+        }
+        if n_running == 0 {
+            break;
+        }
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok((i, out)) => {
+                n_running -= 1;
+                running.lock().unwrap().remove(&i);
+                let inst = &plan.ex.instances[i];
+                let res = reg.get(&inst.kind).unwrap().resources(&plan.items[i].params, opts.device);
+                if res.gpu {
+                    gpu_busy = false;
+                }
+                if let Some(b) = &bar {
+                    b.inc(1);
+                }
+                match &out {
+                    Outcome::Ran(Status::Diverged) => tracing::warn!("{} diverged", inst.label),
+                    Outcome::Ran(_) | Outcome::Cached => tracing::info!("done {}", inst.label),
+                    Outcome::Failed(e) => {
+                        let first = e.lines().next().unwrap_or("");
+                        match &bar {
+                            Some(b) => b.suspend(|| tracing::error!("{} failed: {first}", inst.label)),
+                            None => tracing::error!("{} failed: {first}", inst.label),
+                        }
+                    }
+                    _ => {}
+                }
+                let success = matches!(out, Outcome::Ran(_) | Outcome::Cached);
+                let interrupted = out == Outcome::Interrupted;
+                outcomes[i] = Some(out);
+                if interrupted {
+                    // Its descendants stay unstarted: they count as interrupted too.
+                } else if success {
+                    for &d in &dependents[i] {
+                        waiting[d] -= 1;
+                        if waiting[d] == 0 && outcomes[d].is_none() {
+                            ready.insert(d);
+                        }
+                    }
+                } else {
+                    // Everything downstream of a failure is skipped.
+                    let mut stack = dependents[i].clone();
+                    while let Some(d) = stack.pop() {
+                        if outcomes[d].is_none() {
+                            outcomes[d] = Some(Outcome::Skipped);
+                            ready.remove(&d);
+                            stack.extend(dependents[d].iter().copied());
+                        }
+                    }
+                    if matches!(outcomes[i], Some(Outcome::Failed(_))) && !opts.keep_going {
+                        stop = true;
+                    }
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        if let Some(b) = &bar {
+            if last_tick.elapsed() > Duration::from_millis(200) {
+                last_tick = Instant::now();
+                b.set_message(running_message(&running.lock().unwrap()));
+            }
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+
+    let mut s = Summary {
+        wall_s: t0.elapsed().as_secs_f64(),
+        ..Default::default()
+    };
+    for (i, o) in outcomes.into_iter().enumerate() {
+        let o = o.unwrap_or(if cancel.load(Ordering::Relaxed) {
+            Outcome::Interrupted
+        } else {
+            Outcome::NotStarted
+        });
+        match &o {
+            Outcome::Cached => s.cached += 1,
+            Outcome::Ran(st) => {
+                s.ran += 1;
+                if *st == Status::Diverged {
+                    s.diverged += 1;
+                }
+            }
+            Outcome::Failed(e) => {
+                s.failed += 1;
+                s.failures.push((plan.ex.instances[i].label.clone(), e.clone()));
+            }
+            Outcome::Skipped => s.skipped += 1,
+            Outcome::Interrupted => s.interrupted += 1,
+            Outcome::NotStarted => s.not_started += 1,
+        }
+        s.outcomes.push(o);
+    }
+    Ok(s)
+}
+
+fn progress_bar(on: bool, len: u64) -> Option<indicatif::ProgressBar> {
+    if !on || len == 0 {
+        return None;
+    }
+    let b = indicatif::ProgressBar::new(len);
+    b.set_style(
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {wide_msg}")
+            .unwrap()
+            .progress_chars("=> "),
+    );
+    b.enable_steady_tick(Duration::from_millis(250));
+    crate::logging::set_bar(Some(b.clone()));
+    Some(b)
+}
+
+fn running_message(running: &HashMap<usize, (String, Arc<Progress>)>) -> String {
+    let mut parts: Vec<(usize, String)> = running
+        .iter()
+        .map(|(i, (label, p))| {
+            let total = p.total.load(Ordering::Relaxed);
+            let done = p.done.load(Ordering::Relaxed);
+            let s = if total > 0 {
+                format!("{label} {:.0}%", 100.0 * done as f64 / total as f64)
+            } else {
+                label.clone()
+            };
+            (*i, s)
+        })
+        .collect();
+    parts.sort();
+    parts.into_iter().map(|(_, s)| s).collect::<Vec<_>>().join("  ")
+}
+
+/// One instance on its way to the pool.
+struct Job<'a> {
+    plan: &'a Plan,
+    reg: &'a Registry,
+    opts: &'a RunOptions,
+    idx: usize,
+    cancel: Arc<AtomicBool>,
+    progress: Arc<Progress>,
+}
+
+/// Everything an instance needs, owned, so it can move to a worker thread.
+struct Ready {
+    stage: Arc<dyn super::stage::Stage>,
+    cache: Cache,
+    pipeline: String,
+    stage_name: String,
+    label: String,
+    kind: String,
+    key: String,
+    forced: bool,
+    params: serde_json::Value,
+    vars: serde_json::Map<String, serde_json::Value>,
+    inputs: Vec<InputRef>,
+    ancestors: Vec<InputRef>,
+    device: DeviceChoice,
+    results: PathBuf,
+    cancel: Arc<AtomicBool>,
+    progress: Arc<Progress>,
+}
+
+impl Job<'_> {
+    fn input_ref(&self, u: usize) -> Result<InputRef> {
+        let inst = &self.plan.ex.instances[u];
+        let key = &self.plan.items[u].key;
+        let dir = self.plan.cache.dir(&inst.kind, key);
+        let manifest = self
+            .plan
+            .cache
+            .manifest(&inst.kind, key)
+            .with_context(|| format!("input {} has no manifest in {}", inst.label, dir.display()))?;
+        Ok(InputRef {
+            stage: inst.stage_name.clone(),
+            kind: inst.kind.clone(),
+            label: inst.label.clone(),
+            key: key.clone(),
+            dir,
+            vars: inst.vars.clone(),
+            manifest,
+        })
+    }
+
+    fn prepare(self) -> Result<Ready> {
+        let inst = &self.plan.ex.instances[self.idx];
+        let it = &self.plan.items[self.idx];
+        let inputs = inst.inputs.iter().map(|&u| self.input_ref(u)).collect::<Result<Vec<_>>>()?;
+        // Every instance upstream, each once, nearest first.
+        let mut seen = BTreeSet::new();
+        let mut queue: std::collections::VecDeque<usize> = inst.inputs.iter().copied().collect();
+        let mut ancestors = vec![];
+        while let Some(u) = queue.pop_front() {
+            if seen.insert(u) {
+                ancestors.push(self.input_ref(u)?);
+                queue.extend(self.plan.ex.instances[u].inputs.iter().copied());
+            }
+        }
+        Ok(Ready {
+            stage: self.reg.get(&inst.kind).unwrap().clone(),
+            cache: self.plan.cache.clone(),
+            pipeline: self.plan.ex.pipeline.name.clone(),
+            stage_name: inst.stage_name.clone(),
+            label: inst.label.clone(),
+            kind: inst.kind.clone(),
+            key: it.key.clone(),
+            forced: it.forced,
+            params: it.params.clone(),
+            vars: inst.vars.clone(),
+            inputs,
+            ancestors,
+            device: self.opts.device,
+            results: self.plan.results_dir(&self.opts.results_root),
+            cancel: self.cancel,
+            progress: self.progress,
+        })
+    }
+}
+
+impl Ready {
+    fn execute(self) -> Outcome {
+        match self.try_execute() {
+            Ok(o) => o,
+            Err(e) => Outcome::Failed(format!("{e:#}")),
+        }
+    }
+
+    fn try_execute(&self) -> Result<Outcome> {
+        let dir = self.cache.dir(&self.kind, &self.key);
+        let _lock = self.cache.lock(&self.kind, &self.key)?;
+        if let Some(m) = self.cache.manifest(&self.kind, &self.key) {
+            if m.status != Status::Failed && !self.forced {
+                // Another process finished it while we waited for the lock.
+                self.publish(&dir)?;
+                return Ok(Outcome::Cached);
+            }
+        }
+        if self.forced && dir.exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+        }
+        let _ = std::fs::remove_file(dir.join(MANIFEST));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        tracing::info!("running {} ({})", self.label, &self.key[..12]);
+        let started = now();
+        let t = Instant::now();
+        let cx = RunCtx {
+            pipeline: &self.pipeline,
+            stage: &self.stage_name,
+            label: &self.label,
+            key: &self.key,
+            params: &self.params,
+            vars: &self.vars,
+            inputs: self.inputs.clone(),
+            ancestors: self.ancestors.clone(),
+            dir: &dir,
+            device: self.device,
+            cancel: &self.cancel,
+            progress: self.progress.clone(),
+        };
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.stage.run(&cx)))
+            .unwrap_or_else(|p| {
+                let msg = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "panic".into());
+                Err(anyhow::anyhow!("stage panicked: {msg}"))
+            });
+        let wall = t.elapsed().as_secs_f64();
+        let timings = Timings {
+            started,
+            finished: now(),
+            wall_s: wall,
+        };
+        let (status, error, metrics, info) = match result {
+            Ok(o) => (o.status, None, o.metrics, o.info),
+            Err(e) if e.downcast_ref::<Interrupted>().is_some() || self.cancel.load(Ordering::Relaxed) => {
+                return Ok(Outcome::Interrupted)
+            }
+            Err(e) => (Status::Failed, Some(format!("{e:#}")), Default::default(), Default::default()),
+        };
+        let device = info
+            .get("device")
+            .and_then(|d| d.as_str())
+            .unwrap_or("cpu")
+            .to_string();
+        let m = Manifest {
+            kind: self.kind.clone(),
+            version: self.stage.version(),
+            key: self.key.clone(),
+            stage: self.stage_name.clone(),
+            label: self.label.clone(),
+            params: self.params.clone(),
+            inputs: self
+                .inputs
+                .iter()
+                .map(|i| InputRecord {
+                    stage: i.stage.clone(),
+                    key: i.key.clone(),
+                })
+                .collect(),
+            outputs: Cache::record_outputs(&dir)?,
+            status,
+            error: error.clone(),
+            metrics,
+            info,
+            timings,
+            device,
+            crate_version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        self.cache.write_manifest(&m)?;
+        self.cache.remember(&self.pipeline, &self.label, &self.kind, &self.key)?;
+        if let Some(e) = error {
+            return Ok(Outcome::Failed(e));
+        }
+        self.publish(&dir)?;
+        Ok(Outcome::Ran(status))
+    }
+
+    fn publish(&self, dir: &Path) -> Result<()> {
+        self.stage.publish(&PublishCtx {
+            pipeline: &self.pipeline,
+            stage: &self.stage_name,
+            dir,
+            results: &self.results,
+        })
+    }
+}

@@ -1,0 +1,237 @@
+//! The one trait every stage kind implements, and what the engine hands it.
+//!
+//! A stage kind is a pure function from (params, input artifacts) to an artifact
+//! directory. The engine owns keys, locks, manifests and scheduling; the stage only
+//! checks its params and fills `RunCtx::dir`.
+
+use super::cache::Manifest;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// A parameter problem: the dotted path inside `params` and the message.
+#[derive(Debug, Clone)]
+pub struct ParamError {
+    pub path: String,
+    pub message: String,
+}
+
+impl ParamError {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        ParamError {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// What validation may look at besides the params.
+pub struct CheckCtx<'a> {
+    /// Directory relative paths in params are resolved against (the working directory).
+    pub root: &'a Path,
+}
+
+impl CheckCtx<'_> {
+    /// Resolve a path from params, failing (as a [`ParamError`]) when it does not exist.
+    pub fn existing_path(&self, param: &str, p: &str) -> Result<PathBuf, ParamError> {
+        let path = self.root.join(p);
+        if path.exists() {
+            Ok(path)
+        } else {
+            Err(ParamError::new(param, format!("`{p}` does not exist (looked for {})", path.display())))
+        }
+    }
+}
+
+/// Scheduler resources an instance holds while it runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Resources {
+    /// Takes the (single) GPU slot.
+    pub gpu: bool,
+}
+
+/// The device the user asked for (`--device`); stages map it to their backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    #[default]
+    Cpu,
+    Cuda,
+    Auto,
+}
+
+/// How an instance ended, as written to its manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    /// Ran to a result that is not usable (NaN losses): a result, not a crash.
+    Diverged,
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Diverged => "diverged",
+            Status::Failed => "failed",
+        }
+    }
+}
+
+/// What a successful run reports back.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub status: Status,
+    /// Scalars that become table columns (`count`, `fid_judge`, `images_per_s`, ...).
+    pub metrics: BTreeMap<String, f64>,
+    /// Anything else worth keeping in the manifest (parameter counts, the step of divergence, ...).
+    pub info: Map<String, Value>,
+}
+
+impl Outcome {
+    pub fn ok() -> Self {
+        Outcome {
+            status: Status::Ok,
+            metrics: BTreeMap::new(),
+            info: Map::new(),
+        }
+    }
+    pub fn metric(mut self, name: &str, v: f64) -> Self {
+        self.metrics.insert(name.to_string(), v);
+        self
+    }
+}
+
+/// One upstream instance as a stage sees it.
+#[derive(Debug, Clone)]
+pub struct InputRef {
+    pub stage: String,
+    pub kind: String,
+    pub label: String,
+    pub key: String,
+    /// Its artifact directory.
+    pub dir: PathBuf,
+    /// Its matrix values.
+    pub vars: Map<String, Value>,
+    pub manifest: Manifest,
+}
+
+/// Progress a long stage reports (steps done of total); cheap to update from a loop.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub done: AtomicU64,
+    pub total: AtomicU64,
+}
+
+impl Progress {
+    pub fn set(&self, done: u64, total: u64) {
+        self.total.store(total, Ordering::Relaxed);
+        self.done.store(done, Ordering::Relaxed);
+    }
+}
+
+/// Everything a stage run gets.
+pub struct RunCtx<'a> {
+    pub pipeline: &'a str,
+    pub stage: &'a str,
+    pub label: &'a str,
+    pub key: &'a str,
+    /// Resolved and normalised params (what the key hashes).
+    pub params: &'a Value,
+    pub vars: &'a Map<String, Value>,
+    /// Direct inputs, in `needs` order (every upstream instance for a gathering stage).
+    pub inputs: Vec<InputRef>,
+    /// Every instance upstream of this one, direct inputs included, each once.
+    pub ancestors: Vec<InputRef>,
+    /// The artifact directory; files left from an interrupted run may be present.
+    pub dir: &'a Path,
+    pub device: DeviceChoice,
+    /// Set when the user pressed Ctrl-C: return an error soon, leave no manifest.
+    pub cancel: &'a AtomicBool,
+    pub progress: Arc<Progress>,
+}
+
+impl RunCtx<'_> {
+    /// Fail with "interrupted" when the user asked us to stop.
+    pub fn check_cancel(&self) -> anyhow::Result<()> {
+        if self.cancel.load(Ordering::Relaxed) {
+            anyhow::bail!(Interrupted)
+        }
+        Ok(())
+    }
+
+    /// Deserialise the params into the stage's own type.
+    pub fn params<P: DeserializeOwned>(&self) -> anyhow::Result<P> {
+        Ok(serde_json::from_value(self.params.clone())?)
+    }
+
+    /// The first input of a given kind.
+    pub fn input(&self, kind: &str) -> anyhow::Result<&InputRef> {
+        self.inputs
+            .iter()
+            .find(|i| i.kind == kind)
+            .ok_or_else(|| anyhow::anyhow!("stage `{}` needs a `{kind}` stage among its inputs", self.stage))
+    }
+}
+
+/// The error a cancelled stage returns.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted")]
+pub struct Interrupted;
+
+/// After a run, or when cached: where a stage may copy results for people.
+pub struct PublishCtx<'a> {
+    pub pipeline: &'a str,
+    pub stage: &'a str,
+    pub dir: &'a Path,
+    /// `results/<pipeline>/`.
+    pub results: &'a Path,
+}
+
+/// A stage kind.
+pub trait Stage: Send + Sync {
+    /// The `kind:` name in YAML.
+    fn kind(&self) -> &'static str;
+    /// Bump when the computation changes: it is part of every key.
+    fn version(&self) -> u32;
+    /// One line for `--help`-style listings.
+    fn about(&self) -> &'static str;
+    /// Gathering kinds (tabulate) take every upstream instance in one instance.
+    fn gathers(&self) -> bool {
+        false
+    }
+    /// Check params (types, ranges, files) and return them normalised: defaults
+    /// filled in, so that writing a default explicitly does not change the key.
+    fn check(&self, params: &Value, cx: &CheckCtx) -> Result<Value, ParamError>;
+    /// Which scheduler slots an instance holds.
+    fn resources(&self, _params: &Value, _device: DeviceChoice) -> Resources {
+        Resources::default()
+    }
+    /// Do the work, writing into `cx.dir`.
+    fn run(&self, cx: &RunCtx) -> anyhow::Result<Outcome>;
+    /// Copy results out of the cache for people (tabulate writes `results/<pipeline>/`).
+    fn publish(&self, _cx: &PublishCtx) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// Deserialise params into `P` (serde with `deny_unknown_fields` on `P`), run its
+/// range check, and return `P` re-serialised as the normalised params.
+pub fn typed_params<P: DeserializeOwned + Serialize>(
+    params: &Value,
+    validate: impl FnOnce(&P) -> Result<(), ParamError>,
+) -> Result<Value, ParamError> {
+    let p: P = serde_path_to_error::deserialize(params.clone()).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        ParamError::new(path, e.into_inner().to_string())
+    })?;
+    validate(&p)?;
+    serde_json::to_value(&p).map_err(|e| ParamError::new("", e.to_string()))
+}

@@ -1,0 +1,442 @@
+//! Matrix expansion: stages become stage instances.
+//!
+//! Rules (the README has a worked example):
+//! - a stage's own `matrix` is a cartesian product of its axes, first axis slowest;
+//!   `exclude` entries drop every combination they match, `include` entries add
+//!   their extra keys to the combinations they match or become new combinations;
+//! - a stage that needs fanned-out stages fans out with them: its instances are the
+//!   natural join of its inputs' instances on their shared matrix values (so
+//!   `evaluate` pairs each `sample` with the `train` it came from), and singletons
+//!   broadcast; its own matrix then multiplies on top;
+//! - a gathering stage (`tabulate`) has one instance that takes every instance of
+//!   the stages it needs;
+//! - `${axis}` and `${axis.field}` in params are replaced by the instance's matrix
+//!   values; a string that is only a reference keeps the value's type.
+
+use super::error::SpecError;
+use super::spec::{Matrix, Pipeline, StageSpec};
+use petgraph::graph::{DiGraph, NodeIndex};
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+
+/// What expansion needs to know about stage kinds (the engine's registry answers).
+pub trait KindInfo {
+    /// Is there a stage kind of this name?
+    fn known(&self, kind: &str) -> bool;
+    /// Does this kind gather all upstream instances into one?
+    fn gathers(&self, kind: &str) -> bool;
+    /// Every kind name, for messages.
+    fn names(&self) -> Vec<String>;
+}
+
+/// One unit of work: a stage with one combination of matrix values.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    /// Index into [`Expanded::instances`].
+    pub id: usize,
+    /// Index into [`Pipeline::stages`].
+    pub stage: usize,
+    pub stage_name: String,
+    pub kind: String,
+    /// `stage[axis=value,...]`, for people.
+    pub label: String,
+    /// Every matrix value this instance carries, inherited ones included.
+    pub vars: Map<String, Value>,
+    /// Params with `${...}` resolved.
+    pub params: Value,
+    /// Instances this one reads, in `needs` order (all of them for a gathering stage).
+    pub inputs: Vec<usize>,
+}
+
+/// A pipeline expanded into instances, with its stage graph.
+#[derive(Debug, Clone)]
+pub struct Expanded {
+    pub pipeline: Pipeline,
+    pub instances: Vec<Instance>,
+    /// Instance ids per stage (indexed like `pipeline.stages`).
+    pub by_stage: Vec<Vec<usize>>,
+    /// Stage indices in dependency order.
+    pub stage_order: Vec<usize>,
+    /// The stage graph: node weight = stage index, edge = needs (from input to user).
+    pub graph: DiGraph<usize, ()>,
+}
+
+/// Validate the stage graph and expand every stage into instances.
+pub fn expand(p: Pipeline, kinds: &dyn KindInfo) -> Result<Expanded, SpecError> {
+    let mut graph = DiGraph::<usize, ()>::new();
+    let nodes: Vec<NodeIndex> = (0..p.stages.len()).map(|i| graph.add_node(i)).collect();
+    let index: HashMap<&str, usize> = p.stages.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
+    for (i, s) in p.stages.iter().enumerate() {
+        if !kinds.known(&s.kind) {
+            let mut names = kinds.names();
+            names.sort();
+            return Err(p.err_at(
+                &format!("stages.{}.kind", s.name),
+                format!("stage `{}`: unknown kind `{}` (known kinds: {})", s.name, s.kind, names.join(", ")),
+            ));
+        }
+        for (j, n) in s.needs.iter().enumerate() {
+            match index.get(n.as_str()) {
+                Some(&u) => {
+                    graph.add_edge(nodes[u], nodes[i], ());
+                }
+                None => {
+                    return Err(p.err_at(
+                        &format!("stages.{}.needs.{j}", s.name),
+                        format!("stage `{}` needs `{n}`, which is not a stage of this pipeline", s.name),
+                    ))
+                }
+            }
+        }
+    }
+    let order = match petgraph::algo::toposort(&graph, None) {
+        Ok(o) => o.into_iter().map(|n| graph[n]).collect::<Vec<_>>(),
+        Err(cycle) => {
+            let path = cycle_path(&graph, cycle.node_id());
+            let names: Vec<&str> = path.iter().map(|&i| p.stages[i].name.as_str()).collect();
+            return Err(p.err_key(
+                &format!("stages.{}.needs", names[0]),
+                format!("the stages form a cycle: {}", names.join(" -> ")),
+            ));
+        }
+    };
+
+    let mut instances: Vec<Instance> = Vec::new();
+    let mut by_stage: Vec<Vec<usize>> = vec![vec![]; p.stages.len()];
+    for &si in &order {
+        let s = &p.stages[si];
+        let needs: Vec<usize> = s.needs.iter().map(|n| index[n.as_str()]).collect();
+        // (vars, inputs) combinations from upstream.
+        let base: Vec<(Map<String, Value>, Vec<usize>)> = if kinds.gathers(&s.kind) {
+            let inputs = needs.iter().flat_map(|&u| by_stage[u].iter().copied()).collect();
+            vec![(Map::new(), inputs)]
+        } else {
+            join_inputs(&needs, &by_stage, &instances)
+        };
+        if base.is_empty() {
+            return Err(p.err_key(
+                &format!("stages.{}.needs", s.name),
+                format!("stage `{}`: its inputs share no consistent combination of matrix values", s.name),
+            ));
+        }
+        let own = match &s.matrix {
+            Some(m) => matrix_combinations(m),
+            None => vec![Map::new()],
+        };
+        if let (Some(m), Some((vars, _))) = (&s.matrix, base.first()) {
+            for (axis, _) in &m.axes {
+                if vars.contains_key(axis) {
+                    return Err(p.err_key(
+                        &format!("stages.{}.matrix.{axis}", s.name),
+                        format!("stage `{}`: matrix axis `{axis}` is already an axis of an upstream stage", s.name),
+                    ));
+                }
+            }
+        }
+        for (bvars, inputs) in &base {
+            for ovars in &own {
+                let mut vars = bvars.clone();
+                for (k, v) in ovars {
+                    vars.insert(k.clone(), v.clone());
+                }
+                let params = substitute(&p, s, &s.params, "", &vars)?;
+                let id = instances.len();
+                instances.push(Instance {
+                    id,
+                    stage: si,
+                    stage_name: s.name.clone(),
+                    kind: s.kind.clone(),
+                    label: label(&s.name, &vars),
+                    vars,
+                    params,
+                    inputs: inputs.clone(),
+                });
+                by_stage[si].push(id);
+            }
+        }
+    }
+    Ok(Expanded {
+        pipeline: p,
+        instances,
+        by_stage,
+        stage_order: order,
+        graph,
+    })
+}
+
+/// Natural join of the upstream stages' instances on shared matrix values.
+fn join_inputs(
+    needs: &[usize],
+    by_stage: &[Vec<usize>],
+    instances: &[Instance],
+) -> Vec<(Map<String, Value>, Vec<usize>)> {
+    let mut acc: Vec<(Map<String, Value>, Vec<usize>)> = vec![(Map::new(), vec![])];
+    for &u in needs {
+        let ups = &by_stage[u];
+        // Keys every instance of `u` carries: the join keys we can hash on.
+        let mut common: Vec<String> = match ups.first() {
+            Some(&f) => instances[f].vars.keys().cloned().collect(),
+            None => vec![],
+        };
+        common.retain(|k| ups.iter().all(|&i| instances[i].vars.contains_key(k)));
+        let mut next = Vec::new();
+        // Group by the projection on the keys the partial combination already has.
+        let mut groups: HashMap<(Vec<String>, String), Vec<usize>> = HashMap::new();
+        for (vars, inputs) in &acc {
+            let keys: Vec<String> = common.iter().filter(|k| vars.contains_key(*k)).cloned().collect();
+            let probe = project(vars, &keys);
+            let cands = groups.entry((keys.clone(), probe)).or_insert_with(|| {
+                ups.iter()
+                    .copied()
+                    .filter(|&i| project(&instances[i].vars, &keys) == project(vars, &keys))
+                    .collect()
+            });
+            for &i in cands.iter() {
+                let iv = &instances[i].vars;
+                if iv.iter().all(|(k, v)| vars.get(k).is_none_or(|w| w == v)) {
+                    let mut merged = vars.clone();
+                    for (k, v) in iv {
+                        merged.insert(k.clone(), v.clone());
+                    }
+                    let mut ins = inputs.clone();
+                    ins.push(i);
+                    next.push((merged, ins));
+                }
+            }
+        }
+        acc = next;
+    }
+    acc
+}
+
+fn project(vars: &Map<String, Value>, keys: &[String]) -> String {
+    let mut s = String::new();
+    for k in keys {
+        s.push_str(&vars[k].to_string());
+        s.push('\u{1f}');
+    }
+    s
+}
+
+/// Combinations of a matrix block, in order, with exclude and include applied.
+pub fn matrix_combinations(m: &Matrix) -> Vec<Map<String, Value>> {
+    let mut combos: Vec<Map<String, Value>> = if m.axes.is_empty() { vec![] } else { vec![Map::new()] };
+    for (axis, values) in &m.axes {
+        let mut next = Vec::with_capacity(combos.len() * values.len());
+        for c in &combos {
+            for v in values {
+                let mut c = c.clone();
+                c.insert(axis.clone(), v.clone());
+                next.push(c);
+            }
+        }
+        combos = next;
+    }
+    combos.retain(|c| !m.exclude.iter().any(|e| e.iter().all(|(k, v)| c.get(k) == Some(v))));
+    let n_base = combos.len();
+    for inc in &m.include {
+        let mut matched = false;
+        for c in combos.iter_mut().take(n_base) {
+            let fits = inc
+                .iter()
+                .filter(|(k, _)| m.axes.iter().any(|(a, _)| a == *k))
+                .all(|(k, v)| c.get(k) == Some(v));
+            if fits && inc.keys().any(|k| !m.axes.iter().any(|(a, _)| a == k)) {
+                for (k, v) in inc {
+                    c.insert(k.clone(), v.clone());
+                }
+                matched = true;
+            } else if fits && inc.len() == m.axes.len() {
+                matched = true; // an include that names an existing combination adds nothing
+            }
+        }
+        if !matched {
+            combos.push(inc.clone());
+        }
+    }
+    combos
+}
+
+/// Resolve `${...}` references inside one stage's params.
+fn substitute(
+    p: &Pipeline,
+    s: &StageSpec,
+    v: &Value,
+    path: &str,
+    vars: &Map<String, Value>,
+) -> Result<Value, SpecError> {
+    let at = |sub: &str| {
+        if sub.is_empty() {
+            format!("stages.{}.params", s.name)
+        } else {
+            format!("stages.{}.params.{sub}", s.name)
+        }
+    };
+    let child = |k: &str| if path.is_empty() { k.to_string() } else { format!("{path}.{k}") };
+    Ok(match v {
+        Value::String(text) if text.contains("${") => {
+            let refs = find_refs(text).map_err(|msg| p.err_at(&at(path), format!("stage `{}`, param `{path}`: {msg}", s.name)))?;
+            let lookup = |r: &str| -> Result<Value, SpecError> {
+                resolve(vars, r).ok_or_else(|| {
+                    let mut axes: Vec<&String> = vars.keys().collect();
+                    axes.sort();
+                    let axes = axes.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(", ");
+                    p.err_at(
+                        &at(path),
+                        format!(
+                            "stage `{}`, param `{path}`: unresolved `${{{r}}}` (matrix values here: {})",
+                            s.name,
+                            if axes.is_empty() { "none".to_string() } else { axes }
+                        ),
+                    )
+                })
+            };
+            if refs.len() == 1 && refs[0].0 == 0 && refs[0].1 == text.len() {
+                lookup(&refs[0].2)?
+            } else {
+                let mut out = String::new();
+                let mut last = 0;
+                for (a, b, r) in &refs {
+                    out.push_str(&text[last..*a]);
+                    match lookup(r)? {
+                        Value::String(x) => out.push_str(&x),
+                        other => out.push_str(&other.to_string()),
+                    }
+                    last = *b;
+                }
+                out.push_str(&text[last..]);
+                Value::String(out)
+            }
+        }
+        Value::Array(a) => {
+            let mut out = Vec::with_capacity(a.len());
+            for (i, x) in a.iter().enumerate() {
+                out.push(substitute(p, s, x, &child(&i.to_string()), vars)?);
+            }
+            Value::Array(out)
+        }
+        Value::Object(m) => {
+            let mut out = Map::new();
+            for (k, x) in m {
+                out.insert(k.clone(), substitute(p, s, x, &child(k), vars)?);
+            }
+            Value::Object(out)
+        }
+        other => other.clone(),
+    })
+}
+
+/// `(start, end, name)` of every `${name}` in `text`.
+fn find_refs(text: &str) -> Result<Vec<(usize, usize, String)>, String> {
+    let mut out = vec![];
+    let mut i = 0;
+    while let Some(off) = text[i..].find("${") {
+        let a = i + off;
+        let close = text[a..].find('}').ok_or_else(|| format!("`${{` without a closing `}}` in {text:?}"))?;
+        let name = text[a + 2..a + close].trim().to_string();
+        if name.is_empty() {
+            return Err("empty `${}`".to_string());
+        }
+        out.push((a, a + close + 1, name));
+        i = a + close + 1;
+    }
+    Ok(out)
+}
+
+/// `axis` or `axis.field.subfield` in the instance's matrix values.
+fn resolve(vars: &Map<String, Value>, r: &str) -> Option<Value> {
+    let mut parts = r.split('.');
+    let mut cur = vars.get(parts.next()?)?;
+    for part in parts {
+        cur = match cur {
+            Value::Object(m) => m.get(part)?,
+            Value::Array(a) => a.get(part.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(cur.clone())
+}
+
+/// Short human form of a matrix value: maps as `a-b`, lists as `a+b`.
+pub fn short_value(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Array(a) => a.iter().map(short_value).collect::<Vec<_>>().join("+"),
+        Value::Object(m) => m.values().map(short_value).collect::<Vec<_>>().join("-"),
+        Value::Null => "null".into(),
+        other => other.to_string(),
+    }
+}
+
+fn label(stage: &str, vars: &Map<String, Value>) -> String {
+    if vars.is_empty() {
+        return stage.to_string();
+    }
+    let parts: Vec<String> = vars.iter().map(|(k, v)| format!("{k}={}", short_value(v))).collect();
+    format!("{stage}[{}]", parts.join(","))
+}
+
+/// A cycle through `start`, as stage indices, first stage repeated at the end.
+fn cycle_path(g: &DiGraph<usize, ()>, start: NodeIndex) -> Vec<usize> {
+    // Depth-first search from `start` back to itself.
+    fn dfs(g: &DiGraph<usize, ()>, n: NodeIndex, start: NodeIndex, seen: &mut Vec<NodeIndex>, path: &mut Vec<NodeIndex>) -> bool {
+        for m in g.neighbors(n) {
+            if m == start {
+                return true;
+            }
+            if !seen.contains(&m) {
+                seen.push(m);
+                path.push(m);
+                if dfs(g, m, start, seen, path) {
+                    return true;
+                }
+                path.pop();
+            }
+        }
+        false
+    }
+    let mut path = vec![start];
+    let mut seen = vec![start];
+    dfs(g, start, start, &mut seen, &mut path);
+    path.push(start);
+    path.into_iter().map(|n| g[n]).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn m(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn include_and_exclude_follow_github_actions() {
+        let mx = Matrix {
+            axes: vec![("os".into(), vec![json!("a"), json!("b")]), ("n".into(), vec![json!(1), json!(2)])],
+            exclude: vec![m(json!({"os": "b", "n": 2}))],
+            include: vec![m(json!({"os": "a", "extra": true})), m(json!({"os": "c", "n": 9}))],
+        };
+        let c = matrix_combinations(&mx);
+        assert_eq!(
+            c,
+            vec![
+                m(json!({"os": "a", "n": 1, "extra": true})),
+                m(json!({"os": "a", "n": 2, "extra": true})),
+                m(json!({"os": "b", "n": 1})),
+                m(json!({"os": "c", "n": 9})),
+            ]
+        );
+    }
+
+    #[test]
+    fn refs_are_found_and_resolved() {
+        assert_eq!(find_refs("a${x}b${ y.z }").unwrap(), vec![(1, 5, "x".into()), (6, 14, "y.z".into())]);
+        let vars = m(json!({"o": {"loss": "rpgan", "pen": ["r1", "r2"]}}));
+        assert_eq!(resolve(&vars, "o.pen"), Some(json!(["r1", "r2"])));
+        assert_eq!(resolve(&vars, "o.pen.1"), Some(json!("r2")));
+        assert_eq!(resolve(&vars, "o.nope"), None);
+        assert!(find_refs("${x").is_err());
+    }
+}

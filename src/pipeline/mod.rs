@@ -1,0 +1,15 @@
+//! Pipeline files: YAML types, validation, matrix expansion and the stage DAG.
+//!
+//! This module never touches tensors or the cache: it turns a file into a list of
+//! [`Instance`]s with resolved params, or a [`SpecError`] naming the file, line,
+//! column and offending name.
+
+pub mod error;
+pub mod expand;
+pub mod locate;
+pub mod spec;
+
+pub use error::SpecError;
+pub use expand::{expand, short_value, Expanded, Instance, KindInfo};
+pub use locate::{Pos, PosIndex};
+pub use spec::{Matrix, Pipeline, StageSpec};

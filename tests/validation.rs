@@ -1,0 +1,125 @@
+//! Every way a pipeline can be invalid is rejected before anything runs, with exit
+//! code 2 and one message naming the file, the line and column, and the offending name.
+
+use std::path::Path;
+use std::process::Command;
+
+fn check(yaml: &str, expect_pos: &str, expect_msg: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ablate"))
+        .args(["run", "bad.yaml"])
+        .current_dir(dir.path())
+        .env_remove("ABLATE_CACHE")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    let want = format!("error: bad.yaml:{expect_pos}: ");
+    assert!(err.starts_with(&want), "want prefix {want:?}, got: {err}");
+    for m in expect_msg {
+        assert!(err.contains(m), "want {m:?} in: {err}");
+    }
+    // Nothing ran: no cache was even created.
+    assert!(!dir.path().join("results").exists(), "validation must come before any work");
+    assert!(!Path::new(&dir.path().join("results/cache")).exists());
+}
+
+const OK_DATA: &str = "  data:\n    kind: data\n    params: {source: gaussian_ring, count: 100}\n";
+
+#[test]
+fn malformed_yaml() {
+    check("name: x\nstages:\n  data: {kind: data\n", "4:1", &["malformed YAML"]);
+}
+
+#[test]
+fn unknown_top_level_key() {
+    check(&format!("name: x\nstagse: 1\nstages:\n{OK_DATA}"), "2:1", &["unknown top-level key `stagse`"]);
+}
+
+#[test]
+fn unknown_stage_key() {
+    check(
+        &format!("name: x\nstages:\n{OK_DATA}    nedds: [data]\n"),
+        "6:5",
+        &["unknown key in stage `data`: `nedds`", "needs"],
+    );
+}
+
+#[test]
+fn unknown_kind() {
+    check("name: x\nstages:\n  d:\n    kind: dtaa\n", "4:11", &["unknown kind `dtaa`", "data", "tabulate"]);
+}
+
+#[test]
+fn missing_need() {
+    check(
+        &format!("name: x\nstages:\n{OK_DATA}  t:\n    kind: tabulate\n    needs: [data, evaluate]\n"),
+        "7:19",
+        &["stage `t` needs `evaluate`"],
+    );
+}
+
+#[test]
+fn cycle_is_printed_as_a_path() {
+    check(
+        "name: x\nstages:\n  a: {kind: tabulate, needs: [c]}\n  b: {kind: tabulate, needs: [a]}\n  c: {kind: tabulate, needs: [b]}\n",
+        "",
+        &["the stages form a cycle:", "a -> b -> c -> a"],
+    );
+}
+
+#[test]
+fn unresolved_reference() {
+    check(
+        &format!("name: x\nstages:\n{OK_DATA}  t:\n    kind: tabulate\n    needs: [data]\n    matrix: {{seed: [1]}}\n    params: {{rows: ['${{sed}}']}}\n"),
+        "9:20",
+        &["unresolved `${sed}`", "seed"],
+    );
+}
+
+#[test]
+fn empty_axis() {
+    check(
+        &format!("name: x\nstages:\n{OK_DATA}    matrix:\n      seed: []\n"),
+        "7:13",
+        &["matrix axis `seed` is empty"],
+    );
+}
+
+#[test]
+fn wrong_param_type() {
+    check(
+        "name: x\nstages:\n  data:\n    kind: data\n    params: {source: gaussian_ring, count: many}\n",
+        "5:45",
+        &["param `count`", "invalid type"],
+    );
+}
+
+#[test]
+fn unknown_param() {
+    check(
+        "name: x\nstages:\n  data:\n    kind: data\n    params:\n      source: gaussian_ring\n      count: 10\n      sead: 3\n",
+        "8:7",
+        &["param `sead`", "unknown field `sead`"],
+    );
+}
+
+#[test]
+fn param_out_of_range() {
+    check(
+        "name: x\nstages:\n  data:\n    kind: data\n    params:\n      source: mnist\n      root: .\n      resolution: 2\n",
+        "8:19",
+        &["param `resolution`", "out of range"],
+    );
+}
+
+#[test]
+fn missing_data_file() {
+    check(
+        "name: x\nstages:\n  data:\n    kind: data\n    params: {source: mnist, root: datasets/nope}\n",
+        "5:37",
+        &["param `root`", "datasets/nope", "does not exist"],
+    );
+}
