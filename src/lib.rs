@@ -6,6 +6,7 @@
 //! the libraries that never read YAML: `data`, `nn`, `gan`, `metrics`, [`results`].
 
 pub mod cli;
+pub mod data;
 pub mod engine;
 pub mod logging;
 pub mod pipeline;

@@ -1,6 +1,7 @@
 //! Stage kinds: one file per kind, each implementing [`crate::engine::Stage`].
 //! This is the only place that joins the engine to the numerical libraries.
 
+pub mod data;
 pub mod tabulate;
 
 use crate::engine::Registry;
@@ -8,6 +9,7 @@ use crate::engine::Registry;
 /// Every built-in stage kind.
 pub fn registry() -> Registry {
     let mut r = Registry::new();
+    r.register(data::Data);
     r.register(tabulate::Tabulate);
     r
 }
