@@ -6,7 +6,10 @@
 //! Targets from issue 2: < 1 s, < 2 s, < 1 ms. Uses a no-op stage kind registered
 //! through the library API, so the figures are the engine's own.
 
-use ablate::engine::{self, typed_params, Cache, CheckCtx, Outcome, ParamError, Plan, PlanOptions, RunCtx, RunOptions, Stage};
+use ablate::engine::{
+    self, typed_params, Cache, CheckCtx, Outcome, ParamError, Plan, PlanOptions, RunCtx,
+    RunOptions, Stage,
+};
 use serde_json::Value;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -60,7 +63,14 @@ fn main() {
     let f10k = root.join("p10k.yaml");
     std::fs::write(&f10k, pipeline(100, 100)).unwrap();
     let t = Instant::now();
-    let plan = Plan::new(&f10k, &reg, Cache::new(root.join("cache")), root, &PlanOptions::default()).unwrap();
+    let plan = Plan::new(
+        &f10k,
+        &reg,
+        Cache::new(root.join("cache")),
+        root,
+        &PlanOptions::default(),
+    )
+    .unwrap();
     let plan_s = t.elapsed().as_secs_f64();
     assert_eq!(plan.items.len(), 10_000);
     println!("plan 10,000 instances: {:.3} s (target < 1 s)", plan_s);
@@ -69,7 +79,9 @@ fn main() {
     let f1k = root.join("p1k.yaml");
     std::fs::write(&f1k, pipeline(10, 100)).unwrap();
     let opts = RunOptions {
-        jobs: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+        jobs: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2),
         keep_going: false,
         device: engine::DeviceChoice::Cpu,
         results_root: root.join("results"),
@@ -91,5 +103,8 @@ fn main() {
     let s = engine::run(&plan, &reg, &opts, Arc::new(AtomicBool::new(false))).unwrap();
     let cached_s = t.elapsed().as_secs_f64();
     assert_eq!(s.cached, 1000);
-    println!("cached re-run of 1,000 instances (plan + run): {:.3} s (target < 2 s)", cached_s);
+    println!(
+        "cached re-run of 1,000 instances (plan + run): {:.3} s (target < 2 s)",
+        cached_s
+    );
 }

@@ -3,7 +3,9 @@
 //! 130 interrupted). Kept in the library so tests and embedders can run it with a
 //! registry of their own stage kinds.
 
-use crate::engine::{self, Cache, DeviceChoice, Plan, PlanOptions, PlanStatus, Registry, RunOptions};
+use crate::engine::{
+    self, Cache, DeviceChoice, Plan, PlanOptions, PlanStatus, Registry, RunOptions,
+};
 use crate::pipeline::{Pipeline, SpecError};
 use crate::results::{query, table};
 use anyhow::Result;
@@ -40,7 +42,12 @@ pub struct Cli {
     #[arg(short, long, global = true)]
     quiet: bool,
     /// Cache root (one directory per stage instance).
-    #[arg(long, global = true, env = "ABLATE_CACHE", default_value = "results/cache")]
+    #[arg(
+        long,
+        global = true,
+        env = "ABLATE_CACHE",
+        default_value = "results/cache"
+    )]
     cache_dir: PathBuf,
     /// Where tabulate publishes `<pipeline>/<stage>.{parquet,csv,md}`.
     #[arg(long, global = true, env = "ABLATE_RESULTS", default_value = "results")]
@@ -189,11 +196,26 @@ fn cwd() -> PathBuf {
 fn dispatch(cli: &Cli, reg: &Registry) -> Result<i32, Exit> {
     let cache = Cache::new(&cli.cache_dir);
     match &cli.cmd {
-        Cmd::Plan { file, format, force } => {
-            let plan = Plan::new(file, reg, cache, &cwd(), &PlanOptions { force: force.clone() })?;
+        Cmd::Plan {
+            file,
+            format,
+            force,
+        } => {
+            let plan = Plan::new(
+                file,
+                reg,
+                cache,
+                &cwd(),
+                &PlanOptions {
+                    force: force.clone(),
+                },
+            )?;
             match format {
                 PlanFormat::Json => {
-                    println!("{}", serde_json::to_string_pretty(&plan.rows()).map_err(anyhow::Error::from)?);
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&plan.rows()).map_err(anyhow::Error::from)?
+                    );
                 }
                 PlanFormat::Text => print_plan(&plan),
             }
@@ -214,15 +236,28 @@ fn dispatch(cli: &Cli, reg: &Registry) -> Result<i32, Exit> {
             keep_going,
             device,
         } => {
-            let plan = Plan::new(file, reg, cache, &cwd(), &PlanOptions { force: force.clone() })?;
+            let plan = Plan::new(
+                file,
+                reg,
+                cache,
+                &cwd(),
+                &PlanOptions {
+                    force: force.clone(),
+                },
+            )?;
             let (cached, to_run) = plan.counts();
             tracing::info!(
                 "{}: {} instances, {cached} cached, {to_run} to run",
                 plan.ex.pipeline.name,
                 plan.items.len()
             );
-            let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-            let progress = !cli.quiet && std::io::stderr().is_terminal() && std::env::var_os("CI").is_none();
+            let jobs = jobs.unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+            });
+            let progress =
+                !cli.quiet && std::io::stderr().is_terminal() && std::env::var_os("CI").is_none();
             let opts = RunOptions {
                 jobs,
                 keep_going: *keep_going,
@@ -252,7 +287,11 @@ fn dispatch(cli: &Cli, reg: &Registry) -> Result<i32, Exit> {
                 1
             })
         }
-        Cmd::Query { sql, pipeline, format } => {
+        Cmd::Query {
+            sql,
+            pipeline,
+            format,
+        } => {
             let tables = match pipeline {
                 Some(f) => {
                     let p = Pipeline::load(f)?;
@@ -263,12 +302,18 @@ fn dispatch(cli: &Cli, reg: &Registry) -> Result<i32, Exit> {
             if tables.is_empty() {
                 return Err(Exit(
                     2,
-                    format!("no result tables under {} (run a pipeline first)", cli.results_dir.display()),
+                    format!(
+                        "no result tables under {} (run a pipeline first)",
+                        cli.results_dir.display()
+                    ),
                 ));
             }
             let mut df = query::run_sql(&tables, sql).map_err(|e| {
                 let names: Vec<&str> = tables.keys().map(|s| s.as_str()).collect();
-                Exit(2, format!("query failed: {e}\n(tables: {})", names.join(", ")))
+                Exit(
+                    2,
+                    format!("query failed: {e}\n(tables: {})", names.join(", ")),
+                )
             })?;
             print_frame(&mut df, *format)?;
             Ok(0)
@@ -278,7 +323,14 @@ fn dispatch(cli: &Cli, reg: &Registry) -> Result<i32, Exit> {
             let dir = cli.results_dir.join(&p.name);
             let tables = query::pipeline_tables(&dir)?;
             if tables.is_empty() {
-                return Err(Exit(1, format!("{} has no tables yet in {} (run it first)", p.name, dir.display())));
+                return Err(Exit(
+                    1,
+                    format!(
+                        "{} has no tables yet in {} (run it first)",
+                        p.name,
+                        dir.display()
+                    ),
+                ));
             }
             for (name, mut df) in tables {
                 if matches!(format, OutFormat::Table | OutFormat::Markdown) {
@@ -321,13 +373,24 @@ fn print_plan(plan: &Plan) {
         plan.ex.pipeline.name,
         plan.items.len()
     );
-    let width = plan.ex.instances.iter().map(|i| i.label.len()).max().unwrap_or(0);
+    let width = plan
+        .ex
+        .instances
+        .iter()
+        .map(|i| i.label.len())
+        .max()
+        .unwrap_or(0);
     for (inst, it) in plan.ex.instances.iter().zip(&plan.items) {
         let st = match it.status {
             PlanStatus::Cached => "cached",
             PlanStatus::Run => "run",
         };
-        println!("  {:<width$}  {}  {st:<6}  {}", inst.label, &it.key[..12], it.reason);
+        println!(
+            "  {:<width$}  {}  {st:<6}  {}",
+            inst.label,
+            &it.key[..12],
+            it.reason
+        );
     }
 }
 
@@ -386,7 +449,12 @@ fn gc(cache: &Cache, files: &[PathBuf], reg: &Registry, dry_run: bool) -> Result
             continue;
         }
         let bytes = engine::cache::disk_usage(&dir);
-        tracing::info!("{} {kind}/{} ({})", if dry_run { "would remove" } else { "removing" }, &key[..12.min(key.len())], human_bytes(bytes));
+        tracing::info!(
+            "{} {kind}/{} ({})",
+            if dry_run { "would remove" } else { "removing" },
+            &key[..12.min(key.len())],
+            human_bytes(bytes)
+        );
         if !dry_run {
             let lock = dir.with_extension("lock");
             remove_entry(&dir).map_err(anyhow::Error::from)?;

@@ -49,7 +49,8 @@ pub fn init(verbose: u8, quiet: bool) {
             _ => "trace",
         }
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(format!("ablate={level},warn")));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("ablate={level},warn")));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(MakeBarWriter)

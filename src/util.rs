@@ -18,17 +18,22 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// [`atomic_write`] for writers that stream into a file.
-pub fn atomic_write_with(path: &Path, fill: impl FnOnce(&mut std::fs::File) -> Result<()>) -> Result<()> {
+pub fn atomic_write_with(
+    path: &Path,
+    fill: impl FnOnce(&mut std::fs::File) -> Result<()>,
+) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let tmp = tmp_path(path);
     let res = (|| {
-        let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let mut f =
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         fill(&mut f)?;
         f.sync_all()?;
         drop(f);
-        std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
     })();
     if res.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -45,7 +50,8 @@ pub fn is_tmp_name(name: &str) -> bool {
 pub fn hash_file(path: &Path) -> Result<String> {
     let mut h = blake3::Hasher::new();
     let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    h.update_reader(f).with_context(|| format!("hashing {}", path.display()))?;
+    h.update_reader(f)
+        .with_context(|| format!("hashing {}", path.display()))?;
     Ok(h.finalize().to_hex().to_string())
 }
 
@@ -95,7 +101,10 @@ mod tests {
     #[test]
     fn canonical_json_sorts_keys_at_every_level() {
         let a = json!({"b": 1, "a": {"y": [1, {"d": 2, "c": 3}], "x": "s"}});
-        assert_eq!(canonical_json(&a), r#"{"a":{"x":"s","y":[1,{"c":3,"d":2}]},"b":1}"#);
+        assert_eq!(
+            canonical_json(&a),
+            r#"{"a":{"x":"s","y":[1,{"c":3,"d":2}]},"b":1}"#
+        );
     }
 
     #[test]
@@ -105,8 +114,14 @@ mod tests {
         atomic_write(&p, b"one").unwrap();
         atomic_write(&p, b"two").unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"two");
-        let names: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names.len(), 1);
-        assert_eq!(hash_file(&p).unwrap(), blake3::hash(b"two").to_hex().to_string());
+        assert_eq!(
+            hash_file(&p).unwrap(),
+            blake3::hash(b"two").to_hex().to_string()
+        );
     }
 }

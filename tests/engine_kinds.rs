@@ -27,7 +27,11 @@ struct Slow;
 fn log_line(line: &str) {
     use std::io::Write;
     let p = std::env::var("ABLATE_TEST_LOG").unwrap();
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(p).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(p)
+        .unwrap();
     f.write_all(format!("{line}\n").as_bytes()).unwrap();
 }
 
@@ -56,7 +60,9 @@ impl Stage for Slow {
         // Sum of the inputs' values: proves inputs are read from their artifacts.
         let mut sum = p.id;
         for i in &cx.inputs {
-            sum += std::fs::read_to_string(i.dir.join("value.txt"))?.trim().parse::<i64>()?;
+            sum += std::fs::read_to_string(i.dir.join("value.txt"))?
+                .trim()
+                .parse::<i64>()?;
         }
         let t = Instant::now();
         while t.elapsed() < Duration::from_millis(p.ms) {
@@ -81,9 +87,14 @@ fn registry() -> ablate::engine::Registry {
 #[test]
 #[ignore = "entry point for child processes of the other tests"]
 fn child_entry() {
-    let Ok(args) = std::env::var("ABLATE_CHILD_ARGS") else { return };
+    let Ok(args) = std::env::var("ABLATE_CHILD_ARGS") else {
+        return;
+    };
     let args: Vec<String> = serde_json::from_str(&args).unwrap();
-    let code = ablate::cli::run_with(std::iter::once("ablate".to_string()).chain(args), registry());
+    let code = ablate::cli::run_with(
+        std::iter::once("ablate".to_string()).chain(args),
+        registry(),
+    );
     std::process::exit(code);
 }
 
@@ -107,7 +118,13 @@ impl Env {
     }
     fn spawn(&self, args: &[&str]) -> Child {
         Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "child_entry", "--ignored", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "child_entry",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("ABLATE_CHILD_ARGS", serde_json::to_string(args).unwrap())
             .env("ABLATE_TEST_LOG", self.path().join("log.txt"))
             .env("RUST_LOG", "ablate=info")
@@ -166,7 +183,11 @@ fn chain(ms: u64) -> String {
 fn plan_json(env: &Env, file: &str) -> Vec<Value> {
     let (code, out, err) = env.run(&["plan", file, "--format", "json"]);
     assert_eq!(code, 0, "{err}");
-    serde_json::from_str::<Value>(&out).unwrap().as_array().unwrap().clone()
+    serde_json::from_str::<Value>(&out)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 #[test]
@@ -176,7 +197,12 @@ fn whole_values_keep_their_type_and_inputs_flow() {
     let (code, _, err) = env.run(&["run", "p.yaml", "-j", "2"]);
     assert_eq!(code, 0, "{err}");
     // b = 100 + a, a = x: the table holds 101, 102, 103 and a's values as `a.value`.
-    let (code, out, err) = env.run(&["query", "SELECT x, value, \"a.value\" FROM t ORDER BY x", "--format", "json"]);
+    let (code, out, err) = env.run(&[
+        "query",
+        "SELECT x, value, \"a.value\" FROM t ORDER BY x",
+        "--format",
+        "json",
+    ]);
     assert_eq!(code, 0, "{err}");
     let j: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
@@ -188,7 +214,12 @@ fn whole_values_keep_their_type_and_inputs_flow() {
         ])
     );
     // Aggregated over x: one group, mean 102, sample std 1, n 3.
-    let (_, out, _) = env.run(&["query", "SELECT n, value_mean, value_std FROM t_agg", "--format", "csv"]);
+    let (_, out, _) = env.run(&[
+        "query",
+        "SELECT n, value_mean, value_std FROM t_agg",
+        "--format",
+        "csv",
+    ]);
     assert_eq!(out.lines().nth(1).unwrap(), "3,102.0,1.0");
 }
 
@@ -198,7 +229,10 @@ fn cached_rerun_and_one_changed_param() {
     env.write("p.yaml", &chain(0));
     let (code, _, err) = env.run(&["run", "p.yaml"]);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(env.log().iter().filter(|l| l.starts_with("done")).count(), 6);
+    assert_eq!(
+        env.log().iter().filter(|l| l.starts_with("done")).count(),
+        6
+    );
     env.clear_log();
     let plan = plan_json(&env, "p.yaml");
     assert!(plan.iter().all(|r| r["status"] == "cached"), "{plan:?}");
@@ -213,11 +247,20 @@ fn cached_rerun_and_one_changed_param() {
     let run: Vec<(&str, &str)> = plan
         .iter()
         .filter(|r| r["status"] == "run")
-        .map(|r| (r["instance"].as_str().unwrap(), r["reason"].as_str().unwrap()))
+        .map(|r| {
+            (
+                r["instance"].as_str().unwrap(),
+                r["reason"].as_str().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
         run,
-        vec![("a[x=4]", "new"), ("b[x=4]", "new"), ("t", "an input changed: b")]
+        vec![
+            ("a[x=4]", "new"),
+            ("b[x=4]", "new"),
+            ("t", "an input changed: b")
+        ]
     );
     // Change b's params: all three b re-run with the reason, no a does.
     env.write("p.yaml", &chain(0).replace("id: 100", "id: 200"));
@@ -227,10 +270,20 @@ fn cached_rerun_and_one_changed_param() {
         .filter(|r| r["status"] == "run")
         .map(|r| r["reason"].as_str().unwrap())
         .collect();
-    assert_eq!(reasons, vec!["params changed: id"; 3].into_iter().chain(["an input changed: b"]).collect::<Vec<_>>());
+    assert_eq!(
+        reasons,
+        vec!["params changed: id"; 3]
+            .into_iter()
+            .chain(["an input changed: b"])
+            .collect::<Vec<_>>()
+    );
     let (code, _, _) = env.run(&["run", "p.yaml"]);
     assert_eq!(code, 0);
-    let started: Vec<String> = env.log().into_iter().filter(|l| l.starts_with("start")).collect();
+    let started: Vec<String> = env
+        .log()
+        .into_iter()
+        .filter(|l| l.starts_with("start"))
+        .collect();
     assert_eq!(started.len(), 3, "{started:?}");
     assert!(started.iter().all(|l| l.starts_with("start b[")));
 
@@ -238,16 +291,24 @@ fn cached_rerun_and_one_changed_param() {
     env.clear_log();
     let (code, _, err) = env.run(&["run", "p.yaml", "--force", "a"]);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(env.log().iter().filter(|l| l.starts_with("done")).count(), 6);
+    assert_eq!(
+        env.log().iter().filter(|l| l.starts_with("done")).count(),
+        6
+    );
 }
 
 #[test]
 fn failure_skips_descendants_and_keep_going_finishes_the_rest() {
     let env = Env::new();
-    let text = chain(0).replace("params: {id: '${x}', ms: 0}", "params: {id: '${x}', ms: 0, fail: '${bad}'}").replace(
-        "matrix: {x: [1, 2, 3]}",
-        "matrix:\n      x: [1, 2, 3]\n      bad: [false]\n      include: [{x: 2, bad: true}]",
-    );
+    let text = chain(0)
+        .replace(
+            "params: {id: '${x}', ms: 0}",
+            "params: {id: '${x}', ms: 0, fail: '${bad}'}",
+        )
+        .replace(
+            "matrix: {x: [1, 2, 3]}",
+            "matrix:\n      x: [1, 2, 3]\n      bad: [false]\n      include: [{x: 2, bad: true}]",
+        );
     // include with an existing x and a new value for an axis: x=2 gets bad=true? No:
     // `bad` is an axis, so the entry is a new combination.
     env.write("p.yaml", &text);
@@ -263,7 +324,12 @@ fn failure_skips_descendants_and_keep_going_finishes_the_rest() {
     let plan = plan_json(&env, "p.yaml");
     let failed: Vec<&str> = plan
         .iter()
-        .filter(|r| r["reason"].as_str().unwrap().starts_with("last attempt failed"))
+        .filter(|r| {
+            r["reason"]
+                .as_str()
+                .unwrap()
+                .starts_with("last attempt failed")
+        })
         .map(|r| r["instance"].as_str().unwrap())
         .collect();
     assert_eq!(failed, vec!["a[x=2,bad=true]"]);
@@ -272,7 +338,11 @@ fn failure_skips_descendants_and_keep_going_finishes_the_rest() {
 fn wait_for_log(env: &Env, pred: impl Fn(&[String]) -> bool) {
     let t = Instant::now();
     while !pred(&env.log()) {
-        assert!(t.elapsed() < Duration::from_secs(60), "timed out; log: {:?}", env.log());
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "timed out; log: {:?}",
+            env.log()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -287,13 +357,21 @@ fn kill_nine_leaves_no_manifest_and_the_next_run_resumes() {
     );
     env.write("p.yaml", &text);
     let mut child = env.spawn(&["run", "p.yaml", "-j", "3"]);
-    wait_for_log(&env, |l| l.iter().any(|x| x == "done b[x=1,ms=0]") && l.iter().filter(|x| x.starts_with("start a")).count() == 3);
+    wait_for_log(&env, |l| {
+        l.iter().any(|x| x == "done b[x=1,ms=0]")
+            && l.iter().filter(|x| x.starts_with("start a")).count() == 3
+    });
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let plan = plan_json(&env, "p.yaml");
     let status: Vec<(&str, &str)> = plan
         .iter()
-        .map(|r| (r["instance"].as_str().unwrap(), r["status"].as_str().unwrap()))
+        .map(|r| {
+            (
+                r["instance"].as_str().unwrap(),
+                r["status"].as_str().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
         status,
@@ -321,9 +399,15 @@ fn ctrl_c_stops_cleanly_and_resumes() {
     let env = Env::new();
     env.write("p.yaml", &chain(30000));
     let child = env.spawn(&["run", "p.yaml", "-j", "3"]);
-    wait_for_log(&env, |l| l.iter().filter(|x| x.starts_with("start a")).count() == 3);
+    wait_for_log(&env, |l| {
+        l.iter().filter(|x| x.starts_with("start a")).count() == 3
+    });
     let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{err}");
@@ -358,7 +442,12 @@ fn gc_removes_only_unreferenced_entries_and_reports_bytes() {
     let env = Env::new();
     env.write("p.yaml", &chain(0));
     assert_eq!(env.run(&["run", "p.yaml"]).0, 0);
-    env.write("q.yaml", &chain(0).replace("name: chain", "name: other").replace("[1, 2, 3]", "[1, 9]"));
+    env.write(
+        "q.yaml",
+        &chain(0)
+            .replace("name: chain", "name: other")
+            .replace("[1, 2, 3]", "[1, 9]"),
+    );
     assert_eq!(env.run(&["run", "q.yaml"]).0, 0);
     // q shares a[x=1] and b[x=1] with p; its own: a[x=9], b[x=9], t.
     let (code, out, err) = env.run(&["gc", "p.yaml"]);
@@ -367,7 +456,11 @@ fn gc_removes_only_unreferenced_entries_and_reports_bytes() {
     let plan = plan_json(&env, "p.yaml");
     assert!(plan.iter().all(|r| r["status"] == "cached"));
     let plan = plan_json(&env, "q.yaml");
-    let run: Vec<&str> = plan.iter().filter(|r| r["status"] == "run").map(|r| r["instance"].as_str().unwrap()).collect();
+    let run: Vec<&str> = plan
+        .iter()
+        .filter(|r| r["status"] == "run")
+        .map(|r| r["instance"].as_str().unwrap())
+        .collect();
     assert_eq!(run, vec!["a[x=9]", "b[x=9]", "t"]);
 }
 

@@ -22,7 +22,10 @@ fn check(yaml: &str, expect_pos: &str, expect_msg: &[&str]) {
         assert!(err.contains(m), "want {m:?} in: {err}");
     }
     // Nothing ran: no cache was even created.
-    assert!(!dir.path().join("results").exists(), "validation must come before any work");
+    assert!(
+        !dir.path().join("results").exists(),
+        "validation must come before any work"
+    );
     assert!(!Path::new(&dir.path().join("results/cache")).exists());
 }
 
@@ -30,12 +33,20 @@ const OK_DATA: &str = "  data:\n    kind: data\n    params: {source: gaussian_ri
 
 #[test]
 fn malformed_yaml() {
-    check("name: x\nstages:\n  data: {kind: data\n", "4:1", &["malformed YAML"]);
+    check(
+        "name: x\nstages:\n  data: {kind: data\n",
+        "4:1",
+        &["malformed YAML"],
+    );
 }
 
 #[test]
 fn unknown_top_level_key() {
-    check(&format!("name: x\nstagse: 1\nstages:\n{OK_DATA}"), "2:1", &["unknown top-level key `stagse`"]);
+    check(
+        &format!("name: x\nstagse: 1\nstages:\n{OK_DATA}"),
+        "2:1",
+        &["unknown top-level key `stagse`"],
+    );
 }
 
 #[test]
@@ -49,14 +60,20 @@ fn unknown_stage_key() {
 
 #[test]
 fn unknown_kind() {
-    check("name: x\nstages:\n  d:\n    kind: dtaa\n", "4:11", &["unknown kind `dtaa`", "data", "tabulate"]);
+    check(
+        "name: x\nstages:\n  d:\n    kind: dtaa\n",
+        "4:11",
+        &["unknown kind `dtaa`", "data", "tabulate"],
+    );
 }
 
 #[test]
 fn missing_need() {
     check(
-        &format!("name: x\nstages:\n{OK_DATA}  t:\n    kind: tabulate\n    needs: [data, evaluate]\n"),
-        "7:19",
+        &format!(
+            "name: x\nstages:\n{OK_DATA}  t:\n    kind: tabulate\n    needs: [data, evaluate]\n"
+        ),
+        "8:19",
         &["stage `t` needs `evaluate`"],
     );
 }
@@ -65,8 +82,8 @@ fn missing_need() {
 fn cycle_is_printed_as_a_path() {
     check(
         "name: x\nstages:\n  a: {kind: tabulate, needs: [c]}\n  b: {kind: tabulate, needs: [a]}\n  c: {kind: tabulate, needs: [b]}\n",
-        "",
-        &["the stages form a cycle:", "a -> b -> c -> a"],
+        "5:23",
+        &["the stages form a cycle:", "c -> a -> b -> c"],
     );
 }
 
@@ -74,7 +91,7 @@ fn cycle_is_printed_as_a_path() {
 fn unresolved_reference() {
     check(
         &format!("name: x\nstages:\n{OK_DATA}  t:\n    kind: tabulate\n    needs: [data]\n    matrix: {{seed: [1]}}\n    params: {{rows: ['${{sed}}']}}\n"),
-        "9:20",
+        "10:21",
         &["unresolved `${sed}`", "seed"],
     );
 }
@@ -92,7 +109,7 @@ fn empty_axis() {
 fn wrong_param_type() {
     check(
         "name: x\nstages:\n  data:\n    kind: data\n    params: {source: gaussian_ring, count: many}\n",
-        "5:45",
+        "5:44",
         &["param `count`", "invalid type"],
     );
 }
@@ -109,7 +126,7 @@ fn unknown_param() {
 #[test]
 fn param_out_of_range() {
     check(
-        "name: x\nstages:\n  data:\n    kind: data\n    params:\n      source: mnist\n      root: .\n      resolution: 2\n",
+        "name: x\nstages:\n  data:\n    kind: data\n    params:\n      source: image_folder\n      root: .\n      resolution: 2\n",
         "8:19",
         &["param `resolution`", "out of range"],
     );
@@ -119,7 +136,7 @@ fn param_out_of_range() {
 fn missing_data_file() {
     check(
         "name: x\nstages:\n  data:\n    kind: data\n    params: {source: mnist, root: datasets/nope}\n",
-        "5:37",
+        "5:35",
         &["param `root`", "datasets/nope", "does not exist"],
     );
 }

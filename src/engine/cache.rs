@@ -27,7 +27,9 @@ pub fn instance_key(kind: &str, version: u32, params: &Value, inputs: &[&str]) -
         "params": params,
         "inputs": inputs,
     });
-    blake3::hash(canonical_json(&doc).as_bytes()).to_hex().to_string()
+    blake3::hash(canonical_json(&doc).as_bytes())
+        .to_hex()
+        .to_string()
 }
 
 /// An output file as the manifest records it.
@@ -117,7 +119,10 @@ impl Cache {
         match f.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
-                tracing::info!("waiting for another ablate process that is computing {kind}/{}", &key[..12]);
+                tracing::info!(
+                    "waiting for another ablate process that is computing {kind}/{}",
+                    &key[..12]
+                );
                 f.lock()?;
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
@@ -141,7 +146,11 @@ impl Cache {
                 if (d == dir && name == MANIFEST) || is_tmp_name(&name) {
                     continue;
                 }
-                let rel = p.strip_prefix(dir).unwrap().to_string_lossy().replace('\\', "/");
+                let rel = p
+                    .strip_prefix(dir)
+                    .unwrap()
+                    .to_string_lossy()
+                    .replace('\\', "/");
                 out.insert(
                     rel,
                     FileRecord {
@@ -167,7 +176,10 @@ impl Cache {
 
     /// Remember which key an instance label had (for plan's reasons).
     pub fn remember(&self, pipeline: &str, label: &str, kind: &str, key: &str) -> Result<()> {
-        atomic_write(&self.index_path(pipeline, label), format!("{kind}/{key}").as_bytes())
+        atomic_write(
+            &self.index_path(pipeline, label),
+            format!("{kind}/{key}").as_bytes(),
+        )
     }
 
     /// The (kind, key) an instance label had last time, if any.
@@ -192,7 +204,11 @@ impl Cache {
             for e in std::fs::read_dir(kd.path())? {
                 let e = e?;
                 if e.file_type()?.is_dir() {
-                    out.push((kind.clone(), e.file_name().to_string_lossy().to_string(), e.path()));
+                    out.push((
+                        kind.clone(),
+                        e.file_name().to_string_lossy().to_string(),
+                        e.path(),
+                    ));
                 }
             }
         }
@@ -202,12 +218,18 @@ impl Cache {
 
 /// Bytes under a path (a file or a whole directory tree).
 pub fn disk_usage(p: &Path) -> u64 {
-    let Ok(md) = std::fs::symlink_metadata(p) else { return 0 };
+    let Ok(md) = std::fs::symlink_metadata(p) else {
+        return 0;
+    };
     if !md.is_dir() {
         return md.len();
     }
     std::fs::read_dir(p)
-        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| disk_usage(&e.path())).sum())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| disk_usage(&e.path()))
+                .sum()
+        })
         .unwrap_or(0)
 }
 
@@ -221,10 +243,22 @@ mod tests {
         let a = instance_key("train", 1, &json!({"a": 1, "b": [1, 2]}), &["k1"]);
         let b = instance_key("train", 1, &json!({"b": [1, 2], "a": 1}), &["k1"]);
         assert_eq!(a, b);
-        assert_ne!(a, instance_key("train", 2, &json!({"a": 1, "b": [1, 2]}), &["k1"]));
-        assert_ne!(a, instance_key("train", 1, &json!({"a": 2, "b": [1, 2]}), &["k1"]));
-        assert_ne!(a, instance_key("train", 1, &json!({"a": 1, "b": [1, 2]}), &["k2"]));
-        assert_ne!(a, instance_key("sample", 1, &json!({"a": 1, "b": [1, 2]}), &["k1"]));
+        assert_ne!(
+            a,
+            instance_key("train", 2, &json!({"a": 1, "b": [1, 2]}), &["k1"])
+        );
+        assert_ne!(
+            a,
+            instance_key("train", 1, &json!({"a": 2, "b": [1, 2]}), &["k1"])
+        );
+        assert_ne!(
+            a,
+            instance_key("train", 1, &json!({"a": 1, "b": [1, 2]}), &["k2"])
+        );
+        assert_ne!(
+            a,
+            instance_key("sample", 1, &json!({"a": 1, "b": [1, 2]}), &["k1"])
+        );
         // The key is blake3 of the canonical document, which a notebook can recompute.
         let doc = r#"{"inputs":["k1"],"kind":"train","params":{"a":1,"b":[1,2]},"version":1}"#;
         assert_eq!(a, blake3::hash(doc.as_bytes()).to_hex().to_string());
@@ -236,8 +270,14 @@ mod tests {
         let c = Cache::new(d.path());
         let key = "a".repeat(64);
         let held = c.lock("k", &key).unwrap();
-        let other = File::options().write(true).open(c.lock_path("k", &key)).unwrap();
-        assert!(matches!(other.try_lock(), Err(std::fs::TryLockError::WouldBlock)));
+        let other = File::options()
+            .write(true)
+            .open(c.lock_path("k", &key))
+            .unwrap();
+        assert!(matches!(
+            other.try_lock(),
+            Err(std::fs::TryLockError::WouldBlock)
+        ));
         drop(held);
         assert!(other.try_lock().is_ok());
     }

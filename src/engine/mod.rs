@@ -12,6 +12,6 @@ pub use plan::{Plan, PlanOptions, PlanStatus};
 pub use registry::Registry;
 pub use run::{run, RunOptions, Summary};
 pub use stage::{
-    typed_params, CheckCtx, DeviceChoice, InputRef, Interrupted, Outcome, ParamError, Progress, PublishCtx, Resources,
-    RunCtx, Stage, Status,
+    typed_params, CheckCtx, DeviceChoice, InputRef, Interrupted, Outcome, ParamError, Progress,
+    PublishCtx, Resources, RunCtx, Stage, Status,
 };

@@ -69,7 +69,11 @@ pub fn load(file: &Path, reg: &Registry, root: &Path) -> Result<(Expanded, Vec<V
             if let Some(rest) = e.message.strip_prefix("unknown field `") {
                 if let Some(end) = rest.find('`') {
                     let field = &rest[..end];
-                    e.path = if e.path.is_empty() { field.to_string() } else { format!("{}.{field}", e.path) };
+                    if e.path.is_empty() {
+                        e.path = field.to_string();
+                    } else if !e.path.ends_with(field) {
+                        e.path = format!("{}.{field}", e.path);
+                    }
                     at_key = true;
                 }
             }
@@ -78,8 +82,16 @@ pub fn load(file: &Path, reg: &Registry, root: &Path) -> Result<(Expanded, Vec<V
             } else {
                 format!("stages.{}.params.{}", inst.stage_name, e.path)
             };
-            let what = if e.path.is_empty() { String::new() } else { format!(", param `{}`", e.path) };
-            let at = if inst.vars.is_empty() { String::new() } else { format!(" (instance {})", inst.label) };
+            let what = if e.path.is_empty() {
+                String::new()
+            } else {
+                format!(", param `{}`", e.path)
+            };
+            let at = if inst.vars.is_empty() {
+                String::new()
+            } else {
+                format!(" (instance {})", inst.label)
+            };
             let msg = format!("stage `{}`{what}{at}: {}", inst.stage_name, e.message);
             if at_key {
                 ex.pipeline.err_key(&path, msg)
@@ -102,7 +114,13 @@ pub struct PlanOptions {
 
 impl Plan {
     /// Validate `file` and decide, instance by instance, what is cached.
-    pub fn new(file: &Path, reg: &Registry, cache: Cache, root: &Path, opts: &PlanOptions) -> Result<Plan, SpecError> {
+    pub fn new(
+        file: &Path,
+        reg: &Registry,
+        cache: Cache,
+        root: &Path,
+        opts: &PlanOptions,
+    ) -> Result<Plan, SpecError> {
         let (ex, params) = load(file, reg, root)?;
         for f in &opts.force {
             if ex.pipeline.stage(f).is_none() {
@@ -118,13 +136,17 @@ impl Plan {
         let pipeline = ex.pipeline.name.clone();
         for (inst, params) in ex.instances.iter().zip(params) {
             let stage = reg.get(&inst.kind).unwrap();
-            let input_keys: Vec<&str> = inst.inputs.iter().map(|&i| items[i].key.as_str()).collect();
+            let input_keys: Vec<&str> =
+                inst.inputs.iter().map(|&i| items[i].key.as_str()).collect();
             let key = instance_key(&inst.kind, stage.version(), &params, &input_keys);
             let forced_here = opts.force.contains(&inst.stage_name);
             let forced_up = inst.inputs.iter().any(|&i| items[i].forced);
             let manifest = cache.manifest(&inst.kind, &key);
             let (status, reason) = if forced_here {
-                (PlanStatus::Run, format!("forced (--force {})", inst.stage_name))
+                (
+                    PlanStatus::Run,
+                    format!("forced (--force {})", inst.stage_name),
+                )
             } else if forced_up {
                 (PlanStatus::Run, "forced upstream".to_string())
             } else {
@@ -132,9 +154,20 @@ impl Plan {
                     Some(m) if m.status != Status::Failed => (PlanStatus::Cached, String::new()),
                     Some(m) => (
                         PlanStatus::Run,
-                        format!("last attempt failed: {}", m.error.as_deref().unwrap_or("?").lines().next().unwrap_or("")),
+                        format!(
+                            "last attempt failed: {}",
+                            m.error
+                                .as_deref()
+                                .unwrap_or("?")
+                                .lines()
+                                .next()
+                                .unwrap_or("")
+                        ),
                     ),
-                    None => (PlanStatus::Run, why_new(&cache, &pipeline, &inst.label, &params, &input_keys)),
+                    None => (
+                        PlanStatus::Run,
+                        why_new(&cache, &pipeline, &inst.label, &params, &input_keys),
+                    ),
                 }
             };
             items.push(Planned {
@@ -161,14 +194,22 @@ impl Plan {
                 key: &it.key,
                 status: it.status,
                 reason: &it.reason,
-                inputs: inst.inputs.iter().map(|&i| self.ex.instances[i].label.as_str()).collect(),
+                inputs: inst
+                    .inputs
+                    .iter()
+                    .map(|&i| self.ex.instances[i].label.as_str())
+                    .collect(),
             })
             .collect()
     }
 
     /// How many instances are cached and how many will run.
     pub fn counts(&self) -> (usize, usize) {
-        let cached = self.items.iter().filter(|i| i.status == PlanStatus::Cached).count();
+        let cached = self
+            .items
+            .iter()
+            .filter(|i| i.status == PlanStatus::Cached)
+            .count();
         (cached, self.items.len() - cached)
     }
 
@@ -200,7 +241,16 @@ fn why_new(cache: &Cache, pipeline: &str, label: &str, params: &Value, inputs: &
             .filter(|i| !inputs.contains(&i.key.as_str()))
             .map(|i| i.stage.as_str())
             .collect();
-        return format!("an input changed: {}", if names.is_empty() { "inputs".to_string() } else { names.join(", ") });
+        let mut names = names;
+        names.dedup();
+        return format!(
+            "an input changed: {}",
+            if names.is_empty() {
+                "inputs".to_string()
+            } else {
+                names.join(", ")
+            }
+        );
     }
     "the stage kind's version changed".to_string()
 }
@@ -212,14 +262,22 @@ fn diff_params(a: &Value, b: &Value, path: &str, out: &mut Vec<String>) {
             keys.sort();
             keys.dedup();
             for k in keys {
-                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
                 match (x.get(k), y.get(k)) {
                     (Some(u), Some(v)) => diff_params(u, v, &p, out),
                     _ => out.push(p),
                 }
             }
         }
-        _ if a != b => out.push(if path.is_empty() { "params".into() } else { path.to_string() }),
+        _ if a != b => out.push(if path.is_empty() {
+            "params".into()
+        } else {
+            path.to_string()
+        }),
         _ => {}
     }
 }

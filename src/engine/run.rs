@@ -87,7 +87,12 @@ fn now() -> f64 {
 }
 
 /// Run everything the plan marks `run`; publish what the cache already has.
-pub fn run(plan: &Plan, reg: &Registry, opts: &RunOptions, cancel: Arc<AtomicBool>) -> Result<Summary> {
+pub fn run(
+    plan: &Plan,
+    reg: &Registry,
+    opts: &RunOptions,
+    cancel: Arc<AtomicBool>,
+) -> Result<Summary> {
     let t0 = Instant::now();
     let n = plan.items.len();
     let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
@@ -149,17 +154,26 @@ pub fn run(plan: &Plan, reg: &Registry, opts: &RunOptions, cancel: Arc<AtomicBoo
         while !stop && n_running < opts.jobs.max(1) {
             let pick = ready.iter().copied().find(|&i| {
                 let inst = &plan.ex.instances[i];
-                let res = reg.get(&inst.kind).unwrap().resources(&plan.items[i].params, opts.device);
+                let res = reg
+                    .get(&inst.kind)
+                    .unwrap()
+                    .resources(&plan.items[i].params, opts.device);
                 !(res.gpu && gpu_busy)
             });
             let Some(i) = pick else { break };
             ready.remove(&i);
             let inst = &plan.ex.instances[i];
-            let res = reg.get(&inst.kind).unwrap().resources(&plan.items[i].params, opts.device);
+            let res = reg
+                .get(&inst.kind)
+                .unwrap()
+                .resources(&plan.items[i].params, opts.device);
             gpu_busy |= res.gpu;
             n_running += 1;
             let prog = Arc::new(Progress::default());
-            running.lock().unwrap().insert(i, (inst.label.clone(), prog.clone()));
+            running
+                .lock()
+                .unwrap()
+                .insert(i, (inst.label.clone(), prog.clone()));
             let job = Job {
                 plan,
                 reg,
@@ -192,7 +206,10 @@ pub fn run(plan: &Plan, reg: &Registry, opts: &RunOptions, cancel: Arc<AtomicBoo
                 n_running -= 1;
                 running.lock().unwrap().remove(&i);
                 let inst = &plan.ex.instances[i];
-                let res = reg.get(&inst.kind).unwrap().resources(&plan.items[i].params, opts.device);
+                let res = reg
+                    .get(&inst.kind)
+                    .unwrap()
+                    .resources(&plan.items[i].params, opts.device);
                 if res.gpu {
                     gpu_busy = false;
                 }
@@ -205,7 +222,9 @@ pub fn run(plan: &Plan, reg: &Registry, opts: &RunOptions, cancel: Arc<AtomicBoo
                     Outcome::Failed(e) => {
                         let first = e.lines().next().unwrap_or("");
                         match &bar {
-                            Some(b) => b.suspend(|| tracing::error!("{} failed: {first}", inst.label)),
+                            Some(b) => {
+                                b.suspend(|| tracing::error!("{} failed: {first}", inst.label))
+                            }
                             None => tracing::error!("{} failed: {first}", inst.label),
                         }
                     }
@@ -272,7 +291,8 @@ pub fn run(plan: &Plan, reg: &Registry, opts: &RunOptions, cancel: Arc<AtomicBoo
             }
             Outcome::Failed(e) => {
                 s.failed += 1;
-                s.failures.push((plan.ex.instances[i].label.clone(), e.clone()));
+                s.failures
+                    .push((plan.ex.instances[i].label.clone(), e.clone()));
             }
             Outcome::Skipped => s.skipped += 1,
             Outcome::Interrupted => s.interrupted += 1,
@@ -289,9 +309,11 @@ fn progress_bar(on: bool, len: u64) -> Option<indicatif::ProgressBar> {
     }
     let b = indicatif::ProgressBar::new(len);
     b.set_style(
-        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {wide_msg}")
-            .unwrap()
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} {wide_msg}",
+        )
+        .unwrap()
+        .progress_chars("=> "),
     );
     b.enable_steady_tick(Duration::from_millis(250));
     crate::logging::set_bar(Some(b.clone()));
@@ -313,7 +335,11 @@ fn running_message(running: &HashMap<usize, (String, Arc<Progress>)>) -> String 
         })
         .collect();
     parts.sort();
-    parts.into_iter().map(|(_, s)| s).collect::<Vec<_>>().join("  ")
+    parts
+        .into_iter()
+        .map(|(_, s)| s)
+        .collect::<Vec<_>>()
+        .join("  ")
 }
 
 /// One instance on its way to the pool.
@@ -351,11 +377,9 @@ impl Job<'_> {
         let inst = &self.plan.ex.instances[u];
         let key = &self.plan.items[u].key;
         let dir = self.plan.cache.dir(&inst.kind, key);
-        let manifest = self
-            .plan
-            .cache
-            .manifest(&inst.kind, key)
-            .with_context(|| format!("input {} has no manifest in {}", inst.label, dir.display()))?;
+        let manifest = self.plan.cache.manifest(&inst.kind, key).with_context(|| {
+            format!("input {} has no manifest in {}", inst.label, dir.display())
+        })?;
         Ok(InputRef {
             stage: inst.stage_name.clone(),
             kind: inst.kind.clone(),
@@ -370,7 +394,11 @@ impl Job<'_> {
     fn prepare(self) -> Result<Ready> {
         let inst = &self.plan.ex.instances[self.idx];
         let it = &self.plan.items[self.idx];
-        let inputs = inst.inputs.iter().map(|&u| self.input_ref(u)).collect::<Result<Vec<_>>>()?;
+        let inputs = inst
+            .inputs
+            .iter()
+            .map(|&u| self.input_ref(u))
+            .collect::<Result<Vec<_>>>()?;
         // Every instance upstream, each once, nearest first.
         let mut seen = BTreeSet::new();
         let mut queue: std::collections::VecDeque<usize> = inst.inputs.iter().copied().collect();
@@ -459,10 +487,18 @@ impl Ready {
         };
         let (status, error, metrics, info) = match result {
             Ok(o) => (o.status, None, o.metrics, o.info),
-            Err(e) if e.downcast_ref::<Interrupted>().is_some() || self.cancel.load(Ordering::Relaxed) => {
+            Err(e)
+                if e.downcast_ref::<Interrupted>().is_some()
+                    || self.cancel.load(Ordering::Relaxed) =>
+            {
                 return Ok(Outcome::Interrupted)
             }
-            Err(e) => (Status::Failed, Some(format!("{e:#}")), Default::default(), Default::default()),
+            Err(e) => (
+                Status::Failed,
+                Some(format!("{e:#}")),
+                Default::default(),
+                Default::default(),
+            ),
         };
         let device = info
             .get("device")
@@ -494,7 +530,8 @@ impl Ready {
             crate_version: env!("CARGO_PKG_VERSION").to_string(),
         };
         self.cache.write_manifest(&m)?;
-        self.cache.remember(&self.pipeline, &self.label, &self.kind, &self.key)?;
+        self.cache
+            .remember(&self.pipeline, &self.label, &self.kind, &self.key)?;
         if let Some(e) = error {
             return Ok(Outcome::Failed(e));
         }

@@ -42,7 +42,10 @@ impl CheckCtx<'_> {
         if path.exists() {
             Ok(path)
         } else {
-            Err(ParamError::new(param, format!("`{p}` does not exist (looked for {})", path.display())))
+            Err(ParamError::new(
+                param,
+                format!("`{p}` does not exist (looked for {})", path.display()),
+            ))
         }
     }
 }
@@ -173,10 +176,12 @@ impl RunCtx<'_> {
 
     /// The first input of a given kind.
     pub fn input(&self, kind: &str) -> anyhow::Result<&InputRef> {
-        self.inputs
-            .iter()
-            .find(|i| i.kind == kind)
-            .ok_or_else(|| anyhow::anyhow!("stage `{}` needs a `{kind}` stage among its inputs", self.stage))
+        self.inputs.iter().find(|i| i.kind == kind).ok_or_else(|| {
+            anyhow::anyhow!(
+                "stage `{}` needs a `{kind}` stage among its inputs",
+                self.stage
+            )
+        })
     }
 }
 

@@ -65,14 +65,24 @@ pub struct Expanded {
 pub fn expand(p: Pipeline, kinds: &dyn KindInfo) -> Result<Expanded, SpecError> {
     let mut graph = DiGraph::<usize, ()>::new();
     let nodes: Vec<NodeIndex> = (0..p.stages.len()).map(|i| graph.add_node(i)).collect();
-    let index: HashMap<&str, usize> = p.stages.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
+    let index: HashMap<&str, usize> = p
+        .stages
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.name.as_str(), i))
+        .collect();
     for (i, s) in p.stages.iter().enumerate() {
         if !kinds.known(&s.kind) {
             let mut names = kinds.names();
             names.sort();
             return Err(p.err_at(
                 &format!("stages.{}.kind", s.name),
-                format!("stage `{}`: unknown kind `{}` (known kinds: {})", s.name, s.kind, names.join(", ")),
+                format!(
+                    "stage `{}`: unknown kind `{}` (known kinds: {})",
+                    s.name,
+                    s.kind,
+                    names.join(", ")
+                ),
             ));
         }
         for (j, n) in s.needs.iter().enumerate() {
@@ -83,7 +93,10 @@ pub fn expand(p: Pipeline, kinds: &dyn KindInfo) -> Result<Expanded, SpecError> 
                 None => {
                     return Err(p.err_at(
                         &format!("stages.{}.needs.{j}", s.name),
-                        format!("stage `{}` needs `{n}`, which is not a stage of this pipeline", s.name),
+                        format!(
+                            "stage `{}` needs `{n}`, which is not a stage of this pipeline",
+                            s.name
+                        ),
                     ))
                 }
             }
@@ -108,7 +121,10 @@ pub fn expand(p: Pipeline, kinds: &dyn KindInfo) -> Result<Expanded, SpecError> 
         let needs: Vec<usize> = s.needs.iter().map(|n| index[n.as_str()]).collect();
         // (vars, inputs) combinations from upstream.
         let base: Vec<(Map<String, Value>, Vec<usize>)> = if kinds.gathers(&s.kind) {
-            let inputs = needs.iter().flat_map(|&u| by_stage[u].iter().copied()).collect();
+            let inputs = needs
+                .iter()
+                .flat_map(|&u| by_stage[u].iter().copied())
+                .collect();
             vec![(Map::new(), inputs)]
         } else {
             join_inputs(&needs, &by_stage, &instances)
@@ -116,7 +132,10 @@ pub fn expand(p: Pipeline, kinds: &dyn KindInfo) -> Result<Expanded, SpecError> 
         if base.is_empty() {
             return Err(p.err_key(
                 &format!("stages.{}.needs", s.name),
-                format!("stage `{}`: its inputs share no consistent combination of matrix values", s.name),
+                format!(
+                    "stage `{}`: its inputs share no consistent combination of matrix values",
+                    s.name
+                ),
             ));
         }
         let own = match &s.matrix {
@@ -183,7 +202,11 @@ fn join_inputs(
         // Group by the projection on the keys the partial combination already has.
         let mut groups: HashMap<(Vec<String>, String), Vec<usize>> = HashMap::new();
         for (vars, inputs) in &acc {
-            let keys: Vec<String> = common.iter().filter(|k| vars.contains_key(*k)).cloned().collect();
+            let keys: Vec<String> = common
+                .iter()
+                .filter(|k| vars.contains_key(*k))
+                .cloned()
+                .collect();
             let probe = project(vars, &keys);
             let cands = groups.entry((keys.clone(), probe)).or_insert_with(|| {
                 ups.iter()
@@ -220,7 +243,11 @@ fn project(vars: &Map<String, Value>, keys: &[String]) -> String {
 
 /// Combinations of a matrix block, in order, with exclude and include applied.
 pub fn matrix_combinations(m: &Matrix) -> Vec<Map<String, Value>> {
-    let mut combos: Vec<Map<String, Value>> = if m.axes.is_empty() { vec![] } else { vec![Map::new()] };
+    let mut combos: Vec<Map<String, Value>> = if m.axes.is_empty() {
+        vec![]
+    } else {
+        vec![Map::new()]
+    };
     for (axis, values) in &m.axes {
         let mut next = Vec::with_capacity(combos.len() * values.len());
         for c in &combos {
@@ -232,7 +259,11 @@ pub fn matrix_combinations(m: &Matrix) -> Vec<Map<String, Value>> {
         }
         combos = next;
     }
-    combos.retain(|c| !m.exclude.iter().any(|e| e.iter().all(|(k, v)| c.get(k) == Some(v))));
+    combos.retain(|c| {
+        !m.exclude
+            .iter()
+            .any(|e| e.iter().all(|(k, v)| c.get(k) == Some(v)))
+    });
     let n_base = combos.len();
     for inc in &m.include {
         let mut matched = false;
@@ -272,10 +303,21 @@ fn substitute(
             format!("stages.{}.params.{sub}", s.name)
         }
     };
-    let child = |k: &str| if path.is_empty() { k.to_string() } else { format!("{path}.{k}") };
+    let child = |k: &str| {
+        if path.is_empty() {
+            k.to_string()
+        } else {
+            format!("{path}.{k}")
+        }
+    };
     Ok(match v {
         Value::String(text) if text.contains("${") => {
-            let refs = find_refs(text).map_err(|msg| p.err_at(&at(path), format!("stage `{}`, param `{path}`: {msg}", s.name)))?;
+            let refs = find_refs(text).map_err(|msg| {
+                p.err_at(
+                    &at(path),
+                    format!("stage `{}`, param `{path}`: {msg}", s.name),
+                )
+            })?;
             let lookup = |r: &str| -> Result<Value, SpecError> {
                 resolve(vars, r).ok_or_else(|| {
                     let mut axes: Vec<&String> = vars.keys().collect();
@@ -332,7 +374,9 @@ fn find_refs(text: &str) -> Result<Vec<(usize, usize, String)>, String> {
     let mut i = 0;
     while let Some(off) = text[i..].find("${") {
         let a = i + off;
-        let close = text[a..].find('}').ok_or_else(|| format!("`${{` without a closing `}}` in {text:?}"))?;
+        let close = text[a..]
+            .find('}')
+            .ok_or_else(|| format!("`${{` without a closing `}}` in {text:?}"))?;
         let name = text[a + 2..a + close].trim().to_string();
         if name.is_empty() {
             return Err("empty `${}`".to_string());
@@ -372,14 +416,23 @@ fn label(stage: &str, vars: &Map<String, Value>) -> String {
     if vars.is_empty() {
         return stage.to_string();
     }
-    let parts: Vec<String> = vars.iter().map(|(k, v)| format!("{k}={}", short_value(v))).collect();
+    let parts: Vec<String> = vars
+        .iter()
+        .map(|(k, v)| format!("{k}={}", short_value(v)))
+        .collect();
     format!("{stage}[{}]", parts.join(","))
 }
 
 /// A cycle through `start`, as stage indices, first stage repeated at the end.
 fn cycle_path(g: &DiGraph<usize, ()>, start: NodeIndex) -> Vec<usize> {
     // Depth-first search from `start` back to itself.
-    fn dfs(g: &DiGraph<usize, ()>, n: NodeIndex, start: NodeIndex, seen: &mut Vec<NodeIndex>, path: &mut Vec<NodeIndex>) -> bool {
+    fn dfs(
+        g: &DiGraph<usize, ()>,
+        n: NodeIndex,
+        start: NodeIndex,
+        seen: &mut Vec<NodeIndex>,
+        path: &mut Vec<NodeIndex>,
+    ) -> bool {
         for m in g.neighbors(n) {
             if m == start {
                 return true;
@@ -414,9 +467,15 @@ mod tests {
     #[test]
     fn include_and_exclude_follow_github_actions() {
         let mx = Matrix {
-            axes: vec![("os".into(), vec![json!("a"), json!("b")]), ("n".into(), vec![json!(1), json!(2)])],
+            axes: vec![
+                ("os".into(), vec![json!("a"), json!("b")]),
+                ("n".into(), vec![json!(1), json!(2)]),
+            ],
             exclude: vec![m(json!({"os": "b", "n": 2}))],
-            include: vec![m(json!({"os": "a", "extra": true})), m(json!({"os": "c", "n": 9}))],
+            include: vec![
+                m(json!({"os": "a", "extra": true})),
+                m(json!({"os": "c", "n": 9})),
+            ],
         };
         let c = matrix_combinations(&mx);
         assert_eq!(
@@ -432,7 +491,10 @@ mod tests {
 
     #[test]
     fn refs_are_found_and_resolved() {
-        assert_eq!(find_refs("a${x}b${ y.z }").unwrap(), vec![(1, 5, "x".into()), (6, 14, "y.z".into())]);
+        assert_eq!(
+            find_refs("a${x}b${ y.z }").unwrap(),
+            vec![(1, 5, "x".into()), (6, 14, "y.z".into())]
+        );
         let vars = m(json!({"o": {"loss": "rpgan", "pen": ["r1", "r2"]}}));
         assert_eq!(resolve(&vars, "o.pen"), Some(json!(["r1", "r2"])));
         assert_eq!(resolve(&vars, "o.pen.1"), Some(json!("r2")));

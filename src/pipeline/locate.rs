@@ -153,9 +153,18 @@ mod tests {
         let ix = PosIndex::build(src);
         assert_eq!(ix.key("stages.data.kind"), Some(Pos { line: 4, col: 5 }));
         assert_eq!(ix.value("stages.data.kind"), Some(Pos { line: 4, col: 11 }));
-        assert_eq!(ix.key("stages.data.params.seed"), Some(Pos { line: 5, col: 29 }));
-        assert_eq!(ix.value("stages.data.needs.1"), Some(Pos { line: 6, col: 15 }));
+        assert_eq!(
+            ix.key("stages.data.params.seed"),
+            Some(Pos { line: 5, col: 29 })
+        );
+        assert_eq!(
+            ix.value("stages.data.needs.1"),
+            Some(Pos { line: 6, col: 16 })
+        );
         // Unknown deeper paths fall back to the nearest ancestor.
-        assert_eq!(ix.key("stages.data.params.seed.x"), Some(Pos { line: 5, col: 29 }));
+        assert_eq!(
+            ix.key("stages.data.params.seed.x"),
+            Some(Pos { line: 5, col: 29 })
+        );
     }
 }

@@ -157,10 +157,17 @@ impl Cx {
     ) -> Result<(), SpecError> {
         for k in m.keys() {
             if !allowed.contains(&k.as_str()) {
-                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
                 return Err(self.err(
                     &p,
-                    format!("unknown {what} `{k}` (expected one of: {})", allowed.join(", ")),
+                    format!(
+                        "unknown {what} `{k}` (expected one of: {})",
+                        allowed.join(", ")
+                    ),
                 ));
             }
         }
@@ -181,7 +188,9 @@ impl Cx {
                     let f = n.as_f64().unwrap_or(f64::NAN);
                     serde_json::Number::from_f64(f)
                         .map(Value::Number)
-                        .ok_or_else(|| self.err_value(path, format!("`{path}`: {f} is not a finite number")))?
+                        .ok_or_else(|| {
+                            self.err_value(path, format!("`{path}`: {f} is not a finite number"))
+                        })?
                 }
             }
             Yaml::String(s) => Value::String(s),
@@ -199,16 +208,28 @@ impl Cx {
                         Yaml::String(s) => s,
                         Yaml::Number(n) => n.to_string(),
                         Yaml::Bool(b) => b.to_string(),
-                        _ => return Err(self.err_value(path, format!("`{path}`: mapping keys must be scalars"))),
+                        _ => {
+                            return Err(self.err_value(
+                                path,
+                                format!("`{path}`: mapping keys must be scalars"),
+                            ))
+                        }
                     };
-                    let p = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+                    let p = if path.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{path}.{key}")
+                    };
                     let v = self.json(v, &p)?;
                     out.insert(key, v);
                 }
                 Value::Object(out)
             }
             Yaml::Tagged(t) => {
-                return Err(self.err_value(path, format!("`{path}`: YAML tags ({}) are not supported", t.tag)))
+                return Err(self.err_value(
+                    path,
+                    format!("`{path}`: YAML tags ({}) are not supported", t.tag),
+                ))
             }
         })
     }
@@ -227,16 +248,29 @@ impl Cx {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
-            return Err(self.err(&path, format!("stage name {name:?} may only use letters, digits, '-' and '_'")));
+            return Err(self.err(
+                &path,
+                format!("stage name {name:?} may only use letters, digits, '-' and '_'"),
+            ));
         }
         let m = match v {
             Value::Object(m) => m,
-            _ => return Err(self.err_value(&path, format!("stage `{name}` must be a mapping with at least `kind`"))),
+            _ => {
+                return Err(self.err_value(
+                    &path,
+                    format!("stage `{name}` must be a mapping with at least `kind`"),
+                ))
+            }
         };
         self.known_keys(m, &path, STAGE_KEYS, &format!("key in stage `{name}`:"))?;
         let kind = match m.get("kind") {
             Some(Value::String(s)) => s.clone(),
-            Some(_) => return Err(self.err_value(&format!("{path}.kind"), format!("stage `{name}`: `kind` must be a string"))),
+            Some(_) => {
+                return Err(self.err_value(
+                    &format!("{path}.kind"),
+                    format!("stage `{name}`: `kind` must be a string"),
+                ))
+            }
             None => return Err(self.err(&path, format!("stage `{name}` has no `kind`"))),
         };
         let needs = match m.get("needs") {
@@ -247,22 +281,42 @@ impl Cx {
                 for (i, x) in a.iter().enumerate() {
                     match x {
                         Value::String(s) => out.push(s.clone()),
-                        _ => return Err(self.err_value(&format!("{path}.needs.{i}"), format!("stage `{name}`: `needs` lists stage names"))),
+                        _ => {
+                            return Err(self.err_value(
+                                &format!("{path}.needs.{i}"),
+                                format!("stage `{name}`: `needs` lists stage names"),
+                            ))
+                        }
                     }
                 }
                 out
             }
-            Some(_) => return Err(self.err_value(&format!("{path}.needs"), format!("stage `{name}`: `needs` must be a list of stage names"))),
+            Some(_) => {
+                return Err(self.err_value(
+                    &format!("{path}.needs"),
+                    format!("stage `{name}`: `needs` must be a list of stage names"),
+                ))
+            }
         };
         let params = match m.get("params") {
             None | Some(Value::Null) => Value::Object(Map::new()),
             Some(Value::Object(p)) => Value::Object(p.clone()),
-            Some(_) => return Err(self.err_value(&format!("{path}.params"), format!("stage `{name}`: `params` must be a mapping"))),
+            Some(_) => {
+                return Err(self.err_value(
+                    &format!("{path}.params"),
+                    format!("stage `{name}`: `params` must be a mapping"),
+                ))
+            }
         };
         let matrix = match m.get("matrix") {
             None | Some(Value::Null) => None,
             Some(Value::Object(mm)) => Some(self.matrix(name, &format!("{path}.matrix"), mm)?),
-            Some(_) => return Err(self.err_value(&format!("{path}.matrix"), format!("stage `{name}`: `matrix` must be a mapping of axis names to lists"))),
+            Some(_) => {
+                return Err(self.err_value(
+                    &format!("{path}.matrix"),
+                    format!("stage `{name}`: `matrix` must be a mapping of axis names to lists"),
+                ))
+            }
         };
         Ok(StageSpec {
             name: name.to_string(),
@@ -281,7 +335,12 @@ impl Cx {
                 "include" | "exclude" => {
                     let list = match v {
                         Value::Array(a) => a,
-                        _ => return Err(self.err_value(&p, format!("stage `{stage}`: matrix `{k}` must be a list of mappings"))),
+                        _ => {
+                            return Err(self.err_value(
+                                &p,
+                                format!("stage `{stage}`: matrix `{k}` must be a list of mappings"),
+                            ))
+                        }
                     };
                     let mut entries = vec![];
                     for (i, e) in list.iter().enumerate() {
@@ -302,10 +361,18 @@ impl Cx {
                     }
                     match v {
                         Value::Array(a) if a.is_empty() => {
-                            return Err(self.err_value(&p, format!("stage `{stage}`: matrix axis `{axis}` is empty")))
+                            return Err(self.err_value(
+                                &p,
+                                format!("stage `{stage}`: matrix axis `{axis}` is empty"),
+                            ))
                         }
                         Value::Array(a) => out.axes.push((axis.to_string(), a.clone())),
-                        _ => return Err(self.err_value(&p, format!("stage `{stage}`: matrix axis `{axis}` must be a list of values"))),
+                        _ => return Err(self.err_value(
+                            &p,
+                            format!(
+                                "stage `{stage}`: matrix axis `{axis}` must be a list of values"
+                            ),
+                        )),
                     }
                 }
             }
@@ -314,7 +381,12 @@ impl Cx {
             for (i, e) in list.iter().enumerate() {
                 for k in e.keys() {
                     if !out.axes.iter().any(|(a, _)| a == k) {
-                        return Err(self.err(&format!("{path}.{what}.{i}.{k}"), format!("stage `{stage}`: matrix exclude names `{k}`, which is not an axis")));
+                        return Err(self.err(
+                            &format!("{path}.{what}.{i}.{k}"),
+                            format!(
+                                "stage `{stage}`: matrix exclude names `{k}`, which is not an axis"
+                            ),
+                        ));
                     }
                 }
             }

@@ -82,10 +82,19 @@ mod tests {
             write_table(&mut df, &d.path().join(p), "table").unwrap();
         }
         let t = all_tables(d.path()).unwrap();
-        let out = run_sql(&t, "SELECT pipeline, x * 2 AS y FROM \"table\" ORDER BY y DESC").unwrap();
+        let out = run_sql(
+            &t,
+            "SELECT pipeline, x * 2 AS y FROM \"table\" ORDER BY y DESC",
+        )
+        .unwrap();
         let j = crate::results::table::to_json(&out);
-        assert_eq!(j, serde_json::json!([{"pipeline": "p2", "y": 10.0}, {"pipeline": "p1", "y": 2.0}]));
-        let err = run_sql(&t, "SELECT nope FROM \"table\"").unwrap_err().to_string();
+        assert_eq!(
+            j,
+            serde_json::json!([{"pipeline": "p2", "y": 10.0}, {"pipeline": "p1", "y": 2.0}])
+        );
+        let err = run_sql(&t, "SELECT nope FROM \"table\"")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("nope"), "{err}");
     }
 }

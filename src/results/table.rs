@@ -65,7 +65,10 @@ pub fn frame_from_rows(rows: &[Vec<(String, Cell)>]) -> Result<DataFrame> {
         }
         let pname = PlSmallStr::from(name.as_str());
         let col = if ints && !bools {
-            let v: Vec<Option<i64>> = cells.iter().map(|c| if let Cell::Int(i) = c { Some(*i) } else { None }).collect();
+            let v: Vec<Option<i64>> = cells
+                .iter()
+                .map(|c| if let Cell::Int(i) = c { Some(*i) } else { None })
+                .collect();
             Column::new(pname, v)
         } else if nums && !bools {
             let v: Vec<Option<f64>> = cells
@@ -78,12 +81,27 @@ pub fn frame_from_rows(rows: &[Vec<(String, Cell)>]) -> Result<DataFrame> {
                 .collect();
             Column::new(pname, v)
         } else if bools {
-            let v: Vec<Option<bool>> = cells.iter().map(|c| if let Cell::Bool(b) = c { Some(*b) } else { None }).collect();
+            let v: Vec<Option<bool>> = cells
+                .iter()
+                .map(|c| {
+                    if let Cell::Bool(b) = c {
+                        Some(*b)
+                    } else {
+                        None
+                    }
+                })
+                .collect();
             Column::new(pname, v)
         } else {
             let v: Vec<Option<String>> = cells
                 .iter()
-                .map(|c| if *c == Cell::Null { None } else { Some(c.render()) })
+                .map(|c| {
+                    if *c == Cell::Null {
+                        None
+                    } else {
+                        Some(c.render())
+                    }
+                })
                 .collect();
             Column::new(pname, v)
         };
@@ -156,8 +174,12 @@ pub fn json_value(v: &AnyValue) -> serde_json::Value {
     match v {
         AnyValue::Null => J::Null,
         AnyValue::Boolean(b) => J::Bool(*b),
-        AnyValue::Float64(f) => serde_json::Number::from_f64(*f).map(J::Number).unwrap_or(J::Null),
-        AnyValue::Float32(f) => serde_json::Number::from_f64(*f as f64).map(J::Number).unwrap_or(J::Null),
+        AnyValue::Float64(f) => serde_json::Number::from_f64(*f)
+            .map(J::Number)
+            .unwrap_or(J::Null),
+        AnyValue::Float32(f) => serde_json::Number::from_f64(*f as f64)
+            .map(J::Number)
+            .unwrap_or(J::Null),
         AnyValue::Int64(i) => J::from(*i),
         AnyValue::Int32(i) => J::from(*i),
         AnyValue::UInt32(i) => J::from(*i),
@@ -182,7 +204,11 @@ pub fn string_rows(df: &DataFrame) -> Vec<Vec<String>> {
 
 /// A GitHub-flavoured Markdown table.
 pub fn to_markdown(df: &DataFrame) -> String {
-    let names: Vec<String> = df.get_column_names().iter().map(|s| s.to_string()).collect();
+    let names: Vec<String> = df
+        .get_column_names()
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     let mut out = format!("| {} |\n", names.join(" | "));
     out.push_str(&format!("|{}\n", " --- |".repeat(names.len())));
     for row in string_rows(df) {
@@ -194,13 +220,22 @@ pub fn to_markdown(df: &DataFrame) -> String {
 
 /// Rows as JSON objects.
 pub fn to_json(df: &DataFrame) -> serde_json::Value {
-    let names: Vec<String> = df.get_column_names().iter().map(|s| s.to_string()).collect();
+    let names: Vec<String> = df
+        .get_column_names()
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     let cols = df.columns();
     let rows = (0..df.height())
         .map(|r| {
             let mut m = serde_json::Map::new();
             for (n, c) in names.iter().zip(cols) {
-                m.insert(n.clone(), c.get(r).map(|v| json_value(&v)).unwrap_or(serde_json::Value::Null));
+                m.insert(
+                    n.clone(),
+                    c.get(r)
+                        .map(|v| json_value(&v))
+                        .unwrap_or(serde_json::Value::Null),
+                );
             }
             serde_json::Value::Object(m)
         })
@@ -218,7 +253,11 @@ pub fn to_csv(df: &mut DataFrame) -> Result<String> {
 
 /// A plain aligned text table for terminals.
 pub fn to_text(df: &DataFrame) -> String {
-    let names: Vec<String> = df.get_column_names().iter().map(|s| s.to_string()).collect();
+    let names: Vec<String> = df
+        .get_column_names()
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     let rows = string_rows(df);
     let mut widths: Vec<usize> = names.iter().map(|n| n.chars().count()).collect();
     for r in &rows {
@@ -238,7 +277,9 @@ pub fn to_text(df: &DataFrame) -> String {
     };
     let mut out = line(&names);
     out.push('\n');
-    out.push_str(&line(&widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>()));
+    out.push_str(&line(
+        &widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>(),
+    ));
     out.push('\n');
     for r in &rows {
         out.push_str(&line(r));
@@ -258,8 +299,18 @@ pub fn aggregate(df: &DataFrame, group: &[String], skip: &[String]) -> Result<Da
         if group.contains(&n) || skip.contains(&n) || !dt.is_primitive_numeric() {
             continue;
         }
-        aggs.push(col(name.clone()).cast(DataType::Float64).mean().alias(format!("{n}_mean")));
-        aggs.push(col(name.clone()).cast(DataType::Float64).std(1).alias(format!("{n}_std")));
+        aggs.push(
+            col(name.clone())
+                .cast(DataType::Float64)
+                .mean()
+                .alias(format!("{n}_mean")),
+        );
+        aggs.push(
+            col(name.clone())
+                .cast(DataType::Float64)
+                .std(1)
+                .alias(format!("{n}_std")),
+        );
     }
     let keys: Vec<Expr> = group.iter().map(|g| col(g.as_str())).collect();
     let out = if keys.is_empty() {

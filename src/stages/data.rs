@@ -6,7 +6,9 @@
 //! The tensors follow DESIGN.md: `images` f32 [N,C,H,W] in [-1,1] or `points` f32
 //! [N,2], and `labels` i64 [N].
 
-use crate::data::{self, Dataset, ImageFolderOptions, MnistOptions, MnistSplit, StackedMnistOptions};
+use crate::data::{
+    self, Dataset, ImageFolderOptions, MnistOptions, MnistSplit, StackedMnistOptions,
+};
 use crate::engine::{typed_params, CheckCtx, Outcome, ParamError, RunCtx, Stage};
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
@@ -78,8 +80,21 @@ impl DataParams {
         use Source::*;
         let file_source = matches!(self.source, Mnist | StackedMnist | ImageFolder);
         match (&self.root, file_source) {
-            (None, true) => return Err(ParamError::new("root", format!("source {:?} needs `root`, the folder of its files", self.source))),
-            (Some(_), false) => return Err(ParamError::new("root", "a generated source takes no `root`")),
+            (None, true) => {
+                return Err(ParamError::new(
+                    "root",
+                    format!(
+                        "source {:?} needs `root`, the folder of its files",
+                        self.source
+                    ),
+                ))
+            }
+            (Some(_), false) => {
+                return Err(ParamError::new(
+                    "root",
+                    "a generated source takes no `root`",
+                ))
+            }
             (Some(r), true) => {
                 let root = cx.existing_path("root", r)?;
                 if matches!(self.source, Mnist | StackedMnist) {
@@ -87,28 +102,45 @@ impl DataParams {
                         Split::Train => MnistSplit::Train,
                         Split::T10k => MnistSplit::T10k,
                     };
-                    data::mnist::mnist_files(&root, split).map_err(|e| ParamError::new("root", e.to_string()))?;
+                    data::mnist::mnist_files(&root, split)
+                        .map_err(|e| ParamError::new("root", e.to_string()))?;
                 }
             }
             (None, false) => {}
         }
         if let Some(r) = self.resolution {
             if !(4..=512).contains(&r) {
-                return Err(ParamError::new("resolution", format!("{r} is out of range 4..=512")));
+                return Err(ParamError::new(
+                    "resolution",
+                    format!("{r} is out of range 4..=512"),
+                ));
             }
             if matches!(self.source, GaussianRing | GaussianGrid) {
-                return Err(ParamError::new("resolution", "2-D point sources have no resolution"));
+                return Err(ParamError::new(
+                    "resolution",
+                    "2-D point sources have no resolution",
+                ));
             }
         }
         if self.count == Some(0) {
             return Err(ParamError::new("count", "must be at least 1"));
         }
-        if matches!(self.source, StackedMnist | GaussianRing | GaussianGrid) && self.count.is_none() {
-            return Err(ParamError::new("count", format!("source {:?} generates data: say how many with `count`", self.source)));
+        if matches!(self.source, StackedMnist | GaussianRing | GaussianGrid) && self.count.is_none()
+        {
+            return Err(ParamError::new(
+                "count",
+                format!(
+                    "source {:?} generates data: say how many with `count`",
+                    self.source
+                ),
+            ));
         }
         if let Some(c) = self.channels {
             if self.source != ImageFolder {
-                return Err(ParamError::new("channels", "only image_folder takes `channels`"));
+                return Err(ParamError::new(
+                    "channels",
+                    "only image_folder takes `channels`",
+                ));
             }
             if c != 1 && c != 3 {
                 return Err(ParamError::new("channels", format!("{c}: must be 1 or 3")));
@@ -116,11 +148,19 @@ impl DataParams {
         }
         for (name, v) in [("radius", self.radius), ("std", self.std)] {
             if let Some(v) = v {
-                if !matches!(self.source, GaussianRing | GaussianGrid) || (name == "radius" && self.source != GaussianRing) {
-                    return Err(ParamError::new(name, format!("source {:?} takes no `{name}`", self.source)));
+                if !matches!(self.source, GaussianRing | GaussianGrid)
+                    || (name == "radius" && self.source != GaussianRing)
+                {
+                    return Err(ParamError::new(
+                        name,
+                        format!("source {:?} takes no `{name}`", self.source),
+                    ));
                 }
                 if !(v.is_finite() && v > 0.0) {
-                    return Err(ParamError::new(name, format!("{v}: must be a positive number")));
+                    return Err(ParamError::new(
+                        name,
+                        format!("{v}: must be a positive number"),
+                    ));
                 }
             }
         }
@@ -196,7 +236,10 @@ impl Stage for Data {
         cx.check_cancel()?;
         data::save_dataset(&ds, &cx.dir.join(DATA_FILE))?;
         let card = data::card(&ds);
-        crate::util::atomic_write(&cx.dir.join(CARD_FILE), serde_json::to_string_pretty(&card)?.as_bytes())?;
+        crate::util::atomic_write(
+            &cx.dir.join(CARD_FILE),
+            serde_json::to_string_pretty(&card)?.as_bytes(),
+        )?;
         data::write_preview(&ds, &cx.dir.join(PREVIEW_FILE))?;
         let s = data::stats(ds.data.values());
         let mut out = Outcome::ok()

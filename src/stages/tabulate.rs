@@ -8,7 +8,9 @@
 //! has the mean, std and count of every number per group of the other matrix values.
 //! Published to `results/<pipeline>/<stage>{,_agg}.{parquet,csv,md}`.
 
-use crate::engine::{typed_params, CheckCtx, InputRef, Outcome, ParamError, PublishCtx, RunCtx, Stage, Status};
+use crate::engine::{
+    typed_params, CheckCtx, InputRef, Outcome, ParamError, PublishCtx, RunCtx, Stage, Status,
+};
 use crate::pipeline::short_value;
 use crate::results::table::{aggregate, frame_from_rows, read_parquet, write_table, Cell};
 use anyhow::Result;
@@ -51,7 +53,8 @@ impl Stage for Tabulate {
 
     fn run(&self, cx: &RunCtx) -> Result<Outcome> {
         let p: TabulateParams = cx.params()?;
-        let by_key: HashMap<&str, &InputRef> = cx.ancestors.iter().map(|a| (a.key.as_str(), a)).collect();
+        let by_key: HashMap<&str, &InputRef> =
+            cx.ancestors.iter().map(|a| (a.key.as_str(), a)).collect();
         let mut rows = vec![];
         for input in &cx.inputs {
             rows.push(row(cx.pipeline, input, &by_key));
@@ -70,10 +73,17 @@ impl Stage for Tabulate {
                 }
             }
         }
-        let is_axis = |col: &str, axes: &[String]| axes.iter().any(|a| col == a || col.starts_with(&format!("{a}.")));
+        let is_axis = |col: &str, axes: &[String]| {
+            axes.iter()
+                .any(|a| col == a || col.starts_with(&format!("{a}.")))
+        };
         if !p.rows.is_empty() {
             let mut first: Vec<String> = FIXED.iter().map(|s| s.to_string()).collect();
-            let sort: Vec<String> = matrix_cols.iter().filter(|c| is_axis(c, &p.rows)).cloned().collect();
+            let sort: Vec<String> = matrix_cols
+                .iter()
+                .filter(|c| is_axis(c, &p.rows))
+                .cloned()
+                .collect();
             first.extend(sort.iter().cloned());
             let rest: Vec<String> = df
                 .get_column_names()
@@ -84,14 +94,25 @@ impl Stage for Tabulate {
             first.extend(rest);
             df = df.select(first)?;
             if !sort.is_empty() {
-                df = df.sort(sort, SortMultipleOptions::default().with_maintain_order(true))?;
+                df = df.sort(
+                    sort,
+                    SortMultipleOptions::default().with_maintain_order(true),
+                )?;
             }
         }
         write_table(&mut df, cx.dir, "table")?;
         let mut out = Outcome::ok().metric("rows", df.height() as f64);
         if !p.aggregate_over.is_empty() {
-            let group: Vec<String> = matrix_cols.iter().filter(|c| !is_axis(c, &p.aggregate_over)).cloned().collect();
-            let skip: Vec<String> = matrix_cols.iter().filter(|c| is_axis(c, &p.aggregate_over)).cloned().collect();
+            let group: Vec<String> = matrix_cols
+                .iter()
+                .filter(|c| !is_axis(c, &p.aggregate_over))
+                .cloned()
+                .collect();
+            let skip: Vec<String> = matrix_cols
+                .iter()
+                .filter(|c| is_axis(c, &p.aggregate_over))
+                .cloned()
+                .collect();
             let mut agg = aggregate(&df, &group, &skip)?;
             write_table(&mut agg, cx.dir, "agg")?;
             out = out.metric("groups", agg.height() as f64);
@@ -100,7 +121,10 @@ impl Stage for Tabulate {
     }
 
     fn publish(&self, cx: &PublishCtx) -> Result<()> {
-        for (file, name) in [("table", cx.stage.to_string()), ("agg", format!("{}_agg", cx.stage))] {
+        for (file, name) in [
+            ("table", cx.stage.to_string()),
+            ("agg", format!("{}_agg", cx.stage)),
+        ] {
             let src = cx.dir.join(format!("{file}.parquet"));
             if !src.exists() {
                 continue;
@@ -111,7 +135,12 @@ impl Stage for Tabulate {
             df.with_column(Column::new("pipeline".into(), vec![cx.pipeline; n]))?;
             if file == "agg" {
                 let mut cols = vec!["pipeline".to_string()];
-                cols.extend(df.get_column_names().iter().map(|s| s.to_string()).filter(|c| c != "pipeline"));
+                cols.extend(
+                    df.get_column_names()
+                        .iter()
+                        .map(|s| s.to_string())
+                        .filter(|c| c != "pipeline"),
+                );
                 df = df.select(cols)?;
             }
             write_table(&mut df, cx.results, &name)?;
@@ -149,7 +178,12 @@ fn row(pipeline: &str, input: &InputRef, by_key: &HashMap<&str, &InputRef>) -> V
     let mut status = input.manifest.status;
     // Ancestors, nearest first, each once.
     let mut seen = std::collections::HashSet::new();
-    let mut queue: std::collections::VecDeque<&str> = input.manifest.inputs.iter().map(|i| i.key.as_str()).collect();
+    let mut queue: std::collections::VecDeque<&str> = input
+        .manifest
+        .inputs
+        .iter()
+        .map(|i| i.key.as_str())
+        .collect();
     while let Some(k) = queue.pop_front() {
         if !seen.insert(k) {
             continue;
@@ -159,12 +193,21 @@ fn row(pipeline: &str, input: &InputRef, by_key: &HashMap<&str, &InputRef>) -> V
         for (m, v) in &a.manifest.metrics {
             r.push((format!("{}.{m}", a.stage), Cell::Float(*v)));
         }
-        r.push((format!("{}.wall_s", a.stage), Cell::Float(a.manifest.timings.wall_s)));
+        r.push((
+            format!("{}.wall_s", a.stage),
+            Cell::Float(a.manifest.timings.wall_s),
+        ));
         queue.extend(a.manifest.inputs.iter().map(|i| i.key.as_str()));
     }
     r.push(("status".to_string(), Cell::Str(status.as_str().to_string())));
-    r.push(("wall_s".to_string(), Cell::Float(input.manifest.timings.wall_s)));
-    r.push(("device".to_string(), Cell::Str(input.manifest.device.clone())));
+    r.push((
+        "wall_s".to_string(),
+        Cell::Float(input.manifest.timings.wall_s),
+    ));
+    r.push((
+        "device".to_string(),
+        Cell::Str(input.manifest.device.clone()),
+    ));
     r
 }
 
@@ -176,7 +219,9 @@ fn flatten(name: &str, v: &Value, out: &mut Vec<(String, Cell)>) {
         Value::Bool(b) => out.push((name.to_string(), Cell::Bool(*b))),
         Value::Number(n) => out.push((
             name.to_string(),
-            n.as_i64().map(Cell::Int).unwrap_or_else(|| Cell::Float(n.as_f64().unwrap_or(f64::NAN))),
+            n.as_i64()
+                .map(Cell::Int)
+                .unwrap_or_else(|| Cell::Float(n.as_f64().unwrap_or(f64::NAN))),
         )),
         Value::String(s) => out.push((name.to_string(), Cell::Str(s.clone()))),
         Value::Array(_) => out.push((name.to_string(), Cell::Str(short_value(v)))),
