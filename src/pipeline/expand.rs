@@ -103,7 +103,7 @@ pub fn expand(p: Pipeline, kinds: &dyn KindInfo) -> Result<Expanded, SpecError> 
         }
     }
     let order = match petgraph::algo::toposort(&graph, None) {
-        Ok(o) => o.into_iter().map(|n| graph[n]).collect::<Vec<_>>(),
+        Ok(_) => file_ordered_topo(&graph),
         Err(cycle) => {
             let path = cycle_path(&graph, cycle.node_id());
             let names: Vec<&str> = path.iter().map(|&i| p.stages[i].name.as_str()).collect();
@@ -181,6 +181,33 @@ pub fn expand(p: Pipeline, kinds: &dyn KindInfo) -> Result<Expanded, SpecError> 
         stage_order: order,
         graph,
     })
+}
+
+/// A topological order that keeps file order wherever the edges allow it
+/// (Kahn's algorithm taking the earliest stage first), so plans read like the file.
+fn file_ordered_topo(g: &DiGraph<usize, ()>) -> Vec<usize> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    let mut indeg: Vec<usize> = g
+        .node_indices()
+        .map(|n| g.neighbors_directed(n, petgraph::Incoming).count())
+        .collect();
+    let mut heap: BinaryHeap<Reverse<usize>> = g
+        .node_indices()
+        .filter(|n| indeg[n.index()] == 0)
+        .map(|n| Reverse(g[n]))
+        .collect();
+    let mut order = Vec::with_capacity(indeg.len());
+    while let Some(Reverse(i)) = heap.pop() {
+        order.push(i);
+        for m in g.neighbors(NodeIndex::new(i)) {
+            indeg[m.index()] -= 1;
+            if indeg[m.index()] == 0 {
+                heap.push(Reverse(g[m]));
+            }
+        }
+    }
+    order
 }
 
 /// Natural join of the upstream stages' instances on shared matrix values.

@@ -367,12 +367,14 @@ impl Cx {
                             ))
                         }
                         Value::Array(a) => out.axes.push((axis.to_string(), a.clone())),
-                        _ => return Err(self.err_value(
-                            &p,
-                            format!(
+                        _ => {
+                            return Err(self.err_value(
+                                &p,
+                                format!(
                                 "stage `{stage}`: matrix axis `{axis}` must be a list of values"
                             ),
-                        )),
+                            ))
+                        }
                     }
                 }
             }
