@@ -1,0 +1,114 @@
+//! Stage `sample`: `count` samples from a trained generator (EMA by default).
+//!
+//! Writes `samples.safetensors` in the data artifact format (`images` f32
+//! [N,C,H,W] in [-1,1] or `points` f32 [N,2]), so evaluation and Python read it like
+//! data, and `grid.png` (the first 64 images, or a scatter plot of the points).
+//! Latents come from `seed` alone: the same checkpoint and seed give the same samples.
+
+use super::train::CHECKPOINT_FILE;
+use crate::data::{self, DataTensor, Dataset};
+use crate::engine::{typed_params, CheckCtx, Outcome, ParamError, RunCtx, Stage, Status};
+use crate::gan::{self, DataShape, TrainConfig};
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::time::Instant;
+
+pub const SAMPLES_FILE: &str = "samples.safetensors";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SampleParams {
+    /// How many samples.
+    #[serde(default = "default_count")]
+    pub count: usize,
+    /// Seed of the latents.
+    #[serde(default)]
+    pub seed: u64,
+    /// Sample the EMA generator (true) or the raw one (false).
+    #[serde(default = "yes")]
+    pub ema: bool,
+}
+
+fn default_count() -> usize {
+    10_000
+}
+fn yes() -> bool {
+    true
+}
+
+pub struct Sample;
+
+impl Stage for Sample {
+    fn kind(&self) -> &'static str {
+        "sample"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn about(&self) -> &'static str {
+        "draw samples from a trained generator (+ PNG grid)"
+    }
+    fn check(&self, params: &Value, _cx: &CheckCtx) -> Result<Value, ParamError> {
+        typed_params::<SampleParams>(params, |p| {
+            if !(1..=1_000_000).contains(&p.count) {
+                return Err(ParamError::new("count", format!("{} is out of range 1..=1000000", p.count)));
+            }
+            Ok(())
+        })
+    }
+
+    fn run(&self, cx: &RunCtx) -> Result<Outcome> {
+        let p: SampleParams = cx.params()?;
+        let train = cx.input("train")?;
+        let cfg: TrainConfig = serde_json::from_value(train.manifest.params.clone())
+            .context("reading the train instance's params")?;
+        // The data the generator was trained on gives the sample shape.
+        let data_key = train
+            .manifest
+            .inputs
+            .iter()
+            .find(|i| cx.ancestors.iter().any(|a| a.key == i.key && a.kind == "data"))
+            .map(|i| i.key.clone())
+            .context("the train instance has no data input")?;
+        let data_dir = &cx.ancestors.iter().find(|a| a.key == data_key).unwrap().dir;
+        let card: Value = serde_json::from_str(&std::fs::read_to_string(data_dir.join(super::data::CARD_FILE))?)?;
+        let dims: Vec<usize> = serde_json::from_value(card["shape"].clone())?;
+        let shape = match dims.as_slice() {
+            [_, 2] => DataShape::Points,
+            [_, c, h, _] => DataShape::Image { c: *c, res: *h },
+            other => anyhow::bail!("unexpected data shape {other:?}"),
+        };
+        let t = Instant::now();
+        let values = gan::sample_checkpoint(&cfg, shape, &train.dir.join(CHECKPOINT_FILE), p.ema, p.count, p.seed)?;
+        let secs = t.elapsed().as_secs_f64();
+        let n = p.count;
+        let tensor = match shape {
+            DataShape::Points => DataTensor::Points { n, values },
+            DataShape::Image { c, res } => DataTensor::Images {
+                n,
+                c,
+                h: res,
+                w: res,
+                values,
+            },
+        };
+        let finite = tensor.values().iter().all(|v| v.is_finite());
+        let ds = Dataset {
+            data: tensor,
+            labels: None,
+            classes: None,
+            sources: vec![],
+            mixture: card.get("mixture").and_then(|m| serde_json::from_value(m.clone()).ok()),
+        };
+        data::save_dataset(&ds, &cx.dir.join(SAMPLES_FILE))?;
+        data::write_preview(&ds, &cx.dir.join("grid.png"))?;
+        let mut out = Outcome::ok()
+            .metric("count", n as f64)
+            .metric("samples_per_s", n as f64 / secs.max(1e-9));
+        if !finite || train.manifest.status == Status::Diverged {
+            out.status = Status::Diverged;
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,268 @@
+//! Stage `train`: a GAN on a `data` artifact.
+//!
+//! Params are [`crate::gan::TrainConfig`] (serde, unknown keys rejected, ranges
+//! checked before anything runs). Writes:
+//! - `checkpoint.safetensors`: G, G_ema, D, both Adam states, step, seed, RNG state
+//!   (every `checkpoint_every` steps and at the end, atomically); a killed run resumes
+//!   from it and reproduces the uninterrupted run's losses exactly;
+//! - `log.parquet` / `log.csv`: step, d_loss, g_loss, r1, r2, grad norms, images/s;
+//! - `loss.png`: D loss (red) and G loss (blue) against steps.
+//!
+//! NaN or infinite losses end the run with status `diverged` (a result, not a crash).
+
+use super::data::DATA_FILE;
+use crate::data::{load_dataset, DataTensor};
+use crate::engine::{typed_params, CheckCtx, DeviceChoice, Outcome, ParamError, Resources, RunCtx, Stage, Status};
+use crate::gan::{StepLog, TrainConfig, TrainData, Trainer};
+use crate::results::table::{frame_from_rows, write_table, Cell};
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::path::Path;
+use std::time::Instant;
+
+pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+const ROWS_FILE: &str = "log_rows.json";
+
+/// One row of the training log.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LogRow {
+    pub step: u64,
+    pub d_loss: f64,
+    pub g_loss: f64,
+    pub r1: Option<f64>,
+    pub r2: Option<f64>,
+    pub grad_norm_d: f64,
+    pub grad_norm_g: f64,
+    pub images_per_s: f64,
+}
+
+pub struct Train;
+
+/// The device a train/sample instance will use.
+pub fn resolve_device(param: Option<&str>, cli: DeviceChoice) -> Result<&'static str> {
+    let want = match param {
+        Some("cpu") => DeviceChoice::Cpu,
+        Some("cuda") => DeviceChoice::Cuda,
+        Some("auto") => DeviceChoice::Auto,
+        Some(other) => bail!("device `{other}`: expected cpu, cuda or auto"),
+        None => cli,
+    };
+    Ok(match want {
+        DeviceChoice::Cpu => "cpu",
+        DeviceChoice::Cuda if cfg!(feature = "cuda") => "cuda",
+        DeviceChoice::Cuda => bail!("device cuda asked for, but this ablate was built without the `cuda` feature"),
+        DeviceChoice::Auto => {
+            if cfg!(feature = "cuda") {
+                "cuda"
+            } else {
+                "cpu"
+            }
+        }
+    })
+}
+
+/// The data artifact as training data.
+pub fn train_data(dir: &Path) -> Result<TrainData> {
+    let ds = load_dataset(&dir.join(DATA_FILE)).with_context(|| format!("loading {}", dir.join(DATA_FILE).display()))?;
+    Ok(match ds.data {
+        DataTensor::Images { n, c, h, w, values } => TrainData::Images { data: values, n, c, h, w },
+        DataTensor::Points { n, values } => TrainData::Points { data: values, n },
+    })
+}
+
+fn peak_rss_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+impl Stage for Train {
+    fn kind(&self) -> &'static str {
+        "train"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn about(&self) -> &'static str {
+        "train a GAN (mlp, dcgan, r3gan B-E; ns, rpgan, hinge; r1, r2) with checkpoints and resume"
+    }
+    fn check(&self, params: &Value, _cx: &CheckCtx) -> Result<Value, ParamError> {
+        typed_params::<TrainConfig>(params, |c| {
+            c.validate().map_err(|e| {
+                let msg = e.to_string();
+                // Messages start with the offending key (`generator.width must ...`).
+                let first = msg.split([' ', ':']).next().unwrap_or("");
+                let path = if first.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '.') {
+                    first.to_string()
+                } else {
+                    String::new()
+                };
+                ParamError::new(path, msg)
+            })?;
+            if let Some(d) = &c.device {
+                if !["cpu", "cuda", "auto"].contains(&d.as_str()) {
+                    return Err(ParamError::new("device", format!("`{d}`: expected cpu, cuda or auto")));
+                }
+            }
+            Ok(())
+        })
+    }
+    fn resources(&self, params: &Value, device: DeviceChoice) -> Resources {
+        let p = params.get("device").and_then(|d| d.as_str());
+        Resources {
+            gpu: resolve_device(p, device).map(|d| d == "cuda").unwrap_or(false),
+        }
+    }
+
+    fn run(&self, cx: &RunCtx) -> Result<Outcome> {
+        let cfg: TrainConfig = cx.params()?;
+        let device = resolve_device(cfg.device.as_deref(), cx.device)?;
+        if device == "cuda" {
+            bail!("training on cuda is not wired into the train stage yet; use device: cpu");
+        }
+        let data = train_data(&cx.input("data")?.dir)?;
+        let mut t = Trainer::new(cfg.clone(), data, cfg.seed)?;
+        let (pg, pd) = t.param_counts();
+        tracing::info!("{}: G {pg} params, D {pd} params", cx.label);
+        let ckpt = cx.dir.join(CHECKPOINT_FILE);
+        let mut rows: Vec<LogRow> = vec![];
+        if ckpt.exists() {
+            t.load_checkpoint(&ckpt)
+                .with_context(|| format!("resuming from {}", ckpt.display()))?;
+            if let Ok(text) = std::fs::read_to_string(cx.dir.join(ROWS_FILE)) {
+                rows = serde_json::from_str(&text)?;
+                rows.retain(|r| r.step <= t.step_count());
+            }
+            tracing::info!("{}: resuming at step {}", cx.label, t.step_count());
+        }
+        let log_every = cfg.log_every.max(1);
+        let started = Instant::now();
+        let start_step = t.step_count();
+        let mut window = Instant::now();
+        let mut window_steps = 0u64;
+        let mut diverged_at: Option<u64> = None;
+        while t.step_count() < cfg.steps {
+            if let Err(e) = cx.check_cancel() {
+                // Keep what was done: the next run resumes from here.
+                t.save_checkpoint(&ckpt)?;
+                crate::util::atomic_write(&cx.dir.join(ROWS_FILE), serde_json::to_string(&rows)?.as_bytes())?;
+                return Err(e);
+            }
+            let log: StepLog = t.step();
+            window_steps += 1;
+            let step = log.step;
+            if !log.is_finite() {
+                tracing::warn!("{}: non-finite loss at step {step}", cx.label);
+                diverged_at = Some(step);
+                rows.push(row(&log, 0.0));
+                break;
+            }
+            if step % log_every == 0 || step == cfg.steps {
+                let ips = (window_steps * cfg.batch as u64) as f64 / window.elapsed().as_secs_f64().max(1e-9);
+                rows.push(row(&log, ips));
+                window = Instant::now();
+                window_steps = 0;
+            }
+            if cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0 && step < cfg.steps {
+                t.save_checkpoint(&ckpt)?;
+                crate::util::atomic_write(&cx.dir.join(ROWS_FILE), serde_json::to_string(&rows)?.as_bytes())?;
+            }
+            cx.progress.set(step, cfg.steps);
+        }
+        let train_s = started.elapsed().as_secs_f64();
+        t.save_checkpoint(&ckpt)?;
+        let _ = std::fs::remove_file(cx.dir.join(ROWS_FILE));
+        write_log(&rows, cx.dir)?;
+        plot_losses(&rows, &cx.dir.join("loss.png"))?;
+
+        let done = t.step_count() - start_step;
+        let ips = (done * cfg.batch as u64) as f64 / train_s.max(1e-9);
+        let tail: Vec<&LogRow> = rows.iter().rev().take((rows.len() / 10).max(1)).collect();
+        let mean = |f: fn(&LogRow) -> f64| tail.iter().map(|r| f(r)).sum::<f64>() / tail.len().max(1) as f64;
+        let mut out = Outcome::ok()
+            .metric("steps", t.step_count() as f64)
+            .metric("images_per_s", ips)
+            .metric("params_g", pg as f64)
+            .metric("params_d", pd as f64)
+            .metric("d_loss", mean(|r| r.d_loss))
+            .metric("g_loss", mean(|r| r.g_loss));
+        if let Some(m) = peak_rss_mib() {
+            out = out.metric("peak_rss_mib", m);
+        }
+        out.info.insert("device".into(), Value::from(device));
+        out.info.insert("params_g".into(), Value::from(pg));
+        out.info.insert("params_d".into(), Value::from(pd));
+        if let Some(s) = diverged_at {
+            out.status = Status::Diverged;
+            out.info.insert("diverged_at_step".into(), Value::from(s));
+            out = out.metric("diverged_at_step", s as f64);
+        }
+        Ok(out)
+    }
+}
+
+fn row(l: &StepLog, ips: f64) -> LogRow {
+    LogRow {
+        step: l.step,
+        d_loss: l.d_loss,
+        g_loss: l.g_loss,
+        r1: l.r1,
+        r2: l.r2,
+        grad_norm_d: l.grad_norm_d,
+        grad_norm_g: l.grad_norm_g,
+        images_per_s: ips,
+    }
+}
+
+fn write_log(rows: &[LogRow], dir: &Path) -> Result<()> {
+    let opt = |v: Option<f64>| v.map(Cell::Float).unwrap_or(Cell::Null);
+    let table: Vec<Vec<(String, Cell)>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                ("step".to_string(), Cell::Int(r.step as i64)),
+                ("d_loss".to_string(), Cell::Float(r.d_loss)),
+                ("g_loss".to_string(), Cell::Float(r.g_loss)),
+                ("r1".to_string(), opt(r.r1)),
+                ("r2".to_string(), opt(r.r2)),
+                ("grad_norm_d".to_string(), Cell::Float(r.grad_norm_d)),
+                ("grad_norm_g".to_string(), Cell::Float(r.grad_norm_g)),
+                ("images_per_s".to_string(), Cell::Float(r.images_per_s)),
+            ]
+        })
+        .collect();
+    let mut df = frame_from_rows(&table)?;
+    write_table(&mut df, dir, "log")?;
+    // The Markdown copy of a long log helps nobody.
+    let _ = std::fs::remove_file(dir.join("log.md"));
+    Ok(())
+}
+
+/// D loss (red) and G loss (blue) against steps, as a PNG (no text: no font needed).
+fn plot_losses(rows: &[LogRow], path: &Path) -> Result<()> {
+    use plotters::prelude::*;
+    let finite: Vec<&LogRow> = rows.iter().filter(|r| r.d_loss.is_finite() && r.g_loss.is_finite()).collect();
+    // A temporary name that still ends in .png (plotters picks the format from it).
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("plot.png");
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}.png", std::process::id()));
+    {
+        let root = BitMapBackend::new(&tmp, (640, 360)).into_drawing_area();
+        root.fill(&WHITE)?;
+        if !finite.is_empty() {
+            let x1 = finite.last().unwrap().step.max(1) as f64;
+            let lo = finite.iter().map(|r| r.d_loss.min(r.g_loss)).fold(f64::INFINITY, f64::min);
+            let hi = finite.iter().map(|r| r.d_loss.max(r.g_loss)).fold(f64::NEG_INFINITY, f64::max);
+            let pad = ((hi - lo) * 0.05).max(1e-3);
+            let mut chart = ChartBuilder::on(&root)
+                .margin(12)
+                .build_cartesian_2d(0f64..x1, (lo - pad)..(hi + pad))?;
+            chart.draw_series(LineSeries::new(finite.iter().map(|r| (r.step as f64, r.d_loss)), &RED))?;
+            chart.draw_series(LineSeries::new(finite.iter().map(|r| (r.step as f64, r.g_loss)), &BLUE))?;
+        }
+        root.present()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
