@@ -14,9 +14,13 @@
 
 pub mod frechet;
 pub mod linalg;
+pub mod prdc;
+
+mod distance;
 
 pub use frechet::{frechet_distance, frechet_distance_features, gaussian_stats, Gaussian};
 pub use linalg::{sqrtm_psd, sym_eigen, SymEigen};
+pub use prdc::{knn_radii, prdc, prdc_with_k, Prdc};
 
 /// Errors for malformed metric inputs (shapes, sizes, parameters).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -50,3 +54,6 @@ pub(crate) fn rows(data_len: usize, dim: usize, what: &str) -> Result<usize> {
     }
     Ok(data_len / dim)
 }
+
+#[cfg(test)]
+mod bench;
