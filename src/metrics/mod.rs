@@ -14,12 +14,19 @@
 
 pub mod frechet;
 pub mod linalg;
+pub mod mixture;
+pub mod modes;
 pub mod prdc;
 
 mod distance;
 
 pub use frechet::{frechet_distance, frechet_distance_features, gaussian_stats, Gaussian};
 pub use linalg::{sqrtm_psd, sym_eigen, SymEigen};
+pub use mixture::{mixture_stats, MixtureStats};
+pub use modes::{
+    mode_histogram, mode_stats, modes_covered, modes_covered_min, reverse_kl_from_counts,
+    reverse_kl_uniform, stacked_mnist_mode, ModeStats,
+};
 pub use prdc::{knn_radii, prdc, prdc_with_k, Prdc};
 
 /// Errors for malformed metric inputs (shapes, sizes, parameters).
