@@ -17,6 +17,7 @@ pub mod linalg;
 pub mod mixture;
 pub mod modes;
 pub mod prdc;
+pub mod spectral;
 
 mod distance;
 
@@ -28,6 +29,7 @@ pub use modes::{
     reverse_kl_uniform, stacked_mnist_mode, ModeStats,
 };
 pub use prdc::{knn_radii, prdc, prdc_with_k, Prdc};
+pub use spectral::{radial_power_spectrum, spectral_distance, SpectralDistance};
 
 /// Errors for malformed metric inputs (shapes, sizes, parameters).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
