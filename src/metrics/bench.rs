@@ -42,3 +42,17 @@ fn bench_prdc_10k_vs_10k_x_128() {
         rayon::current_num_threads()
     );
 }
+
+#[test]
+#[ignore = "timing benchmark; run in release"]
+fn bench_frechet_2k_x_512() {
+    let (n, dim) = (2_000, 512);
+    let real = features(n, dim, 0.0, 5);
+    let fake = features(n, dim, 0.0, 6);
+    let t = Instant::now();
+    let d = super::frechet_distance_features(&real, &fake, dim).unwrap();
+    eprintln!(
+        "frechet 2k x 512: {:.3} s (d = {d:.4})",
+        t.elapsed().as_secs_f64()
+    );
+}
