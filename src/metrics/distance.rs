@@ -91,7 +91,10 @@ mod tests {
         // The AVX2 and portable paths agree bitwise.
         let mut portable = vec![0.0; 15];
         tile_generic(&x, &y, dim, &mut portable);
-        assert!(out.iter().zip(&portable).all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert!(out
+            .iter()
+            .zip(&portable)
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
         let mut same = vec![1.0; 9];
         sq_dist_tile(&x, &x, dim, &mut same);
         for i in 0..3 {

@@ -223,8 +223,15 @@ mod tests {
         let m2 = [1.0, 1.0, 0.0, 0.0];
         let a: [f64; 4] = [1.0, 4.0, 0.25, 9.0];
         let b: [f64; 4] = [4.0, 1.0, 0.25, 1e-8];
-        let want: f64 = m1.iter().zip(&m2).map(|(x, y)| (x - y) * (x - y)).sum::<f64>()
-            + a.iter().zip(&b).map(|(x, y)| (x.sqrt() - y.sqrt()).powi(2)).sum::<f64>();
+        let want: f64 = m1
+            .iter()
+            .zip(&m2)
+            .map(|(x, y)| (x - y) * (x - y))
+            .sum::<f64>()
+            + a.iter()
+                .zip(&b)
+                .map(|(x, y)| (x.sqrt() - y.sqrt()).powi(2))
+                .sum::<f64>();
         let got = frechet_distance(&diag_gaussian(&m1, &a), &diag_gaussian(&m2, &b)).unwrap();
         assert!((got - want).abs() < 1e-12, "{got} vs {want}");
     }
@@ -269,9 +276,23 @@ mod tests {
         };
         let a: [f64; 3] = [2.0, 0.5, 1e-3];
         let b: [f64; 3] = [1.0, 3.0, 0.0]; // singular
-        let g1 = Gaussian { dim: 3, count: 0, mean: vec![1.0, 0.0, 0.0], cov: make(a) };
-        let g2 = Gaussian { dim: 3, count: 0, mean: vec![0.0, 0.0, 2.0], cov: make(b) };
-        let want = 5.0 + a.iter().zip(&b).map(|(x, y)| (x.sqrt() - y.sqrt()).powi(2)).sum::<f64>();
+        let g1 = Gaussian {
+            dim: 3,
+            count: 0,
+            mean: vec![1.0, 0.0, 0.0],
+            cov: make(a),
+        };
+        let g2 = Gaussian {
+            dim: 3,
+            count: 0,
+            mean: vec![0.0, 0.0, 2.0],
+            cov: make(b),
+        };
+        let want = 5.0
+            + a.iter()
+                .zip(&b)
+                .map(|(x, y)| (x.sqrt() - y.sqrt()).powi(2))
+                .sum::<f64>();
         let got = frechet_distance(&g1, &g2).unwrap();
         assert!((got - want).abs() < 1e-10, "{got} vs {want}");
     }
@@ -285,7 +306,13 @@ mod tests {
             .flat_map(|_| {
                 let z: Vec<f32> = (0..f).map(|_| rng.sample(StandardNormal)).collect();
                 (0..f)
-                    .map(|j| if j == 3 { 1.0 } else { z[j] + 0.5 * z[(j + 1) % f] })
+                    .map(|j| {
+                        if j == 3 {
+                            1.0
+                        } else {
+                            z[j] + 0.5 * z[(j + 1) % f]
+                        }
+                    })
                     .collect::<Vec<f32>>()
             })
             .collect();
@@ -298,7 +325,9 @@ mod tests {
         let y: Vec<f32> = x.iter().map(|v| 2.0 * v + 0.3).collect();
         let perm: Vec<usize> = (0..f).rev().collect();
         let permute = |m: &[f32]| -> Vec<f32> {
-            m.chunks(f).flat_map(|r| perm.iter().map(|&j| r[j]).collect::<Vec<_>>()).collect()
+            m.chunks(f)
+                .flat_map(|r| perm.iter().map(|&j| r[j]).collect::<Vec<_>>())
+                .collect()
         };
         let d1 = frechet_distance_features(&x, &y, f).unwrap();
         let d2 = frechet_distance_features(&permute(&x), &permute(&y), f).unwrap();
@@ -311,13 +340,26 @@ mod tests {
         let var1: Vec<f64> = (0..20).map(|i| 10f64.powi(-i % 12)).collect();
         let var2: Vec<f64> = (0..20).map(|i| 10f64.powi(-(i + 5) % 12)).collect();
         let mean = vec![0.0; 20];
-        let want: f64 = var1.iter().zip(&var2).map(|(x, y)| (x.sqrt() - y.sqrt()).powi(2)).sum();
+        let want: f64 = var1
+            .iter()
+            .zip(&var2)
+            .map(|(x, y)| (x.sqrt() - y.sqrt()).powi(2))
+            .sum();
         let got =
             frechet_distance(&diag_gaussian(&mean, &var1), &diag_gaussian(&mean, &var2)).unwrap();
-        assert!((got - want).abs() < 1e-10 * want.max(1.0), "{got} vs {want}");
-        assert!(frechet_distance_eps(&diag_gaussian(&mean, &var1), &diag_gaussian(&mean, &var1), 1e-6)
+        assert!(
+            (got - want).abs() < 1e-10 * want.max(1.0),
+            "{got} vs {want}"
+        );
+        assert!(
+            frechet_distance_eps(
+                &diag_gaussian(&mean, &var1),
+                &diag_gaussian(&mean, &var1),
+                1e-6
+            )
             .unwrap()
             .abs()
-            < 1e-12);
+                < 1e-12
+        );
     }
 }

@@ -48,10 +48,14 @@ pub fn mixture_stats(
     let n = rows(points.len(), dim, "mixture_stats points")?;
     let k = rows(centres.len(), dim, "mixture_stats centres")?;
     if k == 0 {
-        return Err(MetricsError::InvalidArgument("mixture_stats: no centres".into()));
+        return Err(MetricsError::InvalidArgument(
+            "mixture_stats: no centres".into(),
+        ));
     }
     if n == 0 {
-        return Err(MetricsError::TooFewSamples("mixture_stats: no samples".into()));
+        return Err(MetricsError::TooFewSamples(
+            "mixture_stats: no samples".into(),
+        ));
     }
     if !(sigma > 0.0 && sigma.is_finite()) {
         return Err(MetricsError::InvalidArgument(format!(

@@ -5,8 +5,8 @@
 //! features, labels and images into these slices.
 //!
 //! - [`frechet`]: Gaussian fits and the Frechet distance (FID in judge space).
-//! - [`linalg`]: the symmetric eigendecomposition (cyclic Jacobi) behind it.
-//! - [`prdc`]: precision/recall (Kynkaanniemi et al. 2019) and density/coverage
+//! - [`linalg`]: the symmetric eigendecomposition (Householder + QL) behind it.
+//! - [`prdc`](mod@prdc): precision/recall (Kynkaanniemi et al. 2019) and density/coverage
 //!   (Naeem et al. 2020) from exact k-nearest-neighbour balls.
 //! - [`modes`]: mode counts and reverse KL to uniform (StackedMNIST protocol).
 //! - [`mixture`]: modes covered and high-quality share for Gaussian mixtures.
@@ -21,7 +21,9 @@ pub mod spectral;
 
 mod distance;
 
-pub use frechet::{frechet_distance, frechet_distance_features, gaussian_stats, Gaussian};
+pub use frechet::{
+    frechet_distance, frechet_distance_eps, frechet_distance_features, gaussian_stats, Gaussian,
+};
 pub use linalg::{sqrtm_psd, sym_eigen, SymEigen};
 pub use mixture::{mixture_stats, MixtureStats};
 pub use modes::{
@@ -29,7 +31,7 @@ pub use modes::{
     reverse_kl_uniform, stacked_mnist_mode, ModeStats,
 };
 pub use prdc::{knn_radii, prdc, prdc_with_k, Prdc};
-pub use spectral::{radial_power_spectrum, spectral_distance, SpectralDistance};
+pub use spectral::{compare_spectra, radial_power_spectrum, spectral_distance, SpectralDistance};
 
 /// Errors for malformed metric inputs (shapes, sizes, parameters).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -54,7 +56,9 @@ pub type Result<T> = std::result::Result<T, MetricsError>;
 /// Number of rows of a flat row-major `[N, dim]` slice, checking the shape.
 pub(crate) fn rows(data_len: usize, dim: usize, what: &str) -> Result<usize> {
     if dim == 0 {
-        return Err(MetricsError::InvalidArgument(format!("{what}: dim must be > 0")));
+        return Err(MetricsError::InvalidArgument(format!(
+            "{what}: dim must be > 0"
+        )));
     }
     if data_len % dim != 0 {
         return Err(MetricsError::Shape(format!(

@@ -41,7 +41,9 @@ pub fn stacked_mnist_mode(digits: [usize; 3]) -> Result<usize> {
 /// Histogram `n_c = #{i : labels_i = c}` for `c in 0..k`; errors if a label is >= k.
 pub fn mode_histogram(labels: &[usize], k: usize) -> Result<Vec<u64>> {
     if k == 0 {
-        return Err(MetricsError::InvalidArgument("mode_histogram: K must be >= 1".into()));
+        return Err(MetricsError::InvalidArgument(
+            "mode_histogram: K must be >= 1".into(),
+        ));
     }
     let mut h = vec![0u64; k];
     for &l in labels {
@@ -58,7 +60,8 @@ pub fn modes_covered(labels: &[usize], k: usize) -> Result<usize> {
 }
 
 /// Modes with at least `min_count` samples: `#{c : n_c >= min_count}` (some papers
-/// require several samples per mode to discount stray hits).
+/// require several samples per mode to discount stray hits). `min_count = 0` counts
+/// as 1.
 pub fn modes_covered_min(labels: &[usize], k: usize, min_count: u64) -> Result<usize> {
     Ok(mode_histogram(labels, k)?
         .iter()

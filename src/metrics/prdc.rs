@@ -161,7 +161,9 @@ pub fn prdc_with_k(
 pub fn knn_radii(x: &[f32], dim: usize, k: usize) -> Result<Vec<f32>> {
     let n = rows(x.len(), dim, "knn_radii")?;
     if k == 0 {
-        return Err(MetricsError::InvalidArgument("knn_radii: k must be >= 1".into()));
+        return Err(MetricsError::InvalidArgument(
+            "knn_radii: k must be >= 1".into(),
+        ));
     }
     if n <= k {
         return Err(MetricsError::TooFewSamples(format!(
@@ -177,7 +179,9 @@ fn check_finite(x: &[f32], what: &str) -> Result<()> {
     if x.iter().all(|v| v.is_finite()) {
         Ok(())
     } else {
-        Err(MetricsError::Numerical(format!("{what}: non-finite feature values")))
+        Err(MetricsError::Numerical(format!(
+            "{what}: non-finite feature values"
+        )))
     }
 }
 
@@ -188,30 +192,28 @@ fn knn_sq_radii(x: &[f32], dim: usize, ks: &[usize]) -> Vec<Vec<f32>> {
     let n = x.len() / dim;
     let kmax = *ks.iter().max().expect("at least one k");
     let mut best = vec![f32::INFINITY; n * kmax];
-    best.par_chunks_mut(ROWS * kmax)
-        .enumerate()
-        .for_each_init(
-            || vec![0.0f32; ROWS * COLS],
-            |tile, (b, top)| {
-                let i0 = b * ROWS;
-                let r = top.len() / kmax;
-                let xb = &x[i0 * dim..(i0 + r) * dim];
-                for j0 in (0..n).step_by(COLS) {
-                    let cb = COLS.min(n - j0);
-                    let yb = &x[j0 * dim..(j0 + cb) * dim];
-                    sq_dist_tile(xb, yb, dim, &mut tile[..r * cb]);
-                    for rr in 0..r {
-                        let i = i0 + rr;
-                        let t = &mut top[rr * kmax..(rr + 1) * kmax];
-                        for (c, &d) in tile[rr * cb..(rr + 1) * cb].iter().enumerate() {
-                            if d < t[kmax - 1] && j0 + c != i {
-                                insert_sorted(t, d);
-                            }
+    best.par_chunks_mut(ROWS * kmax).enumerate().for_each_init(
+        || vec![0.0f32; ROWS * COLS],
+        |tile, (b, top)| {
+            let i0 = b * ROWS;
+            let r = top.len() / kmax;
+            let xb = &x[i0 * dim..(i0 + r) * dim];
+            for j0 in (0..n).step_by(COLS) {
+                let cb = COLS.min(n - j0);
+                let yb = &x[j0 * dim..(j0 + cb) * dim];
+                sq_dist_tile(xb, yb, dim, &mut tile[..r * cb]);
+                for rr in 0..r {
+                    let i = i0 + rr;
+                    let t = &mut top[rr * kmax..(rr + 1) * kmax];
+                    for (c, &d) in tile[rr * cb..(rr + 1) * cb].iter().enumerate() {
+                        if d < t[kmax - 1] && j0 + c != i {
+                            insert_sorted(t, d);
                         }
                     }
                 }
-            },
-        );
+            }
+        },
+    );
     ks.iter()
         .map(|&k| (0..n).map(|i| best[i * kmax + k - 1]).collect())
         .collect()

@@ -66,7 +66,9 @@ pub fn radial_power_spectrum(images: &[f32], c: usize, h: usize, w: usize) -> Re
     }
     let n = images.len() / (c * plane);
     if n == 0 {
-        return Err(MetricsError::TooFewSamples("radial_power_spectrum: no images".into()));
+        return Err(MetricsError::TooFewSamples(
+            "radial_power_spectrum: no images".into(),
+        ));
     }
     if images.iter().any(|v| !v.is_finite()) {
         return Err(MetricsError::Numerical(
@@ -118,13 +120,22 @@ pub fn spectral_distance(
 ) -> Result<SpectralDistance> {
     let real_spectrum = radial_power_spectrum(real, c, h, w)?;
     let fake_spectrum = radial_power_spectrum(fake, c, h, w)?;
-    Ok(compare_spectra(real_spectrum, fake_spectrum))
+    compare_spectra(real_spectrum, fake_spectrum)
 }
 
-/// [`SpectralDistance`] from two precomputed spectra of equal length (>= 1).
-pub fn compare_spectra(real_spectrum: Vec<f64>, fake_spectrum: Vec<f64>) -> SpectralDistance {
-    assert_eq!(real_spectrum.len(), fake_spectrum.len(), "spectra lengths differ");
-    assert!(!real_spectrum.is_empty(), "empty spectra");
+/// [`SpectralDistance`] from two precomputed spectra (from [`radial_power_spectrum`]
+/// with the same image size); errors when their lengths differ or they are empty.
+pub fn compare_spectra(
+    real_spectrum: Vec<f64>,
+    fake_spectrum: Vec<f64>,
+) -> Result<SpectralDistance> {
+    if real_spectrum.len() != fake_spectrum.len() || real_spectrum.is_empty() {
+        return Err(MetricsError::Shape(format!(
+            "compare_spectra: lengths {} and {} (must be equal and > 0)",
+            real_spectrum.len(),
+            fake_spectrum.len()
+        )));
+    }
     let nb = real_spectrum.len();
     let diffs: Vec<f64> = real_spectrum
         .iter()
@@ -132,20 +143,26 @@ pub fn compare_spectra(real_spectrum: Vec<f64>, fake_spectrum: Vec<f64>) -> Spec
         .map(|(r, f)| ((f + LOG_EPS).ln() - (r + LOG_EPS).ln()).abs())
         .collect();
     let mean = |d: &[f64]| d.iter().sum::<f64>() / d.len() as f64;
-    SpectralDistance {
+    Ok(SpectralDistance {
         log_distance: mean(&diffs),
         log_distance_high: mean(&diffs[nb / 2..]),
         nyquist_ratio: (fake_spectrum[nb - 1] + LOG_EPS) / (real_spectrum[nb - 1] + LOG_EPS),
         real_spectrum,
         fake_spectrum,
-    }
+    })
 }
 
 /// Bin index of each frequency `(u, v)` (row-major `h x w`) and frequencies per bin.
 fn bin_map(h: usize, w: usize) -> (Vec<usize>, Vec<u64>) {
     let nb = num_bins(h, w);
     let s = h.min(w) as f64;
-    let signed = |k: usize, n: usize| if 2 * k <= n { k as f64 } else { k as f64 - n as f64 };
+    let signed = |k: usize, n: usize| {
+        if 2 * k <= n {
+            k as f64
+        } else {
+            k as f64 - n as f64
+        }
+    };
     let mut bins = Vec::with_capacity(h * w);
     let mut counts = vec![0u64; nb];
     for u in 0..h {
@@ -191,7 +208,12 @@ fn power_2d(ch: &[f32], h: usize, w: usize, row: &Dft, col: &Dft, s: &mut Scratc
     s.im.iter_mut().for_each(|x| *x = 0.0);
     for y in 0..h {
         let r = y * w..(y + 1) * w;
-        row.transform(&mut s.re[r.clone()], &mut s.im[r], &mut s.tmp_re, &mut s.tmp_im);
+        row.transform(
+            &mut s.re[r.clone()],
+            &mut s.im[r],
+            &mut s.tmp_re,
+            &mut s.tmp_im,
+        );
     }
     for x in 0..w {
         for y in 0..h {
@@ -318,7 +340,10 @@ mod tests {
             // All power (mean(I^2) = 1) at (H/2, W/2), in the last bin; at 8 and 32 px
             // that frequency is alone in its bin, at 6 px it shares it with (3, 2).
             let (_, counts) = bin_map(h, w);
-            assert!((p[last] * counts[last] as f64 - 1.0).abs() < 1e-12, "{h}x{w}: {p:?}");
+            assert!(
+                (p[last] * counts[last] as f64 - 1.0).abs() < 1e-12,
+                "{h}x{w}: {p:?}"
+            );
             assert_eq!(counts[last] == 1, h != 6);
             assert!(p[..last].iter().all(|&x| x.abs() < 1e-20), "{h}x{w}: {p:?}");
         }
@@ -360,7 +385,7 @@ mod tests {
                     (
                         rng.gen_range(0.0..3.0),
                         rng.gen_range(0.0..3.0),
-                        rng.gen_range(0.0..6.28),
+                        rng.gen_range(0.0..std::f32::consts::TAU),
                         rng.gen_range(0.1..0.4),
                     )
                 })
@@ -370,7 +395,9 @@ mod tests {
                     let t = std::f32::consts::TAU / size as f32;
                     let v: f32 = waves
                         .iter()
-                        .map(|&(fy, fx, ph, a)| a * (t * (fy * y as f32 + fx * x as f32) + ph).sin())
+                        .map(|&(fy, fx, ph, a)| {
+                            a * (t * (fy * y as f32 + fx * x as f32) + ph).sin()
+                        })
                         .sum();
                     out.push(v + rng.gen_range(-0.05..0.05));
                 }
@@ -391,10 +418,18 @@ mod tests {
         let board = checkerboard(size, size, 0.1);
         let fake: Vec<f32> = b
             .chunks(size * size)
-            .flat_map(|img| img.iter().zip(&board).map(|(x, c)| x + c).collect::<Vec<_>>())
+            .flat_map(|img| {
+                img.iter()
+                    .zip(&board)
+                    .map(|(x, c)| x + c)
+                    .collect::<Vec<_>>()
+            })
             .collect();
         let d = spectral_distance(a, &fake, 1, size, size).unwrap();
         assert!(d.nyquist_ratio > 10.0, "{d:?}");
-        assert!(d.log_distance_high > 5.0 * same.log_distance_high, "{d:?} vs {same:?}");
+        assert!(
+            d.log_distance_high > 5.0 * same.log_distance_high,
+            "{d:?} vs {same:?}"
+        );
     }
 }
