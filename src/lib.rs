@@ -9,6 +9,7 @@ pub mod cli;
 pub mod data;
 pub mod engine;
 pub mod logging;
+pub mod metrics;
 pub mod pipeline;
 pub mod results;
 pub mod stages;
