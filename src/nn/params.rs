@@ -118,7 +118,7 @@ impl<E: Float, D: Dev<E>> ParamStore<E, D> {
 /// Sum of squares of a list of flat tensors, as f64 (for gradient norms).
 pub fn sum_sq<E: Float, D: Dev<E>>(ts: &[T1<E, D>]) -> f64 {
     ts.iter()
-        .map(|t| t.clone().square().sum::<(), Axis<0>>().array().f64())
+        .map(|t| t.clone().square().sum::<(), Axis<0>>().as_vec()[0].f64())
         .sum()
 }
 
