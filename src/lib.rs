@@ -6,3 +6,4 @@
 //! that joins the engine to the numerical code) -> `data`, `nn`, `gan`, `metrics`,
 //! `results` (the numerical and tabular libraries, which never read YAML).
 pub mod nn;
+pub mod gan;
