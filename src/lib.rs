@@ -5,5 +5,5 @@
 //! scheduler; knows no GAN) -> `stages` (one file per stage kind, the only place
 //! that joins the engine to the numerical code) -> `data`, `nn`, `gan`, `metrics`,
 //! `results` (the numerical and tabular libraries, which never read YAML).
-pub mod nn;
 pub mod gan;
+pub mod nn;

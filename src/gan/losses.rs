@@ -101,7 +101,9 @@ pub fn weighted_pass<E: Float, D: Dev<E>>(
     let out = out.reshape_like(&(n,));
     let vals: Vec<f64> = out.as_vec().into_iter().map(|v| v.f64()).collect();
     let c = coef(&vals);
-    let ct: T1<E, D> = net.dev.tensor_from_vec(c.into_iter().map(E::of).collect(), (n,));
+    let ct: T1<E, D> = net
+        .dev
+        .tensor_from_vec(c.into_iter().map(E::of).collect(), (n,));
     let grads = (out * ct).sum::<(), Axis<0>>().backward();
     let pg = net.params.grads_of(&grads);
     let xg = want_x.then(|| grads.get(x));
@@ -109,7 +111,11 @@ pub fn weighted_pass<E: Float, D: Dev<E>>(
 }
 
 /// `mean_i ||grad_x D(x_i)||^2` and the per-sample input gradients.
-pub fn penalty_value<E: Float, D: Dev<E>>(net: &Net<E, D>, x: &T4<E, D>, train: bool) -> (f64, T4<E, D>) {
+pub fn penalty_value<E: Float, D: Dev<E>>(
+    net: &Net<E, D>,
+    x: &T4<E, D>,
+    train: bool,
+) -> (f64, T4<E, D>) {
     let b = x.shape().0;
     let (_, _, g) = weighted_pass(net, x, train, true, |v| vec![1.0; v.len()]);
     let g = g.unwrap();

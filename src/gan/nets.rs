@@ -58,7 +58,12 @@ pub fn z_dim(cfg: &NetConfig, shape: DataShape) -> usize {
 }
 
 /// Build a generator: input `(B, z_dim, 1, 1)`, output `(B, 2, 1, 1)` or `(B, C, R, R)`.
-pub fn generator<E: Float, D: Dev<E>>(cfg: &NetConfig, shape: DataShape, dev: D, seed: u64) -> Result<Net<E, D>> {
+pub fn generator<E: Float, D: Dev<E>>(
+    cfg: &NetConfig,
+    shape: DataShape,
+    dev: D,
+    seed: u64,
+) -> Result<Net<E, D>> {
     let z = z_dim(cfg, shape);
     let mut nb = NetBuilder::<E, D>::new(dev, seed);
     let layers = match (cfg.arch, shape) {
@@ -83,13 +88,22 @@ pub fn discriminator<E: Float, D: Dev<E>>(
         (Arch::Mlp, DataShape::Points) => (mlp(&mut nb, cfg, 2, 1), [2, 1, 1]),
         (Arch::Mlp, _) => bail!("discriminator arch mlp is for 2-D points only"),
         (_, DataShape::Points) => bail!("conv discriminators need image data"),
-        (Arch::Dcgan, DataShape::Image { c, res }) => (dcgan_d(&mut nb, cfg, c, res)?, [c, res, res]),
-        (Arch::R3gan, DataShape::Image { c, res }) => (r3gan_d(&mut nb, cfg, c, res)?, [c, res, res]),
+        (Arch::Dcgan, DataShape::Image { c, res }) => {
+            (dcgan_d(&mut nb, cfg, c, res)?, [c, res, res])
+        }
+        (Arch::R3gan, DataShape::Image { c, res }) => {
+            (r3gan_d(&mut nb, cfg, c, res)?, [c, res, res])
+        }
     };
     Ok(nb.finish(layers, ins))
 }
 
-fn mlp<E: Float, D: Dev<E>>(nb: &mut NetBuilder<E, D>, cfg: &NetConfig, inp: usize, out: usize) -> Vec<Layer> {
+fn mlp<E: Float, D: Dev<E>>(
+    nb: &mut NetBuilder<E, D>,
+    cfg: &NetConfig,
+    inp: usize,
+    out: usize,
+) -> Vec<Layer> {
     let depth = cfg.depth.unwrap_or(3);
     let mut l = vec![];
     let mut c = inp;
@@ -135,7 +149,12 @@ fn dcgan_g<E: Float, D: Dev<E>>(
     Ok(l)
 }
 
-fn dcgan_d<E: Float, D: Dev<E>>(nb: &mut NetBuilder<E, D>, cfg: &NetConfig, c_img: usize, res: usize) -> Result<Vec<Layer>> {
+fn dcgan_d<E: Float, D: Dev<E>>(
+    nb: &mut NetBuilder<E, D>,
+    cfg: &NetConfig,
+    c_img: usize,
+    res: usize,
+) -> Result<Vec<Layer>> {
     let (base, n) = res_plan(res)?;
     let bn = cfg.batch_norm.unwrap_or(false);
     let mut l = vec![];
@@ -144,7 +163,17 @@ fn dcgan_d<E: Float, D: Dev<E>>(nb: &mut NetBuilder<E, D>, cfg: &NetConfig, c_im
     for i in 0..n {
         let co = chans(cfg, res, r / 2);
         let use_bn = bn && i > 0;
-        l.push(nb.conv(&format!("blocks.{i}.conv"), ci, co, 4, 2, 1, 1, !use_bn, SQRT2));
+        l.push(nb.conv(
+            &format!("blocks.{i}.conv"),
+            ci,
+            co,
+            4,
+            2,
+            1,
+            1,
+            !use_bn,
+            SQRT2,
+        ));
         if use_bn {
             l.push(nb.batch_norm(&format!("blocks.{i}.bn"), co));
         }
@@ -158,7 +187,9 @@ fn dcgan_d<E: Float, D: Dev<E>>(nb: &mut NetBuilder<E, D>, cfg: &NetConfig, c_im
 
 /// Inner width of a residual block and its group count.
 fn inner(cfg: &NetConfig, c: usize, variant: Variant) -> (usize, usize) {
-    let e = cfg.expansion.unwrap_or(if variant == Variant::E { 2.0 } else { 0.5 });
+    let e = cfg
+        .expansion
+        .unwrap_or(if variant == Variant::E { 2.0 } else { 0.5 });
     let ci = ((c as f64 * e).round() as usize).max(1);
     if variant != Variant::E {
         return (ci, 1);
@@ -220,11 +251,31 @@ fn r3gan_g<E: Float, D: Dev<E>>(
             let cp = chans(cfg, res, r / 2);
             if residual {
                 // transition: 1x1 conv at the low resolution, then bilinear upsampling
-                l.push(nb.conv(&format!("stages.{s}.transition"), cp, c, 1, 1, 0, 1, true, 1.0));
+                l.push(nb.conv(
+                    &format!("stages.{s}.transition"),
+                    cp,
+                    c,
+                    1,
+                    1,
+                    0,
+                    1,
+                    true,
+                    1.0,
+                ));
                 l.push(Layer::Up(UpMode::Bilinear));
             } else {
                 l.push(Layer::Up(UpMode::Bilinear));
-                l.push(nb.conv(&format!("stages.{s}.up_conv"), cp, c, 3, 1, 1, 1, true, SQRT2));
+                l.push(nb.conv(
+                    &format!("stages.{s}.up_conv"),
+                    cp,
+                    c,
+                    3,
+                    1,
+                    1,
+                    1,
+                    true,
+                    SQRT2,
+                ));
                 l.push(Layer::LeakyRelu(LRELU));
             }
         }
@@ -245,13 +296,28 @@ fn r3gan_g<E: Float, D: Dev<E>>(
     Ok(l)
 }
 
-fn r3gan_d<E: Float, D: Dev<E>>(nb: &mut NetBuilder<E, D>, cfg: &NetConfig, c_img: usize, res: usize) -> Result<Vec<Layer>> {
+fn r3gan_d<E: Float, D: Dev<E>>(
+    nb: &mut NetBuilder<E, D>,
+    cfg: &NetConfig,
+    c_img: usize,
+    res: usize,
+) -> Result<Vec<Layer>> {
     let (base, n) = res_plan(res)?;
     let variant = cfg.variant.unwrap_or(Variant::B);
     let depth = cfg.depth.unwrap_or(1);
     let residual = matches!(variant, Variant::D | Variant::E);
     let n_blocks = (n + 1) * depth;
-    let mut l = vec![nb.conv("from_img", c_img, chans(cfg, res, res), 1, 1, 0, 1, true, SQRT2)];
+    let mut l = vec![nb.conv(
+        "from_img",
+        c_img,
+        chans(cfg, res, res),
+        1,
+        1,
+        0,
+        1,
+        true,
+        SQRT2,
+    )];
     if !residual {
         l.push(Layer::LeakyRelu(LRELU));
     }
@@ -272,7 +338,17 @@ fn r3gan_d<E: Float, D: Dev<E>>(nb: &mut NetBuilder<E, D>, cfg: &NetConfig, c_im
             // transition: 2x2 average pooling (bilinear-style downsampling), then 1x1 conv
             l.push(Layer::AvgPool2);
             let gain = if residual { 1.0 } else { SQRT2 };
-            l.push(nb.conv(&format!("stages.{s}.transition"), c, cn, 1, 1, 0, 1, true, gain));
+            l.push(nb.conv(
+                &format!("stages.{s}.transition"),
+                c,
+                cn,
+                1,
+                1,
+                0,
+                1,
+                true,
+                gain,
+            ));
             if !residual {
                 l.push(Layer::LeakyRelu(LRELU));
             }

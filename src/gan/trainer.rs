@@ -165,11 +165,25 @@ impl<D: Dev<f32>> Trainer<D> {
         }
         let (row, _) = data.row();
         if data.data().len() != data.len() * row {
-            bail!("training data has {} values, expected {} x {row}", data.data().len(), data.len());
+            bail!(
+                "training data has {} values, expected {} x {row}",
+                data.data().len(),
+                data.len()
+            );
         }
         let shape = data.shape()?;
-        let g = nets::generator::<f32, D>(&cfg.generator, shape, dev.clone(), Rng::derived(seed, 1).next_u64())?;
-        let d = nets::discriminator::<f32, D>(&cfg.discriminator, shape, dev.clone(), Rng::derived(seed, 2).next_u64())?;
+        let g = nets::generator::<f32, D>(
+            &cfg.generator,
+            shape,
+            dev.clone(),
+            Rng::derived(seed, 1).next_u64(),
+        )?;
+        let d = nets::discriminator::<f32, D>(
+            &cfg.discriminator,
+            shape,
+            dev.clone(),
+            Rng::derived(seed, 2).next_u64(),
+        )?;
         let og = adam_cfg(cfg.optimizer_g.as_ref().unwrap_or(&cfg.optimizer));
         let od = adam_cfg(cfg.optimizer_d.as_ref().unwrap_or(&cfg.optimizer));
         Ok(Self {
@@ -310,9 +324,10 @@ impl<D: Dev<f32>> Trainer<D> {
         let mut i = 0;
         while i < n {
             let m = chunk.min(n - i);
-            let z = self
-                .dev
-                .tensor_from_vec(zs[i * self.z_dim..(i + m) * self.z_dim].to_vec(), (m, self.z_dim, 1, 1));
+            let z = self.dev.tensor_from_vec(
+                zs[i * self.z_dim..(i + m) * self.z_dim].to_vec(),
+                (m, self.z_dim, 1, 1),
+            );
             out.extend(net.forward(z, false).as_vec());
             i += m;
         }
@@ -350,7 +365,12 @@ impl<D: Dev<f32>> Trainer<D> {
             ("opt_G.t", self.opt_g.t.to_string()),
             ("opt_D.t", self.opt_d.t.to_string()),
             ("config", self.config_json()),
-            ("config_hash", blake3::hash(self.config_json().as_bytes()).to_hex().to_string()),
+            (
+                "config_hash",
+                blake3::hash(self.config_json().as_bytes())
+                    .to_hex()
+                    .to_string(),
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -362,18 +382,32 @@ impl<D: Dev<f32>> Trainer<D> {
     /// seed; training then continues exactly as the uninterrupted run would.
     pub fn load_checkpoint(&mut self, path: &Path) -> Result<()> {
         let (map, meta) = load_safetensors::<f32>(path)?;
-        let get = |k: &str| meta.get(k).ok_or_else(|| anyhow!("{}: metadata lacks {k:?}", path.display()));
+        let get = |k: &str| {
+            meta.get(k)
+                .ok_or_else(|| anyhow!("{}: metadata lacks {k:?}", path.display()))
+        };
         if get("format")? != CKPT_FORMAT {
             bail!("{}: not an {CKPT_FORMAT} file", path.display());
         }
         if *get("config")? != self.config_json() {
-            bail!("{}: checkpoint was written for another config", path.display());
+            bail!(
+                "{}: checkpoint was written for another config",
+                path.display()
+            );
         }
         let seed: u64 = get("seed")?.parse()?;
         if seed != self.seed {
-            bail!("{}: checkpoint seed {seed}, trainer seed {}", path.display(), self.seed);
+            bail!(
+                "{}: checkpoint seed {seed}, trainer seed {}",
+                path.display(),
+                self.seed
+            );
         }
-        let p = |k: &str| -> Result<u64> { get(k)?.parse::<u64>().with_context(|| format!("metadata {k}")) };
+        let p = |k: &str| -> Result<u64> {
+            get(k)?
+                .parse::<u64>()
+                .with_context(|| format!("metadata {k}"))
+        };
         let rng: Vec<u64> = get("rng")?
             .split(',')
             .map(|s| s.parse::<u64>())
@@ -385,8 +419,10 @@ impl<D: Dev<f32>> Trainer<D> {
         self.g.load_named(&map, "G.")?;
         self.g_ema.load_named(&map, "G_ema.")?;
         self.d.load_named(&map, "D.")?;
-        self.opt_g.load_named(&self.g.params, &map, "opt_G.", p("opt_G.t")?)?;
-        self.opt_d.load_named(&self.d.params, &map, "opt_D.", p("opt_D.t")?)?;
+        self.opt_g
+            .load_named(&self.g.params, &map, "opt_G.", p("opt_G.t")?)?;
+        self.opt_d
+            .load_named(&self.d.params, &map, "opt_D.", p("opt_D.t")?)?;
         self.step = p("step")?;
         self.d_iters = p("d_iters")?;
         self.rng = Rng::from_state([rng[0], rng[1], rng[2], rng[3]]);

@@ -231,10 +231,11 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
                     let st = &mut bufs[*buf];
                     let unbias = if n > 1.0 { n / (n - 1.0) } else { 1.0 };
                     for (r, m) in st.mean.iter_mut().zip(&mean) {
-                        *r = (1.0 - momentum) * *r + momentum * m.f64();
+                        // kept rounded to E so checkpoints (in E) restore them exactly
+                        *r = E::of((1.0 - momentum) * *r + momentum * m.f64()).f64();
                     }
                     for (r, v) in st.var.iter_mut().zip(&var) {
-                        *r = (1.0 - momentum) * *r + momentum * v.f64() * unbias;
+                        *r = E::of((1.0 - momentum) * *r + momentum * v.f64() * unbias).f64();
                     }
                     y
                 } else {
