@@ -82,6 +82,9 @@ pub fn g_loss(kind: LossKind, dr: &[f64], df: &[f64]) -> (f64, Vec<f64>) {
     (l / b, c)
 }
 
+/// Outputs, parameter gradients and (optionally) the input gradient of a pass.
+pub type PassOut<E, D> = (Vec<f64>, Vec<T1<E, D>>, Option<T4<E, D>>);
+
 /// One forward/backward of `net` on `x`: returns the outputs `D(x_j)` (host), the parameter
 /// gradients of `sum_j coef(D)_j D(x_j)` and, if `want_x`, the input gradient. `coef` sees
 /// the outputs first (so a loss can be linearised in the same pass).
@@ -91,7 +94,7 @@ pub fn weighted_pass<E: Float, D: Dev<E>>(
     train: bool,
     want_x: bool,
     coef: impl FnOnce(&[f64]) -> Vec<f64>,
-) -> (Vec<f64>, Vec<T1<E, D>>, Option<T4<E, D>>) {
+) -> PassOut<E, D> {
     let mut g = net.params.alloc_grads();
     if want_x {
         g.try_alloc_for(x).unwrap();

@@ -7,10 +7,12 @@ use dfdx::prelude::*;
 
 use super::{Dev, Float, T1, T2, T4};
 
+type IdxMap<D> = HashMap<[usize; 9], Tensor<(usize,), usize, D>>;
+
 /// Cache of gather indices (im2col / col2im), keyed by the op's geometry.
 /// Shared by every layer of one network; cheap to clone (an `Arc`).
 pub struct IdxCache<D: Storage<usize>> {
-    map: Arc<Mutex<HashMap<[usize; 9], Tensor<(usize,), usize, D>>>>,
+    map: Arc<Mutex<IdxMap<D>>>,
 }
 
 impl<D: Storage<usize>> Clone for IdxCache<D> {

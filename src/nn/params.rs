@@ -270,10 +270,11 @@ pub fn save_safetensors<E: Float>(
     Ok(())
 }
 
+/// Tensors by name.
+pub type NamedMap<E> = HashMap<String, NamedTensor<E>>;
+
 /// Read every tensor (must all be of dtype `E`) and the metadata of a safetensors file.
-pub fn load_safetensors<E: Float>(
-    path: &Path,
-) -> Result<(HashMap<String, NamedTensor<E>>, HashMap<String, String>)> {
+pub fn load_safetensors<E: Float>(path: &Path) -> Result<(NamedMap<E>, HashMap<String, String>)> {
     let buf = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&buf)?;
     let st = safetensors::SafeTensors::deserialize(&buf)?;
