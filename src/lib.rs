@@ -8,8 +8,10 @@
 pub mod cli;
 pub mod data;
 pub mod engine;
+pub mod gan;
 pub mod logging;
 pub mod metrics;
+pub mod nn;
 pub mod pipeline;
 pub mod results;
 pub mod stages;

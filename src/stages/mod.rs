@@ -2,7 +2,9 @@
 //! This is the only place that joins the engine to the numerical libraries.
 
 pub mod data;
+pub mod sample;
 pub mod tabulate;
+pub mod train;
 
 use crate::engine::Registry;
 
@@ -10,6 +12,8 @@ use crate::engine::Registry;
 pub fn registry() -> Registry {
     let mut r = Registry::new();
     r.register(data::Data);
+    r.register(train::Train);
+    r.register(sample::Sample);
     r.register(tabulate::Tabulate);
     r
 }

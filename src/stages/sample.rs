@@ -52,7 +52,10 @@ impl Stage for Sample {
     fn check(&self, params: &Value, _cx: &CheckCtx) -> Result<Value, ParamError> {
         typed_params::<SampleParams>(params, |p| {
             if !(1..=1_000_000).contains(&p.count) {
-                return Err(ParamError::new("count", format!("{} is out of range 1..=1000000", p.count)));
+                return Err(ParamError::new(
+                    "count",
+                    format!("{} is out of range 1..=1000000", p.count),
+                ));
             }
             Ok(())
         })
@@ -68,11 +71,17 @@ impl Stage for Sample {
             .manifest
             .inputs
             .iter()
-            .find(|i| cx.ancestors.iter().any(|a| a.key == i.key && a.kind == "data"))
+            .find(|i| {
+                cx.ancestors
+                    .iter()
+                    .any(|a| a.key == i.key && a.kind == "data")
+            })
             .map(|i| i.key.clone())
             .context("the train instance has no data input")?;
         let data_dir = &cx.ancestors.iter().find(|a| a.key == data_key).unwrap().dir;
-        let card: Value = serde_json::from_str(&std::fs::read_to_string(data_dir.join(super::data::CARD_FILE))?)?;
+        let card: Value = serde_json::from_str(&std::fs::read_to_string(
+            data_dir.join(super::data::CARD_FILE),
+        )?)?;
         let dims: Vec<usize> = serde_json::from_value(card["shape"].clone())?;
         let shape = match dims.as_slice() {
             [_, 2] => DataShape::Points,
@@ -80,7 +89,14 @@ impl Stage for Sample {
             other => anyhow::bail!("unexpected data shape {other:?}"),
         };
         let t = Instant::now();
-        let values = gan::sample_checkpoint(&cfg, shape, &train.dir.join(CHECKPOINT_FILE), p.ema, p.count, p.seed)?;
+        let values = gan::sample_checkpoint(
+            &cfg,
+            shape,
+            &train.dir.join(CHECKPOINT_FILE),
+            p.ema,
+            p.count,
+            p.seed,
+        )?;
         let secs = t.elapsed().as_secs_f64();
         let n = p.count;
         let tensor = match shape {
@@ -99,7 +115,9 @@ impl Stage for Sample {
             labels: None,
             classes: None,
             sources: vec![],
-            mixture: card.get("mixture").and_then(|m| serde_json::from_value(m.clone()).ok()),
+            mixture: card
+                .get("mixture")
+                .and_then(|m| serde_json::from_value(m.clone()).ok()),
         };
         data::save_dataset(&ds, &cx.dir.join(SAMPLES_FILE))?;
         data::write_preview(&ds, &cx.dir.join("grid.png"))?;

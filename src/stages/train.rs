@@ -12,7 +12,9 @@
 
 use super::data::DATA_FILE;
 use crate::data::{load_dataset, DataTensor};
-use crate::engine::{typed_params, CheckCtx, DeviceChoice, Outcome, ParamError, Resources, RunCtx, Stage, Status};
+use crate::engine::{
+    typed_params, CheckCtx, DeviceChoice, Outcome, ParamError, Resources, RunCtx, Stage, Status,
+};
 use crate::gan::{StepLog, TrainConfig, TrainData, Trainer};
 use crate::results::table::{frame_from_rows, write_table, Cell};
 use anyhow::{bail, Context, Result};
@@ -51,7 +53,9 @@ pub fn resolve_device(param: Option<&str>, cli: DeviceChoice) -> Result<&'static
     Ok(match want {
         DeviceChoice::Cpu => "cpu",
         DeviceChoice::Cuda if cfg!(feature = "cuda") => "cuda",
-        DeviceChoice::Cuda => bail!("device cuda asked for, but this ablate was built without the `cuda` feature"),
+        DeviceChoice::Cuda => {
+            bail!("device cuda asked for, but this ablate was built without the `cuda` feature")
+        }
         DeviceChoice::Auto => {
             if cfg!(feature = "cuda") {
                 "cuda"
@@ -64,9 +68,16 @@ pub fn resolve_device(param: Option<&str>, cli: DeviceChoice) -> Result<&'static
 
 /// The data artifact as training data.
 pub fn train_data(dir: &Path) -> Result<TrainData> {
-    let ds = load_dataset(&dir.join(DATA_FILE)).with_context(|| format!("loading {}", dir.join(DATA_FILE).display()))?;
+    let ds = load_dataset(&dir.join(DATA_FILE))
+        .with_context(|| format!("loading {}", dir.join(DATA_FILE).display()))?;
     Ok(match ds.data {
-        DataTensor::Images { n, c, h, w, values } => TrainData::Images { data: values, n, c, h, w },
+        DataTensor::Images { n, c, h, w, values } => TrainData::Images {
+            data: values,
+            n,
+            c,
+            h,
+            w,
+        },
         DataTensor::Points { n, values } => TrainData::Points { data: values, n },
     })
 }
@@ -94,7 +105,10 @@ impl Stage for Train {
                 let msg = e.to_string();
                 // Messages start with the offending key (`generator.width must ...`).
                 let first = msg.split([' ', ':']).next().unwrap_or("");
-                let path = if first.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '.') {
+                let path = if first
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '.')
+                {
                     first.to_string()
                 } else {
                     String::new()
@@ -103,7 +117,10 @@ impl Stage for Train {
             })?;
             if let Some(d) = &c.device {
                 if !["cpu", "cuda", "auto"].contains(&d.as_str()) {
-                    return Err(ParamError::new("device", format!("`{d}`: expected cpu, cuda or auto")));
+                    return Err(ParamError::new(
+                        "device",
+                        format!("`{d}`: expected cpu, cuda or auto"),
+                    ));
                 }
             }
             Ok(())
@@ -112,7 +129,9 @@ impl Stage for Train {
     fn resources(&self, params: &Value, device: DeviceChoice) -> Resources {
         let p = params.get("device").and_then(|d| d.as_str());
         Resources {
-            gpu: resolve_device(p, device).map(|d| d == "cuda").unwrap_or(false),
+            gpu: resolve_device(p, device)
+                .map(|d| d == "cuda")
+                .unwrap_or(false),
         }
     }
 
@@ -147,7 +166,10 @@ impl Stage for Train {
             if let Err(e) = cx.check_cancel() {
                 // Keep what was done: the next run resumes from here.
                 t.save_checkpoint(&ckpt)?;
-                crate::util::atomic_write(&cx.dir.join(ROWS_FILE), serde_json::to_string(&rows)?.as_bytes())?;
+                crate::util::atomic_write(
+                    &cx.dir.join(ROWS_FILE),
+                    serde_json::to_string(&rows)?.as_bytes(),
+                )?;
                 return Err(e);
             }
             let log: StepLog = t.step();
@@ -160,14 +182,18 @@ impl Stage for Train {
                 break;
             }
             if step % log_every == 0 || step == cfg.steps {
-                let ips = (window_steps * cfg.batch as u64) as f64 / window.elapsed().as_secs_f64().max(1e-9);
+                let ips = (window_steps * cfg.batch as u64) as f64
+                    / window.elapsed().as_secs_f64().max(1e-9);
                 rows.push(row(&log, ips));
                 window = Instant::now();
                 window_steps = 0;
             }
             if cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0 && step < cfg.steps {
                 t.save_checkpoint(&ckpt)?;
-                crate::util::atomic_write(&cx.dir.join(ROWS_FILE), serde_json::to_string(&rows)?.as_bytes())?;
+                crate::util::atomic_write(
+                    &cx.dir.join(ROWS_FILE),
+                    serde_json::to_string(&rows)?.as_bytes(),
+                )?;
             }
             cx.progress.set(step, cfg.steps);
         }
@@ -180,7 +206,9 @@ impl Stage for Train {
         let done = t.step_count() - start_step;
         let ips = (done * cfg.batch as u64) as f64 / train_s.max(1e-9);
         let tail: Vec<&LogRow> = rows.iter().rev().take((rows.len() / 10).max(1)).collect();
-        let mean = |f: fn(&LogRow) -> f64| tail.iter().map(|r| f(r)).sum::<f64>() / tail.len().max(1) as f64;
+        let mean = |f: fn(&LogRow) -> f64| {
+            tail.iter().map(|r| f(r)).sum::<f64>() / tail.len().max(1) as f64
+        };
         let mut out = Outcome::ok()
             .metric("steps", t.step_count() as f64)
             .metric("images_per_s", ips)
@@ -243,26 +271,42 @@ fn write_log(rows: &[LogRow], dir: &Path) -> Result<()> {
 /// D loss (red) and G loss (blue) against steps, as a PNG (no text: no font needed).
 fn plot_losses(rows: &[LogRow], path: &Path) -> Result<()> {
     use plotters::prelude::*;
-    let finite: Vec<&LogRow> = rows.iter().filter(|r| r.d_loss.is_finite() && r.g_loss.is_finite()).collect();
-    // A temporary name that still ends in .png (plotters picks the format from it).
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("plot.png");
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}.png", std::process::id()));
+    let finite: Vec<&LogRow> = rows
+        .iter()
+        .filter(|r| r.d_loss.is_finite() && r.g_loss.is_finite())
+        .collect();
+    let (w, h) = (640u32, 360u32);
+    let mut buf = vec![0u8; (w * h * 3) as usize];
     {
-        let root = BitMapBackend::new(&tmp, (640, 360)).into_drawing_area();
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
         root.fill(&WHITE)?;
         if !finite.is_empty() {
             let x1 = finite.last().unwrap().step.max(1) as f64;
-            let lo = finite.iter().map(|r| r.d_loss.min(r.g_loss)).fold(f64::INFINITY, f64::min);
-            let hi = finite.iter().map(|r| r.d_loss.max(r.g_loss)).fold(f64::NEG_INFINITY, f64::max);
+            let lo = finite
+                .iter()
+                .map(|r| r.d_loss.min(r.g_loss))
+                .fold(f64::INFINITY, f64::min);
+            let hi = finite
+                .iter()
+                .map(|r| r.d_loss.max(r.g_loss))
+                .fold(f64::NEG_INFINITY, f64::max);
             let pad = ((hi - lo) * 0.05).max(1e-3);
             let mut chart = ChartBuilder::on(&root)
                 .margin(12)
                 .build_cartesian_2d(0f64..x1, (lo - pad)..(hi + pad))?;
-            chart.draw_series(LineSeries::new(finite.iter().map(|r| (r.step as f64, r.d_loss)), &RED))?;
-            chart.draw_series(LineSeries::new(finite.iter().map(|r| (r.step as f64, r.g_loss)), &BLUE))?;
+            chart.draw_series(LineSeries::new(
+                finite.iter().map(|r| (r.step as f64, r.d_loss)),
+                &RED,
+            ))?;
+            chart.draw_series(LineSeries::new(
+                finite.iter().map(|r| (r.step as f64, r.g_loss)),
+                &BLUE,
+            ))?;
         }
         root.present()?;
     }
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+    let img = image::RgbImage::from_raw(w, h, buf).context("plot buffer")?;
+    let mut png = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
+    crate::util::atomic_write(path, &png)
 }

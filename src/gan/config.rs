@@ -1,0 +1,272 @@
+//! The `train` stage parameters (serde, unknown keys rejected) and their range checks.
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+
+/// Network family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    /// Fully connected nets for 2-D points.
+    Mlp,
+    /// DCGAN.
+    Dcgan,
+    /// The R3GAN roadmap (with `variant`).
+    R3gan,
+}
+
+/// R3GAN roadmap configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Variant {
+    /// Stripped-down DCGAN-like net: no normalisation, bilinear upsampling + conv.
+    B,
+    /// Same net as B (C changes the loss in YAML).
+    C,
+    /// 1-3-1 bottleneck residual blocks.
+    D,
+    /// ConvNeXt-style inverted bottleneck with grouped 3x3 conv, fix-up init.
+    E,
+}
+
+/// One network's architecture.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// `mlp`, `dcgan` or `r3gan`.
+    pub arch: Arch,
+    /// R3GAN variant (required for `r3gan`, rejected otherwise).
+    #[serde(default)]
+    pub variant: Option<Variant>,
+    /// Hidden units (mlp) or channels at full resolution (conv nets); channels at
+    /// resolution r are `min(width * R / r, max_width)`.
+    pub width: usize,
+    /// Channel cap (default 8 * width).
+    #[serde(default)]
+    pub max_width: Option<usize>,
+    /// Hidden layers (mlp, default 3), or convs / residual blocks per stage (r3gan, default 1).
+    #[serde(default)]
+    pub depth: Option<usize>,
+    /// Latent size (generator only; default 64 for images, 16 for points).
+    #[serde(default)]
+    pub z_dim: Option<usize>,
+    /// Batch norm (dcgan; default true in G, false in D).
+    #[serde(default)]
+    pub batch_norm: Option<bool>,
+    /// Inner-width ratio of residual blocks (r3gan D default 0.5, E default 2).
+    #[serde(default)]
+    pub expansion: Option<f64>,
+    /// Channels per group of the grouped 3x3 conv (r3gan E, default 16).
+    #[serde(default)]
+    pub group_size: Option<usize>,
+}
+
+/// Adversarial loss.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LossKind {
+    /// Non-saturating, softplus form.
+    Ns,
+    /// Relativistic pairing.
+    Rpgan,
+    /// Hinge.
+    Hinge,
+}
+
+/// Zero-centred gradient penalty.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Penalty {
+    /// On real data.
+    R1,
+    /// On fake data.
+    R2,
+}
+
+/// Adam settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimConfig {
+    /// Learning rate.
+    pub lr: f64,
+    /// (beta1, beta2).
+    #[serde(default = "default_betas")]
+    pub betas: [f64; 2],
+    /// Epsilon.
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+}
+
+fn default_betas() -> [f64; 2] {
+    [0.0, 0.99]
+}
+fn default_eps() -> f64 {
+    1e-8
+}
+fn one() -> usize {
+    1
+}
+fn default_delta() -> f64 {
+    1e-3
+}
+
+/// Parameters of the `train` stage.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Generator.
+    pub generator: NetConfig,
+    /// Discriminator.
+    pub discriminator: NetConfig,
+    /// Adversarial loss.
+    pub loss: LossKind,
+    /// Gradient penalties.
+    #[serde(default)]
+    pub penalties: Vec<Penalty>,
+    /// Penalty weight: the D loss gets `gamma / 2 * mean ||grad_x D||^2` per penalty.
+    #[serde(default)]
+    pub gamma: f64,
+    /// Apply penalties every k D steps, scaled by k (lazy regularisation).
+    #[serde(default)]
+    pub lazy_interval: Option<u64>,
+    /// Adam for both networks.
+    pub optimizer: OptimConfig,
+    /// Optional Adam override for G.
+    #[serde(default)]
+    pub optimizer_g: Option<OptimConfig>,
+    /// Optional Adam override for D.
+    #[serde(default)]
+    pub optimizer_d: Option<OptimConfig>,
+    /// D steps per G step.
+    #[serde(default = "one")]
+    pub d_steps: usize,
+    /// Batch size.
+    pub batch: usize,
+    /// G steps.
+    pub steps: u64,
+    /// EMA beta of G (none: the EMA generator is G itself).
+    #[serde(default)]
+    pub ema: Option<f64>,
+    /// Seed of everything.
+    #[serde(default)]
+    pub seed: u64,
+    /// Checkpoint period in steps (0: only at the end).
+    #[serde(default)]
+    pub checkpoint_every: u64,
+    /// Log period in steps (0: every step).
+    #[serde(default)]
+    pub log_every: u64,
+    /// `cpu`, `cuda` or `auto` (read by the stage, not by the trainer).
+    #[serde(default)]
+    pub device: Option<String>,
+    /// Finite-difference step of the penalty Hessian-vector product, as the RMS of the
+    /// input perturbation (eps = delta / rms(grad_x D)).
+    #[serde(default = "default_delta")]
+    pub hvp_delta: f64,
+}
+
+impl NetConfig {
+    fn validate(&self, what: &str) -> Result<()> {
+        if self.width == 0 || self.width > 4096 {
+            bail!("{what}.width must be in 1..=4096, got {}", self.width);
+        }
+        if let Some(m) = self.max_width {
+            if m < self.width {
+                bail!("{what}.max_width ({m}) must be >= width ({})", self.width);
+            }
+        }
+        if let Some(d) = self.depth {
+            if !(1..=16).contains(&d) {
+                bail!("{what}.depth must be in 1..=16, got {d}");
+            }
+        }
+        if let Some(z) = self.z_dim {
+            if !(1..=4096).contains(&z) {
+                bail!("{what}.z_dim must be in 1..=4096, got {z}");
+            }
+        }
+        if let Some(e) = self.expansion {
+            if !(e > 0.0 && e <= 16.0) {
+                bail!("{what}.expansion must be in (0, 16], got {e}");
+            }
+        }
+        if self.group_size == Some(0) {
+            bail!("{what}.group_size must be >= 1");
+        }
+        match (self.arch, self.variant) {
+            (Arch::R3gan, None) => bail!("{what}: arch r3gan needs variant: B | C | D | E"),
+            (Arch::Mlp | Arch::Dcgan, Some(_)) => {
+                bail!("{what}: variant is only for arch r3gan")
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl TrainConfig {
+    /// Range checks (run before anything trains).
+    pub fn validate(&self) -> Result<()> {
+        self.generator.validate("generator")?;
+        self.discriminator.validate("discriminator")?;
+        if self.discriminator.z_dim.is_some() {
+            bail!("discriminator.z_dim makes no sense");
+        }
+        if (self.generator.arch == Arch::Mlp) != (self.discriminator.arch == Arch::Mlp) {
+            bail!("mlp nets are for 2-D points: use them for both generator and discriminator");
+        }
+        if !(self.gamma >= 0.0 && self.gamma.is_finite()) {
+            bail!("gamma must be >= 0, got {}", self.gamma);
+        }
+        let mut seen = vec![];
+        for p in &self.penalties {
+            if seen.contains(p) {
+                bail!("penalty {p:?} listed twice");
+            }
+            seen.push(*p);
+        }
+        if self.lazy_interval == Some(0) {
+            bail!("lazy_interval must be >= 1");
+        }
+        for (name, o) in [
+            ("optimizer", Some(&self.optimizer)),
+            ("optimizer_g", self.optimizer_g.as_ref()),
+            ("optimizer_d", self.optimizer_d.as_ref()),
+        ] {
+            let Some(o) = o else { continue };
+            if !(o.lr > 0.0 && o.lr <= 1.0) {
+                bail!("{name}.lr must be in (0, 1], got {}", o.lr);
+            }
+            for b in o.betas {
+                if !(0.0..1.0).contains(&b) {
+                    bail!("{name}.betas must be in [0, 1), got {:?}", o.betas);
+                }
+            }
+            if !(o.eps > 0.0 && o.eps < 1.0) {
+                bail!("{name}.eps must be in (0, 1), got {}", o.eps);
+            }
+        }
+        if !(1..=64).contains(&self.d_steps) {
+            bail!("d_steps must be in 1..=64, got {}", self.d_steps);
+        }
+        if !(1..=65536).contains(&self.batch) {
+            bail!("batch must be in 1..=65536, got {}", self.batch);
+        }
+        if self.steps == 0 {
+            bail!("steps must be >= 1");
+        }
+        if let Some(e) = self.ema {
+            if !(0.0..1.0).contains(&e) {
+                bail!("ema must be in [0, 1), got {e}");
+            }
+        }
+        if let Some(d) = &self.device {
+            if !["cpu", "cuda", "auto"].contains(&d.as_str()) {
+                bail!("device must be cpu, cuda or auto, got {d:?}");
+            }
+        }
+        if !(self.hvp_delta > 0.0 && self.hvp_delta < 1.0) {
+            bail!("hvp_delta must be in (0, 1), got {}", self.hvp_delta);
+        }
+        Ok(())
+    }
+}

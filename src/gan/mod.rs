@@ -1,0 +1,18 @@
+//! GAN networks, losses, penalties and the training loop (on [`crate::nn`]).
+//!
+//! Entry points: [`TrainConfig`] (the `train` stage params, `validate()`), [`Trainer`]
+//! (`new`, `step`, `save_checkpoint`, `load_checkpoint`, `sample`), [`TrainData`].
+
+pub mod config;
+pub mod losses;
+pub mod nets;
+pub mod sample;
+pub mod trainer;
+
+#[cfg(test)]
+mod tests;
+
+pub use config::{Arch, LossKind, NetConfig, OptimConfig, Penalty, TrainConfig, Variant};
+pub use nets::DataShape;
+pub use sample::{sample_checkpoint, sample_net};
+pub use trainer::{StepLog, TrainData, Trainer};

@@ -1,0 +1,371 @@
+//! Generators and discriminators chosen at run time from [`NetConfig`].
+//!
+//! Resolutions: `R = base * 2^n` with `base = 4`, or `base = 7` when `R` is 7 * 2^n
+//! (28 starts at 7x7, no padding). Channels at resolution `r` are
+//! `min(width * R / r, max_width)` (max_width defaults to 8 * width).
+//! Parameter names are relative (`blocks.0.conv.weight`); checkpoints prefix them with
+//! `G.`, `G_ema.` or `D.`.
+
+use anyhow::{bail, Result};
+
+use super::config::{Arch, NetConfig, Variant};
+use crate::nn::{Dev, Float, Layer, Net, NetBuilder, UpMode};
+
+const SQRT2: f64 = std::f64::consts::SQRT_2;
+const LRELU: f64 = 0.2;
+
+/// Data shape the nets are built for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataShape {
+    /// 2-D points.
+    Points,
+    /// Images `(C, H, W)` with `H == W`.
+    Image {
+        /// Channels.
+        c: usize,
+        /// Height = width.
+        res: usize,
+    },
+}
+
+/// (base, number of 2x stages) for a resolution.
+pub fn res_plan(res: usize) -> Result<(usize, usize)> {
+    for base in [4usize, 7] {
+        let mut r = base;
+        let mut n = 0;
+        while r < res {
+            r *= 2;
+            n += 1;
+        }
+        if r == res && n >= 1 {
+            return Ok((base, n));
+        }
+    }
+    bail!("resolution {res} is not 4*2^n or 7*2^n (n >= 1); use 16, 28, 32 or 64")
+}
+
+fn chans(cfg: &NetConfig, res: usize, r: usize) -> usize {
+    let max = cfg.max_width.unwrap_or(cfg.width * 8);
+    (cfg.width * res / r).min(max).max(1)
+}
+
+/// Latent size of a generator config.
+pub fn z_dim(cfg: &NetConfig, shape: DataShape) -> usize {
+    cfg.z_dim.unwrap_or(match shape {
+        DataShape::Points => 16,
+        DataShape::Image { .. } => 64,
+    })
+}
+
+/// Build a generator: input `(B, z_dim, 1, 1)`, output `(B, 2, 1, 1)` or `(B, C, R, R)`.
+pub fn generator<E: Float, D: Dev<E>>(
+    cfg: &NetConfig,
+    shape: DataShape,
+    dev: D,
+    seed: u64,
+) -> Result<Net<E, D>> {
+    let z = z_dim(cfg, shape);
+    let mut nb = NetBuilder::<E, D>::new(dev, seed);
+    let layers = match (cfg.arch, shape) {
+        (Arch::Mlp, DataShape::Points) => mlp(&mut nb, cfg, z, 2),
+        (Arch::Mlp, _) => bail!("generator arch mlp is for 2-D points only"),
+        (_, DataShape::Points) => bail!("conv generators need image data"),
+        (Arch::Dcgan, DataShape::Image { c, res }) => dcgan_g(&mut nb, cfg, z, c, res)?,
+        (Arch::R3gan, DataShape::Image { c, res }) => r3gan_g(&mut nb, cfg, z, c, res)?,
+    };
+    Ok(nb.finish(layers, [z, 1, 1]))
+}
+
+/// Build a discriminator: input `(B, 2, 1, 1)` or `(B, C, R, R)`, output `(B, 1, 1, 1)`.
+pub fn discriminator<E: Float, D: Dev<E>>(
+    cfg: &NetConfig,
+    shape: DataShape,
+    dev: D,
+    seed: u64,
+) -> Result<Net<E, D>> {
+    let mut nb = NetBuilder::<E, D>::new(dev, seed);
+    let (layers, ins) = match (cfg.arch, shape) {
+        (Arch::Mlp, DataShape::Points) => (mlp(&mut nb, cfg, 2, 1), [2, 1, 1]),
+        (Arch::Mlp, _) => bail!("discriminator arch mlp is for 2-D points only"),
+        (_, DataShape::Points) => bail!("conv discriminators need image data"),
+        (Arch::Dcgan, DataShape::Image { c, res }) => {
+            (dcgan_d(&mut nb, cfg, c, res)?, [c, res, res])
+        }
+        (Arch::R3gan, DataShape::Image { c, res }) => {
+            (r3gan_d(&mut nb, cfg, c, res)?, [c, res, res])
+        }
+    };
+    Ok(nb.finish(layers, ins))
+}
+
+fn mlp<E: Float, D: Dev<E>>(
+    nb: &mut NetBuilder<E, D>,
+    cfg: &NetConfig,
+    inp: usize,
+    out: usize,
+) -> Vec<Layer> {
+    let depth = cfg.depth.unwrap_or(3);
+    let mut l = vec![];
+    let mut c = inp;
+    for i in 0..depth {
+        l.push(nb.linear(&format!("layers.{i}"), c, cfg.width, true, SQRT2));
+        l.push(Layer::LeakyRelu(LRELU));
+        c = cfg.width;
+    }
+    l.push(nb.linear("out", c, out, true, 1.0));
+    l
+}
+
+fn dcgan_g<E: Float, D: Dev<E>>(
+    nb: &mut NetBuilder<E, D>,
+    cfg: &NetConfig,
+    z: usize,
+    c_img: usize,
+    res: usize,
+) -> Result<Vec<Layer>> {
+    let (base, n) = res_plan(res)?;
+    let bn = cfg.batch_norm.unwrap_or(true);
+    let c0 = chans(cfg, res, base);
+    let mut l = vec![
+        nb.linear("fc", z, c0 * base * base, !bn, SQRT2),
+        Layer::Reshape([c0, base, base]),
+    ];
+    if bn {
+        l.push(nb.batch_norm("fc_bn", c0));
+    }
+    l.push(Layer::Relu);
+    let mut r = base;
+    for i in 0..n {
+        let (ci, co) = (chans(cfg, res, r), chans(cfg, res, 2 * r));
+        l.push(nb.conv_t(&format!("blocks.{i}.conv"), ci, co, 4, 2, 1, !bn, SQRT2));
+        if bn {
+            l.push(nb.batch_norm(&format!("blocks.{i}.bn"), co));
+        }
+        l.push(Layer::Relu);
+        r *= 2;
+    }
+    l.push(nb.conv("to_img", chans(cfg, res, res), c_img, 3, 1, 1, 1, true, 1.0));
+    l.push(Layer::Tanh);
+    Ok(l)
+}
+
+fn dcgan_d<E: Float, D: Dev<E>>(
+    nb: &mut NetBuilder<E, D>,
+    cfg: &NetConfig,
+    c_img: usize,
+    res: usize,
+) -> Result<Vec<Layer>> {
+    let (base, n) = res_plan(res)?;
+    let bn = cfg.batch_norm.unwrap_or(false);
+    let mut l = vec![];
+    let mut r = res;
+    let mut ci = c_img;
+    for i in 0..n {
+        let co = chans(cfg, res, r / 2);
+        let use_bn = bn && i > 0;
+        l.push(nb.conv(
+            &format!("blocks.{i}.conv"),
+            ci,
+            co,
+            4,
+            2,
+            1,
+            1,
+            !use_bn,
+            SQRT2,
+        ));
+        if use_bn {
+            l.push(nb.batch_norm(&format!("blocks.{i}.bn"), co));
+        }
+        l.push(Layer::LeakyRelu(LRELU));
+        ci = co;
+        r /= 2;
+    }
+    l.push(nb.linear("fc", ci * base * base, 1, true, 1.0));
+    Ok(l)
+}
+
+/// Inner width of a residual block and its group count.
+fn inner(cfg: &NetConfig, c: usize, variant: Variant) -> (usize, usize) {
+    let e = cfg
+        .expansion
+        .unwrap_or(if variant == Variant::E { 2.0 } else { 0.5 });
+    let ci = ((c as f64 * e).round() as usize).max(1);
+    if variant != Variant::E {
+        return (ci, 1);
+    }
+    let gs = cfg.group_size.unwrap_or(16).min(ci);
+    // round the inner width up to a multiple of the group size
+    let ci = ci.div_ceil(gs) * gs;
+    (ci, ci / gs)
+}
+
+/// A residual block (variant D: 1-3-1 bottleneck; E: 1x1 expand, grouped 3x3, 1x1 back)
+/// with fix-up initialisation: the last conv starts at zero, the others are scaled by
+/// `L^-0.25` for `L` residual blocks in the network.
+fn res_block<E: Float, D: Dev<E>>(
+    nb: &mut NetBuilder<E, D>,
+    cfg: &NetConfig,
+    name: &str,
+    c: usize,
+    variant: Variant,
+    n_blocks: usize,
+) -> Layer {
+    let (ci, groups) = inner(cfg, c, variant);
+    let g = SQRT2 * (n_blocks as f64).powf(-0.25);
+    let body = vec![
+        nb.conv(&format!("{name}.conv1"), c, ci, 1, 1, 0, 1, true, g),
+        Layer::LeakyRelu(LRELU),
+        nb.conv(&format!("{name}.conv2"), ci, ci, 3, 1, 1, groups, true, g),
+        Layer::LeakyRelu(LRELU),
+        nb.conv(&format!("{name}.conv3"), ci, c, 1, 1, 0, 1, true, 0.0),
+    ];
+    Layer::Residual { body, skip: vec![] }
+}
+
+fn r3gan_g<E: Float, D: Dev<E>>(
+    nb: &mut NetBuilder<E, D>,
+    cfg: &NetConfig,
+    z: usize,
+    c_img: usize,
+    res: usize,
+) -> Result<Vec<Layer>> {
+    let (base, n) = res_plan(res)?;
+    let variant = cfg.variant.unwrap_or(Variant::B);
+    let depth = cfg.depth.unwrap_or(1);
+    let c0 = chans(cfg, res, base);
+    let mut l = vec![];
+    let residual = matches!(variant, Variant::D | Variant::E);
+    let n_blocks = (n + 1) * depth;
+    if variant == Variant::E {
+        l.push(nb.basis("basis", z, c0, base, base));
+    } else {
+        l.push(nb.linear("fc", z, c0 * base * base, true, SQRT2));
+        l.push(Layer::Reshape([c0, base, base]));
+        l.push(Layer::LeakyRelu(LRELU));
+    }
+    let mut r = base;
+    for s in 0..=n {
+        let c = chans(cfg, res, r);
+        if s > 0 {
+            let cp = chans(cfg, res, r / 2);
+            if residual {
+                // transition: 1x1 conv at the low resolution, then bilinear upsampling
+                l.push(nb.conv(
+                    &format!("stages.{s}.transition"),
+                    cp,
+                    c,
+                    1,
+                    1,
+                    0,
+                    1,
+                    true,
+                    1.0,
+                ));
+                l.push(Layer::Up(UpMode::Bilinear));
+            } else {
+                l.push(Layer::Up(UpMode::Bilinear));
+                l.push(nb.conv(
+                    &format!("stages.{s}.up_conv"),
+                    cp,
+                    c,
+                    3,
+                    1,
+                    1,
+                    1,
+                    true,
+                    SQRT2,
+                ));
+                l.push(Layer::LeakyRelu(LRELU));
+            }
+        }
+        for b in 0..depth {
+            let name = format!("stages.{s}.blocks.{b}");
+            if residual {
+                l.push(res_block(nb, cfg, &name, c, variant, n_blocks));
+            } else if s > 0 || b > 0 {
+                l.push(nb.conv(&format!("{name}.conv"), c, c, 3, 1, 1, 1, true, SQRT2));
+                l.push(Layer::LeakyRelu(LRELU));
+            }
+        }
+        if s < n {
+            r *= 2;
+        }
+    }
+    l.push(nb.conv("to_img", chans(cfg, res, res), c_img, 1, 1, 0, 1, true, 1.0));
+    Ok(l)
+}
+
+fn r3gan_d<E: Float, D: Dev<E>>(
+    nb: &mut NetBuilder<E, D>,
+    cfg: &NetConfig,
+    c_img: usize,
+    res: usize,
+) -> Result<Vec<Layer>> {
+    let (base, n) = res_plan(res)?;
+    let variant = cfg.variant.unwrap_or(Variant::B);
+    let depth = cfg.depth.unwrap_or(1);
+    let residual = matches!(variant, Variant::D | Variant::E);
+    let n_blocks = (n + 1) * depth;
+    let mut l = vec![nb.conv(
+        "from_img",
+        c_img,
+        chans(cfg, res, res),
+        1,
+        1,
+        0,
+        1,
+        true,
+        SQRT2,
+    )];
+    if !residual {
+        l.push(Layer::LeakyRelu(LRELU));
+    }
+    let mut r = res;
+    for s in 0..=n {
+        let c = chans(cfg, res, r);
+        for b in 0..depth {
+            let name = format!("stages.{s}.blocks.{b}");
+            if residual {
+                l.push(res_block(nb, cfg, &name, c, variant, n_blocks));
+            } else {
+                l.push(nb.conv(&format!("{name}.conv"), c, c, 3, 1, 1, 1, true, SQRT2));
+                l.push(Layer::LeakyRelu(LRELU));
+            }
+        }
+        if s < n {
+            let cn = chans(cfg, res, r / 2);
+            // transition: 2x2 average pooling (bilinear-style downsampling), then 1x1 conv
+            l.push(Layer::AvgPool2);
+            let gain = if residual { 1.0 } else { SQRT2 };
+            l.push(nb.conv(
+                &format!("stages.{s}.transition"),
+                c,
+                cn,
+                1,
+                1,
+                0,
+                1,
+                true,
+                gain,
+            ));
+            if !residual {
+                l.push(Layer::LeakyRelu(LRELU));
+            }
+            r /= 2;
+        }
+    }
+    let c = chans(cfg, res, base);
+    if variant == Variant::E {
+        // discriminative basis: base x base depthwise conv (valid), then linear
+        l.push(Layer::LeakyRelu(LRELU));
+        l.push(nb.conv("basis", c, c, base, 1, 0, c, false, 1.0));
+        l.push(nb.linear("fc", c, 1, true, 1.0));
+    } else {
+        if residual {
+            l.push(Layer::LeakyRelu(LRELU));
+        }
+        l.push(nb.linear("fc", c * base * base, 1, true, 1.0));
+    }
+    Ok(l)
+}

@@ -1,0 +1,325 @@
+//! Penalty gradients vs finite differences, network shapes and parameter counts, training.
+
+use dfdx::prelude::*;
+
+use super::losses::{penalty, penalty_value};
+use super::nets::{self, DataShape};
+use super::*;
+use crate::nn::{Cpu, Net, NetBuilder, Rng, T4};
+
+fn net_cfg(arch: Arch, variant: Option<Variant>, width: usize) -> NetConfig {
+    NetConfig {
+        arch,
+        variant,
+        width,
+        max_width: None,
+        depth: None,
+        z_dim: None,
+        batch_norm: None,
+        expansion: None,
+        group_size: None,
+    }
+}
+
+/// grad_theta R (finite-difference HVP) vs central differences of R in parameter space.
+fn check_penalty_grad(net: &Net<f64, Cpu>, x: &T4<f64, Cpu>) {
+    let (val, an) = penalty(net, x, 1e-5, true);
+    assert!(val > 0.0);
+    let dev = net.dev.clone();
+    let h = 1e-6;
+    let gmax = an
+        .iter()
+        .flat_map(|g| g.as_vec())
+        .fold(0.0f64, |a, v| a.max(v.abs()));
+    let mut checked = 0;
+    for (i, g) in an.iter().enumerate() {
+        let g = g.as_vec();
+        let base = net.params.tensors[i].as_vec();
+        let stride = (base.len() / 12).max(1);
+        for j in (0..base.len()).step_by(stride) {
+            let mut n2 = net.clone();
+            let mut v = base.clone();
+            v[j] += h;
+            n2.params.tensors[i] = dev.tensor_from_vec(v.clone(), (v.len(),));
+            let rp = penalty_value(&n2, x, true).0;
+            v[j] -= 2.0 * h;
+            n2.params.tensors[i] = dev.tensor_from_vec(v.clone(), (v.len(),));
+            let rm = penalty_value(&n2, x, true).0;
+            let num = (rp - rm) / (2.0 * h);
+            let err = (num - g[j]).abs() / num.abs().max(g[j].abs()).max(1e-3 * gmax);
+            assert!(
+                err < 1e-5,
+                "{} [{j}]: hvp {} vs fd {num} (rel err {err:e})",
+                net.params.names[i],
+                g[j]
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 10);
+}
+
+#[test]
+fn penalty_grad_mlp_d() {
+    let dev = Cpu::default();
+    let mut cfg = net_cfg(Arch::Mlp, None, 8);
+    cfg.depth = Some(2);
+    let d = nets::discriminator::<f64, Cpu>(&cfg, DataShape::Points, dev.clone(), 3).unwrap();
+    let x: T4<f64, Cpu> = dev.tensor_from_vec(Rng::new(1).normals(5 * 2), (5, 2, 1, 1));
+    check_penalty_grad(&d, &x);
+}
+
+#[test]
+fn penalty_grad_conv_d() {
+    let dev = Cpu::default();
+    let mut rng = Rng::new(2);
+    for cfg in [
+        net_cfg(Arch::Dcgan, None, 2),
+        net_cfg(Arch::R3gan, Some(Variant::B), 2),
+    ] {
+        let shape = DataShape::Image { c: 1, res: 8 };
+        let d = nets::discriminator::<f64, Cpu>(&cfg, shape, dev.clone(), 4).unwrap();
+        let x: T4<f64, Cpu> = dev.tensor_from_vec(rng.normals(3 * 64), (3, 1, 8, 8));
+        check_penalty_grad(&d, &x);
+    }
+}
+
+#[test]
+fn penalty_zero_for_constant_d_and_closed_form_for_linear_d() {
+    let dev = Cpu::default();
+    let x: T4<f64, Cpu> = dev.tensor_from_vec(Rng::new(5).normals(4 * 2), (4, 2, 1, 1));
+    // constant D: the last layer's weight is zero, its bias not
+    let mut nb = NetBuilder::<f64, Cpu>::new(dev.clone(), 1);
+    let l = vec![
+        nb.linear("a", 2, 4, true, 1.0),
+        crate::nn::Layer::Tanh,
+        nb.linear("b", 4, 1, true, 0.0),
+    ];
+    let mut d = nb.finish(l, [2, 1, 1]);
+    d.params.tensors[3] = dev.tensor_from_vec(vec![0.7], (1,));
+    let (v, g) = penalty(&d, &x, 1e-3, true);
+    assert_eq!(v, 0.0);
+    assert!(g.iter().all(|t| t.as_vec().iter().all(|&v| v == 0.0)));
+    // linear D(x) = w.x + b: R = ||w||^2, dR/dw = 2w, dR/db = 0
+    let mut nb = NetBuilder::<f64, Cpu>::new(dev.clone(), 2);
+    let l = vec![nb.linear("fc", 2, 1, true, 1.0)];
+    let d = nb.finish(l, [2, 1, 1]);
+    let w = d.params.tensors[0].as_vec();
+    let (v, g) = penalty(&d, &x, 1e-3, true);
+    let want = w[0] * w[0] + w[1] * w[1];
+    assert!((v - want).abs() < 1e-12, "{v} vs {want}");
+    let gw = g[0].as_vec();
+    assert!((gw[0] - 2.0 * w[0]).abs() < 1e-9 && (gw[1] - 2.0 * w[1]).abs() < 1e-9);
+    assert!(g[1].as_vec()[0].abs() < 1e-9);
+}
+
+fn count(net: &Net<f32, Cpu>) -> usize {
+    net.param_count()
+}
+
+#[test]
+fn shapes_and_param_counts() {
+    let dev = Cpu::default();
+    // mlp: z=16 -> 8 -> 8 -> 8 -> 2
+    let g = nets::generator::<f32, Cpu>(
+        &net_cfg(Arch::Mlp, None, 8),
+        DataShape::Points,
+        dev.clone(),
+        0,
+    )
+    .unwrap();
+    assert_eq!(g.out_shape, [2, 1, 1]);
+    assert_eq!(count(&g), 16 * 8 + 8 + 2 * (8 * 8 + 8) + 8 * 2 + 2);
+    let d = nets::discriminator::<f32, Cpu>(
+        &net_cfg(Arch::Mlp, None, 8),
+        DataShape::Points,
+        dev.clone(),
+        0,
+    )
+    .unwrap();
+    assert_eq!(d.out_shape, [1, 1, 1]);
+    assert_eq!(count(&d), 2 * 8 + 8 + 2 * (8 * 8 + 8) + 8 + 1);
+    // dcgan at 16x16x3, width 4, z 8 (hand-counted)
+    let mut gc = net_cfg(Arch::Dcgan, None, 4);
+    gc.z_dim = Some(8);
+    let s16 = DataShape::Image { c: 3, res: 16 };
+    let g = nets::generator::<f32, Cpu>(&gc, s16, dev.clone(), 0).unwrap();
+    assert_eq!(count(&g), 2048 + 32 + 2048 + 16 + 512 + 8 + 111);
+    let d = nets::discriminator::<f32, Cpu>(&net_cfg(Arch::Dcgan, None, 4), s16, dev.clone(), 0)
+        .unwrap();
+    assert_eq!(count(&d), 392 + 2064 + 257);
+    // every arch and variant at two resolutions (and 28), 1 and 3 channels
+    let mut archs = vec![(Arch::Dcgan, None)];
+    for v in [Variant::B, Variant::C, Variant::D, Variant::E] {
+        archs.push((Arch::R3gan, Some(v)));
+    }
+    for (arch, variant) in archs {
+        let mut counts = vec![];
+        for (res, c) in [(16, 1), (32, 3), (28, 1)] {
+            let shape = DataShape::Image { c, res };
+            let mut cfg = net_cfg(arch, variant, 8);
+            cfg.group_size = Some(4);
+            let g = nets::generator::<f32, Cpu>(&cfg, shape, dev.clone(), 1).unwrap();
+            let d = nets::discriminator::<f32, Cpu>(&cfg, shape, dev.clone(), 2).unwrap();
+            assert_eq!(
+                g.out_shape,
+                [c, res, res],
+                "{arch:?} {variant:?} G at {res}"
+            );
+            assert_eq!(d.out_shape, [1, 1, 1], "{arch:?} {variant:?} D at {res}");
+            let z: T4<f32, Cpu> = dev.tensor_from_vec(vec![0.1; 2 * 64], (2, 64, 1, 1));
+            let img = g.forward(z, true);
+            assert_eq!(*img.shape(), (2, c, res, res));
+            let out = d.forward(img, true);
+            assert_eq!(*out.shape(), (2, 1, 1, 1));
+            let sum: usize = g
+                .params
+                .shapes
+                .iter()
+                .map(|s| s.iter().product::<usize>())
+                .sum();
+            assert_eq!(sum, count(&g));
+            counts.push((count(&g), count(&d)));
+        }
+        // more resolution, more stages, more parameters
+        assert!(
+            counts[1].0 > counts[0].0 && counts[1].1 > counts[0].1,
+            "{arch:?} {variant:?} {counts:?}"
+        );
+    }
+    assert!(nets::res_plan(24).is_err());
+}
+
+fn ring(n: usize, seed: u64) -> (Vec<f32>, Vec<[f64; 2]>) {
+    let mut rng = Rng::new(seed);
+    let centres: Vec<[f64; 2]> = (0..8)
+        .map(|k| {
+            let a = k as f64 * std::f64::consts::TAU / 8.0;
+            [2.0 * a.cos(), 2.0 * a.sin()]
+        })
+        .collect();
+    let mut v = Vec::with_capacity(2 * n);
+    for _ in 0..n {
+        let c = centres[rng.below(8)];
+        v.push((c[0] + 0.02 * rng.normal()) as f32);
+        v.push((c[1] + 0.02 * rng.normal()) as f32);
+    }
+    (v, centres)
+}
+
+fn ring_cfg(steps: u64) -> TrainConfig {
+    if let Ok(y) = std::env::var("RING_CFG") {
+        return serde_yaml_ng::from_str(&format!("{y}\nsteps: {steps}\n")).unwrap();
+    }
+    let yaml = format!(
+        "generator: {{arch: mlp, width: 64}}\n\
+         discriminator: {{arch: mlp, width: 64}}\n\
+         loss: rpgan\npenalties: [r1, r2]\ngamma: 0.05\n\
+         optimizer: {{lr: 1.0e-3, betas: [0.5, 0.99]}}\n\
+         batch: 64\nsteps: {steps}\nema: 0.995\nseed: 0\n"
+    );
+    serde_yaml_ng::from_str(&yaml).unwrap()
+}
+
+#[test]
+fn ring_rpgan_r1_r2_covers_modes_and_is_deterministic() {
+    let (data, centres) = ring(4000, 11);
+    let steps = std::env::var("RING_STEPS")
+        .map(|s| s.parse().unwrap())
+        .unwrap_or(3000);
+    let cfg = ring_cfg(steps);
+    let td = TrainData::Points { data, n: 4000 };
+    let mut t = Trainer::new(cfg.clone(), td.clone(), 0).unwrap();
+    let mut logs = vec![];
+    for _ in 0..steps {
+        let l = t.step();
+        assert!(l.is_finite(), "{l:?}");
+        logs.push(l);
+    }
+    let s = t.sample(5000, 123, true);
+    let mut hit = [0usize; 8];
+    for p in s.chunks(2) {
+        for (k, c) in centres.iter().enumerate() {
+            let d = ((p[0] as f64 - c[0]).powi(2) + (p[1] as f64 - c[1]).powi(2)).sqrt();
+            if d < 3.0 * 0.02 {
+                hit[k] += 1;
+            }
+        }
+    }
+    let covered = hit.iter().filter(|&&h| h > 0).count();
+    eprintln!("modes hit {hit:?}, last {:?}", logs.last());
+    assert!(covered >= 7, "covered {covered} of 8: {hit:?}");
+    // a second run gives identical losses (first 200 steps)
+    let mut t2 = Trainer::new(cfg, td, 0).unwrap();
+    for l in logs.iter().take(200) {
+        assert_eq!(&t2.step(), l);
+    }
+}
+
+#[test]
+fn checkpoint_resume_is_bit_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ckpt.safetensors");
+    let mut rng = Rng::new(3);
+    let data: Vec<f32> = rng
+        .normals(64 * 16 * 16)
+        .iter()
+        .map(|v| v.tanh() as f32)
+        .collect();
+    let td = TrainData::Images {
+        data,
+        n: 64,
+        c: 1,
+        h: 16,
+        w: 16,
+    };
+    let yaml = "generator: {arch: dcgan, width: 4, z_dim: 8}\n\
+                discriminator: {arch: dcgan, width: 4, batch_norm: true}\n\
+                loss: ns\npenalties: [r1]\ngamma: 1.0\nlazy_interval: 2\n\
+                optimizer: {lr: 2.0e-4, betas: [0.5, 0.99]}\n\
+                batch: 8\nsteps: 6\nema: 0.9\nseed: 5\nd_steps: 2\n";
+    let cfg: TrainConfig = serde_yaml_ng::from_str(yaml).unwrap();
+    let mut a = Trainer::new(cfg.clone(), td.clone(), 5).unwrap();
+    let la: Vec<StepLog> = (0..6).map(|_| a.step()).collect();
+    let mut b = Trainer::new(cfg.clone(), td.clone(), 5).unwrap();
+    for l in la.iter().take(3) {
+        assert_eq!(&b.step(), l);
+    }
+    b.save_checkpoint(&path).unwrap();
+    drop(b);
+    let mut c = Trainer::new(cfg, td, 5).unwrap();
+    c.load_checkpoint(&path).unwrap();
+    assert_eq!(c.step_count(), 3);
+    for l in la.iter().skip(3) {
+        assert_eq!(&c.step(), l);
+    }
+    assert_eq!(a.sample(4, 1, true), c.sample(4, 1, true));
+    assert_eq!(a.sample(4, 1, false), c.sample(4, 1, false));
+    for (x, y) in a.d.params.tensors.iter().zip(&c.d.params.tensors) {
+        assert_eq!(x.as_vec(), y.as_vec());
+    }
+    let s = a.sample(3, 9, true);
+    assert_eq!(s.len(), 3 * 16 * 16);
+    assert!(s.iter().all(|v| (-1.0..=1.0).contains(v)));
+}
+
+#[test]
+fn config_rejects_unknown_keys_and_bad_ranges() {
+    let ok = ring_cfg(10);
+    ok.validate().unwrap();
+    let bad = "generator: {arch: mlp, width: 8, wdth: 3}\ndiscriminator: {arch: mlp, width: 8}\n\
+               loss: ns\noptimizer: {lr: 0.001}\nbatch: 8\nsteps: 10\n";
+    assert!(serde_yaml_ng::from_str::<TrainConfig>(bad).is_err());
+    let bad = "generator: {arch: mlp, width: 8}\ndiscriminator: {arch: mlp, width: 8}\n\
+               loss: ns\noptimizer: {lr: 0.001}\nbatch: 8\nsteps: 10\nfoo: 1\n";
+    assert!(serde_yaml_ng::from_str::<TrainConfig>(bad).is_err());
+    let mut c = ok.clone();
+    c.optimizer.betas = [0.0, 1.5];
+    assert!(c.validate().is_err());
+    let mut c = ok.clone();
+    c.generator.arch = Arch::R3gan;
+    assert!(c.validate().is_err());
+    let mut c = ok;
+    c.batch = 0;
+    assert!(c.validate().is_err());
+}

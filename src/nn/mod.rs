@@ -1,0 +1,95 @@
+//! Layers on dfdx tensor ops with run-time (`usize`) shapes.
+//!
+//! dfdx 0.13's own convolution, pooling, modules, optimisers and safetensors helpers want
+//! const-generic shapes (and conv/pool its broken `nightly` feature), so this module builds
+//! what the GAN code needs from dfdx's differentiable primitives (gather, matmul, reshape,
+//! broadcast, reductions, upscale2d), which also run on the CUDA backend:
+//!
+//! - [`ops`]: functional layers (linear, conv2d via im2col gather, transposed conv via dense
+//!   matmul + col2im gather, 2x up/down sampling, batch norm, activations, softplus);
+//! - [`layers`]: a small run-time layer graph ([`Layer`], [`Net`]) with named parameters;
+//! - [`params`]: the parameter list, Adam, and safetensors I/O;
+//! - [`rng`]: a tiny seedable RNG whose whole state fits a checkpoint.
+//!
+//! Activations are always 4-D `(batch, channels, height, width)`; vectors are
+//! `(batch, features, 1, 1)`.
+
+pub mod layers;
+pub mod ops;
+pub mod params;
+pub mod rng;
+
+#[cfg(test)]
+mod tests;
+
+pub use layers::{Layer, Net, NetBuilder, UpMode};
+pub use params::{load_safetensors, save_safetensors, Adam, AdamConfig, NamedTensor, ParamStore};
+pub use rng::Rng;
+
+use dfdx::prelude::*;
+
+/// Re-export of the dfdx tensor types used in signatures.
+pub use dfdx::prelude::{Cpu, Gradients, NoneTape, OwnedTape, Tape, Tensor};
+
+/// Float element types the networks run in (f32 for training, f64 for gradient tests).
+pub trait Float: Dtype + dfdx::dtypes::Unit {
+    /// The safetensors dtype tag of this type.
+    const ST_DTYPE: safetensors::Dtype;
+    /// Lossless-enough conversion from f64.
+    fn of(x: f64) -> Self;
+    /// Conversion to f64.
+    fn f64(self) -> f64;
+    /// Little-endian bytes of a slice.
+    fn to_le_bytes_vec(xs: &[Self]) -> Vec<u8>;
+    /// Parse little-endian bytes.
+    fn from_le_bytes_vec(b: &[u8]) -> Vec<Self>;
+}
+
+impl Float for f32 {
+    const ST_DTYPE: safetensors::Dtype = safetensors::Dtype::F32;
+    fn of(x: f64) -> Self {
+        x as f32
+    }
+    fn f64(self) -> f64 {
+        self as f64
+    }
+    fn to_le_bytes_vec(xs: &[Self]) -> Vec<u8> {
+        xs.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+    fn from_le_bytes_vec(b: &[u8]) -> Vec<Self> {
+        b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    }
+}
+
+impl Float for f64 {
+    const ST_DTYPE: safetensors::Dtype = safetensors::Dtype::F64;
+    fn of(x: f64) -> Self {
+        x
+    }
+    fn f64(self) -> f64 {
+        self
+    }
+    fn to_le_bytes_vec(xs: &[Self]) -> Vec<u8> {
+        xs.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+    fn from_le_bytes_vec(b: &[u8]) -> Vec<Self> {
+        b.chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    }
+}
+
+/// The dfdx devices the networks run on (`Cpu`, and `Cuda` with the `cuda` feature).
+pub trait Dev<E: Float>: Device<E> {}
+impl<E: Float, D: Device<E>> Dev<E> for D {}
+
+/// 4-D activation `(batch, channels, height, width)`.
+pub type T4<E, D, T = NoneTape> = Tensor<(usize, usize, usize, usize), E, D, T>;
+/// 2-D tensor.
+pub type T2<E, D, T = NoneTape> = Tensor<(usize, usize), E, D, T>;
+/// Flat tensor (every parameter is stored flat and reshaped at use).
+pub type T1<E, D, T = NoneTape> = Tensor<(usize,), E, D, T>;
+/// Scalar.
+pub type T0<E, D, T = NoneTape> = Tensor<(), E, D, T>;

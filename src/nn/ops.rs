@@ -1,0 +1,410 @@
+//! Functional layers on run-time shapes, built only from dfdx's differentiable ops.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use dfdx::prelude::*;
+
+use super::{Dev, Float, T1, T2, T4};
+
+type IdxMap<D> = HashMap<[usize; 9], Tensor<(usize,), usize, D>>;
+
+/// Cache of gather indices (im2col / col2im), keyed by the op's geometry.
+/// Shared by every layer of one network; cheap to clone (an `Arc`).
+pub struct IdxCache<D: Storage<usize>> {
+    map: Arc<Mutex<IdxMap<D>>>,
+}
+
+impl<D: Storage<usize>> Clone for IdxCache<D> {
+    fn clone(&self) -> Self {
+        Self {
+            map: self.map.clone(),
+        }
+    }
+}
+
+impl<D: Storage<usize>> Default for IdxCache<D> {
+    fn default() -> Self {
+        Self {
+            map: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+}
+
+impl<D: Storage<usize> + TensorFromVec<usize>> IdxCache<D> {
+    fn get(
+        &self,
+        dev: &D,
+        key: [usize; 9],
+        build: impl FnOnce() -> Vec<usize>,
+    ) -> Tensor<(usize,), usize, D> {
+        let mut m = self.map.lock().unwrap();
+        m.entry(key)
+            .or_insert_with(|| {
+                let v = build();
+                let n = v.len();
+                dev.tensor_from_vec(v, (n,))
+            })
+            .clone()
+    }
+}
+
+/// Output size of a convolution along one axis.
+pub fn conv_out(size: usize, k: usize, stride: usize, pad: usize) -> usize {
+    assert!(
+        size + 2 * pad >= k,
+        "kernel {k} larger than padded input {size}+2*{pad}"
+    );
+    (size + 2 * pad - k) / stride + 1
+}
+
+/// Output size of a transposed convolution along one axis.
+pub fn conv_t_out(size: usize, k: usize, stride: usize, pad: usize) -> usize {
+    (size - 1) * stride + k - 2 * pad
+}
+
+/// Flatten and append one zero slot (index `n`), the target of out-of-range gathers.
+fn flat_with_zero<E: Float, D: Dev<E>, S: Shape, T: Tape<E, D>>(
+    x: Tensor<S, E, D, T>,
+) -> T1<E, D, T> {
+    let n = x.shape().num_elements();
+    let dev = x.device().clone();
+    let xf = x.reshape_like(&(n,));
+    let z: T1<E, D> = dev.zeros_like(&(1usize,));
+    (xf, z).concat_along(Axis::<0>)
+}
+
+/// `x (B, in) @ w^T (in, out) + b`, weight `(out, in)` as in PyTorch.
+pub fn linear<E: Float, D: Dev<E>, T: Tape<E, D>>(
+    x: T2<E, D, T>,
+    w: T2<E, D, T>,
+    b: Option<T1<E, D, T>>,
+) -> T2<E, D, T> {
+    let (bsz, _) = *x.shape();
+    let (out, _) = *w.shape();
+    let y = x.matmul(w.permute::<(usize, usize), Axes2<1, 0>>());
+    match b {
+        Some(b) => y + b.broadcast_like::<(usize, usize), Axis<0>>(&(bsz, out)),
+        None => y,
+    }
+}
+
+/// Add a per-channel bias `(C,)` to `(B, C, H, W)`.
+pub fn add_channel_bias<E: Float, D: Dev<E>, T: Tape<E, D>>(
+    x: T4<E, D, T>,
+    b: T1<E, D, T>,
+) -> T4<E, D, T> {
+    let s = *x.shape();
+    x + b.broadcast_like::<(usize, usize, usize, usize), Axes3<0, 2, 3>>(&s)
+}
+
+/// 2-D convolution (cross-correlation, as PyTorch) via an im2col gather + batched matmul.
+/// `x (B, Cin, H, W)`, `w (Cout, Cin/groups, k, k)`; zero padding `pad`.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d<E: Float, D: Dev<E>, T: Tape<E, D>>(
+    x: T4<E, D, T>,
+    w: T4<E, D, T>,
+    b: Option<T1<E, D, T>>,
+    stride: usize,
+    pad: usize,
+    groups: usize,
+    cache: &IdxCache<D>,
+) -> T4<E, D, T> {
+    let (bsz, cin, h, wd) = *x.shape();
+    let (cout, cpg, kh, kw) = *w.shape();
+    assert_eq!(
+        cin,
+        cpg * groups,
+        "conv2d: {cin} input channels, weight wants {cpg}x{groups}"
+    );
+    assert_eq!(
+        cout % groups,
+        0,
+        "conv2d: {cout} outputs not divisible by {groups} groups"
+    );
+    let ho = conv_out(h, kh, stride, pad);
+    let wo = conv_out(wd, kw, stride, pad);
+    let dev = x.device().clone();
+    let n = bsz * cin * h * wd;
+    let idx = cache.get(&dev, [0, bsz, cin, h, wd, kh, kw, stride, pad], || {
+        let mut v = Vec::with_capacity(bsz * cin * kh * kw * ho * wo);
+        for bi in 0..bsz {
+            for c in 0..cin {
+                let base = (bi * cin + c) * h * wd;
+                for ki in 0..kh {
+                    for kj in 0..kw {
+                        for oy in 0..ho {
+                            let iy = (oy * stride + ki) as isize - pad as isize;
+                            for ox in 0..wo {
+                                let ix = (ox * stride + kj) as isize - pad as isize;
+                                if iy < 0 || ix < 0 || iy >= h as isize || ix >= wd as isize {
+                                    v.push(n);
+                                } else {
+                                    v.push(base + iy as usize * wd + ix as usize);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        v
+    });
+    let kk = cpg * kh * kw;
+    let cols = flat_with_zero(x)
+        .gather(idx)
+        .reshape_like(&(bsz, groups, kk, ho * wo));
+    let og = cout / groups;
+    let wm = w
+        .reshape_like(&(groups, og, kk))
+        .broadcast_like::<(usize, usize, usize, usize), Axis<0>>(&(bsz, groups, og, kk));
+    let y = wm.matmul(cols).reshape_like(&(bsz, cout, ho, wo));
+    match b {
+        Some(b) => add_channel_bias(y, b),
+        None => y,
+    }
+}
+
+/// Transposed 2-D convolution (as PyTorch's `ConvTranspose2d`, weight `(Cin, Cout, k, k)`):
+/// a dense batched matmul `(Cout*k*k, Cin) @ (Cin, H*W)` followed by col2im, a gather of the
+/// at most `ceil(k/s)^2` contributions of every output pixel and a sum.
+pub fn conv_transpose2d<E: Float, D: Dev<E>, T: Tape<E, D>>(
+    x: T4<E, D, T>,
+    w: T4<E, D, T>,
+    b: Option<T1<E, D, T>>,
+    stride: usize,
+    pad: usize,
+    cache: &IdxCache<D>,
+) -> T4<E, D, T> {
+    let (bsz, cin, h, wd) = *x.shape();
+    let (cin2, cout, kh, kw) = *w.shape();
+    assert_eq!(
+        cin, cin2,
+        "conv_transpose2d: {cin} input channels, weight wants {cin2}"
+    );
+    let ho = conv_t_out(h, kh, stride, pad);
+    let wo = conv_t_out(wd, kw, stride, pad);
+    let ty = kh.div_ceil(stride);
+    let tx = kw.div_ceil(stride);
+    let dev = x.device().clone();
+    let kk = cout * kh * kw;
+    let n = bsz * kk * h * wd;
+    let idx = cache.get(&dev, [1, bsz, cout, h, wd, kh, kw, stride, pad], || {
+        // candidates (kernel offset, input position) along one axis for output position o
+        let cands = |o: usize, k: usize, size: usize, t: usize| {
+            let mut c: Vec<Option<(usize, usize)>> = Vec::with_capacity(t);
+            for ki in 0..k {
+                let num = o as isize + pad as isize - ki as isize;
+                if num >= 0
+                    && num % stride as isize == 0
+                    && ((num / stride as isize) as usize) < size
+                {
+                    c.push(Some((ki, (num / stride as isize) as usize)));
+                }
+            }
+            assert!(c.len() <= t);
+            c.resize(t, None);
+            c
+        };
+        let ys: Vec<_> = (0..ho).map(|o| cands(o, kh, h, ty)).collect();
+        let xs: Vec<_> = (0..wo).map(|o| cands(o, kw, wd, tx)).collect();
+        let mut v = Vec::with_capacity(bsz * cout * ho * wo * ty * tx);
+        for bi in 0..bsz {
+            for co in 0..cout {
+                for cy in ys.iter() {
+                    for cx in xs.iter() {
+                        for a in cy {
+                            for bb in cx {
+                                match (a, bb) {
+                                    (Some((ki, iy)), Some((kj, ix))) => v.push(
+                                        ((bi * kk + (co * kh + ki) * kw + kj) * h + iy) * wd + ix,
+                                    ),
+                                    _ => v.push(n),
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        v
+    });
+    let xm = x.reshape_like(&(bsz, cin, h * wd));
+    let wm = w
+        .reshape_like(&(cin, kk))
+        .permute::<(usize, usize), Axes2<1, 0>>()
+        .broadcast_like::<(usize, usize, usize), Axis<0>>(&(bsz, kk, cin));
+    let cols = wm.matmul(xm);
+    let y = flat_with_zero(cols)
+        .gather(idx)
+        .reshape_like(&(bsz * cout * ho * wo, ty * tx))
+        .sum::<(usize,), Axis<1>>()
+        .reshape_like(&(bsz, cout, ho, wo));
+    match b {
+        Some(b) => add_channel_bias(y, b),
+        None => y,
+    }
+}
+
+/// Nearest-neighbour 2x upsampling (a gather).
+pub fn upsample_nearest2x<E: Float, D: Dev<E>, T: Tape<E, D>>(
+    x: T4<E, D, T>,
+    cache: &IdxCache<D>,
+) -> T4<E, D, T> {
+    let (b, c, h, w) = *x.shape();
+    let dev = x.device().clone();
+    let idx = cache.get(&dev, [2, b, c, h, w, 0, 0, 0, 0], || {
+        let mut v = Vec::with_capacity(b * c * h * w * 4);
+        for bc in 0..b * c {
+            for oy in 0..2 * h {
+                for ox in 0..2 * w {
+                    v.push((bc * h + oy / 2) * w + ox / 2);
+                }
+            }
+        }
+        v
+    });
+    let n = b * c * h * w;
+    x.reshape_like(&(n,))
+        .gather(idx)
+        .reshape_like(&(b, c, 2 * h, 2 * w))
+}
+
+/// The two source taps (index, weight) of output position `o` of a 2x bilinear
+/// upsampling along an axis of `size` (half-pixel centres, edges clamped; PyTorch's
+/// `align_corners=False`).
+fn bilinear_taps(o: usize, size: usize) -> [(usize, f64); 2] {
+    let s = ((o as f64 + 0.5) / 2.0 - 0.5).max(0.0);
+    let i0 = (s.floor() as usize).min(size - 1);
+    let i1 = (i0 + 1).min(size - 1);
+    let l = s - i0 as f64;
+    [(i0, 1.0 - l), (i1, l)]
+}
+
+/// Bilinear 2x upsampling (half-pixel centres, as PyTorch's `align_corners=False`):
+/// a gather of the 4 taps of every output pixel, a product with constant weights, a sum.
+pub fn upsample_bilinear2x<E: Float, D: Dev<E>, T: Tape<E, D>>(
+    x: T4<E, D, T>,
+    cache: &IdxCache<D>,
+) -> T4<E, D, T> {
+    let (b, c, h, w) = *x.shape();
+    let dev = x.device().clone();
+    let (ho, wo) = (2 * h, 2 * w);
+    let idx = cache.get(&dev, [3, b, c, h, w, 0, 0, 0, 0], || {
+        let mut v = Vec::with_capacity(b * c * ho * wo * 4);
+        for bc in 0..b * c {
+            for oy in 0..ho {
+                let ty = bilinear_taps(oy, h);
+                for ox in 0..wo {
+                    let tx = bilinear_taps(ox, w);
+                    for (iy, _) in ty {
+                        for (ix, _) in tx {
+                            v.push((bc * h + iy) * w + ix);
+                        }
+                    }
+                }
+            }
+        }
+        v
+    });
+    let mut wts = Vec::with_capacity(ho * wo * 4);
+    for oy in 0..ho {
+        let ty = bilinear_taps(oy, h);
+        for ox in 0..wo {
+            let tx = bilinear_taps(ox, w);
+            for (_, a) in ty {
+                for (_, bb) in tx {
+                    wts.push(E::of(a * bb));
+                }
+            }
+        }
+    }
+    let wt: Tensor<(usize, usize), E, D> = dev.tensor_from_vec(wts, (ho * wo, 4));
+    let n = b * c * h * w;
+    let g = x
+        .reshape_like(&(n,))
+        .gather(idx)
+        .reshape_like(&(b * c, ho * wo, 4usize));
+    let s = *g.shape();
+    (g * wt.broadcast_like::<_, Axis<0>>(&s))
+        .sum::<(usize, usize), Axis<2>>()
+        .reshape_like(&(b, c, ho, wo))
+}
+
+/// 2x2 average pooling, stride 2 (H and W must be even).
+pub fn avg_pool2x2<E: Float, D: Dev<E>, T: Tape<E, D>>(x: T4<E, D, T>) -> T4<E, D, T> {
+    let (b, c, h, w) = *x.shape();
+    assert!(
+        h % 2 == 0 && w % 2 == 0,
+        "avg_pool2x2 needs even sizes, got {h}x{w}"
+    );
+    x.reshape_like(&(b, c, h / 2, 2usize, w / 2, 2usize))
+        .sum::<(usize, usize, usize, usize), Axes2<3, 5>>()
+        * E::of(0.25)
+}
+
+/// Batch norm in training mode: normalises with the batch statistics over (B, H, W) and
+/// returns them too (mean, biased variance) for the running averages.
+pub fn batch_norm_train<E: Float, D: Dev<E>, T: Tape<E, D>>(
+    x: T4<E, D, T>,
+    gamma: T1<E, D, T>,
+    beta: T1<E, D, T>,
+    eps: f64,
+) -> (T4<E, D, T>, Vec<E>, Vec<E>) {
+    let s = *x.shape();
+    let mean = x.retaped::<T>().mean::<(usize,), Axes3<0, 2, 3>>();
+    let mean_v = mean.as_vec();
+    let centered = x - mean.broadcast_like::<_, Axes3<0, 2, 3>>(&s);
+    let var = centered
+        .retaped::<T>()
+        .square()
+        .mean::<(usize,), Axes3<0, 2, 3>>();
+    let var_v = var.as_vec();
+    let inv = (var + E::of(eps)).sqrt().recip();
+    let y = centered * inv.broadcast_like::<_, Axes3<0, 2, 3>>(&s);
+    let y = y * gamma.broadcast_like::<_, Axes3<0, 2, 3>>(&s);
+    (add_channel_bias(y, beta), mean_v, var_v)
+}
+
+/// Batch norm in evaluation mode with given running statistics.
+pub fn batch_norm_eval<E: Float, D: Dev<E>, T: Tape<E, D>>(
+    x: T4<E, D, T>,
+    gamma: T1<E, D, T>,
+    beta: T1<E, D, T>,
+    running_mean: &[f64],
+    running_var: &[f64],
+    eps: f64,
+) -> T4<E, D, T> {
+    let s = *x.shape();
+    let dev = x.device().clone();
+    let c = s.1;
+    let rm: T1<E, D> = dev.tensor_from_vec(running_mean.iter().map(|&v| E::of(-v)).collect(), (c,));
+    let inv: T1<E, D> = dev.tensor_from_vec(
+        running_var
+            .iter()
+            .map(|&v| E::of(1.0 / (v + eps).sqrt()))
+            .collect(),
+        (c,),
+    );
+    let y = x + rm.broadcast_like::<_, Axes3<0, 2, 3>>(&s);
+    let y = y * inv.broadcast_like::<_, Axes3<0, 2, 3>>(&s);
+    let y = y * gamma.broadcast_like::<_, Axes3<0, 2, 3>>(&s);
+    add_channel_bias(y, beta)
+}
+
+/// LeakyReLU with slope `a` for negative inputs.
+pub fn leaky_relu<E: Float, D: Dev<E>, S: Shape, T: Tape<E, D>>(
+    x: Tensor<S, E, D, T>,
+    a: f64,
+) -> Tensor<S, E, D, T> {
+    x.prelu(E::of(a))
+}
+
+/// softplus(x) = relu(x) + ln(1 + exp(-|x|)), stable for large |x|.
+pub fn softplus<E: Float, D: Dev<E>, S: Shape, T: Tape<E, D>>(
+    x: Tensor<S, E, D, T>,
+) -> Tensor<S, E, D, T> {
+    let r = x.retaped::<T>().relu();
+    let l = (x.abs().negate().exp() + E::of(1.0)).ln();
+    r + l
+}

@@ -1,0 +1,449 @@
+//! Gradient tests of every layer against central finite differences (f64).
+
+use dfdx::prelude::*;
+
+use super::ops::{self, IdxCache};
+use super::params::{Adam, AdamConfig};
+use super::*;
+
+type F = f64;
+type Tp = OwnedTape<F, Cpu>;
+type In = T1<F, Cpu, Tp>;
+
+fn dev() -> Cpu {
+    Cpu::default()
+}
+
+fn rand_vec(rng: &mut Rng, n: usize) -> Vec<F> {
+    rng.normals(n)
+}
+
+/// Checks d f / d inputs against central differences on every element (inputs are small).
+fn gradcheck(shapes: &[usize], seed: u64, f: impl Fn(Vec<In>) -> T0<F, Cpu, Tp>) {
+    let dev = dev();
+    let mut rng = Rng::new(seed);
+    let vals: Vec<Vec<F>> = shapes.iter().map(|&n| rand_vec(&mut rng, n)).collect();
+    let mk = |vals: &Vec<Vec<F>>| -> Vec<T1<F, Cpu>> {
+        vals.iter()
+            .map(|v| dev.tensor_from_vec(v.clone(), (v.len(),)))
+            .collect()
+    };
+    let ts = mk(&vals);
+    let traced: Vec<In> = ts.iter().map(|t| t.retaped::<Tp>()).collect();
+    let mut g0 = Gradients::leaky();
+    for t in &ts {
+        g0.try_alloc_for(t).unwrap();
+    }
+    let mut traced = traced;
+    traced[0] = ts[0].clone().traced(g0);
+    let grads = f(traced).backward();
+    let eval = |vals: &Vec<Vec<F>>| -> F {
+        let ts = mk(vals);
+        f(ts.iter().map(|t| t.retaped::<Tp>()).collect()).array()
+    };
+    let h = 1e-6;
+    let mut worst: f64 = 0.0;
+    for (i, t) in ts.iter().enumerate() {
+        let an = grads.get(t).as_vec();
+        for j in 0..vals[i].len() {
+            let mut vp = vals.clone();
+            vp[i][j] += h;
+            let mut vm = vals.clone();
+            vm[i][j] -= h;
+            let num = (eval(&vp) - eval(&vm)) / (2.0 * h);
+            let err = (num - an[j]).abs() / (1.0 + num.abs().max(an[j].abs()));
+            worst = worst.max(err);
+            assert!(
+                err < 1e-6,
+                "input {i} elem {j}: analytic {} numeric {num} (err {err})",
+                an[j]
+            );
+        }
+    }
+    assert!(worst < 1e-6);
+}
+
+/// A fixed random projection to a scalar: sum(y * r).
+fn project<S: Shape>(y: Tensor<S, F, Cpu, Tp>, seed: u64) -> T0<F, Cpu, Tp> {
+    let n = y.shape().num_elements();
+    let mut rng = Rng::new(seed);
+    let r: T1<F, Cpu> = dev().tensor_from_vec(rng.normals(n), (n,));
+    (y.reshape_like(&(n,)) * r).sum::<(), Axis<0>>()
+}
+
+fn r4(t: In, s: [usize; 4]) -> T4<F, Cpu, Tp> {
+    t.reshape_like(&(s[0], s[1], s[2], s[3]))
+}
+
+#[test]
+fn linear_grad() {
+    gradcheck(&[12, 20, 5], 1, |v| {
+        let mut it = v.into_iter();
+        let x = it.next().unwrap().reshape_like(&(3, 4));
+        let w = it.next().unwrap().reshape_like(&(5, 4));
+        let b = it.next().unwrap();
+        project(ops::linear(x, w, Some(b)), 7)
+    });
+}
+
+fn naive_conv(
+    x: &[F],
+    xs: [usize; 4],
+    w: &[F],
+    ws: [usize; 4],
+    s: usize,
+    p: usize,
+    g: usize,
+) -> Vec<F> {
+    let [b, c, h, wd] = xs;
+    let [co, cpg, k, _] = ws;
+    let ho = (h + 2 * p - k) / s + 1;
+    let wo = (wd + 2 * p - k) / s + 1;
+    let og = co / g;
+    let mut out = vec![0.0; b * co * ho * wo];
+    for bi in 0..b {
+        for o in 0..co {
+            let gi = o / og;
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let mut acc = 0.0;
+                    for cl in 0..cpg {
+                        let ci = gi * cpg + cl;
+                        for ki in 0..k {
+                            for kj in 0..k {
+                                let iy = (oy * s + ki) as isize - p as isize;
+                                let ix = (ox * s + kj) as isize - p as isize;
+                                if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < wd {
+                                    acc += x[((bi * c + ci) * h + iy as usize) * wd + ix as usize]
+                                        * w[((o * cpg + cl) * k + ki) * k + kj];
+                                }
+                            }
+                        }
+                    }
+                    out[((bi * co + o) * ho + oy) * wo + ox] = acc;
+                }
+            }
+        }
+    }
+    let _ = c;
+    out
+}
+
+#[test]
+fn conv2d_matches_naive_and_fd() {
+    let dev = dev();
+    let mut rng = Rng::new(3);
+    for &(xs, ws, s, p, g) in &[
+        ([2, 4, 5, 5], [6, 2, 3, 3], 2, 1, 2),
+        ([2, 3, 6, 6], [4, 3, 4, 4], 2, 1, 1),
+        ([1, 2, 4, 4], [2, 2, 3, 3], 1, 0, 1),
+        ([2, 4, 4, 4], [4, 1, 4, 4], 1, 0, 4),
+    ] {
+        let xn: usize = xs.iter().product();
+        let wn: usize = ws.iter().product();
+        let xv = rng.normals(xn);
+        let wv = rng.normals(wn);
+        let x: T4<F, Cpu> = dev.tensor_from_vec(xv.clone(), (xs[0], xs[1], xs[2], xs[3]));
+        let w: T4<F, Cpu> = dev.tensor_from_vec(wv.clone(), (ws[0], ws[1], ws[2], ws[3]));
+        let y = ops::conv2d(x, w, None, s, p, g, &IdxCache::default()).as_vec();
+        let want = naive_conv(&xv, xs, &wv, ws, s, p, g);
+        assert_eq!(y.len(), want.len());
+        for (a, b) in y.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-10, "{a} vs {b}");
+        }
+        let cache = IdxCache::default();
+        gradcheck(&[xn, wn, ws[0]], 5, move |v| {
+            let mut it = v.into_iter();
+            let x = r4(it.next().unwrap(), xs);
+            let w = r4(it.next().unwrap(), ws);
+            let b = it.next().unwrap();
+            project(ops::conv2d(x, w, Some(b), s, p, g, &cache), 9)
+        });
+    }
+}
+
+#[test]
+fn conv_transpose_matches_naive_and_fd() {
+    let dev = dev();
+    let mut rng = Rng::new(4);
+    let (xs, ws, s, p) = ([2usize, 3, 3, 3], [3usize, 2, 4, 4], 2usize, 1usize);
+    let xv = rng.normals(xs.iter().product());
+    let wv = rng.normals(ws.iter().product());
+    // naive scatter
+    let (ho, wo) = ((xs[2] - 1) * s + 4 - 2 * p, (xs[3] - 1) * s + 4 - 2 * p);
+    let mut want = vec![0.0; xs[0] * ws[1] * ho * wo];
+    for b in 0..xs[0] {
+        for ci in 0..xs[1] {
+            for iy in 0..xs[2] {
+                for ix in 0..xs[3] {
+                    for co in 0..ws[1] {
+                        for ki in 0..4 {
+                            for kj in 0..4 {
+                                let oy = (iy * s + ki) as isize - p as isize;
+                                let ox = (ix * s + kj) as isize - p as isize;
+                                if oy >= 0 && ox >= 0 && (oy as usize) < ho && (ox as usize) < wo {
+                                    want[((b * ws[1] + co) * ho + oy as usize) * wo
+                                        + ox as usize] += xv
+                                        [((b * xs[1] + ci) * xs[2] + iy) * xs[3] + ix]
+                                        * wv[((ci * ws[1] + co) * 4 + ki) * 4 + kj];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let x: T4<F, Cpu> = dev.tensor_from_vec(xv, (xs[0], xs[1], xs[2], xs[3]));
+    let w: T4<F, Cpu> = dev.tensor_from_vec(wv, (ws[0], ws[1], ws[2], ws[3]));
+    let y = ops::conv_transpose2d(x, w, None, s, p, &IdxCache::default());
+    assert_eq!(*y.shape(), (2, 2, 6, 6));
+    for (a, b) in y.as_vec().iter().zip(&want) {
+        assert!((a - b).abs() < 1e-10, "{a} vs {b}");
+    }
+    let cache = IdxCache::default();
+    gradcheck(&[54, 96, 2], 6, move |v| {
+        let mut it = v.into_iter();
+        let x = r4(it.next().unwrap(), xs);
+        let w = r4(it.next().unwrap(), ws);
+        let b = it.next().unwrap();
+        project(ops::conv_transpose2d(x, w, Some(b), s, p, &cache), 10)
+    });
+}
+
+#[test]
+fn upsampling_and_pooling() {
+    let dev = dev();
+    let cache = IdxCache::default();
+    // values: nearest copies, bilinear of a constant is the constant, pool averages
+    let x: T4<F, Cpu> = dev.tensor_from_vec(vec![1.0, 2.0, 3.0, 4.0], (1, 1, 2, 2));
+    let n = ops::upsample_nearest2x(x.clone(), &cache).as_vec();
+    assert_eq!(&n[..4], &[1.0, 1.0, 2.0, 2.0]);
+    let b = ops::upsample_bilinear2x(x.clone(), &cache).as_vec();
+    // PyTorch F.interpolate(scale_factor=2, mode="bilinear", align_corners=False) first row
+    let want = [1.0, 1.25, 1.75, 2.0];
+    for (a, w) in b[..4].iter().zip(want) {
+        assert!((a - w).abs() < 1e-12, "{b:?}");
+    }
+    let c: T4<F, Cpu> = dev.tensor_from_vec(vec![0.5; 9], (1, 1, 3, 3));
+    assert!(ops::upsample_bilinear2x(c, &cache)
+        .as_vec()
+        .iter()
+        .all(|v| (v - 0.5).abs() < 1e-12));
+    assert_eq!(ops::avg_pool2x2(x).as_vec(), vec![2.5]);
+    for kind in 0..3 {
+        let cache = IdxCache::default();
+        gradcheck(&[2 * 3 * 3 * 4], 11 + kind, move |v| {
+            let x = r4(v.into_iter().next().unwrap(), [2, 3, 3, 4]);
+            match kind {
+                0 => project(ops::upsample_nearest2x(x, &cache), 1),
+                1 => project(ops::upsample_bilinear2x(x, &cache), 2),
+                _ => project(
+                    ops::avg_pool2x2(
+                        x.reshape_like(&(2, 3, 6, 2))
+                            .permute::<_, Axes4<0, 1, 3, 2>>(),
+                    ),
+                    3,
+                ),
+            }
+        });
+    }
+}
+
+#[test]
+fn batch_norm_grad_and_stats() {
+    gradcheck(&[3 * 2 * 2 * 2, 2, 2], 21, |v| {
+        let mut it = v.into_iter();
+        let x = r4(it.next().unwrap(), [3, 2, 2, 2]);
+        let (y, _, _) = ops::batch_norm_train(x, it.next().unwrap(), it.next().unwrap(), 1e-5);
+        project(y, 4)
+    });
+    gradcheck(&[3 * 2 * 2 * 2, 2, 2], 22, |v| {
+        let mut it = v.into_iter();
+        let x = r4(it.next().unwrap(), [3, 2, 2, 2]);
+        let y = ops::batch_norm_eval(
+            x,
+            it.next().unwrap(),
+            it.next().unwrap(),
+            &[0.3, -0.1],
+            &[2.0, 0.5],
+            1e-5,
+        );
+        project(y, 5)
+    });
+    // train-mode output has zero mean, unit variance per channel; stats returned
+    let dev = dev();
+    let mut rng = Rng::new(1);
+    let x: T4<F, Cpu> = dev.tensor_from_vec(
+        rng.normals(4 * 2 * 3 * 3)
+            .iter()
+            .map(|v| v * 3.0 + 1.0)
+            .collect(),
+        (4, 2, 3, 3),
+    );
+    let ones: T1<F, Cpu> = dev.ones_like(&(2,));
+    let zeros: T1<F, Cpu> = dev.zeros_like(&(2,));
+    let (y, m, v) = ops::batch_norm_train(x, ones, zeros, 0.0);
+    let y = y.as_vec();
+    for c in 0..2 {
+        let vals: Vec<F> = (0..4)
+            .flat_map(|b| (0..9).map(move |i| (b, i)))
+            .map(|(b, i)| y[(b * 2 + c) * 9 + i])
+            .collect();
+        let mean = vals.iter().sum::<F>() / 36.0;
+        let var = vals.iter().map(|v| (v - mean).powi(2)).sum::<F>() / 36.0;
+        assert!(mean.abs() < 1e-10 && (var - 1.0).abs() < 1e-8);
+        assert!(v[c] > 1.0 && m[c].abs() < 5.0);
+    }
+}
+
+#[test]
+fn activations_grad() {
+    for kind in 0..4 {
+        gradcheck(&[17], 30 + kind, move |v| {
+            let x = v.into_iter().next().unwrap() * 3.0;
+            match kind {
+                0 => project(ops::leaky_relu(x, 0.2), 1),
+                1 => project(x.relu(), 2),
+                2 => project(x.tanh(), 3),
+                _ => project(ops::softplus(x), 4),
+            }
+        });
+    }
+    // softplus is stable for large |x|
+    let dev = dev();
+    let x: T1<F, Cpu> = dev.tensor_from_vec(vec![-800.0, 0.0, 800.0], (3,));
+    let y = ops::softplus(x).as_vec();
+    assert!(y[0] >= 0.0 && y[0] < 1e-300);
+    assert!((y[1] - 2f64.ln()).abs() < 1e-15);
+    assert_eq!(y[2], 800.0);
+}
+
+/// Parameter gradients of whole networks (residual, basis, grouped conv, layers graph).
+#[test]
+fn net_param_grads() {
+    let dev = dev();
+    let mut nb = NetBuilder::<F, Cpu>::new(dev.clone(), 5);
+    let body = vec![
+        nb.conv("blk.conv1", 4, 8, 1, 1, 0, 1, true, 1.0),
+        Layer::LeakyRelu(0.2),
+        nb.conv("blk.conv2", 8, 8, 3, 1, 1, 2, true, 1.0),
+        Layer::Tanh,
+        nb.conv("blk.conv3", 8, 4, 1, 1, 0, 1, true, 1.0),
+    ];
+    let layers = vec![
+        nb.basis("basis", 3, 4, 2, 2),
+        Layer::Residual { body, skip: vec![] },
+        Layer::Up(UpMode::Bilinear),
+        nb.batch_norm("bn", 4),
+        nb.conv_t("up", 4, 2, 4, 2, 1, true, 1.0),
+        Layer::AvgPool2,
+        Layer::Scale(0.5),
+        nb.linear("fc", 2 * 4 * 4, 1, true, 1.0),
+    ];
+    let net = nb.finish(layers, [3, 1, 1]);
+    assert_eq!(net.out_shape, [1, 1, 1]);
+    let mut rng = Rng::new(9);
+    let x: T4<F, Cpu> = dev.tensor_from_vec(rng.normals(2 * 3), (2, 3, 1, 1));
+    let loss = |net: &Net<F, Cpu>| -> F {
+        let y = net.forward(x.clone(), true);
+        y.reshape_like(&(2,)).square().sum::<(), Axis<0>>().array()
+    };
+    let y = net.forward(x.clone().traced(net.params.alloc_grads()), true);
+    let grads = y
+        .reshape_like(&(2,))
+        .square()
+        .sum::<(), Axis<0>>()
+        .backward();
+    let an = net.params.grads_of(&grads);
+    let h = 1e-6;
+    for (i, g) in an.iter().enumerate() {
+        let g = g.as_vec();
+        let base = net.params.tensors[i].as_vec();
+        for j in (0..base.len()).step_by(3) {
+            let mut n2 = net.clone();
+            let mut v = base.clone();
+            v[j] += h;
+            n2.params.tensors[i] = dev.tensor_from_vec(v.clone(), (v.len(),));
+            let lp = loss(&n2);
+            v[j] -= 2.0 * h;
+            n2.params.tensors[i] = dev.tensor_from_vec(v.clone(), (v.len(),));
+            let lm = loss(&n2);
+            let num = (lp - lm) / (2.0 * h);
+            let err = (num - g[j]).abs() / (1.0 + num.abs());
+            assert!(
+                err < 1e-6,
+                "{} [{j}]: {} vs {num}",
+                net.params.names[i],
+                g[j]
+            );
+        }
+    }
+}
+
+#[test]
+fn adam_matches_formula() {
+    let dev = dev();
+    let mut ps = ParamStore::<F, Cpu>::default();
+    ps.push(&dev, "p".into(), vec![2], vec![1.0, -1.0]);
+    let cfg = AdamConfig {
+        lr: 0.1,
+        betas: (0.5, 0.9),
+        eps: 1e-8,
+    };
+    let mut opt = Adam::new(cfg, &ps);
+    let (mut m, mut v, mut p) = ([0.0f64; 2], [0.0f64; 2], [1.0f64, -1.0]);
+    for t in 1..=3 {
+        let g = [p[0] * 2.0, p[1] + 3.0];
+        opt.step(&mut ps, vec![dev.tensor_from_vec(g.to_vec(), (2,))]);
+        for k in 0..2 {
+            m[k] = 0.5 * m[k] + 0.5 * g[k];
+            v[k] = 0.9 * v[k] + 0.1 * g[k] * g[k];
+            let mh = m[k] / (1.0 - 0.5f64.powi(t));
+            let vh = v[k] / (1.0 - 0.9f64.powi(t));
+            p[k] -= 0.1 * mh / (vh.sqrt() + 1e-8);
+        }
+    }
+    let got = ps.tensors[0].as_vec();
+    for k in 0..2 {
+        assert!((got[k] - p[k]).abs() < 1e-12);
+    }
+}
+
+#[test]
+fn safetensors_roundtrip_and_mismatch() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.safetensors");
+    let dev = dev();
+    let mut nb = NetBuilder::<F, Cpu>::new(dev.clone(), 1);
+    let l = vec![nb.linear("fc", 3, 2, true, 1.0), nb.batch_norm("bn", 2)];
+    let net = nb.finish(l, [3, 1, 1]);
+    let mut named = net.to_named();
+    for t in &mut named {
+        t.name = format!("G.{}", t.name);
+    }
+    let meta = [("step".to_string(), "7".to_string())]
+        .into_iter()
+        .collect();
+    save_safetensors(&path, &named, meta).unwrap();
+    let (map, meta) = load_safetensors::<F>(&path).unwrap();
+    assert_eq!(meta["step"], "7");
+    let mut n2 = NetBuilder::<F, Cpu>::new(dev.clone(), 2);
+    let l = vec![n2.linear("fc", 3, 2, true, 1.0), n2.batch_norm("bn", 2)];
+    let mut n2 = n2.finish(l, [3, 1, 1]);
+    n2.load_named(&map, "G.").unwrap();
+    assert_eq!(
+        n2.params.tensors[0].as_vec(),
+        net.params.tensors[0].as_vec()
+    );
+    // wrong shape -> first mismatch named
+    let mut n3 = NetBuilder::<F, Cpu>::new(dev.clone(), 2);
+    let l = vec![n3.linear("fc", 4, 2, true, 1.0)];
+    let mut n3 = n3.finish(l, [4, 1, 1]);
+    let e = n3.load_named(&map, "G.").unwrap_err().to_string();
+    assert!(e.contains("G.fc.weight") && e.contains("shape"), "{e}");
+    let e = n3.load_named(&map, "D.").unwrap_err().to_string();
+    assert!(e.contains("missing tensor \"D.fc.weight\""), "{e}");
+    // f32 loader refuses f64 files
+    assert!(load_safetensors::<f32>(&path).is_err());
+}
