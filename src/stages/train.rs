@@ -151,7 +151,7 @@ impl Stage for Train {
             t.load_checkpoint(&ckpt)
                 .with_context(|| format!("resuming from {}", ckpt.display()))?;
             if let Ok(text) = std::fs::read_to_string(cx.dir.join(ROWS_FILE)) {
-                rows = serde_json::from_str(&text)?;
+                rows = rows_from_bits(&serde_json::from_str::<Vec<[u64; 8]>>(&text)?);
                 rows.retain(|r| r.step <= t.step_count());
             }
             tracing::info!("{}: resuming at step {}", cx.label, t.step_count());
@@ -165,11 +165,7 @@ impl Stage for Train {
         while t.step_count() < cfg.steps {
             if let Err(e) = cx.check_cancel() {
                 // Keep what was done: the next run resumes from here.
-                t.save_checkpoint(&ckpt)?;
-                crate::util::atomic_write(
-                    &cx.dir.join(ROWS_FILE),
-                    serde_json::to_string(&rows)?.as_bytes(),
-                )?;
+                save_state(&t, &rows, cx.dir)?;
                 return Err(e);
             }
             let log: StepLog = t.step();
@@ -189,11 +185,7 @@ impl Stage for Train {
                 window_steps = 0;
             }
             if cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0 && step < cfg.steps {
-                t.save_checkpoint(&ckpt)?;
-                crate::util::atomic_write(
-                    &cx.dir.join(ROWS_FILE),
-                    serde_json::to_string(&rows)?.as_bytes(),
-                )?;
+                save_state(&t, &rows, cx.dir)?;
             }
             cx.progress.set(step, cfg.steps);
         }
@@ -229,6 +221,58 @@ impl Stage for Train {
         }
         Ok(out)
     }
+}
+
+/// Save what a resumed run needs. Rows first: on resume, rows past the
+/// checkpoint's step are dropped, so a kill between the two writes loses nothing.
+fn save_state(t: &Trainer, rows: &[LogRow], dir: &Path) -> Result<()> {
+    crate::util::atomic_write(
+        &dir.join(ROWS_FILE),
+        serde_json::to_string(&rows_to_bits(rows))?.as_bytes(),
+    )?;
+    t.save_checkpoint(&dir.join(CHECKPOINT_FILE))
+}
+
+/// Rows as exact bit patterns (JSON floats do not always round-trip the last bit,
+/// and a resumed log must equal the uninterrupted one).
+fn rows_to_bits(rows: &[LogRow]) -> Vec<[u64; 8]> {
+    let o = |v: Option<f64>| v.map(f64::to_bits).unwrap_or(u64::MAX);
+    rows.iter()
+        .map(|r| {
+            [
+                r.step,
+                r.d_loss.to_bits(),
+                r.g_loss.to_bits(),
+                o(r.r1),
+                o(r.r2),
+                r.grad_norm_d.to_bits(),
+                r.grad_norm_g.to_bits(),
+                r.images_per_s.to_bits(),
+            ]
+        })
+        .collect()
+}
+
+fn rows_from_bits(bits: &[[u64; 8]]) -> Vec<LogRow> {
+    let o = |b: u64| {
+        if b == u64::MAX {
+            None
+        } else {
+            Some(f64::from_bits(b))
+        }
+    };
+    bits.iter()
+        .map(|b| LogRow {
+            step: b[0],
+            d_loss: f64::from_bits(b[1]),
+            g_loss: f64::from_bits(b[2]),
+            r1: o(b[3]),
+            r2: o(b[4]),
+            grad_norm_d: f64::from_bits(b[5]),
+            grad_norm_g: f64::from_bits(b[6]),
+            images_per_s: f64::from_bits(b[7]),
+        })
+        .collect()
 }
 
 fn row(l: &StepLog, ips: f64) -> LogRow {
