@@ -4,7 +4,9 @@
 //! - scheduling overhead per instance (1,000 no-op instances, wall / 1,000).
 //!
 //! Targets from issue 2: < 1 s, < 2 s, < 1 ms. Uses a no-op stage kind registered
-//! through the library API, so the figures are the engine's own.
+//! through the library API, so the figures are the engine's own. The per-instance
+//! figure includes one fsync of the manifest (durability before the rename): run with
+//! `TMPDIR=/dev/shm` to see the engine without the disk.
 
 use ablate::engine::{
     self, typed_params, Cache, CheckCtx, Outcome, ParamError, Plan, PlanOptions, RunCtx,
