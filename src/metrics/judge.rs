@@ -210,7 +210,7 @@ impl<E: Float, D: Dev<E>> Judge<E, D> {
             },
             &self.net.params,
         );
-        let mut rng = Rng::derived(opts.seed, 0x6a75_6467_65);
+        let mut rng = Rng::derived(opts.seed, 0x006a_7564_6765);
         let mut order: Vec<usize> = (0..n).collect();
         let mut epoch_loss = vec![];
         let mut step = 0;
