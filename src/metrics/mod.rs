@@ -1,6 +1,7 @@
 //! Numerical evaluation metrics for GAN samples (DESIGN.md, "Evaluation"; issue 6).
 //!
-//! A pure library: no YAML, no CLI, no tensors. Inputs are plain row-major slices
+//! A pure library: no YAML, no CLI, and no tensors except in [`judge`] (the evaluator
+//! network, on [`crate::nn`]). Inputs are plain row-major slices
 //! (rows = samples), outputs are plain structs. The `evaluate` stage turns judge
 //! features, labels and images into these slices.
 //!
@@ -11,8 +12,10 @@
 //! - [`modes`]: mode counts and reverse KL to uniform (StackedMNIST protocol).
 //! - [`mixture`]: modes covered and high-quality share for Gaussian mixtures.
 //! - [`spectral`]: radially averaged power spectra and a log-spectral distance.
+//! - [`judge`]: the CNN classifier whose features and predictions the above consume.
 
 pub mod frechet;
+pub mod judge;
 pub mod linalg;
 pub mod mixture;
 pub mod modes;

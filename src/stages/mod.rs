@@ -2,6 +2,8 @@
 //! This is the only place that joins the engine to the numerical libraries.
 
 pub mod data;
+pub mod evaluate;
+pub mod judge;
 pub mod sample;
 pub mod tabulate;
 pub mod train;
@@ -14,6 +16,8 @@ pub fn registry() -> Registry {
     r.register(data::Data);
     r.register(train::Train);
     r.register(sample::Sample);
+    r.register(judge::Judge);
+    r.register(evaluate::Evaluate);
     r.register(tabulate::Tabulate);
     r
 }
