@@ -3,6 +3,10 @@
 //! Resolutions: `R = base * 2^n` with `base = 4`, or `base = 7` when `R` is 7 * 2^n
 //! (28 starts at 7x7, no padding). Channels at resolution `r` are
 //! `min(width * R / r, max_width)` (max_width defaults to 8 * width).
+//! Archs: `mlp`, `dcgan`, `r3gan` (variants B-E), `resnet` (SNGAN-style G and D),
+//! `selfmod` (G: BN gain/bias from z via 2-layer MLPs, resnet or dcgan body) and
+//! `stylegan` (G: mapping MLP, learned constant input, AdaIN after every conv).
+//! `spectral_norm: true` normalises every linear / conv weight of the net.
 //! Parameter names are relative (`blocks.0.conv.weight`); checkpoints prefix them with
 //! `G.`, `G_ema.` or `D.`.
 
