@@ -13,6 +13,25 @@ pub enum Arch {
     Dcgan,
     /// The R3GAN roadmap (with `variant`).
     R3gan,
+    /// SNGAN-style residual nets (G: upsampling residual blocks; D: average-pool blocks,
+    /// global sum pooling).
+    Resnet,
+    /// Self-modulated generator (SELF-MOD): every BN's scale and shift come from z through
+    /// a 2-layer MLP; the body is `resnet` (default) or `dcgan` (`body`).
+    Selfmod,
+    /// StyleGAN-like generator: mapping MLP, learned constant 4x4 input, AdaIN after every
+    /// conv, bilinear upsampling.
+    Stylegan,
+}
+
+/// Upsampling method of the `resnet` / `selfmod` generators.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Upsample {
+    /// Nearest neighbour (default).
+    Nearest,
+    /// Bilinear.
+    Bilinear,
 }
 
 /// R3GAN roadmap configuration.
@@ -32,7 +51,7 @@ pub enum Variant {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetConfig {
-    /// `mlp`, `dcgan` or `r3gan`.
+    /// `mlp`, `dcgan`, `r3gan`, `resnet`, `selfmod` (G only) or `stylegan` (G only).
     pub arch: Arch,
     /// R3GAN variant (required for `r3gan`, rejected otherwise).
     #[serde(default)]
@@ -58,6 +77,30 @@ pub struct NetConfig {
     /// Channels per group of the grouped 3x3 conv (r3gan E, default 16).
     #[serde(default)]
     pub group_size: Option<usize>,
+    /// Residual scaling `x + alpha * f(x)` (resnet / selfmod; default 1, i.e. none).
+    #[serde(default)]
+    pub residual_scale: Option<f64>,
+    /// Learn alpha (one scalar per block, starting at `residual_scale`; default false).
+    #[serde(default)]
+    pub learn_residual_scale: Option<bool>,
+    /// Upsampling of the resnet / selfmod generator (default nearest).
+    #[serde(default)]
+    pub upsample: Option<Upsample>,
+    /// Body of the selfmod generator: `resnet` (default) or `dcgan`.
+    #[serde(default)]
+    pub body: Option<Arch>,
+    /// Hidden units of the SELF-MOD modulation MLPs (default 32).
+    #[serde(default)]
+    pub mod_hidden: Option<usize>,
+    /// Layers of the StyleGAN mapping MLP (default 8).
+    #[serde(default)]
+    pub mapping_depth: Option<usize>,
+    /// Width of the StyleGAN mapping MLP, i.e. the style size (default 512).
+    #[serde(default)]
+    pub mapping_width: Option<usize>,
+    /// Spectral normalisation of every linear / conv weight (default false).
+    #[serde(default)]
+    pub spectral_norm: Option<bool>,
 }
 
 /// Adversarial loss.
@@ -194,10 +237,41 @@ impl NetConfig {
         }
         match (self.arch, self.variant) {
             (Arch::R3gan, None) => bail!("{what}: arch r3gan needs variant: B | C | D | E"),
-            (Arch::Mlp | Arch::Dcgan, Some(_)) => {
-                bail!("{what}: variant is only for arch r3gan")
-            }
+            (Arch::R3gan, Some(_)) => {}
+            (_, Some(_)) => bail!("{what}: variant is only for arch r3gan"),
             _ => {}
+        }
+        if let Some(a) = self.residual_scale {
+            if !(a.is_finite() && a.abs() <= 16.0) {
+                bail!("{what}.residual_scale must be finite with |alpha| <= 16, got {a}");
+            }
+        }
+        let resnetish = matches!(self.arch, Arch::Resnet | Arch::Selfmod);
+        if (self.residual_scale.is_some() || self.learn_residual_scale.is_some()) && !resnetish {
+            bail!("{what}: residual_scale is for arch resnet / selfmod");
+        }
+        if self.upsample.is_some() && !resnetish {
+            bail!("{what}: upsample is for arch resnet / selfmod");
+        }
+        match self.body {
+            Some(_) if self.arch != Arch::Selfmod => bail!("{what}: body is for arch selfmod"),
+            Some(Arch::Resnet | Arch::Dcgan) | None => {}
+            Some(b) => bail!("{what}.body must be resnet or dcgan, got {b:?}"),
+        }
+        if let Some(h) = self.mod_hidden {
+            if self.arch != Arch::Selfmod || !(1..=4096).contains(&h) {
+                bail!("{what}.mod_hidden must be in 1..=4096 and is for arch selfmod");
+            }
+        }
+        if self.mapping_depth.is_some() || self.mapping_width.is_some() {
+            if self.arch != Arch::Stylegan {
+                bail!("{what}: mapping_depth / mapping_width are for arch stylegan");
+            }
+            if !(1..=16).contains(&self.mapping_depth.unwrap_or(8))
+                || !(1..=4096).contains(&self.mapping_width.unwrap_or(512))
+            {
+                bail!("{what}: mapping_depth must be in 1..=16, mapping_width in 1..=4096");
+            }
         }
         Ok(())
     }
@@ -210,6 +284,9 @@ impl TrainConfig {
         self.discriminator.validate("discriminator")?;
         if self.discriminator.z_dim.is_some() {
             bail!("discriminator.z_dim makes no sense");
+        }
+        if matches!(self.discriminator.arch, Arch::Selfmod | Arch::Stylegan) {
+            bail!("discriminator.arch selfmod / stylegan does not exist: use resnet or dcgan");
         }
         if (self.generator.arch == Arch::Mlp) != (self.discriminator.arch == Arch::Mlp) {
             bail!("mlp nets are for 2-D points: use them for both generator and discriminator");

@@ -12,7 +12,7 @@ pub mod trainer;
 #[cfg(test)]
 mod tests;
 
-pub use config::{Arch, LossKind, NetConfig, OptimConfig, Penalty, TrainConfig, Variant};
+pub use config::{Arch, LossKind, NetConfig, OptimConfig, Penalty, TrainConfig, Upsample, Variant};
 pub use nets::DataShape;
 pub use sample::{sample_checkpoint, sample_net};
 pub use trainer::{StepLog, TrainData, Trainer};

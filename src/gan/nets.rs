@@ -3,12 +3,16 @@
 //! Resolutions: `R = base * 2^n` with `base = 4`, or `base = 7` when `R` is 7 * 2^n
 //! (28 starts at 7x7, no padding). Channels at resolution `r` are
 //! `min(width * R / r, max_width)` (max_width defaults to 8 * width).
+//! Archs: `mlp`, `dcgan`, `r3gan` (variants B-E), `resnet` (SNGAN-style G and D),
+//! `selfmod` (G: BN gain/bias from z via 2-layer MLPs, resnet or dcgan body) and
+//! `stylegan` (G: mapping MLP, learned constant input, AdaIN after every conv).
+//! `spectral_norm: true` normalises every linear / conv weight of the net.
 //! Parameter names are relative (`blocks.0.conv.weight`); checkpoints prefix them with
 //! `G.`, `G_ema.` or `D.`.
 
 use anyhow::{bail, Result};
 
-use super::config::{Arch, NetConfig, Variant};
+use super::config::{Arch, NetConfig, Upsample, Variant};
 use crate::nn::{Dev, Float, Layer, Net, NetBuilder, UpMode};
 
 const SQRT2: f64 = std::f64::consts::SQRT_2;
@@ -66,12 +70,32 @@ pub fn generator<E: Float, D: Dev<E>>(
 ) -> Result<Net<E, D>> {
     let z = z_dim(cfg, shape);
     let mut nb = NetBuilder::<E, D>::new(dev, seed);
+    nb.spectral_norm = cfg.spectral_norm.unwrap_or(false);
     let layers = match (cfg.arch, shape) {
         (Arch::Mlp, DataShape::Points) => mlp(&mut nb, cfg, z, 2),
         (Arch::Mlp, _) => bail!("generator arch mlp is for 2-D points only"),
         (_, DataShape::Points) => bail!("conv generators need image data"),
-        (Arch::Dcgan, DataShape::Image { c, res }) => dcgan_g(&mut nb, cfg, z, c, res)?,
+        (Arch::Dcgan, DataShape::Image { c, res }) => dcgan_g(&mut nb, cfg, z, c, res, GNorm::Bn)?,
         (Arch::R3gan, DataShape::Image { c, res }) => r3gan_g(&mut nb, cfg, z, c, res)?,
+        (Arch::Resnet, DataShape::Image { c, res }) => {
+            resnet_g(&mut nb, cfg, z, c, res, GNorm::Bn)?
+        }
+        (Arch::Selfmod, DataShape::Image { c, res }) => {
+            let slot = nb.ctx_slot();
+            let norm = GNorm::SelfMod {
+                slot,
+                z,
+                hidden: cfg.mod_hidden.unwrap_or(32),
+            };
+            let mut l = vec![Layer::SetCtx { slot, body: vec![] }];
+            l.extend(match cfg.body.unwrap_or(Arch::Resnet) {
+                Arch::Dcgan => dcgan_g(&mut nb, cfg, z, c, res, norm)?,
+                Arch::Resnet => resnet_g(&mut nb, cfg, z, c, res, norm)?,
+                b => bail!("selfmod body must be resnet or dcgan, got {b:?}"),
+            });
+            l
+        }
+        (Arch::Stylegan, DataShape::Image { c, res }) => stylegan_g(&mut nb, cfg, z, c, res)?,
     };
     Ok(nb.finish(layers, [z, 1, 1]))
 }
@@ -84,6 +108,7 @@ pub fn discriminator<E: Float, D: Dev<E>>(
     seed: u64,
 ) -> Result<Net<E, D>> {
     let mut nb = NetBuilder::<E, D>::new(dev, seed);
+    nb.spectral_norm = cfg.spectral_norm.unwrap_or(false);
     let (layers, ins) = match (cfg.arch, shape) {
         (Arch::Mlp, DataShape::Points) => (mlp(&mut nb, cfg, 2, 1), [2, 1, 1]),
         (Arch::Mlp, _) => bail!("discriminator arch mlp is for 2-D points only"),
@@ -93,6 +118,15 @@ pub fn discriminator<E: Float, D: Dev<E>>(
         }
         (Arch::R3gan, DataShape::Image { c, res }) => {
             (r3gan_d(&mut nb, cfg, c, res)?, [c, res, res])
+        }
+        (Arch::Resnet, DataShape::Image { c, res }) => {
+            (resnet_d(&mut nb, cfg, c, res)?, [c, res, res])
+        }
+        (Arch::Selfmod | Arch::Stylegan, _) => {
+            bail!(
+                "arch {:?} is a generator only: use resnet or dcgan for D",
+                cfg.arch
+            )
         }
     };
     Ok(nb.finish(layers, ins))
@@ -122,16 +156,17 @@ fn dcgan_g<E: Float, D: Dev<E>>(
     z: usize,
     c_img: usize,
     res: usize,
+    norm: GNorm,
 ) -> Result<Vec<Layer>> {
     let (base, n) = res_plan(res)?;
-    let bn = cfg.batch_norm.unwrap_or(true);
+    let bn = cfg.batch_norm.unwrap_or(true) || matches!(norm, GNorm::SelfMod { .. });
     let c0 = chans(cfg, res, base);
     let mut l = vec![
         nb.linear("fc", z, c0 * base * base, !bn, SQRT2),
         Layer::Reshape([c0, base, base]),
     ];
     if bn {
-        l.push(nb.batch_norm("fc_bn", c0));
+        l.push(g_norm(nb, norm, "fc_bn", c0));
     }
     l.push(Layer::Relu);
     let mut r = base;
@@ -139,7 +174,7 @@ fn dcgan_g<E: Float, D: Dev<E>>(
         let (ci, co) = (chans(cfg, res, r), chans(cfg, res, 2 * r));
         l.push(nb.conv_t(&format!("blocks.{i}.conv"), ci, co, 4, 2, 1, !bn, SQRT2));
         if bn {
-            l.push(nb.batch_norm(&format!("blocks.{i}.bn"), co));
+            l.push(g_norm(nb, norm, &format!("blocks.{i}.bn"), co));
         }
         l.push(Layer::Relu);
         r *= 2;
@@ -367,5 +402,213 @@ fn r3gan_d<E: Float, D: Dev<E>>(
         }
         l.push(nb.linear("fc", c * base * base, 1, true, 1.0));
     }
+    Ok(l)
+}
+
+/// How a generator normalises: plain BN, or SELF-MOD BN whose gain and bias come from the
+/// latent (context slot `slot`) through 2-layer MLPs.
+#[derive(Clone, Copy, Debug)]
+enum GNorm {
+    Bn,
+    SelfMod {
+        slot: usize,
+        z: usize,
+        hidden: usize,
+    },
+}
+
+fn g_norm<E: Float, D: Dev<E>>(
+    nb: &mut NetBuilder<E, D>,
+    norm: GNorm,
+    name: &str,
+    c: usize,
+) -> Layer {
+    match norm {
+        GNorm::Bn => nb.batch_norm(name, c),
+        GNorm::SelfMod { slot, z, hidden } => {
+            // beta(z) = W2 relu(W1 z + b1) + b2, gamma likewise (as 1 + MLP(z)); the output
+            // layers start small so the net starts close to plain BN
+            let mut mlp = |part: &str| {
+                vec![
+                    nb.linear(&format!("{name}.{part}.fc1"), z, hidden, true, SQRT2),
+                    Layer::Relu,
+                    nb.linear(&format!("{name}.{part}.fc2"), hidden, c, true, 0.1),
+                ]
+            };
+            let gain = mlp("gain");
+            let bias = mlp("bias");
+            nb.cond_norm(name, c, true, slot, gain, bias)
+        }
+    }
+}
+
+/// The `x + alpha * f(x)` factor at the end of a residual branch, if any.
+fn res_scale<E: Float, D: Dev<E>>(
+    nb: &mut NetBuilder<E, D>,
+    cfg: &NetConfig,
+    name: &str,
+) -> Option<Layer> {
+    let a = cfg.residual_scale.unwrap_or(1.0);
+    if cfg.learn_residual_scale.unwrap_or(false) {
+        Some(nb.param_scale(&format!("{name}.alpha"), a))
+    } else if a != 1.0 {
+        Some(Layer::Scale(a))
+    } else {
+        None
+    }
+}
+
+/// SNGAN-style generator: linear -> base x base -> residual up blocks (BN, ReLU, 2x up,
+/// 3x3 conv, BN, ReLU, 3x3 conv; shortcut 2x up + 1x1 conv) -> BN, ReLU, 3x3 conv, tanh.
+fn resnet_g<E: Float, D: Dev<E>>(
+    nb: &mut NetBuilder<E, D>,
+    cfg: &NetConfig,
+    z: usize,
+    c_img: usize,
+    res: usize,
+    norm: GNorm,
+) -> Result<Vec<Layer>> {
+    let (base, n) = res_plan(res)?;
+    let up = match cfg.upsample.unwrap_or(Upsample::Nearest) {
+        Upsample::Nearest => UpMode::Nearest,
+        Upsample::Bilinear => UpMode::Bilinear,
+    };
+    let c0 = chans(cfg, res, base);
+    let mut l = vec![
+        nb.linear("fc", z, c0 * base * base, true, 1.0),
+        Layer::Reshape([c0, base, base]),
+    ];
+    let mut r = base;
+    for i in 0..n {
+        let (ci, co) = (chans(cfg, res, r), chans(cfg, res, 2 * r));
+        let name = format!("blocks.{i}");
+        let mut body = vec![
+            g_norm(nb, norm, &format!("{name}.bn1"), ci),
+            Layer::Relu,
+            Layer::Up(up),
+            nb.conv(&format!("{name}.conv1"), ci, co, 3, 1, 1, 1, true, SQRT2),
+            g_norm(nb, norm, &format!("{name}.bn2"), co),
+            Layer::Relu,
+            nb.conv(&format!("{name}.conv2"), co, co, 3, 1, 1, 1, true, SQRT2),
+        ];
+        body.extend(res_scale(nb, cfg, &name));
+        let skip = vec![
+            Layer::Up(up),
+            nb.conv(&format!("{name}.shortcut"), ci, co, 1, 1, 0, 1, true, 1.0),
+        ];
+        l.push(Layer::Residual { body, skip });
+        r *= 2;
+    }
+    let c = chans(cfg, res, res);
+    l.push(g_norm(nb, norm, "out_bn", c));
+    l.push(Layer::Relu);
+    l.push(nb.conv("to_img", c, c_img, 3, 1, 1, 1, true, 1.0));
+    l.push(Layer::Tanh);
+    Ok(l)
+}
+
+/// SNGAN-style discriminator: residual blocks with 2x2 average-pool downsampling down to
+/// `2 * base` (at least one; the first block has no leading ReLU and pools its shortcut
+/// before the 1x1 conv), then `depth` (default 2) blocks without downsampling, ReLU, global
+/// sum pooling, linear.
+fn resnet_d<E: Float, D: Dev<E>>(
+    nb: &mut NetBuilder<E, D>,
+    cfg: &NetConfig,
+    c_img: usize,
+    res: usize,
+) -> Result<Vec<Layer>> {
+    let (_, n) = res_plan(res)?;
+    let n_down = n.saturating_sub(1).max(1);
+    let extra = cfg.depth.unwrap_or(2);
+    let mut l = vec![];
+    let mut r = res;
+    let mut ci = c_img;
+    for i in 0..n_down + extra {
+        let name = format!("blocks.{i}");
+        let down = i < n_down;
+        let co = if down { chans(cfg, res, r / 2) } else { ci };
+        let mut body = vec![];
+        if i > 0 {
+            body.push(Layer::Relu);
+        }
+        body.push(nb.conv(&format!("{name}.conv1"), ci, co, 3, 1, 1, 1, true, SQRT2));
+        body.push(Layer::Relu);
+        body.push(nb.conv(&format!("{name}.conv2"), co, co, 3, 1, 1, 1, true, SQRT2));
+        if down {
+            body.push(Layer::AvgPool2);
+        }
+        body.extend(res_scale(nb, cfg, &name));
+        let mut skip = vec![];
+        if down || ci != co {
+            let sc = nb.conv(&format!("{name}.shortcut"), ci, co, 1, 1, 0, 1, true, 1.0);
+            if i == 0 {
+                skip = vec![Layer::AvgPool2, sc];
+            } else if down {
+                skip = vec![sc, Layer::AvgPool2];
+            } else {
+                skip = vec![sc];
+            }
+        }
+        l.push(Layer::Residual { body, skip });
+        if down {
+            r /= 2;
+        }
+        ci = co;
+    }
+    l.push(Layer::Relu);
+    l.push(Layer::SumPool);
+    l.push(nb.linear("fc", ci, 1, true, 1.0));
+    Ok(l)
+}
+
+/// StyleGAN-like generator: mapping MLP z -> w (`mapping_depth` x `mapping_width`), a
+/// learned constant base x base input, AdaIN (instance norm, then per-channel gain and bias
+/// from w through learned affine maps) after the constant and after every conv, bilinear 2x
+/// upsampling, 1x1 conv to the image.
+fn stylegan_g<E: Float, D: Dev<E>>(
+    nb: &mut NetBuilder<E, D>,
+    cfg: &NetConfig,
+    z: usize,
+    c_img: usize,
+    res: usize,
+) -> Result<Vec<Layer>> {
+    let (base, n) = res_plan(res)?;
+    let depth = cfg.mapping_depth.unwrap_or(8);
+    let wd = cfg.mapping_width.unwrap_or(512);
+    let slot = nb.ctx_slot();
+    let mut map = vec![];
+    let mut c = z;
+    for i in 0..depth {
+        map.push(nb.linear(&format!("mapping.{i}"), c, wd, true, SQRT2));
+        map.push(Layer::LeakyRelu(LRELU));
+        c = wd;
+    }
+    let adain = |nb: &mut NetBuilder<E, D>, name: &str, c: usize| {
+        let gain = vec![nb.linear(&format!("{name}.gain"), wd, c, true, 1.0)];
+        let bias = vec![nb.linear(&format!("{name}.bias"), wd, c, true, 1.0)];
+        nb.cond_norm(name, c, false, slot, gain, bias)
+    };
+    let c0 = chans(cfg, res, base);
+    let mut l = vec![
+        Layer::SetCtx { slot, body: map },
+        nb.const_input("const", c0, base, base),
+        adain(nb, "stages.0.adain0", c0),
+        nb.conv("stages.0.conv1", c0, c0, 3, 1, 1, 1, true, SQRT2),
+        Layer::LeakyRelu(LRELU),
+        adain(nb, "stages.0.adain1", c0),
+    ];
+    let mut r = base;
+    for s in 1..=n {
+        let (cp, c) = (chans(cfg, res, r), chans(cfg, res, 2 * r));
+        l.push(Layer::Up(UpMode::Bilinear));
+        l.push(nb.conv(&format!("stages.{s}.conv0"), cp, c, 3, 1, 1, 1, true, SQRT2));
+        l.push(Layer::LeakyRelu(LRELU));
+        l.push(adain(nb, &format!("stages.{s}.adain0"), c));
+        l.push(nb.conv(&format!("stages.{s}.conv1"), c, c, 3, 1, 1, 1, true, SQRT2));
+        l.push(Layer::LeakyRelu(LRELU));
+        l.push(adain(nb, &format!("stages.{s}.adain1"), c));
+        r *= 2;
+    }
+    l.push(nb.conv("to_img", chans(cfg, res, res), c_img, 1, 1, 0, 1, true, 1.0));
     Ok(l)
 }

@@ -18,6 +18,14 @@ fn net_cfg(arch: Arch, variant: Option<Variant>, width: usize) -> NetConfig {
         batch_norm: None,
         expansion: None,
         group_size: None,
+        residual_scale: None,
+        learn_residual_scale: None,
+        upsample: None,
+        body: None,
+        mod_hidden: None,
+        mapping_depth: None,
+        mapping_width: None,
+        spectral_norm: None,
     }
 }
 
@@ -256,8 +264,8 @@ fn ring_rpgan_r1_r2_covers_modes_and_is_deterministic() {
     }
 }
 
-#[test]
-fn checkpoint_resume_is_bit_identical() {
+/// Train 6 steps straight and 3 + checkpoint + 3: logs, samples and D must match exactly.
+fn check_resume(yaml: &str) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ckpt.safetensors");
     let mut rng = Rng::new(3);
@@ -273,11 +281,6 @@ fn checkpoint_resume_is_bit_identical() {
         h: 16,
         w: 16,
     };
-    let yaml = "generator: {arch: dcgan, width: 4, z_dim: 8}\n\
-                discriminator: {arch: dcgan, width: 4, batch_norm: true}\n\
-                loss: ns\npenalties: [r1]\ngamma: 1.0\nlazy_interval: 2\n\
-                optimizer: {lr: 2.0e-4, betas: [0.5, 0.99]}\n\
-                batch: 8\nsteps: 6\nema: 0.9\nseed: 5\nd_steps: 2\n";
     let cfg: TrainConfig = serde_yaml_ng::from_str(yaml).unwrap();
     let mut a = Trainer::new(cfg.clone(), td.clone(), 5).unwrap();
     let la: Vec<StepLog> = (0..6).map(|_| a.step()).collect();
@@ -301,6 +304,195 @@ fn checkpoint_resume_is_bit_identical() {
     let s = a.sample(3, 9, true);
     assert_eq!(s.len(), 3 * 16 * 16);
     assert!(s.iter().all(|v| (-1.0..=1.0).contains(v)));
+}
+
+#[test]
+fn checkpoint_resume_is_bit_identical() {
+    check_resume(
+        "generator: {arch: dcgan, width: 4, z_dim: 8}\n\
+         discriminator: {arch: dcgan, width: 4, batch_norm: true}\n\
+         loss: ns\npenalties: [r1]\ngamma: 1.0\nlazy_interval: 2\n\
+         optimizer: {lr: 2.0e-4, betas: [0.5, 0.99]}\n\
+         batch: 8\nsteps: 6\nema: 0.9\nseed: 5\nd_steps: 2\n",
+    );
+}
+
+/// The resume test for each new arch; the resnet D with spectral norm (u, v in the
+/// checkpoint) and an R1 penalty, whose extra passes must not move u.
+#[test]
+fn checkpoint_resume_new_archs() {
+    for g in [
+        "{arch: resnet, width: 4, z_dim: 8, learn_residual_scale: true, residual_scale: 0.5}",
+        "{arch: selfmod, width: 4, z_dim: 8, mod_hidden: 8}",
+        "{arch: selfmod, body: dcgan, width: 4, z_dim: 8}",
+        "{arch: stylegan, width: 4, z_dim: 8, mapping_depth: 2, mapping_width: 16}",
+    ] {
+        check_resume(&format!(
+            "generator: {g}\n\
+             discriminator: {{arch: resnet, width: 4, depth: 1, spectral_norm: true}}\n\
+             loss: rpgan\npenalties: [r1]\ngamma: 1.0\n\
+             optimizer: {{lr: 2.0e-4, betas: [0.5, 0.99]}}\n\
+             batch: 8\nsteps: 6\nema: 0.9\nseed: 5\nd_steps: 2\n"
+        ));
+    }
+}
+
+/// Shapes and growing parameter counts of resnet / selfmod / stylegan G and resnet D (with
+/// and without spectral norm) at 16, 32 and 28.
+#[test]
+fn new_arch_shapes_and_param_counts() {
+    let dev = Cpu::default();
+    let mut gs = vec![];
+    let mut c = net_cfg(Arch::Resnet, None, 8);
+    c.upsample = Some(Upsample::Bilinear);
+    c.residual_scale = Some(0.1);
+    gs.push(c);
+    let mut c = net_cfg(Arch::Selfmod, None, 8);
+    c.mod_hidden = Some(8);
+    gs.push(c.clone());
+    c.body = Some(Arch::Dcgan);
+    gs.push(c);
+    let mut c = net_cfg(Arch::Stylegan, None, 8);
+    c.mapping_depth = Some(2);
+    c.mapping_width = Some(16);
+    gs.push(c);
+    let mut d = net_cfg(Arch::Resnet, None, 8);
+    gs.push(d.clone());
+    d.spectral_norm = Some(true);
+    d.learn_residual_scale = Some(true);
+    let ds = [net_cfg(Arch::Resnet, None, 8), d];
+    for (k, cfg) in gs.iter().chain(&ds).enumerate() {
+        let is_d = k >= gs.len();
+        let mut counts = vec![];
+        for (res, ch) in [(16, 1), (32, 3), (28, 1)] {
+            let shape = DataShape::Image { c: ch, res };
+            let dvc = dev.clone();
+            let net = if is_d {
+                nets::discriminator::<f32, Cpu>(cfg, shape, dvc, 2).unwrap()
+            } else {
+                nets::generator::<f32, Cpu>(cfg, shape, dvc, 1).unwrap()
+            };
+            let (x, want): (T4<f32, Cpu>, _) = if is_d {
+                let x = dev.tensor_from_vec(vec![0.1; 2 * ch * res * res], (2, ch, res, res));
+                (x, (2, 1, 1, 1))
+            } else {
+                (
+                    dev.tensor_from_vec(vec![0.1; 2 * 64], (2, 64, 1, 1)),
+                    (2, ch, res, res),
+                )
+            };
+            let y = net.forward(x, true);
+            assert_eq!(*y.shape(), want, "{cfg:?} at {res}");
+            assert!(y.as_vec().iter().all(|v| v.is_finite()));
+            counts.push(count(&net));
+        }
+        assert!(counts[1] > counts[0], "{cfg:?}: {counts:?}");
+    }
+    // SELF-MOD adds two MLPs (z -> 8 -> C) per BN to the same body
+    let plain = count(
+        &nets::generator::<f32, Cpu>(&gs[0], DataShape::Image { c: 1, res: 16 }, dev.clone(), 0)
+            .unwrap(),
+    );
+    let sm = count(
+        &nets::generator::<f32, Cpu>(&gs[1], DataShape::Image { c: 1, res: 16 }, dev.clone(), 0)
+            .unwrap(),
+    );
+    // resnet G at 16 (width 8): BN channels 32 (blocks.0.bn1), 16, 16, 8 (blocks.1.bn2),
+    // 8 (out_bn); plain BN: 2C each; SELF-MOD: 2 * (64*8+8 + 8*C+C) each
+    let bn_c = [32usize, 16, 16, 8, 8];
+    let plain_bn: usize = bn_c.iter().map(|c| 2 * c).sum();
+    let sm_bn: usize = bn_c.iter().map(|c| 2 * (64 * 8 + 8 + 8 * c + c)).sum();
+    assert_eq!(sm - plain, sm_bn - plain_bn);
+}
+
+/// resnet G and D at SNGAN's CIFAR-10 settings (G: z 128, 256 channels; D: 128 channels;
+/// 32x32x3), counted by hand from Miyato et al.'s reference architecture.
+#[test]
+fn sngan_cifar_param_counts() {
+    let dev = Cpu::default();
+    let shape = DataShape::Image { c: 3, res: 32 };
+    let mut g = net_cfg(Arch::Resnet, None, 256);
+    g.max_width = Some(256);
+    g.z_dim = Some(128);
+    let mut d = net_cfg(Arch::Resnet, None, 128);
+    d.max_width = Some(128);
+    d.spectral_norm = Some(true);
+    let gn = nets::generator::<f32, Cpu>(&g, shape, dev.clone(), 0).unwrap();
+    let dn = nets::discriminator::<f32, Cpu>(&d, shape, dev.clone(), 0).unwrap();
+    let conv = |i: usize, o: usize, k: usize| i * o * k * k + o;
+    let bn = |c: usize| 2 * c;
+    // l1: linear 128 -> 4*4*256; 3 up blocks; final BN + conv3x3 to RGB
+    let g_block = bn(256) + conv(256, 256, 3) + bn(256) + conv(256, 256, 3) + conv(256, 256, 1);
+    let g_want = 128 * 4096 + 4096 + 3 * g_block + bn(256) + conv(256, 3, 3);
+    assert_eq!(count(&gn), g_want);
+    assert_eq!(g_want, 4_276_739);
+    // optimized block (3 -> 128, down), block (down), 2 blocks, linear 128 -> 1
+    let d_want = conv(3, 128, 3)
+        + conv(128, 128, 3)
+        + conv(3, 128, 1)
+        + conv(128, 128, 3) * 2
+        + conv(128, 128, 1)
+        + 2 * 2 * conv(128, 128, 3)
+        + 129;
+    assert_eq!(count(&dn), d_want);
+    assert_eq!(d_want, 1_053_825);
+    // spectral norm on every conv and linear weight: 3 + 3 + 2 + 2 convs, 1 linear
+    assert_eq!(dn.sn.lock().unwrap().len(), 11);
+    assert_eq!(
+        *dn.forward(dev.zeros_like(&(2, 3, 32, 32)), true).shape(),
+        (2, 1, 1, 1)
+    );
+}
+
+/// Config checks of the new keys.
+#[test]
+fn new_arch_config_checks() {
+    let base = |g: &str, d: &str| {
+        format!(
+            "generator: {g}\ndiscriminator: {d}\nloss: ns\n\
+             optimizer: {{lr: 1.0e-3}}\nbatch: 4\nsteps: 1\n"
+        )
+    };
+    let ok = |g: &str, d: &str| {
+        let c: TrainConfig = serde_yaml_ng::from_str(&base(g, d)).unwrap();
+        c.validate()
+    };
+    assert!(ok(
+        "{arch: resnet, width: 4, upsample: bilinear}",
+        "{arch: resnet, width: 4, spectral_norm: true}"
+    )
+    .is_ok());
+    assert!(ok(
+        "{arch: selfmod, width: 4, body: dcgan}",
+        "{arch: dcgan, width: 4}"
+    )
+    .is_ok());
+    assert!(ok(
+        "{arch: stylegan, width: 4, mapping_depth: 2}",
+        "{arch: dcgan, width: 4}"
+    )
+    .is_ok());
+    assert!(ok("{arch: dcgan, width: 4}", "{arch: stylegan, width: 4}").is_err());
+    assert!(ok(
+        "{arch: dcgan, width: 4, residual_scale: 0.1}",
+        "{arch: dcgan, width: 4}"
+    )
+    .is_err());
+    assert!(ok(
+        "{arch: selfmod, width: 4, body: r3gan}",
+        "{arch: dcgan, width: 4}"
+    )
+    .is_err());
+    assert!(ok(
+        "{arch: resnet, width: 4, mapping_depth: 2}",
+        "{arch: dcgan, width: 4}"
+    )
+    .is_err());
+    assert!(ok(
+        "{arch: resnet, width: 4, mod_hidden: 2}",
+        "{arch: dcgan, width: 4}"
+    )
+    .is_err());
 }
 
 #[test]

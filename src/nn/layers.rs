@@ -8,7 +8,7 @@ use dfdx::prelude::*;
 
 use super::ops::{self, IdxCache};
 use super::params::{NamedTensor, ParamStore};
-use super::{Dev, Float, Rng, T1, T4};
+use super::{Dev, Float, Rng, T1, T2, T4};
 
 /// Upsampling method.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,6 +91,41 @@ pub enum Layer {
         /// Linear bias index, `(C,)`.
         b: usize,
     },
+    /// Store `body(x)` in context slot `slot` (e.g. z for SELF-MOD, the mapped style w for
+    /// StyleGAN); `x` passes through unchanged and keeps the tape of `body`.
+    SetCtx {
+        /// Context slot.
+        slot: usize,
+        /// Layers applied to a copy of `x` (empty: store `x` itself).
+        body: Vec<Layer>,
+    },
+    /// Normalisation without affine parameters followed by a per-channel modulation from a
+    /// context slot: `norm(x) * (1 + gain(ctx)) + bias(ctx)`, where `gain` and `bias` map the
+    /// context to `(B, C, 1, 1)` (conditional BN / SELF-MOD with batch norm, AdaIN with
+    /// instance norm).
+    CondNorm {
+        /// Batch or instance statistics.
+        norm: Norm,
+        /// Context slot.
+        slot: usize,
+        /// Context -> gain offsets `(B, C, 1, 1)`.
+        gain: Vec<Layer>,
+        /// Context -> biases `(B, C, 1, 1)`.
+        bias: Vec<Layer>,
+    },
+    /// A learned constant `(C, h, w)` repeated over the batch; the input only sets the batch
+    /// size (its tape is kept so that context branches still reach the loss).
+    Const {
+        /// Parameter index, shape `(C, h, w)`.
+        p: usize,
+    },
+    /// Multiply by a learned scalar (learnable residual scale).
+    ParamScale {
+        /// Parameter index, shape `(1,)`.
+        a: usize,
+    },
+    /// Sum over height and width: `(B, C, H, W) -> (B, C, 1, 1)`.
+    SumPool,
     /// `skip(x) + body(x)` (an empty `skip` is the identity).
     Residual {
         /// Residual branch.
@@ -98,6 +133,73 @@ pub enum Layer {
         /// Shortcut branch.
         skip: Vec<Layer>,
     },
+}
+
+/// Statistics of a [`Layer::CondNorm`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Norm {
+    /// Batch statistics over (B, H, W), running averages in buffer `buf`.
+    Batch {
+        /// Buffer index.
+        buf: usize,
+        /// Epsilon.
+        eps: f64,
+        /// Running-average momentum.
+        momentum: f64,
+    },
+    /// Per-sample, per-channel statistics over (H, W) (no running averages).
+    Instance {
+        /// Epsilon.
+        eps: f64,
+    },
+}
+
+/// Spectral-normalisation state of one weight (Miyato et al. 2018): the weight reshaped to
+/// `(rows, rest)` is divided by `sigma = u^T W v`, with `u`, `v` held fixed in the pass.
+#[derive(Clone, Debug)]
+pub struct SnState {
+    /// Parameter index of the weight.
+    pub param: usize,
+    /// Left singular vector estimate (`rows`).
+    pub u: Vec<f64>,
+    /// Right singular vector estimate (`rest`).
+    pub v: Vec<f64>,
+    /// `ParamStore::version` the vectors were last iterated for (`None`: never).
+    pub synced: Option<u64>,
+}
+
+impl SnState {
+    /// One power iteration on the host copy `w` (`rows x rest`, row-major):
+    /// `v = normalize(W^T u)`, `u = normalize(W v)`.
+    pub fn power_iteration(&mut self, w: &[f64]) {
+        let (o, k) = (self.u.len(), self.v.len());
+        let mut v = vec![0.0; k];
+        for (i, ui) in self.u.iter().enumerate() {
+            for (vj, wij) in v.iter_mut().zip(&w[i * k..(i + 1) * k]) {
+                *vj += wij * ui;
+            }
+        }
+        normalize(&mut v);
+        let mut u: Vec<f64> = (0..o)
+            .map(|i| {
+                w[i * k..(i + 1) * k]
+                    .iter()
+                    .zip(&v)
+                    .map(|(a, b)| a * b)
+                    .sum()
+            })
+            .collect();
+        normalize(&mut u);
+        self.u = u;
+        self.v = v;
+    }
+}
+
+fn normalize(x: &mut [f64]) {
+    let n = x.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-12);
+    for v in x {
+        *v /= n;
+    }
 }
 
 /// Running statistics of one batch-norm layer.
@@ -117,6 +219,11 @@ pub struct Net<E: Float, D: Dev<E>> {
     pub params: ParamStore<E, D>,
     /// Batch-norm running statistics.
     pub buffers: Mutex<Vec<BnStats>>,
+    /// Spectral-normalisation states (one power iteration per parameter update, in the
+    /// first training-mode forward pass after it).
+    pub sn: Mutex<Vec<SnState>>,
+    /// Context slots used by [`Layer::SetCtx`] / [`Layer::CondNorm`].
+    pub n_ctx: usize,
     /// Layers, applied in order.
     pub layers: Vec<Layer>,
     /// Input shape without batch.
@@ -134,6 +241,8 @@ impl<E: Float, D: Dev<E>> Clone for Net<E, D> {
         Self {
             params: self.params.clone(),
             buffers: Mutex::new(self.buffers.lock().unwrap().clone()),
+            sn: Mutex::new(self.sn.lock().unwrap().clone()),
+            n_ctx: self.n_ctx,
             layers: self.layers.clone(),
             in_shape: self.in_shape,
             out_shape: self.out_shape,
@@ -147,15 +256,50 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
     fn p<T: Tape<E, D>>(&self, i: usize) -> T1<E, D, T> {
         self.params.tensors[i].retaped::<T>()
     }
-    fn p4<T: Tape<E, D>>(&self, i: usize) -> T4<E, D, T> {
+    /// A weight, spectrally normalised when it has an [`SnState`]; in training mode the
+    /// state gets one power iteration per parameter update (`ParamStore::version`).
+    fn weight<T: Tape<E, D>>(&self, i: usize, train: bool) -> T1<E, D, T> {
+        let w = self.p::<T>(i);
+        let mut sn = self.sn.lock().unwrap();
+        let Some(st) = sn.iter_mut().find(|s| s.param == i) else {
+            return w;
+        };
+        if train && st.synced != Some(self.params.version) {
+            let host: Vec<f64> = self.params.tensors[i]
+                .as_vec()
+                .into_iter()
+                .map(|x| x.f64())
+                .collect();
+            st.power_iteration(&host);
+            // kept rounded to E so checkpoints (in E) restore them exactly
+            for x in st.u.iter_mut().chain(st.v.iter_mut()) {
+                *x = E::of(*x).f64();
+            }
+            st.synced = Some(self.params.version);
+        }
+        let (o, k) = (st.u.len(), st.v.len());
+        let u: T2<E, D> = self
+            .dev
+            .tensor_from_vec(st.u.iter().map(|&x| E::of(x)).collect(), (o, 1));
+        let v: T2<E, D> = self
+            .dev
+            .tensor_from_vec(st.v.iter().map(|&x| E::of(x)).collect(), (k, 1));
+        drop(sn);
+        let sigma = (w.retaped::<T>().reshape_like(&(o, k)).matmul(v) * u).sum::<(), _>();
+        let n = o * k;
+        w * sigma.recip().broadcast_like(&(n,))
+    }
+    fn w4<T: Tape<E, D>>(&self, i: usize, train: bool) -> T4<E, D, T> {
         let s = &self.params.shapes[i];
-        self.p::<T>(i).reshape_like(&(s[0], s[1], s[2], s[3]))
+        self.weight::<T>(i, train)
+            .reshape_like(&(s[0], s[1], s[2], s[3]))
     }
 
     /// Forward pass; `train` selects batch statistics (and updates the running ones) in
     /// batch norm. Works with any tape (`NoneTape` for inference, `OwnedTape` to train).
     pub fn forward<T: Tape<E, D> + 'static>(&self, x: T4<E, D, T>, train: bool) -> T4<E, D, T> {
-        self.run(&self.layers, x, train)
+        let mut ctx = vec![None; self.n_ctx];
+        self.run(&self.layers, x, train, &mut ctx)
     }
 
     fn run<T: Tape<E, D> + 'static>(
@@ -163,11 +307,47 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
         layers: &[Layer],
         mut x: T4<E, D, T>,
         train: bool,
+        ctx: &mut Vec<Option<T4<E, D>>>,
     ) -> T4<E, D, T> {
         for l in layers {
-            x = self.apply(l, x, train);
+            x = self.apply(l, x, train, ctx);
         }
         x
+    }
+
+    /// Batch norm with the given (possibly constant) affine parameters; running statistics
+    /// of buffer `buf` updated in training mode.
+    #[allow(clippy::too_many_arguments)]
+    fn bn<T: Tape<E, D>>(
+        &self,
+        x: T4<E, D, T>,
+        g: T1<E, D, T>,
+        bt: T1<E, D, T>,
+        buf: usize,
+        eps: f64,
+        momentum: f64,
+        train: bool,
+    ) -> T4<E, D, T> {
+        if train {
+            let (bsz, _, h, wd) = *x.shape();
+            let n = (bsz * h * wd) as f64;
+            let (y, mean, var) = ops::batch_norm_train(x, g, bt, eps);
+            let mut bufs = self.buffers.lock().unwrap();
+            let st = &mut bufs[buf];
+            let unbias = if n > 1.0 { n / (n - 1.0) } else { 1.0 };
+            for (r, m) in st.mean.iter_mut().zip(&mean) {
+                // kept rounded to E so checkpoints (in E) restore them exactly
+                *r = E::of((1.0 - momentum) * *r + momentum * m.f64()).f64();
+            }
+            for (r, v) in st.var.iter_mut().zip(&var) {
+                *r = E::of((1.0 - momentum) * *r + momentum * v.f64() * unbias).f64();
+            }
+            y
+        } else {
+            let bufs = self.buffers.lock().unwrap();
+            let st = &bufs[buf];
+            ops::batch_norm_eval(x, g, bt, &st.mean, &st.var, eps)
+        }
     }
 
     fn apply<T: Tape<E, D> + 'static>(
@@ -175,6 +355,7 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
         l: &Layer,
         x: T4<E, D, T>,
         train: bool,
+        ctx: &mut Vec<Option<T4<E, D>>>,
     ) -> T4<E, D, T> {
         match l {
             Layer::Linear { w, b } => {
@@ -187,7 +368,7 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
                     "linear {}: input {c}x{h}x{wd}",
                     self.params.names[*w]
                 );
-                let wt = self.p::<T>(*w).reshape_like(&(o, i));
+                let wt = self.weight::<T>(*w, train).reshape_like(&(o, i));
                 let y = ops::linear(x.reshape_like(&(bsz, i)), wt, b.map(|b| self.p::<T>(b)));
                 y.reshape_like(&(bsz, o, 1, 1))
             }
@@ -199,7 +380,7 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
                 groups,
             } => ops::conv2d(
                 x,
-                self.p4::<T>(*w),
+                self.w4::<T>(*w, train),
                 b.map(|b| self.p::<T>(b)),
                 *stride,
                 *pad,
@@ -208,7 +389,7 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
             ),
             Layer::ConvT { w, b, stride, pad } => ops::conv_transpose2d(
                 x,
-                self.p4::<T>(*w),
+                self.w4::<T>(*w, train),
                 b.map(|b| self.p::<T>(b)),
                 *stride,
                 *pad,
@@ -223,26 +404,7 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
             } => {
                 let g = self.p::<T>(*gamma);
                 let bt = self.p::<T>(*beta);
-                if train {
-                    let (bsz, _, h, wd) = *x.shape();
-                    let n = (bsz * h * wd) as f64;
-                    let (y, mean, var) = ops::batch_norm_train(x, g, bt, *eps);
-                    let mut bufs = self.buffers.lock().unwrap();
-                    let st = &mut bufs[*buf];
-                    let unbias = if n > 1.0 { n / (n - 1.0) } else { 1.0 };
-                    for (r, m) in st.mean.iter_mut().zip(&mean) {
-                        // kept rounded to E so checkpoints (in E) restore them exactly
-                        *r = E::of((1.0 - momentum) * *r + momentum * m.f64()).f64();
-                    }
-                    for (r, v) in st.var.iter_mut().zip(&var) {
-                        *r = E::of((1.0 - momentum) * *r + momentum * v.f64() * unbias).f64();
-                    }
-                    y
-                } else {
-                    let bufs = self.buffers.lock().unwrap();
-                    let st = &bufs[*buf];
-                    ops::batch_norm_eval(x, g, bt, &st.mean, &st.var, *eps)
-                }
+                self.bn(x, g, bt, *buf, *eps, *momentum, train)
             }
             Layer::LeakyRelu(a) => ops::leaky_relu(x, *a),
             Layer::Relu => x.relu(),
@@ -272,9 +434,69 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
             }
             Layer::Residual { body, skip } => {
                 let xs = x.retaped::<T>();
-                let yb = self.run(body, x, train);
-                let ys = self.run(skip, xs, train);
+                let yb = self.run(body, x, train, ctx);
+                let ys = self.run(skip, xs, train, ctx);
                 ys + yb
+            }
+            Layer::SetCtx { slot, body } => {
+                let c = self.run(body, x.retaped::<T>(), train, ctx);
+                let (c, ct) = c.split_tape();
+                ctx[*slot] = Some(c);
+                let (x, xt) = x.split_tape();
+                x.put_tape(xt.merge(ct))
+            }
+            Layer::CondNorm {
+                norm,
+                slot,
+                gain,
+                bias,
+            } => {
+                let c = ctx[*slot]
+                    .clone()
+                    .expect("CondNorm before its SetCtx")
+                    .retaped::<T>();
+                let gn = self.run(gain, c.retaped::<T>(), train, ctx);
+                let bs = self.run(bias, c, train, ctx);
+                let xn = match norm {
+                    Norm::Batch { buf, eps, momentum } => {
+                        let ch = x.shape().1;
+                        let one: T1<E, D> = self.dev.ones_like(&(ch,));
+                        let zero: T1<E, D> = self.dev.zeros_like(&(ch,));
+                        self.bn(
+                            x,
+                            one.retaped(),
+                            zero.retaped(),
+                            *buf,
+                            *eps,
+                            *momentum,
+                            train,
+                        )
+                    }
+                    Norm::Instance { eps } => super::cond::instance_norm(x, *eps),
+                };
+                super::cond::modulate(xn, gn, bs)
+            }
+            Layer::Const { p } => {
+                let bsz = x.shape().0;
+                let s = &self.params.shapes[*p];
+                let sh = (bsz, s[0], s[1], s[2]);
+                let c = self
+                    .p::<T>(*p)
+                    .reshape_like(&(s[0], s[1], s[2]))
+                    .broadcast_like::<_, Axis<0>>(&sh);
+                let (_, xt) = x.split_tape();
+                let (c, ct) = c.split_tape();
+                c.put_tape(ct.merge(xt))
+            }
+            Layer::ParamScale { a } => {
+                let s = *x.shape();
+                let a = self.p::<T>(*a).reshape_like(&()).broadcast_like(&s);
+                x * a
+            }
+            Layer::SumPool => {
+                let (bsz, c, _, _) = *x.shape();
+                x.sum::<(usize, usize), Axes2<2, 3>>()
+                    .reshape_like(&(bsz, c, 1, 1))
             }
         }
     }
@@ -289,6 +511,15 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
     /// re-prefixing is done by the caller).
     pub fn to_named(&self) -> Vec<NamedTensor<E>> {
         let mut v = self.params.to_named();
+        for st in self.sn.lock().unwrap().iter() {
+            for (kind, x) in [("u", &st.u), ("v", &st.v)] {
+                v.push(NamedTensor {
+                    name: format!("{}_{kind}", self.params.names[st.param]),
+                    shape: vec![x.len()],
+                    data: x.iter().map(|&x| E::of(x)).collect(),
+                });
+            }
+        }
         for b in self.buffers.lock().unwrap().iter() {
             let c = b.mean.len();
             v.push(NamedTensor {
@@ -306,13 +537,32 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
     }
 
     /// Load what [`Net::to_named`] wrote (each name looked up as `prefix + name`), checking
-    /// every name and shape; the first mismatch is the error.
+    /// every name and shape; the first mismatch is the error. Spectral-norm vectors
+    /// (`{weight}_u`, `{weight}_v`) count as iterated for the loaded weights.
     pub fn load_named(
         &mut self,
         map: &HashMap<String, NamedTensor<E>>,
         prefix: &str,
     ) -> Result<()> {
         self.params.load_named(map, prefix)?;
+        for st in self.sn.lock().unwrap().iter_mut() {
+            let wname = self.params.names[st.param].clone();
+            for (kind, dst) in [("u", &mut st.u), ("v", &mut st.v)] {
+                let name = format!("{prefix}{wname}_{kind}");
+                let t = map
+                    .get(&name)
+                    .ok_or_else(|| anyhow!("missing tensor {name:?}"))?;
+                if t.shape != vec![dst.len()] {
+                    bail!(
+                        "tensor {name:?}: shape {:?} in file, [{}] expected",
+                        t.shape,
+                        dst.len()
+                    );
+                }
+                *dst = t.data.iter().map(|x| x.f64()).collect();
+            }
+            st.synced = Some(self.params.version);
+        }
         for b in self.buffers.lock().unwrap().iter_mut() {
             for (kind, dst) in [("running_mean", &mut b.mean), ("running_var", &mut b.var)] {
                 let name = format!("{prefix}{}.{kind}", b.name);
@@ -351,6 +601,12 @@ pub struct NetBuilder<E: Float, D: Dev<E>> {
     pub params: ParamStore<E, D>,
     /// Buffers so far.
     pub buffers: Vec<BnStats>,
+    /// Spectral-norm states so far.
+    pub sn: Vec<SnState>,
+    /// Give every new linear / conv / transposed-conv weight spectral normalisation.
+    pub spectral_norm: bool,
+    /// Context slots allocated so far.
+    pub n_ctx: usize,
 }
 
 impl<E: Float, D: Dev<E>> NetBuilder<E, D> {
@@ -361,6 +617,79 @@ impl<E: Float, D: Dev<E>> NetBuilder<E, D> {
             rng: Rng::new(seed),
             params: ParamStore::default(),
             buffers: vec![],
+            sn: vec![],
+            spectral_norm: false,
+            n_ctx: 0,
+        }
+    }
+    /// Register spectral normalisation of weight `w` with `rows` output rows (when
+    /// `spectral_norm` is on); `u` starts random, `v` is set by the first iteration.
+    fn maybe_sn(&mut self, w: usize, rows: usize) {
+        if !self.spectral_norm {
+            return;
+        }
+        let n: usize = self.params.shapes[w].iter().product();
+        let mut u = self.normal(rows, 1.0);
+        normalize(&mut u);
+        let mut v = vec![0.0; n / rows];
+        v[0] = 1.0;
+        self.sn.push(SnState {
+            param: w,
+            u,
+            v,
+            synced: None,
+        });
+    }
+    /// A new context slot (for [`Layer::SetCtx`]).
+    pub fn ctx_slot(&mut self) -> usize {
+        self.n_ctx += 1;
+        self.n_ctx - 1
+    }
+    /// Learned constant input `(c, h, w)`, N(0, 1).
+    pub fn const_input(&mut self, name: &str, c: usize, h: usize, w: usize) -> Layer {
+        let v = self.normal(c * h * w, 1.0);
+        let p = self
+            .params
+            .push(&self.dev, name.to_string(), vec![c, h, w], v);
+        Layer::Const { p }
+    }
+    /// Learned scalar multiplier starting at `init`.
+    pub fn param_scale(&mut self, name: &str, init: f64) -> Layer {
+        let a = self
+            .params
+            .push(&self.dev, name.to_string(), vec![1], vec![init]);
+        Layer::ParamScale { a }
+    }
+    /// Conditional norm over `c` channels: batch statistics (`batch`, with running
+    /// averages) or instance statistics, modulated by `gain` / `bias` layers on `slot`.
+    pub fn cond_norm(
+        &mut self,
+        name: &str,
+        c: usize,
+        batch: bool,
+        slot: usize,
+        gain: Vec<Layer>,
+        bias: Vec<Layer>,
+    ) -> Layer {
+        let norm = if batch {
+            self.buffers.push(BnStats {
+                name: name.to_string(),
+                mean: vec![0.0; c],
+                var: vec![1.0; c],
+            });
+            Norm::Batch {
+                buf: self.buffers.len() - 1,
+                eps: 1e-5,
+                momentum: 0.1,
+            }
+        } else {
+            Norm::Instance { eps: 1e-5 }
+        };
+        Layer::CondNorm {
+            norm,
+            slot,
+            gain,
+            bias,
         }
     }
     fn normal(&mut self, n: usize, std: f64) -> Vec<f64> {
@@ -376,6 +705,7 @@ impl<E: Float, D: Dev<E>> NetBuilder<E, D> {
         let w = self
             .params
             .push(&self.dev, format!("{name}.weight"), vec![out, inp], v);
+        self.maybe_sn(w, out);
         let b = bias.then(|| {
             self.params
                 .push(&self.dev, format!("{name}.bias"), vec![out], vec![0.0; out])
@@ -408,6 +738,7 @@ impl<E: Float, D: Dev<E>> NetBuilder<E, D> {
             vec![cout, cin / groups, k, k],
             v,
         );
+        self.maybe_sn(w, cout);
         let b = bias.then(|| {
             self.params.push(
                 &self.dev,
@@ -445,6 +776,7 @@ impl<E: Float, D: Dev<E>> NetBuilder<E, D> {
             vec![cin, cout, k, k],
             v,
         );
+        self.maybe_sn(w, cin);
         let b = bias.then(|| {
             self.params.push(
                 &self.dev,
@@ -496,6 +828,8 @@ impl<E: Float, D: Dev<E>> NetBuilder<E, D> {
         let mut net = Net {
             params: self.params,
             buffers: Mutex::new(self.buffers),
+            sn: Mutex::new(self.sn),
+            n_ctx: self.n_ctx,
             layers,
             in_shape,
             out_shape: [0; 3],

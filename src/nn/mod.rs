@@ -8,12 +8,14 @@
 //! - [`ops`]: functional layers (linear, conv2d via im2col gather, transposed conv via dense
 //!   matmul + col2im gather, 2x up/down sampling, batch norm, activations, softplus);
 //! - [`layers`]: a small run-time layer graph ([`Layer`], [`Net`]) with named parameters;
+//! - [`cond`]: instance norm and per-channel modulation (AdaIN, conditional BN);
 //! - [`params`]: the parameter list, Adam, and safetensors I/O;
 //! - [`rng`]: a tiny seedable RNG whose whole state fits a checkpoint.
 //!
 //! Activations are always 4-D `(batch, channels, height, width)`; vectors are
 //! `(batch, features, 1, 1)`.
 
+pub mod cond;
 pub mod layers;
 pub mod ops;
 pub mod params;
@@ -22,7 +24,7 @@ pub mod rng;
 #[cfg(test)]
 mod tests;
 
-pub use layers::{Layer, Net, NetBuilder, UpMode};
+pub use layers::{Layer, Net, NetBuilder, Norm, SnState, UpMode};
 pub use params::{load_safetensors, save_safetensors, Adam, AdamConfig, NamedTensor, ParamStore};
 pub use rng::Rng;
 

@@ -18,6 +18,8 @@ pub struct ParamStore<E: Float, D: Dev<E>> {
     pub shapes: Vec<Vec<usize>>,
     /// Flat values.
     pub tensors: Vec<T1<E, D>>,
+    /// Bumped by every optimiser step and load (spectral norm iterates once per version).
+    pub version: u64,
 }
 
 impl<E: Float, D: Dev<E>> Default for ParamStore<E, D> {
@@ -26,6 +28,7 @@ impl<E: Float, D: Dev<E>> Default for ParamStore<E, D> {
             names: vec![],
             shapes: vec![],
             tensors: vec![],
+            version: 0,
         }
     }
 }
@@ -111,6 +114,7 @@ impl<E: Float, D: Dev<E>> ParamStore<E, D> {
             let n = t.data.len();
             self.tensors[i] = dev.tensor_from_vec(t.data.clone(), (n,));
         }
+        self.version += 1;
         Ok(())
     }
 }
@@ -165,6 +169,7 @@ impl<E: Float, D: Dev<E>> Adam<E, D> {
     pub fn step(&mut self, params: &mut ParamStore<E, D>, grads: Vec<T1<E, D>>) {
         assert_eq!(grads.len(), params.len());
         self.t += 1;
+        params.version += 1;
         let (b1, b2) = self.cfg.betas;
         let bc1 = 1.0 - b1.powi(self.t as i32);
         let bc2 = 1.0 - b2.powi(self.t as i32);

@@ -447,3 +447,194 @@ fn safetensors_roundtrip_and_mismatch() {
     // f32 loader refuses f64 files
     assert!(load_safetensors::<f32>(&path).is_err());
 }
+
+/// Central differences of `sum(net(x)^2)` in every third element of every parameter
+/// (training mode), against the tape's gradients.
+fn check_net_param_grads(net: &Net<F, Cpu>, x: &T4<F, Cpu>) {
+    let dev = dev();
+    let b = x.shape().0;
+    let loss = |net: &Net<F, Cpu>| -> F {
+        let y = net.forward(x.clone(), true);
+        y.reshape_like(&(b,)).square().sum::<(), Axis<0>>().array()
+    };
+    let y = net.forward(x.clone().traced(net.params.alloc_grads()), true);
+    let grads = y
+        .reshape_like(&(b,))
+        .square()
+        .sum::<(), Axis<0>>()
+        .backward();
+    let an = net.params.grads_of(&grads);
+    let h = 1e-6;
+    for (i, g) in an.iter().enumerate() {
+        let g = g.as_vec();
+        let base = net.params.tensors[i].as_vec();
+        assert!(
+            g.iter().any(|v| v.abs() > 1e-9),
+            "{}: zero gradient",
+            net.params.names[i]
+        );
+        for j in (0..base.len()).step_by(3) {
+            let mut n2 = net.clone();
+            let mut v = base.clone();
+            v[j] += h;
+            n2.params.tensors[i] = dev.tensor_from_vec(v.clone(), (v.len(),));
+            let lp = loss(&n2);
+            v[j] -= 2.0 * h;
+            n2.params.tensors[i] = dev.tensor_from_vec(v.clone(), (v.len(),));
+            let lm = loss(&n2);
+            let num = (lp - lm) / (2.0 * h);
+            let err = (num - g[j]).abs() / (1.0 + num.abs());
+            assert!(
+                err < 1e-6,
+                "{} [{j}]: {} vs {num}",
+                net.params.names[i],
+                g[j]
+            );
+        }
+    }
+}
+
+/// Context slots (SetCtx), learned constant input, AdaIN (instance norm + modulation),
+/// SELF-MOD-style conditional batch norm, learned residual scale, sum pooling and
+/// spectrally normalised conv / linear weights: parameter gradients vs finite differences.
+#[test]
+fn cond_layers_param_grads() {
+    let dev = dev();
+    let mut nb = NetBuilder::<F, Cpu>::new(dev.clone(), 7);
+    let slot = nb.ctx_slot();
+    let map = vec![nb.linear("map", 3, 4, true, 1.0), Layer::LeakyRelu(0.2)];
+    let g1 = vec![nb.linear("in.gain", 4, 2, true, 1.0)];
+    let b1 = vec![nb.linear("in.bias", 4, 2, true, 1.0)];
+    let g2 = vec![
+        nb.linear("bn.gain.fc1", 4, 3, true, 1.0),
+        Layer::Relu,
+        nb.linear("bn.gain.fc2", 3, 2, true, 1.0),
+    ];
+    let b2 = vec![nb.linear("bn.bias", 4, 2, true, 1.0)];
+    let mut layers = vec![
+        Layer::SetCtx { slot, body: map },
+        nb.const_input("const", 2, 3, 3),
+        nb.cond_norm("in", 2, false, slot, g1, b1),
+        // no bias: the batch norm after it would cancel it
+        nb.conv("c1", 2, 2, 3, 1, 1, 1, false, 1.0),
+        nb.cond_norm("bn", 2, true, slot, g2, b2),
+        Layer::Tanh,
+    ];
+    let body = vec![
+        nb.conv("res.conv", 2, 2, 3, 1, 1, 1, true, 1.0),
+        nb.param_scale("res.alpha", 0.7),
+    ];
+    layers.push(Layer::Residual { body, skip: vec![] });
+    nb.spectral_norm = true;
+    layers.push(nb.conv("sn_conv", 2, 3, 3, 1, 1, 1, true, 1.0));
+    layers.push(Layer::Tanh);
+    layers.push(Layer::SumPool);
+    layers.push(nb.linear("sn_fc", 3, 1, true, 1.0));
+    let net = nb.finish(layers, [3, 1, 1]);
+    assert_eq!(net.out_shape, [1, 1, 1]);
+    assert_eq!(net.sn.lock().unwrap().len(), 2);
+    let mut rng = Rng::new(11);
+    let x: T4<F, Cpu> = dev.tensor_from_vec(rng.normals(3 * 3), (3, 3, 1, 1));
+    // the first training pass runs the power iteration; later passes reuse u, v
+    net.forward(x.clone(), true);
+    assert!(net.sn.lock().unwrap().iter().all(|s| s.synced == Some(0)));
+    check_net_param_grads(&net, &x);
+}
+
+/// AdaIN: every (sample, channel) plane of the output has mean `bias` and std `1 + gain`.
+#[test]
+fn adain_output_statistics() {
+    let dev = dev();
+    let mut rng = Rng::new(4);
+    let x: T4<F, Cpu> = dev.tensor_from_vec(
+        rng.normals(2 * 3 * 5 * 5)
+            .iter()
+            .map(|v| 3.0 * v + 1.5)
+            .collect(),
+        (2, 3, 5, 5),
+    );
+    let g = rng.normals(6);
+    let b = rng.normals(6);
+    let gt: T4<F, Cpu> = dev.tensor_from_vec(g.clone(), (2, 3, 1, 1));
+    let bt: T4<F, Cpu> = dev.tensor_from_vec(b.clone(), (2, 3, 1, 1));
+    let y = cond::modulate(cond::instance_norm(x, 1e-5), gt, bt).as_vec();
+    for p in 0..6 {
+        let plane = &y[p * 25..(p + 1) * 25];
+        let m = plane.iter().sum::<F>() / 25.0;
+        let sd = (plane.iter().map(|v| (v - m) * (v - m)).sum::<F>() / 25.0).sqrt();
+        assert!((m - b[p]).abs() < 1e-9, "mean {m} vs {}", b[p]);
+        assert!(
+            (sd - (1.0 + g[p]).abs()).abs() < 1e-4,
+            "std {sd} vs {}",
+            1.0 + g[p]
+        );
+    }
+}
+
+/// Spectral norm: after enough power iterations (one per parameter version) the largest
+/// singular value of W / sigma is 1 within 1e-3 (checked by a long power iteration on
+/// W^T W); u and v travel through to_named / load_named.
+#[test]
+fn spectral_norm_power_iteration() {
+    let dev = dev();
+    let mut nb = NetBuilder::<F, Cpu>::new(dev.clone(), 3);
+    nb.spectral_norm = true;
+    let layers = vec![nb.linear("fc", 10, 6, false, 1.0)];
+    let mut net = nb.finish(layers, [10, 1, 1]);
+    let x: T4<F, Cpu> = dev.zeros_like(&(1, 10, 1, 1));
+    for _ in 0..200 {
+        net.params.version += 1;
+        net.forward(x.clone(), true);
+    }
+    let w = net.params.tensors[0].as_vec();
+    let st = net.sn.lock().unwrap()[0].clone();
+    let sigma: F = (0..6)
+        .map(|i| st.u[i] * (0..10).map(|j| w[i * 10 + j] * st.v[j]).sum::<F>())
+        .sum();
+    let wn: Vec<F> = w.iter().map(|v| v / sigma).collect();
+    // independent estimate: power iteration on Wn^T Wn from a fixed start
+    let mut v = vec![1.0; 10];
+    let mut lam = 0.0;
+    for _ in 0..5000 {
+        let u: Vec<F> = (0..6)
+            .map(|i| (0..10).map(|j| wn[i * 10 + j] * v[j]).sum())
+            .collect();
+        let nv: Vec<F> = (0..10)
+            .map(|j| (0..6).map(|i| wn[i * 10 + j] * u[i]).sum())
+            .collect();
+        lam = nv.iter().map(|a| a * a).sum::<F>().sqrt();
+        v = nv.iter().map(|a| a / lam).collect();
+    }
+    let smax = lam.sqrt();
+    assert!((smax - 1.0).abs() < 1e-3, "largest singular value {smax}");
+    // the normalised weight is what the layer applies
+    let xs: Vec<F> = (0..10).map(|j| j as F * 0.1 - 0.3).collect();
+    let y = net
+        .forward(dev.tensor_from_vec(xs.clone(), (1, 10, 1, 1)), false)
+        .as_vec();
+    for i in 0..6 {
+        let want: F = (0..10).map(|j| wn[i * 10 + j] * xs[j]).sum();
+        assert!((y[i] - want).abs() < 1e-12);
+    }
+    // checkpoint round trip
+    let named = net.to_named();
+    assert!(named
+        .iter()
+        .any(|t| t.name == "fc.weight_u" && t.shape == vec![6]));
+    assert!(named
+        .iter()
+        .any(|t| t.name == "fc.weight_v" && t.shape == vec![10]));
+    let map: std::collections::HashMap<_, _> =
+        named.into_iter().map(|t| (t.name.clone(), t)).collect();
+    let mut fresh = {
+        let mut nb = NetBuilder::<F, Cpu>::new(dev.clone(), 99);
+        nb.spectral_norm = true;
+        let layers = vec![nb.linear("fc", 10, 6, false, 1.0)];
+        nb.finish(layers, [10, 1, 1])
+    };
+    fresh.load_named(&map, "").unwrap();
+    let fs = fresh.sn.lock().unwrap()[0].clone();
+    assert_eq!(fs.u, st.u);
+    assert_eq!(fs.v, st.v);
+    assert_eq!(fs.synced, Some(fresh.params.version));
+}
