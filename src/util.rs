@@ -25,11 +25,18 @@ pub fn atomic_write_nosync(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// [`atomic_write`] for writers that stream into a file.
-pub fn atomic_write_with(path: &Path, fill: impl FnOnce(&mut std::fs::File) -> Result<()>) -> Result<()> {
+pub fn atomic_write_with(
+    path: &Path,
+    fill: impl FnOnce(&mut std::fs::File) -> Result<()>,
+) -> Result<()> {
     write_renamed(path, true, fill)
 }
 
-fn write_renamed(path: &Path, sync: bool, fill: impl FnOnce(&mut std::fs::File) -> Result<()>) -> Result<()> {
+fn write_renamed(
+    path: &Path,
+    sync: bool,
+    fill: impl FnOnce(&mut std::fs::File) -> Result<()>,
+) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }

@@ -129,7 +129,7 @@ const AXIS_COLOUR: Rgb<u8> = Rgb([210, 210, 210]);
 /// origin, one blue pixel per point (points outside the extent are left
 /// out), red crosses at the centres.
 pub fn scatter_image(points: &[f32], opts: &ScatterOptions) -> Result<RgbImage> {
-    if points.len() % 2 != 0 {
+    if !points.len().is_multiple_of(2) {
         return Err(DataError::Invalid(format!(
             "{} values are not [N, 2] points",
             points.len()

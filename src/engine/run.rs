@@ -17,6 +17,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+/// Instances in flight: label and progress by instance id.
+type Running = HashMap<usize, (String, Arc<Progress>)>;
+
 /// How to run.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -139,7 +142,7 @@ pub fn run(
         .thread_name(|i| format!("ablate-job-{i}"))
         .build()?;
     let (tx, rx) = mpsc::channel::<(usize, Outcome)>();
-    let running: Arc<Mutex<HashMap<usize, (String, Arc<Progress>)>>> = Arc::default();
+    let running: Arc<Mutex<Running>> = Arc::default();
     let bar = progress_bar(opts.progress, to_run as u64);
     let mut gpu_busy = false;
     let mut stop = false;
@@ -320,7 +323,7 @@ fn progress_bar(on: bool, len: u64) -> Option<indicatif::ProgressBar> {
     Some(b)
 }
 
-fn running_message(running: &HashMap<usize, (String, Arc<Progress>)>) -> String {
+fn running_message(running: &Running) -> String {
     let mut parts: Vec<(usize, String)> = running
         .iter()
         .map(|(i, (label, p))| {

@@ -266,7 +266,7 @@ impl<D: Dev<f32>> Trainer<D> {
             log.r1 = None;
             log.r2 = None;
             let k = self.cfg.lazy_interval.unwrap_or(1);
-            if self.cfg.gamma > 0.0 && self.d_iters % k == 0 {
+            if self.cfg.gamma > 0.0 && self.d_iters.is_multiple_of(k) {
                 let w = 0.5 * self.cfg.gamma * k as f64;
                 for p in self.cfg.penalties.clone() {
                     let x = if p == Penalty::R1 { &real } else { &fake };

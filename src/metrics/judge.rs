@@ -241,7 +241,7 @@ impl<E: Float, D: Dev<E>> Judge<E, D> {
     /// Runs `net` over `images` in batches; returns the flat outputs and their width.
     fn run_batched(&self, net: &Net<E, D>, images: &[f32]) -> Result<(Vec<f32>, usize)> {
         let il = self.item_len();
-        if images.len() % il != 0 {
+        if !images.len().is_multiple_of(il) {
             bail!(
                 "judge: {} values are not whole images of {il}",
                 images.len()

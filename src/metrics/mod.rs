@@ -63,7 +63,7 @@ pub(crate) fn rows(data_len: usize, dim: usize, what: &str) -> Result<usize> {
             "{what}: dim must be > 0"
         )));
     }
-    if data_len % dim != 0 {
+    if !data_len.is_multiple_of(dim) {
         return Err(MetricsError::Shape(format!(
             "{what}: length {data_len} is not a multiple of dim {dim}"
         )));

@@ -57,7 +57,7 @@ pub fn radial_power_spectrum(images: &[f32], c: usize, h: usize, w: usize) -> Re
         ));
     }
     let plane = h * w;
-    if images.len() % (c * plane) != 0 {
+    if !images.len().is_multiple_of(c * plane) {
         return Err(MetricsError::Shape(format!(
             "radial_power_spectrum: length {} is not a multiple of C*H*W = {}",
             images.len(),
@@ -317,7 +317,13 @@ mod tests {
 
     fn checkerboard(h: usize, w: usize, amp: f32) -> Vec<f32> {
         (0..h * w)
-            .map(|i| if (i / w + i % w) % 2 == 0 { amp } else { -amp })
+            .map(|i| {
+                if (i / w + i % w).is_multiple_of(2) {
+                    amp
+                } else {
+                    -amp
+                }
+            })
             .collect()
     }
 

@@ -727,7 +727,7 @@ impl<E: Float, D: Dev<E>> NetBuilder<E, D> {
         gain: f64,
     ) -> Layer {
         assert!(
-            cin % groups == 0 && cout % groups == 0,
+            cin.is_multiple_of(groups) && cout.is_multiple_of(groups),
             "{name}: groups {groups} do not divide {cin}->{cout}"
         );
         let fan_in = cin / groups * k * k;

@@ -177,14 +177,17 @@ impl Stage for Train {
                 rows.push(row(&log, 0.0));
                 break;
             }
-            if step % log_every == 0 || step == cfg.steps {
+            if step.is_multiple_of(log_every) || step == cfg.steps {
                 let ips = (window_steps * cfg.batch as u64) as f64
                     / window.elapsed().as_secs_f64().max(1e-9);
                 rows.push(row(&log, ips));
                 window = Instant::now();
                 window_steps = 0;
             }
-            if cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0 && step < cfg.steps {
+            if cfg.checkpoint_every > 0
+                && step.is_multiple_of(cfg.checkpoint_every)
+                && step < cfg.steps
+            {
                 save_state(&t, &rows, cx.dir)?;
             }
             cx.progress.set(step, cfg.steps);
