@@ -428,9 +428,13 @@ fn resolve(vars: &Map<String, Value>, r: &str) -> Option<Value> {
     Some(cur.clone())
 }
 
-/// Short human form of a matrix value: maps as `a-b`, lists as `a+b`.
+/// Short human form of a matrix value: a map's `name` if it has one, else its
+/// values as `a-b`; lists as `a+b`.
 pub fn short_value(v: &Value) -> String {
     match v {
+        Value::Object(m) if m.get("name").is_some_and(|n| n.is_string()) => {
+            m["name"].as_str().unwrap().to_string()
+        }
         Value::String(s) => s.clone(),
         Value::Array(a) => a.iter().map(short_value).collect::<Vec<_>>().join("+"),
         Value::Object(m) => m.values().map(short_value).collect::<Vec<_>>().join("-"),
