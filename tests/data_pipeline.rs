@@ -2,28 +2,11 @@
 //! ring, through plan -> run -> cached re-run -> one changed param -> query -> show,
 //! with the artifacts read back.
 
+mod common;
+
+use common::{ablate, repo};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn ablate(dir: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ablate"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("ABLATE_CACHE")
-        .env_remove("ABLATE_RESULTS")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
-}
+use std::path::Path;
 
 fn pipeline(count: usize) -> String {
     format!(

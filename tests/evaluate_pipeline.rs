@@ -3,29 +3,12 @@
 //! through judge -> a tiny GAN -> evaluate (fid_judge, PRDC, modes, spectral).
 //! Metric values are recomputed here from the artifacts where that is cheap.
 
+mod common;
+
+use common::{ablate, repo};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn ablate(dir: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ablate"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("ABLATE_CACHE")
-        .env_remove("ABLATE_RESULTS")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
-}
 
 fn query(dir: &Path, sql: &str) -> Vec<Value> {
     let (code, out, err) = ablate(dir, &["query", sql, "--format", "json"]);

@@ -1,24 +1,19 @@
 //! Training through the real binary: determinism, kill -9 and resume against an
 //! uninterrupted run, divergence as a result, and samples in the documented format.
 
+mod common;
+
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn ablate(dir: &Path, cache: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ablate"))
-        .args(args)
-        .current_dir(dir)
-        .env("ABLATE_CACHE", dir.join(cache))
-        .env("ABLATE_RESULTS", dir.join(format!("{cache}-results")))
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
+    let env = [
+        ("ABLATE_CACHE", dir.join(cache)),
+        ("ABLATE_RESULTS", dir.join(format!("{cache}-results"))),
+    ];
+    common::ablate_with(dir, &env, args)
 }
 
 fn pipeline(steps: u64, lr: f64) -> String {
