@@ -18,7 +18,6 @@ use crate::engine::{
 use crate::gan::{StepLog, TrainConfig, TrainData, Trainer};
 use crate::results::table::{frame_from_rows, write_table, Cell};
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::Path;
 use std::time::Instant;
@@ -26,16 +25,10 @@ use std::time::Instant;
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 const ROWS_FILE: &str = "log_rows.json";
 
-/// One row of the training log.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// One row of the training log: the step's losses and the speed since the last row.
+#[derive(Debug, Clone, PartialEq)]
 pub struct LogRow {
-    pub step: u64,
-    pub d_loss: f64,
-    pub g_loss: f64,
-    pub r1: Option<f64>,
-    pub r2: Option<f64>,
-    pub grad_norm_d: f64,
-    pub grad_norm_g: f64,
+    pub log: StepLog,
     pub images_per_s: f64,
 }
 
@@ -152,7 +145,7 @@ impl Stage for Train {
                 .with_context(|| format!("resuming from {}", ckpt.display()))?;
             if let Ok(text) = std::fs::read_to_string(cx.dir.join(ROWS_FILE)) {
                 rows = rows_from_bits(&serde_json::from_str::<Vec<[u64; 8]>>(&text)?);
-                rows.retain(|r| r.step <= t.step_count());
+                rows.retain(|r| r.log.step <= t.step_count());
             }
             tracing::info!("{}: resuming at step {}", cx.label, t.step_count());
         }
@@ -201,8 +194,8 @@ impl Stage for Train {
         let done = t.step_count() - start_step;
         let ips = (done * cfg.batch as u64) as f64 / train_s.max(1e-9);
         let tail: Vec<&LogRow> = rows.iter().rev().take((rows.len() / 10).max(1)).collect();
-        let mean = |f: fn(&LogRow) -> f64| {
-            tail.iter().map(|r| f(r)).sum::<f64>() / tail.len().max(1) as f64
+        let mean = |f: fn(&StepLog) -> f64| {
+            tail.iter().map(|r| f(&r.log)).sum::<f64>() / tail.len().max(1) as f64
         };
         let mut out = Outcome::ok()
             .metric("steps", t.step_count() as f64)
@@ -243,13 +236,13 @@ fn rows_to_bits(rows: &[LogRow]) -> Vec<[u64; 8]> {
     rows.iter()
         .map(|r| {
             [
-                r.step,
-                r.d_loss.to_bits(),
-                r.g_loss.to_bits(),
-                o(r.r1),
-                o(r.r2),
-                r.grad_norm_d.to_bits(),
-                r.grad_norm_g.to_bits(),
+                r.log.step,
+                r.log.d_loss.to_bits(),
+                r.log.g_loss.to_bits(),
+                o(r.log.r1),
+                o(r.log.r2),
+                r.log.grad_norm_d.to_bits(),
+                r.log.grad_norm_g.to_bits(),
                 r.images_per_s.to_bits(),
             ]
         })
@@ -266,13 +259,15 @@ fn rows_from_bits(bits: &[[u64; 8]]) -> Vec<LogRow> {
     };
     bits.iter()
         .map(|b| LogRow {
-            step: b[0],
-            d_loss: f64::from_bits(b[1]),
-            g_loss: f64::from_bits(b[2]),
-            r1: o(b[3]),
-            r2: o(b[4]),
-            grad_norm_d: f64::from_bits(b[5]),
-            grad_norm_g: f64::from_bits(b[6]),
+            log: StepLog {
+                step: b[0],
+                d_loss: f64::from_bits(b[1]),
+                g_loss: f64::from_bits(b[2]),
+                r1: o(b[3]),
+                r2: o(b[4]),
+                grad_norm_d: f64::from_bits(b[5]),
+                grad_norm_g: f64::from_bits(b[6]),
+            },
             images_per_s: f64::from_bits(b[7]),
         })
         .collect()
@@ -280,13 +275,7 @@ fn rows_from_bits(bits: &[[u64; 8]]) -> Vec<LogRow> {
 
 fn row(l: &StepLog, ips: f64) -> LogRow {
     LogRow {
-        step: l.step,
-        d_loss: l.d_loss,
-        g_loss: l.g_loss,
-        r1: l.r1,
-        r2: l.r2,
-        grad_norm_d: l.grad_norm_d,
-        grad_norm_g: l.grad_norm_g,
+        log: l.clone(),
         images_per_s: ips,
     }
 }
@@ -297,13 +286,13 @@ fn write_log(rows: &[LogRow], dir: &Path) -> Result<()> {
         .iter()
         .map(|r| {
             vec![
-                ("step".to_string(), Cell::Int(r.step as i64)),
-                ("d_loss".to_string(), Cell::Float(r.d_loss)),
-                ("g_loss".to_string(), Cell::Float(r.g_loss)),
-                ("r1".to_string(), opt(r.r1)),
-                ("r2".to_string(), opt(r.r2)),
-                ("grad_norm_d".to_string(), Cell::Float(r.grad_norm_d)),
-                ("grad_norm_g".to_string(), Cell::Float(r.grad_norm_g)),
+                ("step".to_string(), Cell::Int(r.log.step as i64)),
+                ("d_loss".to_string(), Cell::Float(r.log.d_loss)),
+                ("g_loss".to_string(), Cell::Float(r.log.g_loss)),
+                ("r1".to_string(), opt(r.log.r1)),
+                ("r2".to_string(), opt(r.log.r2)),
+                ("grad_norm_d".to_string(), Cell::Float(r.log.grad_norm_d)),
+                ("grad_norm_g".to_string(), Cell::Float(r.log.grad_norm_g)),
                 ("images_per_s".to_string(), Cell::Float(r.images_per_s)),
             ]
         })
@@ -320,7 +309,7 @@ fn plot_losses(rows: &[LogRow], path: &Path) -> Result<()> {
     use plotters::prelude::*;
     let finite: Vec<&LogRow> = rows
         .iter()
-        .filter(|r| r.d_loss.is_finite() && r.g_loss.is_finite())
+        .filter(|r| r.log.d_loss.is_finite() && r.log.g_loss.is_finite())
         .collect();
     let (w, h) = (640u32, 360u32);
     let mut buf = vec![0u8; (w * h * 3) as usize];
@@ -328,25 +317,25 @@ fn plot_losses(rows: &[LogRow], path: &Path) -> Result<()> {
         let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
         root.fill(&WHITE)?;
         if !finite.is_empty() {
-            let x1 = finite.last().unwrap().step.max(1) as f64;
+            let x1 = finite.last().unwrap().log.step.max(1) as f64;
             let lo = finite
                 .iter()
-                .map(|r| r.d_loss.min(r.g_loss))
+                .map(|r| r.log.d_loss.min(r.log.g_loss))
                 .fold(f64::INFINITY, f64::min);
             let hi = finite
                 .iter()
-                .map(|r| r.d_loss.max(r.g_loss))
+                .map(|r| r.log.d_loss.max(r.log.g_loss))
                 .fold(f64::NEG_INFINITY, f64::max);
             let pad = ((hi - lo) * 0.05).max(1e-3);
             let mut chart = ChartBuilder::on(&root)
                 .margin(12)
                 .build_cartesian_2d(0f64..x1, (lo - pad)..(hi + pad))?;
             chart.draw_series(LineSeries::new(
-                finite.iter().map(|r| (r.step as f64, r.d_loss)),
+                finite.iter().map(|r| (r.log.step as f64, r.log.d_loss)),
                 &RED,
             ))?;
             chart.draw_series(LineSeries::new(
-                finite.iter().map(|r| (r.step as f64, r.g_loss)),
+                finite.iter().map(|r| (r.log.step as f64, r.log.g_loss)),
                 &BLUE,
             ))?;
         }
