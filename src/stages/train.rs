@@ -90,7 +90,7 @@ impl Stage for Train {
         1
     }
     fn about(&self) -> &'static str {
-        "train a GAN (mlp, dcgan, r3gan B-E; ns, rpgan, hinge; r1, r2) with checkpoints and resume"
+        "train a GAN (mlp, dcgan, resnet, selfmod, stylegan, r3gan B-E; ns, rpgan, hinge; r1, r2) with checkpoints and resume"
     }
     fn check(&self, params: &Value, _cx: &CheckCtx) -> Result<Value, ParamError> {
         typed_params::<TrainConfig>(params, |c| {
