@@ -142,7 +142,9 @@ pub fn im2col_cpu<E: Float>(img: &[E], g: Geom, cols: &mut [E]) {
         }
     };
     if cols.len() >= PAR_MIN {
-        img.par_chunks(p).zip(cols.par_chunks_mut(cp)).for_each(plane);
+        img.par_chunks(p)
+            .zip(cols.par_chunks_mut(cp))
+            .for_each(plane);
     } else {
         img.chunks(p).zip(cols.chunks_mut(cp)).for_each(plane);
     }
@@ -183,7 +185,9 @@ pub fn col2im_add_cpu<E: Float>(cols: &[E], g: Geom, img: &mut [E]) {
         }
     };
     if cols.len() >= PAR_MIN {
-        cols.par_chunks(cp).zip(img.par_chunks_mut(p)).for_each(plane);
+        cols.par_chunks(cp)
+            .zip(img.par_chunks_mut(p))
+            .for_each(plane);
     } else {
         cols.chunks(cp).zip(img.chunks_mut(p)).for_each(plane);
     }
@@ -195,7 +199,11 @@ where
     Cpu: Device<E>,
     <Cpu as Storage<E>>::Vec: std::ops::DerefMut<Target = Vec<E>>,
 {
-    assert_eq!(*x.shape(), (g.b, g.c, g.h, g.w), "im2col: shape vs geometry");
+    assert_eq!(
+        *x.shape(),
+        (g.b, g.c, g.h, g.w),
+        "im2col: shape vs geometry"
+    );
     let (x, mut tape) = x.split_tape();
     let dev = x.device().clone();
     let xv = x.as_vec();

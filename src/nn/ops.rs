@@ -106,7 +106,11 @@ pub fn im2col_composed<E: Float, D: Dev<E>, T: Tape<E, D>>(
     g: Geom,
     cache: &IdxCache<D>,
 ) -> T1<E, D, T> {
-    assert_eq!(*x.shape(), (g.b, g.c, g.h, g.w), "im2col: shape vs geometry");
+    assert_eq!(
+        *x.shape(),
+        (g.b, g.c, g.h, g.w),
+        "im2col: shape vs geometry"
+    );
     let dev = x.device().clone();
     let n = g.img_len();
     let key = [0, g.b, g.c, g.h, g.w, g.kh, g.kw, g.stride, g.pad];
