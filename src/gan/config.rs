@@ -152,6 +152,109 @@ fn default_delta() -> f64 {
     1e-3
 }
 
+/// Shape of a [`Schedule`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Curve {
+    /// `start` throughout.
+    Constant,
+    /// Straight line from `start` to `end`.
+    Linear,
+    /// Half a cosine from `start` to `end` (flat at both ends).
+    Cosine,
+}
+
+/// A hyper-parameter as a function of the number of training images seen (G steps x
+/// batch): from `start` at 0 images to `end` after `images`, held at `end` afterwards.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Schedule {
+    /// `constant`, `linear` or `cosine`.
+    pub kind: Curve,
+    /// Value at 0 images.
+    pub start: f64,
+    /// Value from `images` on (default `start`).
+    #[serde(default)]
+    pub end: Option<f64>,
+    /// Length of the ramp in images (ignored by `constant`).
+    #[serde(default)]
+    pub images: u64,
+}
+
+impl Schedule {
+    /// The value after `seen` images.
+    pub fn at(&self, seen: u64) -> f64 {
+        let end = self.end.unwrap_or(self.start);
+        let t = if self.images == 0 {
+            1.0
+        } else {
+            (seen as f64 / self.images as f64).min(1.0)
+        };
+        match self.kind {
+            Curve::Constant => self.start,
+            Curve::Linear => self.start + (end - self.start) * t,
+            Curve::Cosine => {
+                end + (self.start - end) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
+            }
+        }
+    }
+    fn validate(&self, what: &str, ok: impl Fn(f64) -> bool, range: &str) -> Result<()> {
+        for v in [Some(self.start), self.end].into_iter().flatten() {
+            if !ok(v) {
+                bail!("schedules.{what}: values must be in {range}, got {v}");
+            }
+        }
+        if self.kind != Curve::Constant && (self.end.is_none() || self.images == 0) {
+            bail!(
+                "schedules.{what}: a {:?} schedule needs end and images > 0",
+                self.kind
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Optional hyper-parameter schedules (each replaces the fixed value it names).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Schedules {
+    /// Learning rate of both networks.
+    #[serde(default)]
+    pub lr: Option<Schedule>,
+    /// Learning rate of G (over `lr`).
+    #[serde(default)]
+    pub lr_g: Option<Schedule>,
+    /// Learning rate of D (over `lr`).
+    #[serde(default)]
+    pub lr_d: Option<Schedule>,
+    /// Penalty weight `gamma`.
+    #[serde(default)]
+    pub gamma: Option<Schedule>,
+    /// Adam beta2 of both networks.
+    #[serde(default)]
+    pub beta2: Option<Schedule>,
+    /// EMA half-life in thousands of images (needs `ema_halflife_kimg`, which it replaces).
+    #[serde(default)]
+    pub ema_halflife_kimg: Option<Schedule>,
+}
+
+/// The hyper-parameters in force for one step ([`TrainConfig::hyper_at`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Hyper {
+    /// Learning rate of G.
+    pub lr_g: f64,
+    /// Learning rate of D.
+    pub lr_d: f64,
+    /// Adam beta2 of G.
+    pub beta2_g: f64,
+    /// Adam beta2 of D.
+    pub beta2_d: f64,
+    /// Penalty weight.
+    pub gamma: f64,
+    /// EMA beta of this step's update (`None`: no EMA, the EMA generator is G).
+    pub ema_beta: Option<f64>,
+}
+
 /// Parameters of the `train` stage.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -186,9 +289,20 @@ pub struct TrainConfig {
     pub batch: usize,
     /// G steps.
     pub steps: u64,
-    /// EMA beta of G (none: the EMA generator is G itself).
+    /// EMA beta of G (none, and no `ema_halflife_kimg`: the EMA generator is G itself).
     #[serde(default)]
     pub ema: Option<f64>,
+    /// EMA of G as a half-life in thousands of images (instead of `ema`): every step uses
+    /// `beta = 0.5 ^ (batch / halflife_images)`, as StyleGAN2-ADA and R3GAN.
+    #[serde(default)]
+    pub ema_halflife_kimg: Option<f64>,
+    /// EMA ramp-up: the half-life is at most `ema_rampup * images seen` (e.g. 0.05).
+    #[serde(default)]
+    pub ema_rampup: Option<f64>,
+    /// Hyper-parameter schedules over training images (`lr`, `lr_g`, `lr_d`, `gamma`,
+    /// `beta2`, `ema_halflife_kimg`).
+    #[serde(default)]
+    pub schedules: Schedules,
     /// Seed of everything.
     #[serde(default)]
     pub seed: u64,
@@ -278,6 +392,40 @@ impl NetConfig {
 }
 
 impl TrainConfig {
+    /// The hyper-parameters of G step `step` (0-based), after `step * batch` images: the
+    /// schedules evaluated there, or the fixed values. A pure function of the step, so a
+    /// resumed run uses exactly what an uninterrupted one would.
+    pub fn hyper_at(&self, step: u64) -> Hyper {
+        let seen = step * self.batch as u64;
+        let sc = &self.schedules;
+        let og = self.optimizer_g.as_ref().unwrap_or(&self.optimizer);
+        let od = self.optimizer_d.as_ref().unwrap_or(&self.optimizer);
+        let pick = |s: [&Option<Schedule>; 2], fixed: f64| {
+            s.into_iter().flatten().next().map_or(fixed, |s| s.at(seen))
+        };
+        let ema_beta = match (self.ema, self.ema_halflife_kimg) {
+            (Some(b), _) => Some(b),
+            (None, Some(h)) => {
+                let h = sc.ema_halflife_kimg.as_ref().map_or(h, |s| s.at(seen));
+                Some(ema_beta_halflife(
+                    self.batch,
+                    h * 1000.0,
+                    self.ema_rampup,
+                    seen,
+                ))
+            }
+            (None, None) => None,
+        };
+        Hyper {
+            lr_g: pick([&sc.lr_g, &sc.lr], og.lr),
+            lr_d: pick([&sc.lr_d, &sc.lr], od.lr),
+            beta2_g: pick([&sc.beta2, &None], og.betas[1]),
+            beta2_d: pick([&sc.beta2, &None], od.betas[1]),
+            gamma: pick([&sc.gamma, &None], self.gamma),
+            ema_beta,
+        }
+    }
+
     /// Range checks (run before anything trains).
     pub fn validate(&self) -> Result<()> {
         self.generator.validate("generator")?;
@@ -336,6 +484,45 @@ impl TrainConfig {
                 bail!("ema must be in [0, 1), got {e}");
             }
         }
+        if let Some(h) = self.ema_halflife_kimg {
+            if self.ema.is_some() {
+                bail!("ema and ema_halflife_kimg are exclusive: give a beta or a half-life");
+            }
+            if !(h >= 0.0 && h.is_finite()) {
+                bail!("ema_halflife_kimg must be >= 0, got {h}");
+            }
+        }
+        if let Some(r) = self.ema_rampup {
+            if self.ema_halflife_kimg.is_none() {
+                bail!("ema_rampup needs ema_halflife_kimg");
+            }
+            if !(r > 0.0 && r.is_finite()) {
+                bail!("ema_rampup must be > 0, got {r}");
+            }
+        }
+        let sc = &self.schedules;
+        let lr_ok = |v: f64| v > 0.0 && v <= 1.0;
+        for (name, s) in [("lr", &sc.lr), ("lr_g", &sc.lr_g), ("lr_d", &sc.lr_d)] {
+            if let Some(s) = s {
+                s.validate(name, lr_ok, "(0, 1]")?;
+            }
+        }
+        if let Some(s) = &sc.gamma {
+            s.validate("gamma", |v| v >= 0.0 && v.is_finite(), "[0, inf)")?;
+        }
+        if let Some(s) = &sc.beta2 {
+            s.validate("beta2", |v| (0.0..1.0).contains(&v), "[0, 1)")?;
+        }
+        if let Some(s) = &sc.ema_halflife_kimg {
+            if self.ema_halflife_kimg.is_none() {
+                bail!("schedules.ema_halflife_kimg needs ema_halflife_kimg (the EMA mode)");
+            }
+            s.validate(
+                "ema_halflife_kimg",
+                |v| v >= 0.0 && v.is_finite(),
+                "[0, inf)",
+            )?;
+        }
         if let Some(d) = &self.device {
             if !["cpu", "cuda", "auto"].contains(&d.as_str()) {
                 bail!("device must be cpu, cuda or auto, got {d:?}");
@@ -346,4 +533,15 @@ impl TrainConfig {
         }
         Ok(())
     }
+}
+
+/// EMA beta for a half-life of `halflife` images at batch `batch`, StyleGAN2-ADA style:
+/// with ramp-up `r` the half-life is at most `r * seen` (so the EMA starts as a copy of G),
+/// and `beta = 0.5 ^ (batch / halflife)`.
+pub fn ema_beta_halflife(batch: usize, halflife: f64, rampup: Option<f64>, seen: u64) -> f64 {
+    let h = match rampup {
+        Some(r) => halflife.min(seen as f64 * r),
+        None => halflife,
+    };
+    0.5f64.powf(batch as f64 / h.max(1e-8))
 }

@@ -250,6 +250,11 @@ impl<D: Dev<f32>> Trainer<D> {
             grad_norm_d: 0.0,
             grad_norm_g: 0.0,
         };
+        let hp = self.cfg.hyper_at(self.step);
+        self.opt_g.cfg.lr = hp.lr_g;
+        self.opt_g.cfg.betas.1 = hp.beta2_g;
+        self.opt_d.cfg.lr = hp.lr_d;
+        self.opt_d.cfg.betas.1 = hp.beta2_d;
         for _ in 0..self.cfg.d_steps {
             let real = self.real_batch(b);
             let z = Self::latents(&mut self.rng, &self.dev, b, self.z_dim);
@@ -266,8 +271,8 @@ impl<D: Dev<f32>> Trainer<D> {
             log.r1 = None;
             log.r2 = None;
             let k = self.cfg.lazy_interval.unwrap_or(1);
-            if self.cfg.gamma > 0.0 && self.d_iters.is_multiple_of(k) {
-                let w = 0.5 * self.cfg.gamma * k as f64;
+            if hp.gamma > 0.0 && self.d_iters.is_multiple_of(k) {
+                let w = 0.5 * hp.gamma * k as f64;
                 for p in self.cfg.penalties.clone() {
                     let x = if p == Penalty::R1 { &real } else { &fake };
                     let (val, pg) = penalty(&self.d, x, self.cfg.hvp_delta, true);
@@ -304,7 +309,7 @@ impl<D: Dev<f32>> Trainer<D> {
         log.g_loss = gl;
         log.grad_norm_g = sum_sq(&gg).sqrt();
         self.opt_g.step(&mut self.g.params, gg);
-        match self.cfg.ema {
+        match hp.ema_beta {
             Some(beta) => self.g_ema.ema_update(&self.g, beta),
             None => self.g_ema = self.g.clone(),
         }

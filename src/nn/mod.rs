@@ -16,6 +16,7 @@
 //! `(batch, features, 1, 1)`.
 
 pub mod cond;
+pub mod fused;
 pub mod layers;
 pub mod ops;
 pub mod params;
@@ -83,9 +84,68 @@ impl Float for f64 {
     }
 }
 
-/// The dfdx devices the networks run on (`Cpu`, and `Cuda` with the `cuda` feature).
-pub trait Dev<E: Float>: Device<E> {}
-impl<E: Float, D: Device<E>> Dev<E> for D {}
+/// The dfdx devices the networks run on (`Cpu`, and `Cuda` with the `cuda` feature),
+/// with the device-specific versions of the hot spots: the default methods compose dfdx
+/// ops (they run anywhere); the CPU overrides them with fused, parallel custom ops.
+pub trait Dev<E: Float>: Device<E> {
+    /// im2col: `x (B, C, H, W)` to flat columns laid out `(B, C, kh, kw, ho, wo)`
+    /// (zero for padding taps). See [`fused`].
+    fn im2col<T: Tape<E, Self>>(
+        x: T4<E, Self, T>,
+        g: fused::Geom,
+        cache: &ops::IdxCache<Self>,
+    ) -> T1<E, Self, T> {
+        ops::im2col_composed(x, g, cache)
+    }
+    /// col2im, the adjoint of [`Dev::im2col`]: flat columns summed into the image
+    /// `(B, C, H, W)` of geometry `g`.
+    fn col2im<T: Tape<E, Self>>(
+        cols: T1<E, Self, T>,
+        g: fused::Geom,
+        cache: &ops::IdxCache<Self>,
+    ) -> T4<E, Self, T> {
+        ops::col2im_composed(cols, g, cache)
+    }
+}
+
+impl Dev<f32> for Cpu {
+    fn im2col<T: Tape<f32, Self>>(
+        x: T4<f32, Self, T>,
+        g: fused::Geom,
+        _: &ops::IdxCache<Self>,
+    ) -> T1<f32, Self, T> {
+        fused::im2col_op(x, g)
+    }
+    fn col2im<T: Tape<f32, Self>>(
+        cols: T1<f32, Self, T>,
+        g: fused::Geom,
+        _: &ops::IdxCache<Self>,
+    ) -> T4<f32, Self, T> {
+        fused::col2im_op(cols, g)
+    }
+}
+
+impl Dev<f64> for Cpu {
+    fn im2col<T: Tape<f64, Self>>(
+        x: T4<f64, Self, T>,
+        g: fused::Geom,
+        _: &ops::IdxCache<Self>,
+    ) -> T1<f64, Self, T> {
+        fused::im2col_op(x, g)
+    }
+    fn col2im<T: Tape<f64, Self>>(
+        cols: T1<f64, Self, T>,
+        g: fused::Geom,
+        _: &ops::IdxCache<Self>,
+    ) -> T4<f64, Self, T> {
+        fused::col2im_op(cols, g)
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl Dev<f32> for dfdx::prelude::Cuda {}
+#[cfg(feature = "cuda")]
+impl Dev<f64> for dfdx::prelude::Cuda {}
 
 /// 4-D activation `(batch, channels, height, width)`.
 pub type T4<E, D, T = NoneTape> = Tensor<(usize, usize, usize, usize), E, D, T>;

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use dfdx::prelude::*;
 
+use super::fused::Geom;
 use super::{Dev, Float, T1, T2, T4};
 
 type IdxMap<D> = HashMap<[usize; 9], Tensor<(usize,), usize, D>>;
@@ -98,8 +99,113 @@ pub fn add_channel_bias<E: Float, D: Dev<E>, T: Tape<E, D>>(
     x + b.broadcast_like::<(usize, usize, usize, usize), Axes3<0, 2, 3>>(&s)
 }
 
-/// 2-D convolution (cross-correlation, as PyTorch) via an im2col gather + batched matmul.
-/// `x (B, Cin, H, W)`, `w (Cout, Cin/groups, k, k)`; zero padding `pad`.
+/// im2col from dfdx ops (any device): a cached gather index into the flat input with one
+/// zero slot for padding; dfdx derives the scatter-add backward. Layout as [`Dev::im2col`].
+pub fn im2col_composed<E: Float, D: Dev<E>, T: Tape<E, D>>(
+    x: T4<E, D, T>,
+    g: Geom,
+    cache: &IdxCache<D>,
+) -> T1<E, D, T> {
+    assert_eq!(
+        *x.shape(),
+        (g.b, g.c, g.h, g.w),
+        "im2col: shape vs geometry"
+    );
+    let dev = x.device().clone();
+    let n = g.img_len();
+    let key = [0, g.b, g.c, g.h, g.w, g.kh, g.kw, g.stride, g.pad];
+    let idx = cache.get(&dev, key, || {
+        let mut v = Vec::with_capacity(g.cols_len());
+        for bi in 0..g.b {
+            for c in 0..g.c {
+                let base = (bi * g.c + c) * g.h * g.w;
+                for ki in 0..g.kh {
+                    for kj in 0..g.kw {
+                        for oy in 0..g.ho {
+                            let iy = (oy * g.stride + ki) as isize - g.pad as isize;
+                            for ox in 0..g.wo {
+                                let ix = (ox * g.stride + kj) as isize - g.pad as isize;
+                                if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
+                                    v.push(n);
+                                } else {
+                                    v.push(base + iy as usize * g.w + ix as usize);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        v
+    });
+    flat_with_zero(x).gather(idx)
+}
+
+/// col2im from dfdx ops (any device): a gather of the at most `ceil(k/s)^2` column values
+/// that land on every image pixel, and a sum. Layout as [`Dev::im2col`].
+pub fn col2im_composed<E: Float, D: Dev<E>, T: Tape<E, D>>(
+    cols: T1<E, D, T>,
+    g: Geom,
+    cache: &IdxCache<D>,
+) -> T4<E, D, T> {
+    assert_eq!(cols.shape().0, g.cols_len(), "col2im: length vs geometry");
+    let (kh, kw, stride, pad) = (g.kh, g.kw, g.stride, g.pad);
+    let ty = kh.div_ceil(stride);
+    let tx = kw.div_ceil(stride);
+    let dev = cols.device().clone();
+    let n = g.cols_len();
+    let key = [1, g.b, g.c, g.ho, g.wo, kh, kw, stride, pad];
+    let idx = cache.get(&dev, key, || {
+        // candidates (kernel offset, column position) along one axis for image position o
+        let cands = |o: usize, k: usize, size: usize, t: usize| {
+            let mut c: Vec<Option<(usize, usize)>> = Vec::with_capacity(t);
+            for ki in 0..k {
+                let num = o as isize + pad as isize - ki as isize;
+                if num >= 0
+                    && num % stride as isize == 0
+                    && ((num / stride as isize) as usize) < size
+                {
+                    c.push(Some((ki, (num / stride as isize) as usize)));
+                }
+            }
+            assert!(c.len() <= t);
+            c.resize(t, None);
+            c
+        };
+        let ys: Vec<_> = (0..g.h).map(|o| cands(o, kh, g.ho, ty)).collect();
+        let xs: Vec<_> = (0..g.w).map(|o| cands(o, kw, g.wo, tx)).collect();
+        let mut v = Vec::with_capacity(g.img_len() * ty * tx);
+        for bi in 0..g.b {
+            for co in 0..g.c {
+                for cy in ys.iter() {
+                    for cx in xs.iter() {
+                        for a in cy {
+                            for bb in cx {
+                                match (a, bb) {
+                                    (Some((ki, iy)), Some((kj, ix))) => v.push(
+                                        (((bi * g.c + co) * kh + ki) * kw + kj) * g.ho * g.wo
+                                            + iy * g.wo
+                                            + ix,
+                                    ),
+                                    _ => v.push(n),
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        v
+    });
+    flat_with_zero(cols)
+        .gather(idx)
+        .reshape_like(&(g.img_len(), ty * tx))
+        .sum::<(usize,), Axis<1>>()
+        .reshape_like(&(g.b, g.c, g.h, g.w))
+}
+
+/// 2-D convolution (cross-correlation, as PyTorch) via im2col ([`Dev::im2col`]) + batched
+/// matmul. `x (B, Cin, H, W)`, `w (Cout, Cin/groups, k, k)`; zero padding `pad`.
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d<E: Float, D: Dev<E>, T: Tape<E, D>>(
     x: T4<E, D, T>,
@@ -110,7 +216,7 @@ pub fn conv2d<E: Float, D: Dev<E>, T: Tape<E, D>>(
     groups: usize,
     cache: &IdxCache<D>,
 ) -> T4<E, D, T> {
-    let (bsz, cin, h, wd) = *x.shape();
+    let (bsz, cin, _, _) = *x.shape();
     let (cout, cpg, kh, kw) = *w.shape();
     assert_eq!(
         cin,
@@ -122,38 +228,15 @@ pub fn conv2d<E: Float, D: Dev<E>, T: Tape<E, D>>(
         0,
         "conv2d: {cout} outputs not divisible by {groups} groups"
     );
-    let ho = conv_out(h, kh, stride, pad);
-    let wo = conv_out(wd, kw, stride, pad);
-    let dev = x.device().clone();
-    let n = bsz * cin * h * wd;
-    let idx = cache.get(&dev, [0, bsz, cin, h, wd, kh, kw, stride, pad], || {
-        let mut v = Vec::with_capacity(bsz * cin * kh * kw * ho * wo);
-        for bi in 0..bsz {
-            for c in 0..cin {
-                let base = (bi * cin + c) * h * wd;
-                for ki in 0..kh {
-                    for kj in 0..kw {
-                        for oy in 0..ho {
-                            let iy = (oy * stride + ki) as isize - pad as isize;
-                            for ox in 0..wo {
-                                let ix = (ox * stride + kj) as isize - pad as isize;
-                                if iy < 0 || ix < 0 || iy >= h as isize || ix >= wd as isize {
-                                    v.push(n);
-                                } else {
-                                    v.push(base + iy as usize * wd + ix as usize);
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        v
-    });
+    let g = Geom::new(*x.shape(), kh, kw, stride, pad);
+    let (ho, wo) = (g.ho, g.wo);
     let kk = cpg * kh * kw;
-    let cols = flat_with_zero(x)
-        .gather(idx)
-        .reshape_like(&(bsz, groups, kk, ho * wo));
+    let cols = if kh == 1 && kw == 1 && stride == 1 && pad == 0 {
+        // a 1x1 convolution's columns are the input itself
+        x.reshape_like(&(bsz, groups, kk, ho * wo))
+    } else {
+        D::im2col(x, g, cache).reshape_like(&(bsz, groups, kk, ho * wo))
+    };
     let og = cout / groups;
     let wm = w
         .reshape_like(&(groups, og, kk))
@@ -166,8 +249,8 @@ pub fn conv2d<E: Float, D: Dev<E>, T: Tape<E, D>>(
 }
 
 /// Transposed 2-D convolution (as PyTorch's `ConvTranspose2d`, weight `(Cin, Cout, k, k)`):
-/// a dense batched matmul `(Cout*k*k, Cin) @ (Cin, H*W)` followed by col2im, a gather of the
-/// at most `ceil(k/s)^2` contributions of every output pixel and a sum.
+/// a dense batched matmul `(Cout*k*k, Cin) @ (Cin, H*W)` followed by col2im
+/// ([`Dev::col2im`], the adjoint of the im2col of the output image).
 pub fn conv_transpose2d<E: Float, D: Dev<E>, T: Tape<E, D>>(
     x: T4<E, D, T>,
     w: T4<E, D, T>,
@@ -184,62 +267,16 @@ pub fn conv_transpose2d<E: Float, D: Dev<E>, T: Tape<E, D>>(
     );
     let ho = conv_t_out(h, kh, stride, pad);
     let wo = conv_t_out(wd, kw, stride, pad);
-    let ty = kh.div_ceil(stride);
-    let tx = kw.div_ceil(stride);
-    let dev = x.device().clone();
+    let g = Geom::new((bsz, cout, ho, wo), kh, kw, stride, pad);
+    assert_eq!((g.ho, g.wo), (h, wd), "conv_transpose2d: geometry");
     let kk = cout * kh * kw;
-    let n = bsz * kk * h * wd;
-    let idx = cache.get(&dev, [1, bsz, cout, h, wd, kh, kw, stride, pad], || {
-        // candidates (kernel offset, input position) along one axis for output position o
-        let cands = |o: usize, k: usize, size: usize, t: usize| {
-            let mut c: Vec<Option<(usize, usize)>> = Vec::with_capacity(t);
-            for ki in 0..k {
-                let num = o as isize + pad as isize - ki as isize;
-                if num >= 0
-                    && num % stride as isize == 0
-                    && ((num / stride as isize) as usize) < size
-                {
-                    c.push(Some((ki, (num / stride as isize) as usize)));
-                }
-            }
-            assert!(c.len() <= t);
-            c.resize(t, None);
-            c
-        };
-        let ys: Vec<_> = (0..ho).map(|o| cands(o, kh, h, ty)).collect();
-        let xs: Vec<_> = (0..wo).map(|o| cands(o, kw, wd, tx)).collect();
-        let mut v = Vec::with_capacity(bsz * cout * ho * wo * ty * tx);
-        for bi in 0..bsz {
-            for co in 0..cout {
-                for cy in ys.iter() {
-                    for cx in xs.iter() {
-                        for a in cy {
-                            for bb in cx {
-                                match (a, bb) {
-                                    (Some((ki, iy)), Some((kj, ix))) => v.push(
-                                        ((bi * kk + (co * kh + ki) * kw + kj) * h + iy) * wd + ix,
-                                    ),
-                                    _ => v.push(n),
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        v
-    });
     let xm = x.reshape_like(&(bsz, cin, h * wd));
     let wm = w
         .reshape_like(&(cin, kk))
         .permute::<(usize, usize), Axes2<1, 0>>()
         .broadcast_like::<(usize, usize, usize), Axis<0>>(&(bsz, kk, cin));
     let cols = wm.matmul(xm);
-    let y = flat_with_zero(cols)
-        .gather(idx)
-        .reshape_like(&(bsz * cout * ho * wo, ty * tx))
-        .sum::<(usize,), Axis<1>>()
-        .reshape_like(&(bsz, cout, ho, wo));
+    let y = D::col2im(cols.reshape_like(&(g.cols_len(),)), g, cache);
     match b {
         Some(b) => add_channel_bias(y, b),
         None => y,

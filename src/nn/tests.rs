@@ -638,3 +638,89 @@ fn spectral_norm_power_iteration() {
     assert_eq!(fs.v, st.v);
     assert_eq!(fs.synced, Some(fresh.params.version));
 }
+
+/// Geometries for the fused im2col / col2im tests: stride 1 and 2, padding 0..2, kernel
+/// 1, 3, 4 and 5 (larger than the padded image minus one), non-square images.
+fn geoms() -> Vec<fused::Geom> {
+    [
+        ((2, 3, 5, 4), 3, 3, 1, 1),
+        ((1, 2, 6, 6), 4, 4, 2, 1),
+        ((2, 1, 7, 5), 3, 2, 2, 0),
+        ((1, 2, 4, 4), 1, 1, 1, 0),
+        ((1, 1, 3, 3), 5, 5, 1, 2),
+        ((1, 2, 8, 8), 4, 4, 2, 2),
+    ]
+    .into_iter()
+    .map(|(s, kh, kw, st, p)| fused::Geom::new(s, kh, kw, st, p))
+    .collect()
+}
+
+#[test]
+fn fused_im2col_col2im_fd_grad() {
+    for (i, g) in geoms().into_iter().enumerate() {
+        gradcheck(&[g.img_len()], 30 + i as u64, |v| {
+            let x = r4(v.into_iter().next().unwrap(), [g.b, g.c, g.h, g.w]);
+            project(fused::im2col_op(x, g), 5)
+        });
+        gradcheck(&[g.cols_len()], 40 + i as u64, |v| {
+            project(fused::col2im_op(v.into_iter().next().unwrap(), g), 6)
+        });
+    }
+}
+
+/// The fused CPU ops equal the composed (gather) ones in value and in gradient, and are
+/// each other's adjoint: <im2col(x), c> == <x, col2im(c)>.
+#[test]
+fn fused_matches_composed() {
+    let dev = dev();
+    let cache = IdxCache::<Cpu>::default();
+    let mut rng = Rng::new(9);
+    for g in geoms() {
+        let xv = rng.normals(g.img_len());
+        let cv = rng.normals(g.cols_len());
+        let x: T4<F, Cpu> = dev.tensor_from_vec(xv.clone(), (g.b, g.c, g.h, g.w));
+        let c: T1<F, Cpu> = dev.tensor_from_vec(cv.clone(), (g.cols_len(),));
+        // im2col: values and input gradients
+        let run_i = |fused_path: bool| {
+            let y = if fused_path {
+                fused::im2col_op(x.clone().traced(Gradients::leaky()), g)
+            } else {
+                ops::im2col_composed(x.clone().traced(Gradients::leaky()), g, &cache)
+            };
+            let yv = y.retaped::<Tp>().as_vec();
+            let grads = project(y, 3).backward();
+            (yv, grads.get(&x).as_vec())
+        };
+        let (yf, gf) = run_i(true);
+        let (yc, gc) = run_i(false);
+        assert_eq!(yf, yc, "{g:?}: im2col values");
+        for (a, b) in gf.iter().zip(&gc) {
+            assert!((a - b).abs() < 1e-12, "{g:?}: im2col grad {a} vs {b}");
+        }
+        // col2im: values and input gradients
+        let run_c = |fused_path: bool| {
+            let y = if fused_path {
+                fused::col2im_op(c.clone().traced(Gradients::leaky()), g)
+            } else {
+                ops::col2im_composed(c.clone().traced(Gradients::leaky()), g, &cache)
+            };
+            let yv = y.retaped::<Tp>().as_vec();
+            let grads = project(y, 4).backward();
+            (yv, grads.get(&c).as_vec())
+        };
+        let (yf, gf) = run_c(true);
+        let (yc, gc) = run_c(false);
+        for (a, b) in yf.iter().zip(&yc) {
+            assert!((a - b).abs() < 1e-12, "{g:?}: col2im value {a} vs {b}");
+        }
+        assert_eq!(gf, gc, "{g:?}: col2im grads");
+        // adjointness
+        let mut cols = vec![0.0; g.cols_len()];
+        fused::im2col_cpu(&xv, g, &mut cols);
+        let mut img = vec![0.0; g.img_len()];
+        fused::col2im_add_cpu(&cv, g, &mut img);
+        let l: F = cols.iter().zip(&cv).map(|(a, b)| a * b).sum();
+        let r: F = xv.iter().zip(&img).map(|(a, b)| a * b).sum();
+        assert!((l - r).abs() < 1e-10 * (1.0 + l.abs()), "{g:?}: {l} vs {r}");
+    }
+}
