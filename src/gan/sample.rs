@@ -39,7 +39,7 @@ pub fn sample_net<D: Dev<f32>>(
 }
 
 /// Rebuild the generator of `cfg` for `shape`, load its weights (`G_ema.` or `G.`)
-/// from a checkpoint written by the trainer, and draw `n` samples.
+/// from a checkpoint written by the trainer, and draw `n` samples, on the CPU.
 pub fn sample_checkpoint(
     cfg: &TrainConfig,
     shape: DataShape,
@@ -48,8 +48,20 @@ pub fn sample_checkpoint(
     n: usize,
     seed: u64,
 ) -> Result<Vec<f32>> {
-    let dev = Cpu::default();
-    let mut g = nets::generator::<f32, Cpu>(&cfg.generator, shape, dev.clone(), 0)?;
+    sample_checkpoint_on(cfg, shape, ckpt, use_ema, n, seed, Cpu::default())
+}
+
+/// [`sample_checkpoint`] on any dfdx device (`Cuda` with the `cuda` feature).
+pub fn sample_checkpoint_on<D: Dev<f32>>(
+    cfg: &TrainConfig,
+    shape: DataShape,
+    ckpt: &Path,
+    use_ema: bool,
+    n: usize,
+    seed: u64,
+    dev: D,
+) -> Result<Vec<f32>> {
+    let mut g = nets::generator::<f32, D>(&cfg.generator, shape, dev.clone(), 0)?;
     let (map, _meta) = load_safetensors::<f32>(ckpt)?;
     g.load_named(&map, if use_ema { "G_ema." } else { "G." })?;
     Ok(sample_net(

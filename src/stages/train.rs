@@ -16,6 +16,7 @@ use crate::engine::{
     typed_params, CheckCtx, DeviceChoice, Outcome, ParamError, Resources, RunCtx, Stage, Status,
 };
 use crate::gan::{StepLog, TrainConfig, TrainData, Trainer};
+use crate::nn::{Cpu, Dev};
 use crate::results::table::{frame_from_rows, write_table, Cell};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
@@ -131,97 +132,118 @@ impl Stage for Train {
     fn run(&self, cx: &RunCtx) -> Result<Outcome> {
         let cfg: TrainConfig = cx.params()?;
         let device = resolve_device(cfg.device.as_deref(), cx.device)?;
-        if device == "cuda" {
-            bail!("training on cuda is not wired into the train stage yet; use device: cpu");
-        }
         let data = train_data(&cx.input("data")?.dir)?;
-        let mut t = Trainer::new(cfg.clone(), data, cfg.seed)?;
-        let (pg, pd) = t.param_counts();
-        tracing::info!("{}: G {pg} params, D {pd} params", cx.label);
-        let ckpt = cx.dir.join(CHECKPOINT_FILE);
-        let mut rows: Vec<LogRow> = vec![];
-        if ckpt.exists() {
-            t.load_checkpoint(&ckpt)
-                .with_context(|| format!("resuming from {}", ckpt.display()))?;
-            if let Ok(text) = std::fs::read_to_string(cx.dir.join(ROWS_FILE)) {
-                rows = rows_from_bits(&serde_json::from_str::<Vec<[u64; 8]>>(&text)?);
-                rows.retain(|r| r.log.step <= t.step_count());
+        match device {
+            #[cfg(feature = "cuda")]
+            "cuda" => {
+                let dev = open_cuda()?;
+                train_on(cx, &cfg, data, dev, device)
             }
-            tracing::info!("{}: resuming at step {}", cx.label, t.step_count());
+            _ => train_on(cx, &cfg, data, Cpu::default(), device),
         }
-        let log_every = cfg.log_every.max(1);
-        let started = Instant::now();
-        let start_step = t.step_count();
-        let mut window = Instant::now();
-        let mut window_steps = 0u64;
-        let mut diverged_at: Option<u64> = None;
-        while t.step_count() < cfg.steps {
-            if let Err(e) = cx.check_cancel() {
-                // Keep what was done: the next run resumes from here.
-                save_state(&t, &rows, cx.dir)?;
-                return Err(e);
-            }
-            let log: StepLog = t.step();
-            window_steps += 1;
-            let step = log.step;
-            if !log.is_finite() {
-                tracing::warn!("{}: non-finite loss at step {step}", cx.label);
-                diverged_at = Some(step);
-                rows.push(row(&log, 0.0));
-                break;
-            }
-            if step.is_multiple_of(log_every) || step == cfg.steps {
-                let ips = (window_steps * cfg.batch as u64) as f64
-                    / window.elapsed().as_secs_f64().max(1e-9);
-                rows.push(row(&log, ips));
-                window = Instant::now();
-                window_steps = 0;
-            }
-            if cfg.checkpoint_every > 0
-                && step.is_multiple_of(cfg.checkpoint_every)
-                && step < cfg.steps
-            {
-                save_state(&t, &rows, cx.dir)?;
-            }
-            cx.progress.set(step, cfg.steps);
-        }
-        let train_s = started.elapsed().as_secs_f64();
-        t.save_checkpoint(&ckpt)?;
-        let _ = std::fs::remove_file(cx.dir.join(ROWS_FILE));
-        write_log(&rows, cx.dir)?;
-        plot_losses(&rows, &cx.dir.join("loss.png"))?;
-
-        let done = t.step_count() - start_step;
-        let ips = (done * cfg.batch as u64) as f64 / train_s.max(1e-9);
-        let tail: Vec<&LogRow> = rows.iter().rev().take((rows.len() / 10).max(1)).collect();
-        let mean = |f: fn(&StepLog) -> f64| {
-            tail.iter().map(|r| f(&r.log)).sum::<f64>() / tail.len().max(1) as f64
-        };
-        let mut out = Outcome::ok()
-            .metric("steps", t.step_count() as f64)
-            .metric("images_per_s", ips)
-            .metric("params_g", pg as f64)
-            .metric("params_d", pd as f64)
-            .metric("d_loss", mean(|r| r.d_loss))
-            .metric("g_loss", mean(|r| r.g_loss));
-        if let Some(m) = peak_rss_mib() {
-            out = out.metric("peak_rss_mib", m);
-        }
-        out.info.insert("device".into(), Value::from(device));
-        out.info.insert("params_g".into(), Value::from(pg));
-        out.info.insert("params_d".into(), Value::from(pd));
-        if let Some(s) = diverged_at {
-            out.status = Status::Diverged;
-            out.info.insert("diverged_at_step".into(), Value::from(s));
-            out = out.metric("diverged_at_step", s as f64);
-        }
-        Ok(out)
     }
+}
+
+/// CUDA device 0. dfdx's own RNG seed does not matter: every random number of the
+/// trainer comes from [`crate::nn::Rng`].
+#[cfg(feature = "cuda")]
+fn open_cuda() -> Result<dfdx::prelude::Cuda> {
+    dfdx::prelude::Cuda::try_build(0, 0)
+        .map_err(|e| anyhow::anyhow!("opening CUDA device 0: {e:?}"))
+}
+
+/// The training loop on any dfdx device: resume, step, log, checkpoint, and the outcome.
+fn train_on<D: Dev<f32>>(
+    cx: &RunCtx,
+    cfg: &TrainConfig,
+    data: TrainData,
+    dev: D,
+    device: &'static str,
+) -> Result<Outcome> {
+    let mut t = Trainer::with_device(cfg.clone(), data, cfg.seed, dev)?;
+    let (pg, pd) = t.param_counts();
+    tracing::info!("{}: G {pg} params, D {pd} params", cx.label);
+    let ckpt = cx.dir.join(CHECKPOINT_FILE);
+    let mut rows: Vec<LogRow> = vec![];
+    if ckpt.exists() {
+        t.load_checkpoint(&ckpt)
+            .with_context(|| format!("resuming from {}", ckpt.display()))?;
+        if let Ok(text) = std::fs::read_to_string(cx.dir.join(ROWS_FILE)) {
+            rows = rows_from_bits(&serde_json::from_str::<Vec<[u64; 8]>>(&text)?);
+            rows.retain(|r| r.log.step <= t.step_count());
+        }
+        tracing::info!("{}: resuming at step {}", cx.label, t.step_count());
+    }
+    let log_every = cfg.log_every.max(1);
+    let started = Instant::now();
+    let start_step = t.step_count();
+    let mut window = Instant::now();
+    let mut window_steps = 0u64;
+    let mut diverged_at: Option<u64> = None;
+    while t.step_count() < cfg.steps {
+        if let Err(e) = cx.check_cancel() {
+            // Keep what was done: the next run resumes from here.
+            save_state(&t, &rows, cx.dir)?;
+            return Err(e);
+        }
+        let log: StepLog = t.step();
+        window_steps += 1;
+        let step = log.step;
+        if !log.is_finite() {
+            tracing::warn!("{}: non-finite loss at step {step}", cx.label);
+            diverged_at = Some(step);
+            rows.push(row(&log, 0.0));
+            break;
+        }
+        if step.is_multiple_of(log_every) || step == cfg.steps {
+            let ips =
+                (window_steps * cfg.batch as u64) as f64 / window.elapsed().as_secs_f64().max(1e-9);
+            rows.push(row(&log, ips));
+            window = Instant::now();
+            window_steps = 0;
+        }
+        if cfg.checkpoint_every > 0 && step.is_multiple_of(cfg.checkpoint_every) && step < cfg.steps
+        {
+            save_state(&t, &rows, cx.dir)?;
+        }
+        cx.progress.set(step, cfg.steps);
+    }
+    let train_s = started.elapsed().as_secs_f64();
+    t.save_checkpoint(&ckpt)?;
+    let _ = std::fs::remove_file(cx.dir.join(ROWS_FILE));
+    write_log(&rows, cx.dir)?;
+    plot_losses(&rows, &cx.dir.join("loss.png"))?;
+
+    let done = t.step_count() - start_step;
+    let ips = (done * cfg.batch as u64) as f64 / train_s.max(1e-9);
+    let tail: Vec<&LogRow> = rows.iter().rev().take((rows.len() / 10).max(1)).collect();
+    let mean = |f: fn(&StepLog) -> f64| {
+        tail.iter().map(|r| f(&r.log)).sum::<f64>() / tail.len().max(1) as f64
+    };
+    let mut out = Outcome::ok()
+        .metric("steps", t.step_count() as f64)
+        .metric("images_per_s", ips)
+        .metric("params_g", pg as f64)
+        .metric("params_d", pd as f64)
+        .metric("d_loss", mean(|r| r.d_loss))
+        .metric("g_loss", mean(|r| r.g_loss));
+    if let Some(m) = peak_rss_mib() {
+        out = out.metric("peak_rss_mib", m);
+    }
+    out.info.insert("device".into(), Value::from(device));
+    out.info.insert("params_g".into(), Value::from(pg));
+    out.info.insert("params_d".into(), Value::from(pd));
+    if let Some(s) = diverged_at {
+        out.status = Status::Diverged;
+        out.info.insert("diverged_at_step".into(), Value::from(s));
+        out = out.metric("diverged_at_step", s as f64);
+    }
+    Ok(out)
 }
 
 /// Save what a resumed run needs. Rows first: on resume, rows past the
 /// checkpoint's step are dropped, so a kill between the two writes loses nothing.
-fn save_state(t: &Trainer, rows: &[LogRow], dir: &Path) -> Result<()> {
+fn save_state<D: Dev<f32>>(t: &Trainer<D>, rows: &[LogRow], dir: &Path) -> Result<()> {
     crate::util::atomic_write(
         &dir.join(ROWS_FILE),
         serde_json::to_string(&rows_to_bits(rows))?.as_bytes(),
