@@ -238,5 +238,20 @@ pub fn typed_params<P: DeserializeOwned + Serialize>(
         ParamError::new(path, e.into_inner().to_string())
     })?;
     validate(&p)?;
-    serde_json::to_value(&p).map_err(|e| ParamError::new("", e.to_string()))
+    let mut v = serde_json::to_value(&p).map_err(|e| ParamError::new("", e.to_string()))?;
+    drop_nulls(&mut v);
+    Ok(v)
+}
+
+/// Remove null-valued keys at every level: an optional param left unset is absent, so
+/// adding a new optional param to a kind does not change the keys of existing work.
+fn drop_nulls(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            m.retain(|_, x| !x.is_null());
+            m.values_mut().for_each(drop_nulls);
+        }
+        Value::Array(a) => a.iter_mut().for_each(drop_nulls),
+        _ => {}
+    }
 }
