@@ -105,6 +105,10 @@ enum Cmd {
         file: PathBuf,
         #[arg(long, value_enum, default_value = "table")]
         format: OutFormat,
+        /// Every column (by default, columns with one value in every row are left out
+        /// and listed below the table).
+        #[arg(long)]
+        all: bool,
     },
     /// Remove cache entries that none of the given pipelines reference.
     Gc {
@@ -318,7 +322,7 @@ fn dispatch(cli: &Cli, reg: &Registry) -> Result<i32, Exit> {
             print_frame(&mut df, *format)?;
             Ok(0)
         }
-        Cmd::Show { file, format } => {
+        Cmd::Show { file, format, all } => {
             let p = Pipeline::load(file)?;
             let dir = cli.results_dir.join(&p.name);
             let tables = query::pipeline_tables(&dir)?;
@@ -332,11 +336,24 @@ fn dispatch(cli: &Cli, reg: &Registry) -> Result<i32, Exit> {
                     ),
                 ));
             }
-            for (name, mut df) in tables {
-                if matches!(format, OutFormat::Table | OutFormat::Markdown) {
+            let human = matches!(format, OutFormat::Table | OutFormat::Markdown);
+            for (name, df) in tables {
+                let (mut df, constant) = if *all || !human {
+                    (df, vec![])
+                } else {
+                    table::drop_constant_columns(&df, &["instance", "status"])
+                        .map_err(Exit::from)?
+                };
+                if human {
                     println!("## {}/{name}\n", p.name);
                 }
                 print_frame(&mut df, *format)?;
+                if !constant.is_empty() {
+                    println!(
+                        "(same in every row, --all shows them: {})",
+                        constant.join(", ")
+                    );
+                }
                 println!();
             }
             Ok(0)

@@ -289,6 +289,29 @@ pub fn to_text(df: &DataFrame) -> String {
     out
 }
 
+/// Leave out the columns that hold one value in every row (nulls included), except
+/// `keep`; returns the narrower frame and the names left out. With one row nothing is
+/// left out.
+pub fn drop_constant_columns(df: &DataFrame, keep: &[&str]) -> Result<(DataFrame, Vec<String>)> {
+    if df.height() < 2 {
+        return Ok((df.clone(), vec![]));
+    }
+    let mut kept = vec![];
+    let mut dropped = vec![];
+    for c in df.columns() {
+        let name = c.name().to_string();
+        let first = c.get(0)?.to_string();
+        let constant =
+            (1..df.height()).all(|r| c.get(r).map(|v| v.to_string() == first).unwrap_or(false));
+        if constant && !keep.contains(&name.as_str()) {
+            dropped.push(name);
+        } else {
+            kept.push(name);
+        }
+    }
+    Ok((df.select(kept)?, dropped))
+}
+
 /// Mean, standard deviation (n-1) and count of every numeric column not in
 /// `group`, grouped by the `group` columns, sorted by them.
 pub fn aggregate(df: &DataFrame, group: &[String], skip: &[String]) -> Result<DataFrame> {
@@ -363,6 +386,18 @@ mod tests {
         assert!((j[0]["x_std"].as_f64().unwrap() - 2f64.sqrt()).abs() < 1e-12);
         assert_eq!(j[1]["n"], 1);
         assert!(j[1]["x_std"].is_null());
+    }
+
+    #[test]
+    fn constant_columns_are_left_out_for_people() {
+        let mut rs = rows();
+        for r in &mut rs {
+            r.push(("same".into(), Cell::Float(1.5)));
+        }
+        let df = frame_from_rows(&rs).unwrap();
+        let (narrow, dropped) = drop_constant_columns(&df, &["seed"]).unwrap();
+        assert_eq!(dropped, vec!["same".to_string()]);
+        assert_eq!(narrow.get_column_names().len(), 3);
     }
 
     #[test]
