@@ -205,15 +205,7 @@ fn dispatch(cli: &Cli, reg: &Registry) -> Result<i32, Exit> {
             format,
             force,
         } => {
-            let plan = Plan::new(
-                file,
-                reg,
-                cache,
-                &cwd(),
-                &PlanOptions {
-                    force: force.clone(),
-                },
-            )?;
+            let plan = plan_with_force(file, reg, cache, force)?;
             match format {
                 PlanFormat::Json => {
                     println!(
@@ -240,15 +232,7 @@ fn dispatch(cli: &Cli, reg: &Registry) -> Result<i32, Exit> {
             keep_going,
             device,
         } => {
-            let plan = Plan::new(
-                file,
-                reg,
-                cache,
-                &cwd(),
-                &PlanOptions {
-                    force: force.clone(),
-                },
-            )?;
+            let plan = plan_with_force(file, reg, cache, force)?;
             let (cached, to_run) = plan.counts();
             tracing::info!(
                 "{}: {} instances, {cached} cached, {to_run} to run",
@@ -366,6 +350,24 @@ fn dispatch(cli: &Cli, reg: &Registry) -> Result<i32, Exit> {
             Ok(0)
         }
     }
+}
+
+/// Plan a pipeline from the working directory, forcing these stages.
+fn plan_with_force(
+    file: &Path,
+    reg: &Registry,
+    cache: Cache,
+    force: &[String],
+) -> Result<Plan, SpecError> {
+    Plan::new(
+        file,
+        reg,
+        cache,
+        &cwd(),
+        &PlanOptions {
+            force: force.to_vec(),
+        },
+    )
 }
 
 fn install_ctrlc() -> Arc<AtomicBool> {
