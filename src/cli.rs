@@ -105,8 +105,8 @@ enum Cmd {
         file: PathBuf,
         #[arg(long, value_enum, default_value = "table")]
         format: OutFormat,
-        /// Every column (by default, columns with one value in every row are left out
-        /// and listed below the table).
+        /// Every column (by default upstream stages' columns and columns with one value
+        /// in every row are left out; `ablate query` sees them all).
         #[arg(long)]
         all: bool,
     },
@@ -265,7 +265,11 @@ fn dispatch(cli: &Cli, reg: &Registry) -> Result<i32, Exit> {
             eprintln!("{}: {}", plan.ex.pipeline.name, s.line());
             let results = plan.results_dir(&cli.results_dir);
             if results.exists() && s.ok() {
-                eprintln!("tables: {}", results.display());
+                // The study's answer, where the user is looking (stdout), then where it lives.
+                if !cli.quiet {
+                    print_tables(&plan.ex.pipeline, &results, OutFormat::Table, false)?;
+                }
+                eprintln!("tables: {} (ablate show / ablate query)", results.display());
             }
             Ok(if s.interrupted > 0 {
                 130
@@ -283,7 +287,7 @@ fn dispatch(cli: &Cli, reg: &Registry) -> Result<i32, Exit> {
             let tables = match pipeline {
                 Some(f) => {
                     let p = Pipeline::load(f)?;
-                    query::pipeline_tables(&cli.results_dir.join(&p.name))?
+                    current_tables(&p, &cli.results_dir.join(&p.name))?
                 }
                 None => query::all_tables(&cli.results_dir)?,
             };
@@ -309,8 +313,7 @@ fn dispatch(cli: &Cli, reg: &Registry) -> Result<i32, Exit> {
         Cmd::Show { file, format, all } => {
             let p = Pipeline::load(file)?;
             let dir = cli.results_dir.join(&p.name);
-            let tables = query::pipeline_tables(&dir)?;
-            if tables.is_empty() {
+            if !print_tables(&p, &dir, *format, *all)? {
                 return Err(Exit(
                     1,
                     format!(
@@ -319,26 +322,6 @@ fn dispatch(cli: &Cli, reg: &Registry) -> Result<i32, Exit> {
                         dir.display()
                     ),
                 ));
-            }
-            let human = matches!(format, OutFormat::Table | OutFormat::Markdown);
-            for (name, df) in tables {
-                let (mut df, constant) = if *all || !human {
-                    (df, vec![])
-                } else {
-                    table::drop_constant_columns(&df, &["instance", "status"])
-                        .map_err(Exit::from)?
-                };
-                if human {
-                    println!("## {}/{name}\n", p.name);
-                }
-                print_frame(&mut df, *format)?;
-                if !constant.is_empty() {
-                    println!(
-                        "(same in every row, --all shows them: {})",
-                        constant.join(", ")
-                    );
-                }
-                println!();
             }
             Ok(0)
         }
@@ -350,6 +333,62 @@ fn dispatch(cli: &Cli, reg: &Registry) -> Result<i32, Exit> {
             Ok(0)
         }
     }
+}
+
+/// Print a pipeline's published tables; for people, columns with one value in every row
+/// are left out unless `all`. False when there are none.
+fn print_tables(p: &Pipeline, dir: &Path, format: OutFormat, all: bool) -> Result<bool, Exit> {
+    let pipeline = &p.name;
+    let tables = current_tables(p, dir)?;
+    let human = matches!(format, OutFormat::Table | OutFormat::Markdown);
+    for (name, df) in &tables {
+        let (mut df, constant) = if all || !human {
+            (df.clone(), vec![])
+        } else {
+            // Upstream stages' columns (`train.images_per_s`) stay in the files and in
+            // `ablate query`; on screen, the instance's own numbers.
+            let own: Vec<String> = df
+                .get_column_names()
+                .iter()
+                .map(|c| c.to_string())
+                .filter(|c| {
+                    c.split_once('.')
+                        .is_none_or(|(pre, _)| p.stage(pre).is_none())
+                })
+                .filter(|c| c != "key")
+                .collect();
+            let df = df.select(own).map_err(anyhow::Error::from)?;
+            table::drop_constant_columns(&df, &["instance", "status"])?
+        };
+        if human {
+            println!("## {pipeline}/{name}\n");
+        }
+        print_frame(&mut df, format)?;
+        if !constant.is_empty() {
+            println!(
+                "(same in every row, --all shows them: {})",
+                constant.join(", ")
+            );
+        }
+        println!();
+    }
+    Ok(!tables.is_empty())
+}
+
+/// The tables under `dir` that belong to the pipeline's current stages (a renamed or
+/// removed tabulate stage leaves its old files behind; they are not this pipeline's now).
+fn current_tables(
+    p: &Pipeline,
+    dir: &Path,
+) -> Result<std::collections::BTreeMap<String, polars::prelude::DataFrame>> {
+    let mut tables = query::pipeline_tables(dir)?;
+    tables.retain(|name, _| {
+        p.stage(name).is_some()
+            || name
+                .strip_suffix("_agg")
+                .is_some_and(|s| p.stage(s).is_some())
+    });
+    Ok(tables)
 }
 
 /// Plan a pipeline from the working directory, forcing these stages.
