@@ -26,7 +26,7 @@ const AFTER: &str = "Examples:
   ablate plan pipelines/quickstart.yaml          what would run, and why
   ablate run pipelines/quickstart.yaml -j 2      run it (cached work is skipped)
   ablate run pipelines/quickstart.yaml --force train   redo train and everything after it
-  ablate query 'SELECT * FROM table' -p pipelines/quickstart.yaml
+  ablate query 'SELECT * FROM ring_table_agg' -p pipelines/quickstart.yaml
   ablate dag pipelines/r3gan-roadmap.yaml --format dot | dot -Tsvg > dag.svg
   ablate gc pipelines/*.yaml                     drop cache entries no pipeline uses
 
@@ -92,7 +92,8 @@ enum Cmd {
     },
     /// SQL (polars) over the results tables; tables are named by tabulate stage.
     Query {
-        /// e.g. "SELECT \"objective.loss\", avg(modes) FROM table GROUP BY 1"
+        /// e.g. 'SELECT "objective.loss", avg(modes) FROM "table" GROUP BY 1' (quote dotted
+        /// names, and `table`, an SQL keyword)
         sql: String,
         /// Only this pipeline's tables (without it: every pipeline's, stacked, with a `pipeline` column).
         #[arg(short, long, value_name = "FILE")]
