@@ -236,6 +236,25 @@ pub struct Net<E: Float, D: Dev<E>> {
     pub dev: D,
 }
 
+/// A 1-D state vector (spectral-norm u/v, batch-norm running statistics) from a
+/// checkpoint, checking that it is there and has the expected length.
+fn load_vector<E: Float>(
+    map: &HashMap<String, NamedTensor<E>>,
+    name: &str,
+    len: usize,
+) -> Result<Vec<f64>> {
+    let t = map
+        .get(name)
+        .ok_or_else(|| anyhow!("missing tensor {name:?}"))?;
+    if t.shape != vec![len] {
+        bail!(
+            "tensor {name:?}: shape {:?} in file, [{len}] expected",
+            t.shape
+        );
+    }
+    Ok(t.data.iter().map(|x| x.f64()).collect())
+}
+
 impl<E: Float, D: Dev<E>> Clone for Net<E, D> {
     fn clone(&self) -> Self {
         Self {
@@ -549,34 +568,14 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
             let wname = self.params.names[st.param].clone();
             for (kind, dst) in [("u", &mut st.u), ("v", &mut st.v)] {
                 let name = format!("{prefix}{wname}_{kind}");
-                let t = map
-                    .get(&name)
-                    .ok_or_else(|| anyhow!("missing tensor {name:?}"))?;
-                if t.shape != vec![dst.len()] {
-                    bail!(
-                        "tensor {name:?}: shape {:?} in file, [{}] expected",
-                        t.shape,
-                        dst.len()
-                    );
-                }
-                *dst = t.data.iter().map(|x| x.f64()).collect();
+                *dst = load_vector(map, &name, dst.len())?;
             }
             st.synced = Some(self.params.version);
         }
         for b in self.buffers.lock().unwrap().iter_mut() {
             for (kind, dst) in [("running_mean", &mut b.mean), ("running_var", &mut b.var)] {
                 let name = format!("{prefix}{}.{kind}", b.name);
-                let t = map
-                    .get(&name)
-                    .ok_or_else(|| anyhow!("missing tensor {name:?}"))?;
-                if t.shape != vec![dst.len()] {
-                    bail!(
-                        "tensor {name:?}: shape {:?} in file, [{}] expected",
-                        t.shape,
-                        dst.len()
-                    );
-                }
-                *dst = t.data.iter().map(|x| x.f64()).collect();
+                *dst = load_vector(map, &name, dst.len())?;
             }
         }
         Ok(())
