@@ -101,6 +101,17 @@ pub struct NetConfig {
     /// Spectral normalisation of every linear / conv weight (default false).
     #[serde(default)]
     pub spectral_norm: Option<bool>,
+    /// Size of the class embedding concatenated to z by conditional `mlp`, `r3gan` and
+    /// `stylegan` generators (default z_dim).
+    #[serde(default)]
+    pub embed_dim: Option<usize>,
+    /// Per-pixel noise inputs with learned per-channel scales (stylegan; default false).
+    #[serde(default)]
+    pub noise: Option<bool>,
+    /// Style-mixing probability: a training pass takes the styles after a random cut from
+    /// a second latent with this probability (stylegan; default 0).
+    #[serde(default)]
+    pub style_mixing: Option<f64>,
 }
 
 /// Adversarial loss.
@@ -303,6 +314,10 @@ pub struct TrainConfig {
     /// `beta2`, `ema_halflife_kimg`).
     #[serde(default)]
     pub schedules: Schedules,
+    /// Class-conditional training on the data's labels: G(z, c) and a projection D(x, y)
+    /// (default false).
+    #[serde(default)]
+    pub conditional: Option<bool>,
     /// Seed of everything.
     #[serde(default)]
     pub seed: u64,
@@ -387,6 +402,25 @@ impl NetConfig {
                 bail!("{what}: mapping_depth must be in 1..=16, mapping_width in 1..=4096");
             }
         }
+        if (self.noise.is_some() || self.style_mixing.is_some()) && self.arch != Arch::Stylegan {
+            bail!("{what}: noise / style_mixing are for arch stylegan");
+        }
+        if let Some(p) = self.style_mixing {
+            if !(0.0..=1.0).contains(&p) {
+                bail!("{what}.style_mixing is a probability in [0, 1], got {p}");
+            }
+        }
+        if let Some(e) = self.embed_dim {
+            if !matches!(self.arch, Arch::Mlp | Arch::R3gan | Arch::Stylegan) {
+                bail!(
+                    "{what}.embed_dim is for the generators that concatenate z and embed(c): \
+                     mlp, r3gan, stylegan"
+                );
+            }
+            if !(1..=4096).contains(&e) {
+                bail!("{what}.embed_dim must be in 1..=4096, got {e}");
+            }
+        }
         Ok(())
     }
 }
@@ -432,6 +466,21 @@ impl TrainConfig {
         self.discriminator.validate("discriminator")?;
         if self.discriminator.z_dim.is_some() {
             bail!("discriminator.z_dim makes no sense");
+        }
+        let d = &self.discriminator;
+        if d.embed_dim.is_some() || d.noise.is_some() || d.style_mixing.is_some() {
+            bail!("discriminator: embed_dim, noise and style_mixing are generator keys");
+        }
+        let g = &self.generator;
+        if self.conditional == Some(true) {
+            if g.arch == Arch::Dcgan && g.batch_norm == Some(false) {
+                bail!(
+                    "generator.batch_norm: a conditional dcgan generator is conditioned \
+                     through its batch norms (per-class gain and bias); drop batch_norm: false"
+                );
+            }
+        } else if g.embed_dim.is_some() {
+            bail!("generator.embed_dim needs conditional: true");
         }
         if matches!(self.discriminator.arch, Arch::Selfmod | Arch::Stylegan) {
             bail!("discriminator.arch selfmod / stylegan does not exist: use resnet or dcgan");

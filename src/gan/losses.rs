@@ -15,7 +15,7 @@
 use dfdx::prelude::*;
 
 use super::config::LossKind;
-use crate::nn::{Dev, Float, Net, T1, T4};
+use crate::nn::{Dev, Float, Net, Side, T1, T4};
 
 fn softplus(x: f64) -> f64 {
     x.max(0.0) + (-x.abs()).exp().ln_1p()
@@ -85,12 +85,14 @@ pub fn g_loss(kind: LossKind, dr: &[f64], df: &[f64]) -> (f64, Vec<f64>) {
 /// Outputs, parameter gradients and (optionally) the input gradient of a pass.
 pub type PassOut<E, D> = (Vec<f64>, Vec<T1<E, D>>, Option<T4<E, D>>);
 
-/// One forward/backward of `net` on `x`: returns the outputs `D(x_j)` (host), the parameter
-/// gradients of `sum_j coef(D)_j D(x_j)` and, if `want_x`, the input gradient. `coef` sees
-/// the outputs first (so a loss can be linearised in the same pass).
+/// One forward/backward of `net` on `x` (with side inputs `side`, e.g. the labels of a
+/// conditional D): returns the outputs `D(x_j)` (host), the parameter gradients of
+/// `sum_j coef(D)_j D(x_j)` and, if `want_x`, the input gradient. `coef` sees the outputs
+/// first (so a loss can be linearised in the same pass).
 pub fn weighted_pass<E: Float, D: Dev<E>>(
     net: &Net<E, D>,
     x: &T4<E, D>,
+    side: &Side,
     train: bool,
     want_x: bool,
     coef: impl FnOnce(&[f64]) -> Vec<f64>,
@@ -99,7 +101,7 @@ pub fn weighted_pass<E: Float, D: Dev<E>>(
     if want_x {
         g.try_alloc_for(x).unwrap();
     }
-    let out = net.forward(x.clone().traced(g), train);
+    let out = net.forward_side(x.clone().traced(g), side, train);
     let n = out.shape().num_elements();
     let out = out.reshape_like(&(n,));
     let vals: Vec<f64> = out.as_vec().into_iter().map(|v| v.f64()).collect();
@@ -113,14 +115,16 @@ pub fn weighted_pass<E: Float, D: Dev<E>>(
     (vals, pg, xg)
 }
 
-/// `mean_i ||grad_x D(x_i)||^2` and the per-sample input gradients.
+/// `mean_i ||grad_x D(x_i)||^2` and the per-sample input gradients (labels, if any, held
+/// fixed: the penalty of a conditional D is on `grad_x D(x, y)`).
 pub fn penalty_value<E: Float, D: Dev<E>>(
     net: &Net<E, D>,
     x: &T4<E, D>,
+    side: &Side,
     train: bool,
 ) -> (f64, T4<E, D>) {
     let b = x.shape().0;
-    let (_, _, g) = weighted_pass(net, x, train, true, |v| vec![1.0; v.len()]);
+    let (_, _, g) = weighted_pass(net, x, side, train, true, |v| vec![1.0; v.len()]);
     let g = g.unwrap();
     let ss: f64 = g.as_vec().iter().map(|v| v.f64() * v.f64()).sum();
     (ss / b as f64, g)
@@ -131,11 +135,12 @@ pub fn penalty_value<E: Float, D: Dev<E>>(
 pub fn penalty<E: Float, D: Dev<E>>(
     net: &Net<E, D>,
     x: &T4<E, D>,
+    side: &Side,
     delta: f64,
     train: bool,
 ) -> (f64, Vec<T1<E, D>>) {
     let (bsz, c, h, w) = *x.shape();
-    let (value, g) = penalty_value(net, x, train);
+    let (value, g) = penalty_value(net, x, side, train);
     let numel = (bsz * c * h * w) as f64;
     let rms = (value * bsz as f64 / numel).sqrt();
     if rms == 0.0 || !rms.is_finite() {
@@ -153,7 +158,7 @@ pub fn penalty<E: Float, D: Dev<E>>(
     let xm = x.clone() - step;
     let both: T4<E, D> = (xp, xm).concat_along(Axis::<0>);
     let k = 1.0 / (bsz as f64 * eps);
-    let (_, grads, _) = weighted_pass(net, &both, train, false, |v| {
+    let (_, grads, _) = weighted_pass(net, &both, &side.repeated(2), train, false, |v| {
         (0..v.len()).map(|j| if j < bsz { k } else { -k }).collect()
     });
     (value, grads)

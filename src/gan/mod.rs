@@ -10,9 +10,11 @@ pub mod sample;
 pub mod trainer;
 
 #[cfg(test)]
+mod cond_tests;
+#[cfg(test)]
 mod tests;
 
 pub use config::{Arch, LossKind, NetConfig, OptimConfig, Penalty, TrainConfig, Upsample, Variant};
 pub use nets::DataShape;
-pub use sample::{sample_checkpoint, sample_net};
-pub use trainer::{StepLog, TrainData, Trainer};
+pub use sample::{balanced_labels, sample_checkpoint, sample_net, Samples};
+pub use trainer::{ClassLabels, StepLog, TrainData, Trainer};

@@ -9,6 +9,12 @@
 //! `spectral_norm: true` normalises every linear / conv weight of the net.
 //! Parameter names are relative (`blocks.0.conv.weight`); checkpoints prefix them with
 //! `G.`, `G_ema.` or `D.`.
+//!
+//! Class-conditional nets (`classes: Some(k)`) read one-hot labels from a context slot:
+//! `dcgan` / `resnet` G use conditional BN (per-class gain and bias), `selfmod` G modulates
+//! with `z' = z + E(c) + E'(c) * z`, `r3gan`, `stylegan` and `mlp` G take
+//! `concat(z, embed(c))`, and every D ends in a projection head
+//! `psi(phi(x)) + embed(y) . phi(x)` (Miyato & Koyama 2018).
 
 use anyhow::{bail, Result};
 
@@ -61,25 +67,46 @@ pub fn z_dim(cfg: &NetConfig, shape: DataShape) -> usize {
     })
 }
 
-/// Build a generator: input `(B, z_dim, 1, 1)`, output `(B, 2, 1, 1)` or `(B, C, R, R)`.
+/// The label input of a conditional net: context slot and number of classes.
+#[derive(Clone, Copy, Debug)]
+struct Cond {
+    slot: usize,
+    classes: usize,
+}
+
+/// Build a generator: input `(B, z_dim, 1, 1)`, output `(B, 2, 1, 1)` or `(B, C, R, R)`;
+/// class-conditional over `classes` classes when given (labels in [`crate::nn::Side`]).
 pub fn generator<E: Float, D: Dev<E>>(
     cfg: &NetConfig,
     shape: DataShape,
+    classes: Option<usize>,
     dev: D,
     seed: u64,
 ) -> Result<Net<E, D>> {
     let z = z_dim(cfg, shape);
     let mut nb = NetBuilder::<E, D>::new(dev, seed);
     nb.spectral_norm = cfg.spectral_norm.unwrap_or(false);
+    let cond = classes.map(|k| Cond {
+        slot: nb.labels(k),
+        classes: k,
+    });
+    let bn = match cond {
+        Some(c) => GNorm::CondBn(c),
+        None => GNorm::Bn,
+    };
     let layers = match (cfg.arch, shape) {
-        (Arch::Mlp, DataShape::Points) => mlp(&mut nb, cfg, z, 2),
+        (Arch::Mlp, DataShape::Points) => {
+            let (mut l, inp) = concat_label(&mut nb, cfg, cond, z);
+            let (body, w) = mlp(&mut nb, cfg, inp);
+            l.extend(body);
+            l.push(nb.linear("out", w, 2, true, 1.0));
+            l
+        }
         (Arch::Mlp, _) => bail!("generator arch mlp is for 2-D points only"),
         (_, DataShape::Points) => bail!("conv generators need image data"),
-        (Arch::Dcgan, DataShape::Image { c, res }) => dcgan_g(&mut nb, cfg, z, c, res, GNorm::Bn)?,
-        (Arch::R3gan, DataShape::Image { c, res }) => r3gan_g(&mut nb, cfg, z, c, res)?,
-        (Arch::Resnet, DataShape::Image { c, res }) => {
-            resnet_g(&mut nb, cfg, z, c, res, GNorm::Bn)?
-        }
+        (Arch::Dcgan, DataShape::Image { c, res }) => dcgan_g(&mut nb, cfg, z, c, res, bn)?,
+        (Arch::R3gan, DataShape::Image { c, res }) => r3gan_g(&mut nb, cfg, z, cond, c, res)?,
+        (Arch::Resnet, DataShape::Image { c, res }) => resnet_g(&mut nb, cfg, z, c, res, bn)?,
         (Arch::Selfmod, DataShape::Image { c, res }) => {
             let slot = nb.ctx_slot();
             let norm = GNorm::SelfMod {
@@ -87,7 +114,20 @@ pub fn generator<E: Float, D: Dev<E>>(
                 z,
                 hidden: cfg.mod_hidden.unwrap_or(32),
             };
-            let mut l = vec![Layer::SetCtx { slot, body: vec![] }];
+            // conditional: the modulation MLPs see z' = z * (1 + E'(c)) + E(c)
+            let body = match cond {
+                None => vec![],
+                Some(c) => {
+                    let gain = nb.embedding("cond.scale", c.classes, z, 0.0);
+                    let bias = nb.embedding("cond.shift", c.classes, z, 1.0);
+                    vec![nb.modulation(c.slot, gain, bias)]
+                }
+            };
+            let mut l = vec![Layer::SetCtx {
+                slot,
+                body,
+                mix: None,
+            }];
             l.extend(match cfg.body.unwrap_or(Arch::Resnet) {
                 Arch::Dcgan => dcgan_g(&mut nb, cfg, z, c, res, norm)?,
                 Arch::Resnet => resnet_g(&mut nb, cfg, z, c, res, norm)?,
@@ -95,32 +135,77 @@ pub fn generator<E: Float, D: Dev<E>>(
             });
             l
         }
-        (Arch::Stylegan, DataShape::Image { c, res }) => stylegan_g(&mut nb, cfg, z, c, res)?,
+        (Arch::Stylegan, DataShape::Image { c, res }) => stylegan_g(&mut nb, cfg, z, cond, c, res)?,
     };
     Ok(nb.finish(layers, [z, 1, 1]))
 }
 
-/// Build a discriminator: input `(B, 2, 1, 1)` or `(B, C, R, R)`, output `(B, 1, 1, 1)`.
+/// `concat(z, embed(c))` for a conditional net (embedding size `embed_dim`, default
+/// `z`): the layers and the resulting input size.
+fn concat_label<E: Float, D: Dev<E>>(
+    nb: &mut NetBuilder<E, D>,
+    cfg: &NetConfig,
+    cond: Option<Cond>,
+    z: usize,
+) -> (Vec<Layer>, usize) {
+    let Some(c) = cond else {
+        return (vec![], z);
+    };
+    let e = cfg.embed_dim.unwrap_or(z);
+    let body = nb.embedding("embed", c.classes, e, 1.0);
+    (vec![Layer::ConcatCtx { slot: c.slot, body }], z + e)
+}
+
+/// The score on features of size `feat` (flattened): linear `name` to 1, plus the
+/// projection term `embed(y) . phi` when conditional.
+fn score<E: Float, D: Dev<E>>(
+    nb: &mut NetBuilder<E, D>,
+    cond: Option<Cond>,
+    name: &str,
+    feat: usize,
+) -> Layer {
+    let fc = nb.linear(name, feat, 1, true, 1.0);
+    match cond {
+        None => fc,
+        Some(c) => Layer::Project {
+            slot: c.slot,
+            embed: nb.embedding("embed", c.classes, feat, 1.0 / (feat as f64).sqrt()),
+            head: vec![fc],
+        },
+    }
+}
+
+/// Build a discriminator: input `(B, 2, 1, 1)` or `(B, C, R, R)`, output `(B, 1, 1, 1)`;
+/// with `classes`, a projection discriminator `D(x, y)`.
 pub fn discriminator<E: Float, D: Dev<E>>(
     cfg: &NetConfig,
     shape: DataShape,
+    classes: Option<usize>,
     dev: D,
     seed: u64,
 ) -> Result<Net<E, D>> {
     let mut nb = NetBuilder::<E, D>::new(dev, seed);
     nb.spectral_norm = cfg.spectral_norm.unwrap_or(false);
+    let cond = classes.map(|k| Cond {
+        slot: nb.labels(k),
+        classes: k,
+    });
     let (layers, ins) = match (cfg.arch, shape) {
-        (Arch::Mlp, DataShape::Points) => (mlp(&mut nb, cfg, 2, 1), [2, 1, 1]),
+        (Arch::Mlp, DataShape::Points) => {
+            let (mut l, w) = mlp(&mut nb, cfg, 2);
+            l.push(score(&mut nb, cond, "out", w));
+            (l, [2, 1, 1])
+        }
         (Arch::Mlp, _) => bail!("discriminator arch mlp is for 2-D points only"),
         (_, DataShape::Points) => bail!("conv discriminators need image data"),
         (Arch::Dcgan, DataShape::Image { c, res }) => {
-            (dcgan_d(&mut nb, cfg, c, res)?, [c, res, res])
+            (dcgan_d(&mut nb, cfg, cond, c, res)?, [c, res, res])
         }
         (Arch::R3gan, DataShape::Image { c, res }) => {
-            (r3gan_d(&mut nb, cfg, c, res)?, [c, res, res])
+            (r3gan_d(&mut nb, cfg, cond, c, res)?, [c, res, res])
         }
         (Arch::Resnet, DataShape::Image { c, res }) => {
-            (resnet_d(&mut nb, cfg, c, res)?, [c, res, res])
+            (resnet_d(&mut nb, cfg, cond, c, res)?, [c, res, res])
         }
         (Arch::Selfmod | Arch::Stylegan, _) => {
             bail!(
@@ -132,12 +217,12 @@ pub fn discriminator<E: Float, D: Dev<E>>(
     Ok(nb.finish(layers, ins))
 }
 
+/// The hidden layers of an mlp (the caller adds the output layer) and their width.
 fn mlp<E: Float, D: Dev<E>>(
     nb: &mut NetBuilder<E, D>,
     cfg: &NetConfig,
     inp: usize,
-    out: usize,
-) -> Vec<Layer> {
+) -> (Vec<Layer>, usize) {
     let depth = cfg.depth.unwrap_or(3);
     let mut l = vec![];
     let mut c = inp;
@@ -146,8 +231,7 @@ fn mlp<E: Float, D: Dev<E>>(
         l.push(Layer::LeakyRelu(LRELU));
         c = cfg.width;
     }
-    l.push(nb.linear("out", c, out, true, 1.0));
-    l
+    (l, c)
 }
 
 fn dcgan_g<E: Float, D: Dev<E>>(
@@ -159,7 +243,7 @@ fn dcgan_g<E: Float, D: Dev<E>>(
     norm: GNorm,
 ) -> Result<Vec<Layer>> {
     let (base, n) = res_plan(res)?;
-    let bn = cfg.batch_norm.unwrap_or(true) || matches!(norm, GNorm::SelfMod { .. });
+    let bn = cfg.batch_norm.unwrap_or(true) || !matches!(norm, GNorm::Bn);
     let c0 = chans(cfg, res, base);
     let mut l = vec![
         nb.linear("fc", z, c0 * base * base, !bn, SQRT2),
@@ -187,6 +271,7 @@ fn dcgan_g<E: Float, D: Dev<E>>(
 fn dcgan_d<E: Float, D: Dev<E>>(
     nb: &mut NetBuilder<E, D>,
     cfg: &NetConfig,
+    cond: Option<Cond>,
     c_img: usize,
     res: usize,
 ) -> Result<Vec<Layer>> {
@@ -216,7 +301,7 @@ fn dcgan_d<E: Float, D: Dev<E>>(
         ci = co;
         r /= 2;
     }
-    l.push(nb.linear("fc", ci * base * base, 1, true, 1.0));
+    l.push(score(nb, cond, "fc", ci * base * base));
     Ok(l)
 }
 
@@ -262,6 +347,7 @@ fn r3gan_g<E: Float, D: Dev<E>>(
     nb: &mut NetBuilder<E, D>,
     cfg: &NetConfig,
     z: usize,
+    cond: Option<Cond>,
     c_img: usize,
     res: usize,
 ) -> Result<Vec<Layer>> {
@@ -269,7 +355,7 @@ fn r3gan_g<E: Float, D: Dev<E>>(
     let variant = cfg.variant.unwrap_or(Variant::B);
     let depth = cfg.depth.unwrap_or(1);
     let c0 = chans(cfg, res, base);
-    let mut l = vec![];
+    let (mut l, z) = concat_label(nb, cfg, cond, z);
     let residual = matches!(variant, Variant::D | Variant::E);
     let n_blocks = (n + 1) * depth;
     if variant == Variant::E {
@@ -334,6 +420,7 @@ fn r3gan_g<E: Float, D: Dev<E>>(
 fn r3gan_d<E: Float, D: Dev<E>>(
     nb: &mut NetBuilder<E, D>,
     cfg: &NetConfig,
+    cond: Option<Cond>,
     c_img: usize,
     res: usize,
 ) -> Result<Vec<Layer>> {
@@ -395,21 +482,23 @@ fn r3gan_d<E: Float, D: Dev<E>>(
         // discriminative basis: base x base depthwise conv (valid), then linear
         l.push(Layer::LeakyRelu(LRELU));
         l.push(nb.conv("basis", c, c, base, 1, 0, c, false, 1.0));
-        l.push(nb.linear("fc", c, 1, true, 1.0));
+        l.push(score(nb, cond, "fc", c));
     } else {
         if residual {
             l.push(Layer::LeakyRelu(LRELU));
         }
-        l.push(nb.linear("fc", c * base * base, 1, true, 1.0));
+        l.push(score(nb, cond, "fc", c * base * base));
     }
     Ok(l)
 }
 
-/// How a generator normalises: plain BN, or SELF-MOD BN whose gain and bias come from the
-/// latent (context slot `slot`) through 2-layer MLPs.
+/// How a generator normalises: plain BN, conditional BN (per-class gain and bias), or
+/// SELF-MOD BN whose gain and bias come from the latent (context slot `slot`) through
+/// 2-layer MLPs.
 #[derive(Clone, Copy, Debug)]
 enum GNorm {
     Bn,
+    CondBn(Cond),
     SelfMod {
         slot: usize,
         z: usize,
@@ -425,6 +514,12 @@ fn g_norm<E: Float, D: Dev<E>>(
 ) -> Layer {
     match norm {
         GNorm::Bn => nb.batch_norm(name, c),
+        GNorm::CondBn(k) => {
+            // gamma_c = 1 + G[c], beta_c = B[c]: starts as plain BN
+            let gain = nb.embedding(&format!("{name}.gain"), k.classes, c, 0.0);
+            let bias = nb.embedding(&format!("{name}.bias"), k.classes, c, 0.0);
+            nb.cond_norm(name, c, true, k.slot, gain, bias)
+        }
         GNorm::SelfMod { slot, z, hidden } => {
             // beta(z) = W2 relu(W1 z + b1) + b2, gamma likewise (as 1 + MLP(z)); the output
             // layers start small so the net starts close to plain BN
@@ -514,6 +609,7 @@ fn resnet_g<E: Float, D: Dev<E>>(
 fn resnet_d<E: Float, D: Dev<E>>(
     nb: &mut NetBuilder<E, D>,
     cfg: &NetConfig,
+    cond: Option<Cond>,
     c_img: usize,
     res: usize,
 ) -> Result<Vec<Layer>> {
@@ -557,56 +653,76 @@ fn resnet_d<E: Float, D: Dev<E>>(
     }
     l.push(Layer::Relu);
     l.push(Layer::SumPool);
-    l.push(nb.linear("fc", ci, 1, true, 1.0));
+    l.push(score(nb, cond, "fc", ci));
     Ok(l)
 }
 
-/// StyleGAN-like generator: mapping MLP z -> w (`mapping_depth` x `mapping_width`), a
-/// learned constant base x base input, AdaIN (instance norm, then per-channel gain and bias
-/// from w through learned affine maps) after the constant and after every conv, bilinear 2x
-/// upsampling, 1x1 conv to the image.
+/// StyleGAN-like generator: mapping MLP z -> w (`mapping_depth` x `mapping_width`; a
+/// conditional net maps `concat(z, embed(c))`), a learned constant base x base input, AdaIN
+/// (instance norm, then per-channel gain and bias from w through learned affine maps)
+/// after the constant and after every conv, optional per-pixel noise (`noise: true`, after
+/// the constant and every conv, learned per-channel scales starting at 0), bilinear 2x
+/// upsampling, 1x1 conv to the image. Every AdaIN after the first is a style-mixing cut:
+/// a mixing pass takes its styles from there on from a second latent.
 fn stylegan_g<E: Float, D: Dev<E>>(
     nb: &mut NetBuilder<E, D>,
     cfg: &NetConfig,
     z: usize,
+    cond: Option<Cond>,
     c_img: usize,
     res: usize,
 ) -> Result<Vec<Layer>> {
     let (base, n) = res_plan(res)?;
     let depth = cfg.mapping_depth.unwrap_or(8);
     let wd = cfg.mapping_width.unwrap_or(512);
+    let noise = cfg.noise.unwrap_or(false);
     let slot = nb.ctx_slot();
-    let mut map = vec![];
-    let mut c = z;
+    let mix_slot = nb.ctx_slot();
+    let (mut map, mut c) = concat_label(nb, cfg, cond, z);
     for i in 0..depth {
         map.push(nb.linear(&format!("mapping.{i}"), c, wd, true, SQRT2));
         map.push(Layer::LeakyRelu(LRELU));
         c = wd;
     }
-    let adain = |nb: &mut NetBuilder<E, D>, name: &str, c: usize| {
+    // after a conv (`act`: then LeakyReLU) or the constant: noise (optional), a mixing cut
+    // (all but the first), AdaIN
+    let mut styles = 0;
+    let mut post = |nb: &mut NetBuilder<E, D>, l: &mut Vec<Layer>, s: usize, k: usize, c, act| {
+        if noise {
+            l.push(nb.noise(&format!("stages.{s}.noise{k}"), c));
+        }
+        if act {
+            l.push(Layer::LeakyRelu(LRELU));
+        }
+        if styles > 0 {
+            l.push(nb.mix_point(slot, mix_slot));
+        }
+        styles += 1;
+        let name = format!("stages.{s}.adain{k}");
         let gain = vec![nb.linear(&format!("{name}.gain"), wd, c, true, 1.0)];
         let bias = vec![nb.linear(&format!("{name}.bias"), wd, c, true, 1.0)];
-        nb.cond_norm(name, c, false, slot, gain, bias)
+        l.push(nb.cond_norm(&name, c, false, slot, gain, bias));
     };
     let c0 = chans(cfg, res, base);
     let mut l = vec![
-        Layer::SetCtx { slot, body: map },
+        Layer::SetCtx {
+            slot,
+            body: map,
+            mix: Some(mix_slot),
+        },
         nb.const_input("const", c0, base, base),
-        adain(nb, "stages.0.adain0", c0),
-        nb.conv("stages.0.conv1", c0, c0, 3, 1, 1, 1, true, SQRT2),
-        Layer::LeakyRelu(LRELU),
-        adain(nb, "stages.0.adain1", c0),
     ];
+    post(nb, &mut l, 0, 0, c0, false);
+    l.push(nb.conv("stages.0.conv1", c0, c0, 3, 1, 1, 1, true, SQRT2));
+    post(nb, &mut l, 0, 1, c0, true);
     let mut r = base;
     for s in 1..=n {
         let (cp, c) = (chans(cfg, res, r), chans(cfg, res, 2 * r));
         l.push(Layer::Up(UpMode::Bilinear));
         l.push(nb.conv(&format!("stages.{s}.conv0"), cp, c, 3, 1, 1, 1, true, SQRT2));
-        l.push(Layer::LeakyRelu(LRELU));
-        l.push(adain(nb, &format!("stages.{s}.adain0"), c));
+        post(nb, &mut l, s, 0, c, true);
         l.push(nb.conv(&format!("stages.{s}.conv1"), c, c, 3, 1, 1, 1, true, SQRT2));
-        l.push(Layer::LeakyRelu(LRELU));
-        l.push(adain(nb, &format!("stages.{s}.adain1"), c));
+        post(nb, &mut l, s, 1, c, true);
         r *= 2;
     }
     l.push(nb.conv("to_img", chans(cfg, res, res), c_img, 1, 1, 0, 1, true, 1.0));

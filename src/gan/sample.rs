@@ -2,15 +2,33 @@
 
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use dfdx::prelude::*;
 
 use super::config::TrainConfig;
 use super::nets::{self, DataShape};
-use crate::nn::{load_safetensors, Dev, Net, Rng};
+use crate::nn::{load_safetensors, Dev, Net, Rng, Side};
 
-/// `n` samples from `net`: latents from `seed` alone, in chunks of 256; images are
-/// clamped to [-1, 1]. Output `[n, C, H, W]` or `[n, 2]`, row-major.
+/// Generated samples and, for a conditional generator, the labels they were drawn for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Samples {
+    /// `[n, C, H, W]` (clamped to [-1, 1]) or `[n, 2]`, row-major.
+    pub values: Vec<f32>,
+    /// Label of each sample (conditional generators only).
+    pub labels: Option<Vec<usize>>,
+    /// Number of classes of a conditional generator.
+    pub classes: Option<usize>,
+}
+
+/// `n` labels balanced over `k` classes: `0, 1, ..., k-1, 0, 1, ...` (every class gets
+/// `n / k` samples, the first `n % k` classes one more).
+pub fn balanced_labels(n: usize, k: usize) -> Vec<usize> {
+    (0..n).map(|i| i % k).collect()
+}
+
+/// `n` samples from `net`: latents from `seed` alone, in chunks of 256; a conditional net
+/// gets [`balanced_labels`], a net with noise inputs noise seeded from `seed` and the
+/// chunk. Images are clamped to [-1, 1].
 pub fn sample_net<D: Dev<f32>>(
     net: &Net<f32, D>,
     dev: &D,
@@ -18,16 +36,23 @@ pub fn sample_net<D: Dev<f32>>(
     shape: DataShape,
     n: usize,
     seed: u64,
-) -> Vec<f32> {
+) -> Samples {
     let mut rng = Rng::new(seed);
     let zs: Vec<f32> = (0..n * z_dim).map(|_| rng.normal() as f32).collect();
+    let labels = net.classes().map(|k| balanced_labels(n, k));
     let mut out = Vec::new();
     let chunk = 256;
     let mut i = 0;
     while i < n {
         let m = chunk.min(n - i);
         let z = dev.tensor_from_vec(zs[i * z_dim..(i + m) * z_dim].to_vec(), (m, z_dim, 1, 1));
-        out.extend(net.forward(z, false).as_vec());
+        let side = Side {
+            labels: labels.as_ref().map(|l| l[i..i + m].to_vec()),
+            noise_seed: (net.noise_inputs > 0)
+                .then(|| Rng::derived(seed, 1 + (i / chunk) as u64).next_u64()),
+            mix: None,
+        };
+        out.extend(net.forward_side(z, &side, false).as_vec());
         i += m;
     }
     if matches!(shape, DataShape::Image { .. }) {
@@ -35,7 +60,11 @@ pub fn sample_net<D: Dev<f32>>(
             *v = v.clamp(-1.0, 1.0);
         }
     }
-    out
+    Samples {
+        values: out,
+        labels,
+        classes: net.classes(),
+    }
 }
 
 /// Rebuild the generator of `cfg` for `shape`, load its weights (`G_ema.` or `G.`)
@@ -47,11 +76,12 @@ pub fn sample_checkpoint(
     use_ema: bool,
     n: usize,
     seed: u64,
-) -> Result<Vec<f32>> {
+) -> Result<Samples> {
     sample_checkpoint_on(cfg, shape, ckpt, use_ema, n, seed, Cpu::default())
 }
 
-/// [`sample_checkpoint`] on any dfdx device (`Cuda` with the `cuda` feature).
+/// [`sample_checkpoint`] on any dfdx device (`Cuda` with the `cuda` feature). A
+/// conditional generator's number of classes is read from the checkpoint's metadata.
 pub fn sample_checkpoint_on<D: Dev<f32>>(
     cfg: &TrainConfig,
     shape: DataShape,
@@ -60,9 +90,22 @@ pub fn sample_checkpoint_on<D: Dev<f32>>(
     n: usize,
     seed: u64,
     dev: D,
-) -> Result<Vec<f32>> {
-    let mut g = nets::generator::<f32, D>(&cfg.generator, shape, dev.clone(), 0)?;
-    let (map, _meta) = load_safetensors::<f32>(ckpt)?;
+) -> Result<Samples> {
+    let (map, meta) = load_safetensors::<f32>(ckpt)?;
+    let classes = match meta.get("classes") {
+        Some(k) => Some(
+            k.parse::<usize>()
+                .with_context(|| format!("{}: metadata classes = {k:?}", ckpt.display()))?,
+        ),
+        None if cfg.conditional == Some(true) => {
+            anyhow::bail!(
+                "{}: a conditional run's checkpoint lacks the classes metadata",
+                ckpt.display()
+            )
+        }
+        None => None,
+    };
+    let mut g = nets::generator::<f32, D>(&cfg.generator, shape, classes, dev.clone(), 0)?;
     g.load_named(&map, if use_ema { "G_ema." } else { "G." })?;
     Ok(sample_net(
         &g,

@@ -5,9 +5,9 @@ use dfdx::prelude::*;
 use super::losses::{penalty, penalty_value};
 use super::nets::{self, DataShape};
 use super::*;
-use crate::nn::{Cpu, Net, NetBuilder, Rng, T4};
+use crate::nn::{Cpu, Net, NetBuilder, Rng, Side, T4};
 
-fn net_cfg(arch: Arch, variant: Option<Variant>, width: usize) -> NetConfig {
+pub(super) fn net_cfg(arch: Arch, variant: Option<Variant>, width: usize) -> NetConfig {
     NetConfig {
         arch,
         variant,
@@ -26,12 +26,15 @@ fn net_cfg(arch: Arch, variant: Option<Variant>, width: usize) -> NetConfig {
         mapping_depth: None,
         mapping_width: None,
         spectral_norm: None,
+        embed_dim: None,
+        noise: None,
+        style_mixing: None,
     }
 }
 
 /// grad_theta R (finite-difference HVP) vs central differences of R in parameter space.
 fn check_penalty_grad(net: &Net<f64, Cpu>, x: &T4<f64, Cpu>) {
-    let (val, an) = penalty(net, x, 1e-5, true);
+    let (val, an) = penalty(net, x, &Side::default(), 1e-5, true);
     assert!(val > 0.0);
     let dev = net.dev.clone();
     let h = 1e-6;
@@ -49,10 +52,10 @@ fn check_penalty_grad(net: &Net<f64, Cpu>, x: &T4<f64, Cpu>) {
             let mut v = base.clone();
             v[j] += h;
             n2.params.tensors[i] = dev.tensor_from_vec(v.clone(), (v.len(),));
-            let rp = penalty_value(&n2, x, true).0;
+            let rp = penalty_value(&n2, x, &Side::default(), true).0;
             v[j] -= 2.0 * h;
             n2.params.tensors[i] = dev.tensor_from_vec(v.clone(), (v.len(),));
-            let rm = penalty_value(&n2, x, true).0;
+            let rm = penalty_value(&n2, x, &Side::default(), true).0;
             let num = (rp - rm) / (2.0 * h);
             let err = (num - g[j]).abs() / num.abs().max(g[j].abs()).max(1e-3 * gmax);
             assert!(
@@ -72,7 +75,7 @@ fn penalty_grad_mlp_d() {
     let dev = Cpu::default();
     let mut cfg = net_cfg(Arch::Mlp, None, 8);
     cfg.depth = Some(2);
-    let d = nets::discriminator::<f64, Cpu>(&cfg, DataShape::Points, dev.clone(), 3).unwrap();
+    let d = nets::discriminator::<f64, Cpu>(&cfg, DataShape::Points, None, dev.clone(), 3).unwrap();
     let x: T4<f64, Cpu> = dev.tensor_from_vec(Rng::new(1).normals(5 * 2), (5, 2, 1, 1));
     check_penalty_grad(&d, &x);
 }
@@ -86,7 +89,7 @@ fn penalty_grad_conv_d() {
         net_cfg(Arch::R3gan, Some(Variant::B), 2),
     ] {
         let shape = DataShape::Image { c: 1, res: 8 };
-        let d = nets::discriminator::<f64, Cpu>(&cfg, shape, dev.clone(), 4).unwrap();
+        let d = nets::discriminator::<f64, Cpu>(&cfg, shape, None, dev.clone(), 4).unwrap();
         let x: T4<f64, Cpu> = dev.tensor_from_vec(rng.normals(3 * 64), (3, 1, 8, 8));
         check_penalty_grad(&d, &x);
     }
@@ -105,7 +108,7 @@ fn penalty_zero_for_constant_d_and_closed_form_for_linear_d() {
     ];
     let mut d = nb.finish(l, [2, 1, 1]);
     d.params.tensors[3] = dev.tensor_from_vec(vec![0.7], (1,));
-    let (v, g) = penalty(&d, &x, 1e-3, true);
+    let (v, g) = penalty(&d, &x, &Side::default(), 1e-3, true);
     assert_eq!(v, 0.0);
     assert!(g.iter().all(|t| t.as_vec().iter().all(|&v| v == 0.0)));
     // linear D(x) = w.x + b: R = ||w||^2, dR/dw = 2w, dR/db = 0
@@ -113,7 +116,7 @@ fn penalty_zero_for_constant_d_and_closed_form_for_linear_d() {
     let l = vec![nb.linear("fc", 2, 1, true, 1.0)];
     let d = nb.finish(l, [2, 1, 1]);
     let w = d.params.tensors[0].as_vec();
-    let (v, g) = penalty(&d, &x, 1e-3, true);
+    let (v, g) = penalty(&d, &x, &Side::default(), 1e-3, true);
     let want = w[0] * w[0] + w[1] * w[1];
     assert!((v - want).abs() < 1e-12, "{v} vs {want}");
     let gw = g[0].as_vec();
@@ -121,7 +124,7 @@ fn penalty_zero_for_constant_d_and_closed_form_for_linear_d() {
     assert!(g[1].as_vec()[0].abs() < 1e-9);
 }
 
-fn count(net: &Net<f32, Cpu>) -> usize {
+pub(super) fn count(net: &Net<f32, Cpu>) -> usize {
     net.param_count()
 }
 
@@ -132,6 +135,7 @@ fn shapes_and_param_counts() {
     let g = nets::generator::<f32, Cpu>(
         &net_cfg(Arch::Mlp, None, 8),
         DataShape::Points,
+        None,
         dev.clone(),
         0,
     )
@@ -141,6 +145,7 @@ fn shapes_and_param_counts() {
     let d = nets::discriminator::<f32, Cpu>(
         &net_cfg(Arch::Mlp, None, 8),
         DataShape::Points,
+        None,
         dev.clone(),
         0,
     )
@@ -151,10 +156,11 @@ fn shapes_and_param_counts() {
     let mut gc = net_cfg(Arch::Dcgan, None, 4);
     gc.z_dim = Some(8);
     let s16 = DataShape::Image { c: 3, res: 16 };
-    let g = nets::generator::<f32, Cpu>(&gc, s16, dev.clone(), 0).unwrap();
+    let g = nets::generator::<f32, Cpu>(&gc, s16, None, dev.clone(), 0).unwrap();
     assert_eq!(count(&g), 2048 + 32 + 2048 + 16 + 512 + 8 + 111);
-    let d = nets::discriminator::<f32, Cpu>(&net_cfg(Arch::Dcgan, None, 4), s16, dev.clone(), 0)
-        .unwrap();
+    let d =
+        nets::discriminator::<f32, Cpu>(&net_cfg(Arch::Dcgan, None, 4), s16, None, dev.clone(), 0)
+            .unwrap();
     assert_eq!(count(&d), 392 + 2064 + 257);
     // every arch and variant at two resolutions (and 28), 1 and 3 channels
     let mut archs = vec![(Arch::Dcgan, None)];
@@ -167,8 +173,8 @@ fn shapes_and_param_counts() {
             let shape = DataShape::Image { c, res };
             let mut cfg = net_cfg(arch, variant, 8);
             cfg.group_size = Some(4);
-            let g = nets::generator::<f32, Cpu>(&cfg, shape, dev.clone(), 1).unwrap();
-            let d = nets::discriminator::<f32, Cpu>(&cfg, shape, dev.clone(), 2).unwrap();
+            let g = nets::generator::<f32, Cpu>(&cfg, shape, None, dev.clone(), 1).unwrap();
+            let d = nets::discriminator::<f32, Cpu>(&cfg, shape, None, dev.clone(), 2).unwrap();
             assert_eq!(
                 g.out_shape,
                 [c, res, res],
@@ -264,8 +270,10 @@ fn ring_rpgan_r1_r2_covers_modes_and_is_deterministic() {
     }
 }
 
-/// Train 6 steps straight and 3 + checkpoint + 3: logs, samples and D must match exactly.
-fn check_resume(yaml: &str) {
+/// Train 6 steps straight and 3 + checkpoint + 3: logs, samples and D must match exactly;
+/// the checkpoint's generator sampled without the trainer gives the trainer's samples.
+/// The data carries labels (0..10), used by conditional configs only.
+pub(super) fn check_resume(yaml: &str) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ckpt.safetensors");
     let mut rng = Rng::new(3);
@@ -281,29 +289,48 @@ fn check_resume(yaml: &str) {
         h: 16,
         w: 16,
     };
+    let labels = ClassLabels {
+        labels: (0..64).map(|_| rng.below(10)).collect(),
+        classes: 10,
+    };
     let cfg: TrainConfig = serde_yaml_ng::from_str(yaml).unwrap();
-    let mut a = Trainer::new(cfg.clone(), td.clone(), 5).unwrap();
+    let new = || {
+        Trainer::build(
+            cfg.clone(),
+            td.clone(),
+            Some(labels.clone()),
+            5,
+            Cpu::default(),
+        )
+    };
+    let mut a = new().unwrap();
     let la: Vec<StepLog> = (0..6).map(|_| a.step()).collect();
-    let mut b = Trainer::new(cfg.clone(), td.clone(), 5).unwrap();
+    let mut b = new().unwrap();
     for l in la.iter().take(3) {
         assert_eq!(&b.step(), l);
     }
     b.save_checkpoint(&path).unwrap();
     drop(b);
-    let mut c = Trainer::new(cfg, td, 5).unwrap();
+    let mut c = new().unwrap();
     c.load_checkpoint(&path).unwrap();
     assert_eq!(c.step_count(), 3);
     for l in la.iter().skip(3) {
         assert_eq!(&c.step(), l);
     }
-    assert_eq!(a.sample(4, 1, true), c.sample(4, 1, true));
+    assert_eq!(a.sample_labelled(4, 1, true), c.sample_labelled(4, 1, true));
     assert_eq!(a.sample(4, 1, false), c.sample(4, 1, false));
     for (x, y) in a.d.params.tensors.iter().zip(&c.d.params.tensors) {
         assert_eq!(x.as_vec(), y.as_vec());
     }
-    let s = a.sample(3, 9, true);
-    assert_eq!(s.len(), 3 * 16 * 16);
-    assert!(s.iter().all(|v| (-1.0..=1.0).contains(v)));
+    let s = a.sample_labelled(3, 9, true);
+    assert_eq!(s.values.len(), 3 * 16 * 16);
+    assert!(s.values.iter().all(|v| (-1.0..=1.0).contains(v)));
+    let cond = cfg.conditional == Some(true);
+    assert_eq!(s.labels, cond.then(|| vec![0, 1, 2]));
+    c.save_checkpoint(&path).unwrap();
+    let shape = DataShape::Image { c: 1, res: 16 };
+    let from_file = sample_checkpoint(&cfg, shape, &path, true, 4, 1).unwrap();
+    assert_eq!(from_file, c.sample_labelled(4, 1, true));
 }
 
 #[test]
@@ -368,9 +395,9 @@ fn new_arch_shapes_and_param_counts() {
             let shape = DataShape::Image { c: ch, res };
             let dvc = dev.clone();
             let net = if is_d {
-                nets::discriminator::<f32, Cpu>(cfg, shape, dvc, 2).unwrap()
+                nets::discriminator::<f32, Cpu>(cfg, shape, None, dvc, 2).unwrap()
             } else {
-                nets::generator::<f32, Cpu>(cfg, shape, dvc, 1).unwrap()
+                nets::generator::<f32, Cpu>(cfg, shape, None, dvc, 1).unwrap()
             };
             let (x, want): (T4<f32, Cpu>, _) = if is_d {
                 let x = dev.tensor_from_vec(vec![0.1; 2 * ch * res * res], (2, ch, res, res));
@@ -390,12 +417,24 @@ fn new_arch_shapes_and_param_counts() {
     }
     // SELF-MOD adds two MLPs (z -> 8 -> C) per BN to the same body
     let plain = count(
-        &nets::generator::<f32, Cpu>(&gs[0], DataShape::Image { c: 1, res: 16 }, dev.clone(), 0)
-            .unwrap(),
+        &nets::generator::<f32, Cpu>(
+            &gs[0],
+            DataShape::Image { c: 1, res: 16 },
+            None,
+            dev.clone(),
+            0,
+        )
+        .unwrap(),
     );
     let sm = count(
-        &nets::generator::<f32, Cpu>(&gs[1], DataShape::Image { c: 1, res: 16 }, dev.clone(), 0)
-            .unwrap(),
+        &nets::generator::<f32, Cpu>(
+            &gs[1],
+            DataShape::Image { c: 1, res: 16 },
+            None,
+            dev.clone(),
+            0,
+        )
+        .unwrap(),
     );
     // resnet G at 16 (width 8): BN channels 32 (blocks.0.bn1), 16, 16, 8 (blocks.1.bn2),
     // 8 (out_bn); plain BN: 2C each; SELF-MOD: 2 * (64*8+8 + 8*C+C) each
@@ -417,8 +456,8 @@ fn sngan_cifar_param_counts() {
     let mut d = net_cfg(Arch::Resnet, None, 128);
     d.max_width = Some(128);
     d.spectral_norm = Some(true);
-    let gn = nets::generator::<f32, Cpu>(&g, shape, dev.clone(), 0).unwrap();
-    let dn = nets::discriminator::<f32, Cpu>(&d, shape, dev.clone(), 0).unwrap();
+    let gn = nets::generator::<f32, Cpu>(&g, shape, None, dev.clone(), 0).unwrap();
+    let dn = nets::discriminator::<f32, Cpu>(&d, shape, None, dev.clone(), 0).unwrap();
     let conv = |i: usize, o: usize, k: usize| i * o * k * k + o;
     let bn = |c: usize| 2 * c;
     // l1: linear 128 -> 4*4*256; 3 up blocks; final BN + conv3x3 to RGB
@@ -670,8 +709,8 @@ fn penalty_grad_f32_vs_f64() {
         ),
     ];
     for (cfg, shape, [b, c, h, w]) in cases {
-        let mut d32 = nets::discriminator::<f32, Cpu>(&cfg, shape, dev.clone(), 4).unwrap();
-        let mut d64 = nets::discriminator::<f64, Cpu>(&cfg, shape, dev.clone(), 4).unwrap();
+        let mut d32 = nets::discriminator::<f32, Cpu>(&cfg, shape, None, dev.clone(), 4).unwrap();
+        let mut d64 = nets::discriminator::<f64, Cpu>(&cfg, shape, None, dev.clone(), 4).unwrap();
         for (t64, t32) in d64
             .params
             .tensors
@@ -696,14 +735,14 @@ fn penalty_grad_f32_vs_f64() {
         let x32: T4<f32, Cpu> = dev.tensor_from_vec(xv.clone(), (b, c, h, w));
         let x64: T4<f64, Cpu> =
             dev.tensor_from_vec(xv.iter().map(|&v| v as f64).collect(), (b, c, h, w));
-        let (v32, g32) = penalty(&d32, &x32, 1e-3, true);
+        let (v32, g32) = penalty(&d32, &x32, &Side::default(), 1e-3, true);
         let a: Vec<f64> = g32
             .iter()
             .flat_map(|t| t.as_vec())
             .map(|v| v as f64)
             .collect();
         let rel = |delta: f64| {
-            let (v64, g64) = penalty(&d64, &x64, delta, true);
+            let (v64, g64) = penalty(&d64, &x64, &Side::default(), delta, true);
             assert!(
                 (v32 - v64).abs() <= 1e-4 * v64.abs(),
                 "{cfg:?}: {v32} vs {v64}"

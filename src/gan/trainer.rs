@@ -9,8 +9,11 @@ use dfdx::prelude::*;
 use super::config::{Penalty, TrainConfig};
 use super::losses::{d_loss, g_loss, penalty, weighted_pass};
 use super::nets::{self, DataShape};
+use super::sample::Samples;
 use crate::nn::params::sum_sq;
-use crate::nn::{load_safetensors, save_safetensors, Adam, AdamConfig, Dev, Net, Rng, T1, T4};
+use crate::nn::{
+    load_safetensors, save_safetensors, Adam, AdamConfig, Dev, Mix, Net, Rng, Side, T1, T4,
+};
 
 /// Training data, values in [-1, 1] for images.
 #[derive(Clone, Debug, PartialEq)]
@@ -73,6 +76,15 @@ impl TrainData {
     }
 }
 
+/// Class labels of the training data (one per example, each below `classes`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClassLabels {
+    /// Label of each example.
+    pub labels: Vec<usize>,
+    /// Number of classes.
+    pub classes: usize,
+}
+
 /// What one [`Trainer::step`] did (the last D step's values when `d_steps > 1`).
 /// Non-finite values are returned as they are: the caller decides the run diverged.
 #[derive(Clone, Debug, PartialEq)]
@@ -126,6 +138,8 @@ pub struct Trainer<D: Dev<f32> = Cpu> {
     /// Adam of D.
     pub opt_d: Adam<f32, D>,
     data: TrainData,
+    /// Labels of the data and the class count, for conditional training only.
+    labels: Option<ClassLabels>,
     shape: DataShape,
     z_dim: usize,
     step: u64,
@@ -157,12 +171,43 @@ fn add_scaled<D: Dev<f32>>(acc: &mut [T1<f32, D>], g: Vec<T1<f32, D>>, s: f64) {
 }
 
 impl<D: Dev<f32>> Trainer<D> {
-    /// Build on a given device.
+    /// Build on a given device (unlabelled data: an unconditional config).
     pub fn with_device(cfg: TrainConfig, data: TrainData, seed: u64, dev: D) -> Result<Self> {
+        Self::build(cfg, data, None, seed, dev)
+    }
+
+    /// Build on a given device with the data's labels, if it has any. They are used only
+    /// when the config is `conditional`, which needs them.
+    pub fn build(
+        cfg: TrainConfig,
+        data: TrainData,
+        labels: Option<ClassLabels>,
+        seed: u64,
+        dev: D,
+    ) -> Result<Self> {
         cfg.validate()?;
         if data.is_empty() {
             bail!("no training data");
         }
+        let labels = match (cfg.conditional == Some(true), labels) {
+            (false, _) => None,
+            (true, None) => {
+                bail!("conditional: true needs labelled data (this data stage has no labels)")
+            }
+            (true, Some(l)) => {
+                if l.labels.len() != data.len() {
+                    bail!("{} labels for {} examples", l.labels.len(), data.len());
+                }
+                if l.classes == 0 {
+                    bail!("conditional training needs at least one class");
+                }
+                if let Some(bad) = l.labels.iter().find(|&&y| y >= l.classes) {
+                    bail!("label {bad} outside 0..{}", l.classes);
+                }
+                Some(l)
+            }
+        };
+        let classes = labels.as_ref().map(|l| l.classes);
         let (row, _) = data.row();
         if data.data().len() != data.len() * row {
             bail!(
@@ -175,12 +220,14 @@ impl<D: Dev<f32>> Trainer<D> {
         let g = nets::generator::<f32, D>(
             &cfg.generator,
             shape,
+            classes,
             dev.clone(),
             Rng::derived(seed, 1).next_u64(),
         )?;
         let d = nets::discriminator::<f32, D>(
             &cfg.discriminator,
             shape,
+            classes,
             dev.clone(),
             Rng::derived(seed, 2).next_u64(),
         )?;
@@ -195,6 +242,7 @@ impl<D: Dev<f32>> Trainer<D> {
             d,
             cfg,
             data,
+            labels,
             shape,
             step: 0,
             d_iters: 0,
@@ -221,15 +269,52 @@ impl<D: Dev<f32>> Trainer<D> {
         self.data.row().1
     }
 
-    fn real_batch(&mut self, b: usize) -> T4<f32, D> {
+    /// Classes of a conditional run.
+    pub fn classes(&self) -> Option<usize> {
+        self.labels.as_ref().map(|l| l.classes)
+    }
+
+    /// `b` random examples and, when conditional, their labels.
+    fn real_batch(&mut self, b: usize) -> (T4<f32, D>, Side) {
         let (row, [c, h, w]) = self.data.row();
         let n = self.data.len();
         let mut v = Vec::with_capacity(b * row);
+        let mut ys = Vec::with_capacity(b);
         for _ in 0..b {
             let i = self.rng.below(n);
             v.extend_from_slice(&self.data.data()[i * row..(i + 1) * row]);
+            if let Some(l) = &self.labels {
+                ys.push(l.labels[i]);
+            }
         }
-        self.dev.tensor_from_vec(v, (b, c, h, w))
+        let side = Side::labels(self.labels.is_some().then_some(ys));
+        (self.dev.tensor_from_vec(v, (b, c, h, w)), side)
+    }
+
+    /// The side inputs of one G pass over `b` latents: uniform random labels
+    /// (conditional), a noise seed (noise inputs), style mixing (with probability
+    /// `style_mixing`). Draws from the RNG only what the config uses, so unconditional
+    /// runs without noise or mixing consume it exactly as before these existed.
+    fn g_side(&mut self, b: usize) -> Side {
+        let labels = self
+            .labels
+            .as_ref()
+            .map(|l| l.classes)
+            .map(|k| (0..b).map(|_| self.rng.below(k)).collect::<Vec<_>>());
+        let noise_seed = (self.g.noise_inputs > 0).then(|| self.rng.next_u64());
+        let p = self.cfg.generator.style_mixing.unwrap_or(0.0);
+        let mut mix = None;
+        if p > 0.0 && self.g.mix_points > 0 && self.rng.uniform() < p {
+            mix = Some(Mix {
+                cutoff: 1 + self.rng.below(self.g.mix_points),
+                seed: self.rng.next_u64(),
+            });
+        }
+        Side {
+            labels,
+            noise_seed,
+            mix,
+        }
     }
 
     fn latents(rng: &mut Rng, dev: &D, b: usize, z: usize) -> T4<f32, D> {
@@ -256,12 +341,20 @@ impl<D: Dev<f32>> Trainer<D> {
         self.opt_d.cfg.lr = hp.lr_d;
         self.opt_d.cfg.betas.1 = hp.beta2_d;
         for _ in 0..self.cfg.d_steps {
-            let real = self.real_batch(b);
+            let (real, real_side) = self.real_batch(b);
             let z = Self::latents(&mut self.rng, &self.dev, b, self.z_dim);
-            let fake = self.g.forward(z, true);
+            let g_side = self.g_side(b);
+            let fake = self.g.forward_side(z, &g_side, true);
+            let fake_side = Side::labels(g_side.labels.clone());
             let both: T4<f32, D> = (real.clone(), fake.clone()).concat_along(Axis::<0>);
+            let both_side = Side::labels(
+                real_side
+                    .labels
+                    .as_ref()
+                    .map(|r| [r.as_slice(), fake_side.labels.as_deref().unwrap()].concat()),
+            );
             let mut dl = 0.0;
-            let (_, mut grads, _) = weighted_pass(&self.d, &both, true, false, |v| {
+            let (_, mut grads, _) = weighted_pass(&self.d, &both, &both_side, true, false, |v| {
                 let (l, mut cr, cf) = d_loss(kind, &v[..b], &v[b..]);
                 dl = l;
                 cr.extend(cf);
@@ -274,8 +367,12 @@ impl<D: Dev<f32>> Trainer<D> {
             if hp.gamma > 0.0 && self.d_iters.is_multiple_of(k) {
                 let w = 0.5 * hp.gamma * k as f64;
                 for p in self.cfg.penalties.clone() {
-                    let x = if p == Penalty::R1 { &real } else { &fake };
-                    let (val, pg) = penalty(&self.d, x, self.cfg.hvp_delta, true);
+                    let (x, side) = if p == Penalty::R1 {
+                        (&real, &real_side)
+                    } else {
+                        (&fake, &fake_side)
+                    };
+                    let (val, pg) = penalty(&self.d, x, side, self.cfg.hvp_delta, true);
                     add_scaled(&mut grads, pg, w);
                     match p {
                         Penalty::R1 => log.r1 = Some(val),
@@ -288,17 +385,24 @@ impl<D: Dev<f32>> Trainer<D> {
             self.d_iters += 1;
         }
         // G step
-        let real = self.real_batch(b);
+        let (real, real_side) = self.real_batch(b);
         let z = Self::latents(&mut self.rng, &self.dev, b, self.z_dim);
+        let g_side = self.g_side(b);
         let dr: Vec<f64> = self
             .d
-            .forward(real, true)
+            .forward_side(real, &real_side, true)
             .as_vec()
             .into_iter()
             .map(|v| v as f64)
             .collect();
-        let fake = self.g.forward(z.traced(self.g.params.alloc_grads()), true);
-        let out = self.d.forward(fake, true).reshape_like(&(b,));
+        let fake = self
+            .g
+            .forward_side(z.traced(self.g.params.alloc_grads()), &g_side, true);
+        let fake_side = Side::labels(g_side.labels);
+        let out = self
+            .d
+            .forward_side(fake, &fake_side, true)
+            .reshape_like(&(b,));
         let df: Vec<f64> = out.as_vec().into_iter().map(|v| v as f64).collect();
         let (gl, c) = g_loss(kind, &dr, &df);
         let ct: T1<f32, D> = self
@@ -321,6 +425,12 @@ impl<D: Dev<f32>> Trainer<D> {
     /// `n` samples `[n, C, H, W]` (images clamped to [-1, 1]) or `[n, 2]`, from the EMA
     /// generator or the raw one; latents from `seed` only (independent of training).
     pub fn sample(&self, n: usize, seed: u64, use_ema: bool) -> Vec<f32> {
+        self.sample_labelled(n, seed, use_ema).values
+    }
+
+    /// [`Trainer::sample`] with the labels a conditional generator was given (balanced
+    /// over the classes).
+    pub fn sample_labelled(&self, n: usize, seed: u64, use_ema: bool) -> Samples {
         let net = if use_ema { &self.g_ema } else { &self.g };
         super::sample::sample_net(net, &self.dev, self.z_dim, self.shape, n, seed)
     }
@@ -342,7 +452,7 @@ impl<D: Dev<f32>> Trainer<D> {
         ts.extend(self.opt_g.to_named(&self.g.params, "opt_G."));
         ts.extend(self.opt_d.to_named(&self.d.params, "opt_D."));
         let s = self.rng.state();
-        let meta: HashMap<String, String> = [
+        let mut meta: HashMap<String, String> = [
             ("format", CKPT_FORMAT.to_string()),
             ("step", self.step.to_string()),
             ("d_iters", self.d_iters.to_string()),
@@ -361,6 +471,9 @@ impl<D: Dev<f32>> Trainer<D> {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
+        if let Some(k) = self.classes() {
+            meta.insert("classes".into(), k.to_string());
+        }
         save_safetensors(path, &ts, meta)
     }
 

@@ -10,6 +10,8 @@ use super::ops::{self, IdxCache};
 use super::params::{NamedTensor, ParamStore};
 use super::{Dev, Float, Rng, T1, T2, T4};
 
+type T3<E, D> = Tensor<(usize, usize, usize), E, D>;
+
 /// Upsampling method.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UpMode {
@@ -98,6 +100,43 @@ pub enum Layer {
         slot: usize,
         /// Layers applied to a copy of `x` (empty: store `x` itself).
         body: Vec<Layer>,
+        /// Style mixing: when the pass mixes ([`Side::mix`]), `body` of a second latent
+        /// (same shape as `x`, drawn from the mix seed) goes to this slot.
+        mix: Option<usize>,
+    },
+    /// Style-mixing cut: when the pass mixes with `cutoff == index`, context slot `slot`
+    /// is replaced by slot `from` (the second latent's style) for every later layer.
+    MixPoint {
+        /// Slot read by the later layers.
+        slot: usize,
+        /// Slot holding the second style.
+        from: usize,
+        /// Position of the cut (1-based: the first style layer never mixes).
+        index: usize,
+    },
+    /// `concat(x, body(ctx[slot]))` along channels (e.g. `concat(z, embed(c))`); `x` and the
+    /// body's output must share height and width.
+    ConcatCtx {
+        /// Context slot.
+        slot: usize,
+        /// Context -> extra channels.
+        body: Vec<Layer>,
+    },
+    /// Projection head (Miyato & Koyama 2018): with `phi` the flattened input,
+    /// `head(phi) + <embed(ctx[slot]), phi>`, output `(B, 1, 1, 1)`.
+    Project {
+        /// Context slot (the one-hot labels).
+        slot: usize,
+        /// Context -> `(B, len(phi), 1, 1)` class embedding.
+        embed: Vec<Layer>,
+        /// `phi -> (B, 1, 1, 1)`, the unconditional score psi.
+        head: Vec<Layer>,
+    },
+    /// Per-pixel noise with a learned per-channel scale: `x + scale[c] * n[b, h, w]`, `n`
+    /// standard normal from the pass's noise seed ([`Side::noise_seed`]; none: no noise).
+    Noise {
+        /// Scale index, shape `(C,)`.
+        scale: usize,
     },
     /// Normalisation without affine parameters followed by a per-channel modulation from a
     /// context slot: `norm(x) * (1 + gain(ctx)) + bias(ctx)`, where `gain` and `bias` map the
@@ -152,6 +191,54 @@ pub enum Norm {
         /// Epsilon.
         eps: f64,
     },
+    /// No normalisation: plain modulation `x * (1 + gain) + bias`.
+    Identity,
+}
+
+/// What a forward pass gets besides `x`. The default is an unconditional pass without
+/// noise or mixing, which is all a net without such layers needs.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Side {
+    /// One class label per batch row; required by conditional nets ([`Net::classes`]).
+    pub labels: Option<Vec<usize>>,
+    /// Seed of the [`Layer::Noise`] inputs (none: no noise is added).
+    pub noise_seed: Option<u64>,
+    /// Style mixing for this pass.
+    pub mix: Option<Mix>,
+}
+
+/// Style mixing of one pass: from cut `cutoff` on, the style comes from a second latent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mix {
+    /// Cut position, `1..=Net::mix_points`.
+    pub cutoff: usize,
+    /// Seed of the second latent.
+    pub seed: u64,
+}
+
+impl Side {
+    /// A pass with labels only.
+    pub fn labels(labels: Option<Vec<usize>>) -> Self {
+        Self {
+            labels,
+            ..Self::default()
+        }
+    }
+    /// The same side inputs for a batch that repeats the original `times` times along
+    /// the batch axis (labels repeated; noise and mixing are per pass and kept).
+    pub fn repeated(&self, times: usize) -> Self {
+        Self {
+            labels: self.labels.as_ref().map(|l| l.repeat(times)),
+            ..self.clone()
+        }
+    }
+}
+
+/// Per-pass state: context slots, the side inputs, the noise-layer counter.
+struct Fwd<'a, E: Float, D: Dev<E>> {
+    ctx: Vec<Option<T4<E, D>>>,
+    side: &'a Side,
+    noise_i: u64,
 }
 
 /// Spectral-normalisation state of one weight (Miyato et al. 2018): the weight reshaped to
@@ -224,6 +311,12 @@ pub struct Net<E: Float, D: Dev<E>> {
     pub sn: Mutex<Vec<SnState>>,
     /// Context slots used by [`Layer::SetCtx`] / [`Layer::CondNorm`].
     pub n_ctx: usize,
+    /// Conditional nets: (context slot of the one-hot labels, number of classes).
+    pub label_slot: Option<(usize, usize)>,
+    /// Number of [`Layer::MixPoint`] cuts (0: the net cannot mix styles).
+    pub mix_points: usize,
+    /// Number of [`Layer::Noise`] inputs.
+    pub noise_inputs: usize,
     /// Layers, applied in order.
     pub layers: Vec<Layer>,
     /// Input shape without batch.
@@ -262,6 +355,9 @@ impl<E: Float, D: Dev<E>> Clone for Net<E, D> {
             buffers: Mutex::new(self.buffers.lock().unwrap().clone()),
             sn: Mutex::new(self.sn.lock().unwrap().clone()),
             n_ctx: self.n_ctx,
+            label_slot: self.label_slot,
+            mix_points: self.mix_points,
+            noise_inputs: self.noise_inputs,
             layers: self.layers.clone(),
             in_shape: self.in_shape,
             out_shape: self.out_shape,
@@ -314,11 +410,60 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
             .reshape_like(&(s[0], s[1], s[2], s[3]))
     }
 
-    /// Forward pass; `train` selects batch statistics (and updates the running ones) in
-    /// batch norm. Works with any tape (`NoneTape` for inference, `OwnedTape` to train).
+    /// Forward pass of an unconditional net without noise inputs (see
+    /// [`Net::forward_side`]); `train` selects batch statistics (and updates the running
+    /// ones) in batch norm. Works with any tape (`NoneTape` for inference, `OwnedTape` to
+    /// train).
     pub fn forward<T: Tape<E, D> + 'static>(&self, x: T4<E, D, T>, train: bool) -> T4<E, D, T> {
-        let mut ctx = vec![None; self.n_ctx];
-        self.run(&self.layers, x, train, &mut ctx)
+        self.forward_side(x, &Side::default(), train)
+    }
+
+    /// Forward pass with side inputs: labels (required by conditional nets), the noise
+    /// seed and style mixing.
+    ///
+    /// # Panics
+    /// When a conditional net gets no labels, or labels that do not match the batch or
+    /// the number of classes.
+    pub fn forward_side<T: Tape<E, D> + 'static>(
+        &self,
+        x: T4<E, D, T>,
+        side: &Side,
+        train: bool,
+    ) -> T4<E, D, T> {
+        let mut st = Fwd {
+            ctx: vec![None; self.n_ctx],
+            side,
+            noise_i: 0,
+        };
+        if let Some((slot, k)) = self.label_slot {
+            let labels = side
+                .labels
+                .as_ref()
+                .expect("a conditional net needs labels (Side::labels)");
+            st.ctx[slot] = Some(self.one_hot(labels, k, x.shape().0));
+        }
+        self.run(&self.layers, x, train, &mut st)
+    }
+
+    /// Classes of a conditional net (`None`: unconditional).
+    pub fn classes(&self) -> Option<usize> {
+        self.label_slot.map(|(_, k)| k)
+    }
+
+    /// Labels as one-hot vectors `(B, k, 1, 1)`.
+    fn one_hot(&self, labels: &[usize], k: usize, batch: usize) -> T4<E, D> {
+        assert_eq!(
+            labels.len(),
+            batch,
+            "{} labels for a batch of {batch}",
+            labels.len()
+        );
+        let mut v = vec![E::of(0.0); batch * k];
+        for (i, &l) in labels.iter().enumerate() {
+            assert!(l < k, "label {l} outside 0..{k}");
+            v[i * k + l] = E::of(1.0);
+        }
+        self.dev.tensor_from_vec(v, (batch, k, 1, 1))
     }
 
     fn run<T: Tape<E, D> + 'static>(
@@ -326,10 +471,10 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
         layers: &[Layer],
         mut x: T4<E, D, T>,
         train: bool,
-        ctx: &mut Vec<Option<T4<E, D>>>,
+        st: &mut Fwd<E, D>,
     ) -> T4<E, D, T> {
         for l in layers {
-            x = self.apply(l, x, train, ctx);
+            x = self.apply(l, x, train, st);
         }
         x
     }
@@ -374,7 +519,7 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
         l: &Layer,
         x: T4<E, D, T>,
         train: bool,
-        ctx: &mut Vec<Option<T4<E, D>>>,
+        st: &mut Fwd<E, D>,
     ) -> T4<E, D, T> {
         match l {
             Layer::Linear { w, b } => {
@@ -453,16 +598,78 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
             }
             Layer::Residual { body, skip } => {
                 let xs = x.retaped::<T>();
-                let yb = self.run(body, x, train, ctx);
-                let ys = self.run(skip, xs, train, ctx);
+                let yb = self.run(body, x, train, st);
+                let ys = self.run(skip, xs, train, st);
                 ys + yb
             }
-            Layer::SetCtx { slot, body } => {
-                let c = self.run(body, x.retaped::<T>(), train, ctx);
+            Layer::SetCtx { slot, body, mix } => {
+                let c = self.run(body, x.retaped::<T>(), train, st);
                 let (c, ct) = c.split_tape();
-                ctx[*slot] = Some(c);
+                st.ctx[*slot] = Some(c);
                 let (x, xt) = x.split_tape();
-                x.put_tape(xt.merge(ct))
+                let mut tape = xt.merge(ct);
+                if let (Some(ms), Some(m)) = (mix, st.side.mix) {
+                    let s = *x.shape();
+                    let mut rng = Rng::new(m.seed);
+                    let n = s.0 * s.1 * s.2 * s.3;
+                    let z2: T4<E, D> = self
+                        .dev
+                        .tensor_from_vec((0..n).map(|_| E::of(rng.normal())).collect(), s);
+                    let c2 = self.run(body, z2.retaped::<T>(), train, st);
+                    let (c2, c2t) = c2.split_tape();
+                    st.ctx[*ms] = Some(c2);
+                    tape = tape.merge(c2t);
+                }
+                x.put_tape(tape)
+            }
+            Layer::MixPoint { slot, from, index } => {
+                if st.side.mix.map(|m| m.cutoff) == Some(*index) {
+                    st.ctx[*slot] = st.ctx[*from].clone();
+                }
+                x
+            }
+            Layer::ConcatCtx { slot, body } => {
+                let c = st.ctx[*slot]
+                    .clone()
+                    .expect("ConcatCtx before its context is set")
+                    .retaped::<T>();
+                let e = self.run(body, c, train, st);
+                (x, e).concat_along(Axis::<1>)
+            }
+            Layer::Project { slot, embed, head } => {
+                let (bsz, c, h, wd) = *x.shape();
+                let n = c * h * wd;
+                let phi = x.reshape_like(&(bsz, n, 1, 1));
+                let psi = self.run(head, phi.retaped::<T>(), train, st);
+                let y = st.ctx[*slot]
+                    .clone()
+                    .expect("Project without labels")
+                    .retaped::<T>();
+                let e = self.run(embed, y, train, st);
+                let proj = (phi * e)
+                    .reshape_like(&(bsz, n))
+                    .sum::<(usize,), Axis<1>>()
+                    .reshape_like(&(bsz, 1, 1, 1));
+                psi + proj
+            }
+            Layer::Noise { scale } => {
+                let k = st.noise_i;
+                st.noise_i += 1;
+                let Some(seed) = st.side.noise_seed else {
+                    return x;
+                };
+                let s = *x.shape();
+                let (bsz, c, h, wd) = s;
+                let mut rng = Rng::derived(seed, k);
+                let n: T3<E, D> = self.dev.tensor_from_vec(
+                    (0..bsz * h * wd).map(|_| E::of(rng.normal())).collect(),
+                    (bsz, h, wd),
+                );
+                let sc = self
+                    .p::<T>(*scale)
+                    .reshape_like(&(c,))
+                    .broadcast_like::<_, Axes3<0, 2, 3>>(&s);
+                x + sc * n.broadcast_like::<_, Axis<1>>(&s)
             }
             Layer::CondNorm {
                 norm,
@@ -470,12 +677,12 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
                 gain,
                 bias,
             } => {
-                let c = ctx[*slot]
+                let c = st.ctx[*slot]
                     .clone()
                     .expect("CondNorm before its SetCtx")
                     .retaped::<T>();
-                let gn = self.run(gain, c.retaped::<T>(), train, ctx);
-                let bs = self.run(bias, c, train, ctx);
+                let gn = self.run(gain, c.retaped::<T>(), train, st);
+                let bs = self.run(bias, c, train, st);
                 let xn = match norm {
                     Norm::Batch { buf, eps, momentum } => {
                         let ch = x.shape().1;
@@ -492,6 +699,7 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
                         )
                     }
                     Norm::Instance { eps } => super::cond::instance_norm(x, *eps),
+                    Norm::Identity => x,
                 };
                 super::cond::modulate(xn, gn, bs)
             }
@@ -606,6 +814,12 @@ pub struct NetBuilder<E: Float, D: Dev<E>> {
     pub spectral_norm: bool,
     /// Context slots allocated so far.
     pub n_ctx: usize,
+    /// (slot, classes) once [`NetBuilder::labels`] was called.
+    pub label_slot: Option<(usize, usize)>,
+    /// Style-mixing cuts so far.
+    pub mix_points: usize,
+    /// Noise inputs so far.
+    pub noise_inputs: usize,
 }
 
 impl<E: Float, D: Dev<E>> NetBuilder<E, D> {
@@ -619,6 +833,52 @@ impl<E: Float, D: Dev<E>> NetBuilder<E, D> {
             sn: vec![],
             spectral_norm: false,
             n_ctx: 0,
+            label_slot: None,
+            mix_points: 0,
+            noise_inputs: 0,
+        }
+    }
+    /// The context slot of the one-hot class labels `(B, classes, 1, 1)`, allocated on
+    /// first use; the net becomes conditional.
+    pub fn labels(&mut self, classes: usize) -> usize {
+        if let Some((slot, k)) = self.label_slot {
+            assert_eq!(k, classes, "one net, one number of classes");
+            return slot;
+        }
+        let slot = self.ctx_slot();
+        self.label_slot = Some((slot, classes));
+        slot
+    }
+    /// A class embedding: the one-hot labels through a bias-free linear map
+    /// `classes -> dim` with weights N(0, std^2); column `c` of the weight `(dim, classes)`
+    /// is class `c`'s embedding.
+    pub fn embedding(&mut self, name: &str, classes: usize, dim: usize, std: f64) -> Vec<Layer> {
+        vec![self.linear(name, classes, dim, false, std * (classes as f64).sqrt())]
+    }
+    /// Per-pixel noise input over `c` channels, its scale starting at zero.
+    pub fn noise(&mut self, name: &str, c: usize) -> Layer {
+        let scale = self
+            .params
+            .push(&self.dev, format!("{name}.scale"), vec![c], vec![0.0; c]);
+        self.noise_inputs += 1;
+        Layer::Noise { scale }
+    }
+    /// The next style-mixing cut: slot `slot` takes slot `from` when a pass mixes here.
+    pub fn mix_point(&mut self, slot: usize, from: usize) -> Layer {
+        self.mix_points += 1;
+        Layer::MixPoint {
+            slot,
+            from,
+            index: self.mix_points,
+        }
+    }
+    /// Modulation without normalisation: `x * (1 + gain(ctx)) + bias(ctx)`.
+    pub fn modulation(&mut self, slot: usize, gain: Vec<Layer>, bias: Vec<Layer>) -> Layer {
+        Layer::CondNorm {
+            norm: Norm::Identity,
+            slot,
+            gain,
+            bias,
         }
     }
     /// Register spectral normalisation of weight `w` with `rows` output rows (when
@@ -829,6 +1089,9 @@ impl<E: Float, D: Dev<E>> NetBuilder<E, D> {
             buffers: Mutex::new(self.buffers),
             sn: Mutex::new(self.sn),
             n_ctx: self.n_ctx,
+            label_slot: self.label_slot,
+            mix_points: self.mix_points,
+            noise_inputs: self.noise_inputs,
             layers,
             in_shape,
             out_shape: [0; 3],
@@ -838,7 +1101,8 @@ impl<E: Float, D: Dev<E>> NetBuilder<E, D> {
         let x: T4<E, D> = net
             .dev
             .zeros_like(&(1, in_shape[0], in_shape[1], in_shape[2]));
-        let y = net.forward(x, false);
+        let side = Side::labels(net.label_slot.map(|_| vec![0]));
+        let y = net.forward_side(x, &side, false);
         let (_, c, h, w) = *y.shape();
         net.out_shape = [c, h, w];
         net

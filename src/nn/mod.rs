@@ -25,7 +25,7 @@ pub mod rng;
 #[cfg(test)]
 mod tests;
 
-pub use layers::{Layer, Net, NetBuilder, Norm, SnState, UpMode};
+pub use layers::{Layer, Mix, Net, NetBuilder, Norm, Side, SnState, UpMode};
 pub use params::{load_safetensors, save_safetensors, Adam, AdamConfig, NamedTensor, ParamStore};
 pub use rng::Rng;
 

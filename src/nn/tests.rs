@@ -451,15 +451,24 @@ fn safetensors_roundtrip_and_mismatch() {
 /// Central differences of `sum(net(x)^2)` in every third element of every parameter
 /// (training mode), against the tape's gradients.
 fn check_net_param_grads(net: &Net<F, Cpu>, x: &T4<F, Cpu>) {
+    check_net_param_grads_side(net, x, &Side::default())
+}
+
+/// [`check_net_param_grads`] for a pass with side inputs (labels, noise, mixing).
+fn check_net_param_grads_side(net: &Net<F, Cpu>, x: &T4<F, Cpu>, side: &Side) {
     let dev = dev();
     let b = x.shape().0;
+    let n_out: usize = net.out_shape.iter().product();
     let loss = |net: &Net<F, Cpu>| -> F {
-        let y = net.forward(x.clone(), true);
-        y.reshape_like(&(b,)).square().sum::<(), Axis<0>>().array()
+        let y = net.forward_side(x.clone(), side, true);
+        y.reshape_like(&(b * n_out,))
+            .square()
+            .sum::<(), Axis<0>>()
+            .array()
     };
-    let y = net.forward(x.clone().traced(net.params.alloc_grads()), true);
+    let y = net.forward_side(x.clone().traced(net.params.alloc_grads()), side, true);
     let grads = y
-        .reshape_like(&(b,))
+        .reshape_like(&(b * n_out,))
         .square()
         .sum::<(), Axis<0>>()
         .backward();
@@ -512,7 +521,11 @@ fn cond_layers_param_grads() {
     ];
     let b2 = vec![nb.linear("bn.bias", 4, 2, true, 1.0)];
     let mut layers = vec![
-        Layer::SetCtx { slot, body: map },
+        Layer::SetCtx {
+            slot,
+            body: map,
+            mix: None,
+        },
         nb.const_input("const", 2, 3, 3),
         nb.cond_norm("in", 2, false, slot, g1, b1),
         // no bias: the batch norm after it would cancel it
@@ -539,6 +552,180 @@ fn cond_layers_param_grads() {
     net.forward(x.clone(), true);
     assert!(net.sn.lock().unwrap().iter().all(|s| s.synced == Some(0)));
     check_net_param_grads(&net, &x);
+}
+
+/// The class-conditional layers: a class embedding concatenated to the input, label
+/// modulation without normalisation (SELF-MOD's z'), conditional batch norm, per-pixel
+/// noise from a fixed seed and a projection head: parameter gradients vs finite
+/// differences, with labels held fixed.
+#[test]
+fn label_layers_param_grads() {
+    let dev = dev();
+    let k = 3;
+    let mut nb = NetBuilder::<F, Cpu>::new(dev.clone(), 5);
+    let slot = nb.labels(k);
+    let emb = nb.embedding("embed", k, 2, 1.0);
+    let scale = nb.embedding("mod.scale", k, 4, 0.5);
+    let shift = nb.embedding("mod.shift", k, 4, 0.5);
+    let gain = nb.embedding("bn.gain", k, 2, 0.5);
+    let bias = nb.embedding("bn.bias", k, 2, 0.5);
+    let mut layers = vec![
+        Layer::ConcatCtx { slot, body: emb },
+        nb.modulation(slot, scale, shift),
+        nb.linear("fc", 4, 2 * 3 * 3, true, 1.0),
+        Layer::Reshape([2, 3, 3]),
+        nb.noise("noise", 2),
+        nb.cond_norm("bn", 2, true, slot, gain, bias),
+        Layer::Tanh,
+    ];
+    let embed = nb.embedding("proj.embed", k, 18, 0.3);
+    let head = vec![nb.linear("proj.fc", 18, 1, true, 1.0)];
+    layers.push(Layer::Project { slot, embed, head });
+    let mut net = nb.finish(layers, [2, 1, 1]);
+    assert_eq!((net.out_shape, net.classes()), ([1, 1, 1], Some(3)));
+    // the noise scales start at zero; move them so the noise reaches the output
+    let i = net
+        .params
+        .names
+        .iter()
+        .position(|n| n == "noise.scale")
+        .unwrap();
+    net.params.tensors[i] = dev.tensor_from_vec(vec![0.3, -0.2], (2,));
+    let mut rng = Rng::new(12);
+    let x: T4<F, Cpu> = dev.tensor_from_vec(rng.normals(5 * 2), (5, 2, 1, 1));
+    let side = Side {
+        labels: Some(vec![0, 2, 1, 2, 0]),
+        noise_seed: Some(77),
+        mix: None,
+    };
+    check_net_param_grads_side(&net, &x, &side);
+}
+
+/// Style mixing: the mapping runs on z and on a second latent drawn from the mix seed,
+/// and every layer after the cut reads the second style; gradients of both passes
+/// through the shared mapping vs finite differences.
+#[test]
+fn style_mixing_param_grads() {
+    let dev = dev();
+    let mut nb = NetBuilder::<F, Cpu>::new(dev.clone(), 8);
+    let (slot, from) = (nb.ctx_slot(), nb.ctx_slot());
+    let map = vec![nb.linear("map", 3, 4, true, 1.0), Layer::LeakyRelu(0.2)];
+    let g1 = vec![nb.linear("a1.gain", 4, 2, true, 1.0)];
+    let b1 = vec![nb.linear("a1.bias", 4, 2, true, 1.0)];
+    let g2 = vec![nb.linear("a2.gain", 4, 2, true, 1.0)];
+    let b2 = vec![nb.linear("a2.bias", 4, 2, true, 1.0)];
+    let mut layers = vec![
+        Layer::SetCtx {
+            slot,
+            body: map,
+            mix: Some(from),
+        },
+        nb.const_input("const", 2, 3, 3),
+        nb.cond_norm("a1", 2, false, slot, g1, b1),
+        // no bias: the instance norm after it would cancel it
+        nb.conv("c", 2, 2, 3, 1, 1, 1, false, 1.0),
+    ];
+    layers.push(nb.mix_point(slot, from));
+    layers.push(nb.cond_norm("a2", 2, false, slot, g2, b2));
+    // (a sum over each plane would see only a2's bias: instance norm centres the planes)
+    layers.push(nb.linear("fc", 2 * 3 * 3, 1, true, 1.0));
+    let net = nb.finish(layers, [3, 1, 1]);
+    assert_eq!(net.mix_points, 1);
+    let x: T4<F, Cpu> = dev.tensor_from_vec(Rng::new(2).normals(4 * 3), (4, 3, 1, 1));
+    let mix = Side {
+        mix: Some(Mix { cutoff: 1, seed: 5 }),
+        ..Side::default()
+    };
+    check_net_param_grads_side(&net, &x, &mix);
+    let plain = net.forward(x.clone(), false).as_vec();
+    let mixed = net.forward_side(x.clone(), &mix, false).as_vec();
+    assert!(plain.iter().zip(&mixed).all(|(a, b)| (a - b).abs() > 1e-9));
+    // a cut the net does not have changes nothing
+    let never = Side {
+        mix: Some(Mix { cutoff: 2, seed: 5 }),
+        ..Side::default()
+    };
+    assert_eq!(net.forward_side(x, &never, false).as_vec(), plain);
+}
+
+/// Per-pixel noise: one standard-normal image per sample, shared by the channels and
+/// scaled per channel; the same seed gives the same noise, no seed no noise.
+#[test]
+fn noise_input_is_per_pixel_and_scaled_per_channel() {
+    let dev = dev();
+    let mut nb = NetBuilder::<F, Cpu>::new(dev.clone(), 1);
+    let layers = vec![nb.const_input("const", 2, 4, 4), nb.noise("noise", 2)];
+    let mut net = nb.finish(layers, [1, 1, 1]);
+    net.params.tensors[1] = dev.tensor_from_vec(vec![0.5, -2.0], (2,));
+    let base = net.params.tensors[0].as_vec();
+    let x: T4<F, Cpu> = dev.zeros_like(&(3, 1, 1, 1));
+    let side = |s| Side {
+        noise_seed: Some(s),
+        ..Side::default()
+    };
+    let y = net.forward_side(x.clone(), &side(4), false).as_vec();
+    let mut noise = vec![];
+    for b in 0..3 {
+        for p in 0..16 {
+            let n0 = (y[b * 32 + p] - base[p]) / 0.5;
+            let n1 = (y[b * 32 + 16 + p] - base[16 + p]) / -2.0;
+            assert!((n0 - n1).abs() < 1e-12, "channels share the noise image");
+            noise.push(n0);
+        }
+    }
+    let mean = noise.iter().sum::<F>() / 48.0;
+    let var = noise.iter().map(|v| (v - mean).powi(2)).sum::<F>() / 47.0;
+    assert!(
+        mean.abs() < 0.5 && (0.5..2.0).contains(&var),
+        "{mean} {var}"
+    );
+    assert_ne!(noise[..16], noise[16..32], "samples get their own noise");
+    assert_eq!(y, net.forward_side(x.clone(), &side(4), false).as_vec());
+    assert_ne!(y, net.forward_side(x.clone(), &side(5), false).as_vec());
+    let none = net.forward(x, false).as_vec();
+    assert_eq!(none[..32], base[..]);
+}
+
+/// Conditional batch norm with per-class gain and bias: each sample is normalised with
+/// the batch statistics and scaled / shifted by its own class's row, by hand.
+#[test]
+fn conditional_batch_norm_closed_form() {
+    let dev = dev();
+    let mut nb = NetBuilder::<F, Cpu>::new(dev.clone(), 3);
+    let slot = nb.labels(2);
+    let gain = nb.embedding("bn.gain", 2, 2, 1.0);
+    let bias = nb.embedding("bn.bias", 2, 2, 1.0);
+    let layers = vec![nb.cond_norm("bn", 2, true, slot, gain, bias)];
+    let net = nb.finish(layers, [2, 2, 2]);
+    // embedding weights are (channels, classes): G[c][k], B[c][k]
+    let gw = net.params.tensors[0].as_vec();
+    let bw = net.params.tensors[1].as_vec();
+    let mut rng = Rng::new(6);
+    let xv = rng.normals(3 * 2 * 4);
+    let x: T4<F, Cpu> = dev.tensor_from_vec(xv.clone(), (3, 2, 2, 2));
+    let labels = vec![1, 0, 1];
+    let y = net
+        .forward_side(x.clone(), &Side::labels(Some(labels.clone())), true)
+        .as_vec();
+    for c in 0..2 {
+        let vals: Vec<F> = (0..3)
+            .flat_map(|b| xv[b * 8 + c * 4..b * 8 + c * 4 + 4].to_vec())
+            .collect();
+        let m = vals.iter().sum::<F>() / 12.0;
+        let v = vals.iter().map(|a| (a - m).powi(2)).sum::<F>() / 12.0;
+        for (b, &k) in labels.iter().enumerate() {
+            for p in 0..4 {
+                let i = b * 8 + c * 4 + p;
+                let want = (xv[i] - m) / (v + 1e-5).sqrt() * (1.0 + gw[c * 2 + k]) + bw[c * 2 + k];
+                assert!((y[i] - want).abs() < 1e-12, "{} vs {want}", y[i]);
+            }
+        }
+    }
+    // the output depends on the label
+    let other = net
+        .forward_side(x, &Side::labels(Some(vec![0, 0, 1])), true)
+        .as_vec();
+    assert!((0..8).all(|i| (other[i] - y[i]).abs() > 1e-9));
 }
 
 /// AdaIN: every (sample, channel) plane of the output has mean `bias` and std `1 + gain`.

@@ -4,6 +4,8 @@
 //! [N,C,H,W] in [-1,1] or `points` f32 [N,2]), so evaluation and Python read it like
 //! data, and `grid.png` (the first 64 images, or a scatter plot of the points).
 //! Latents come from `seed` alone: the same checkpoint and seed give the same samples.
+//! A conditional generator is sampled for labels balanced over its classes
+//! (`0, 1, ..., k-1, 0, ...`), and the file holds them as `labels` (i64 [N]).
 
 use super::train::CHECKPOINT_FILE;
 use crate::data::{self, DataTensor, Dataset};
@@ -89,7 +91,7 @@ impl Stage for Sample {
             other => anyhow::bail!("unexpected data shape {other:?}"),
         };
         let t = Instant::now();
-        let values = gan::sample_checkpoint(
+        let samples = gan::sample_checkpoint(
             &cfg,
             shape,
             &train.dir.join(CHECKPOINT_FILE),
@@ -99,6 +101,7 @@ impl Stage for Sample {
         )?;
         let secs = t.elapsed().as_secs_f64();
         let n = p.count;
+        let values = samples.values;
         let tensor = match shape {
             DataShape::Points => DataTensor::Points { n, values },
             DataShape::Image { c, res } => DataTensor::Images {
@@ -112,8 +115,10 @@ impl Stage for Sample {
         let finite = tensor.values().iter().all(|v| v.is_finite());
         let ds = Dataset {
             data: tensor,
-            labels: None,
-            classes: None,
+            labels: samples
+                .labels
+                .map(|l| l.into_iter().map(|y| y as i64).collect()),
+            classes: samples.classes,
             sources: vec![],
             mixture: card
                 .get("mixture")

@@ -15,7 +15,7 @@ use crate::data::{load_dataset, DataTensor};
 use crate::engine::{
     typed_params, CheckCtx, DeviceChoice, Outcome, ParamError, Resources, RunCtx, Stage, Status,
 };
-use crate::gan::{StepLog, TrainConfig, TrainData, Trainer};
+use crate::gan::{ClassLabels, StepLog, TrainConfig, TrainData, Trainer};
 use crate::nn::{Cpu, Dev};
 use crate::results::table::{frame_from_rows, write_table, Cell};
 use anyhow::{bail, Context, Result};
@@ -60,11 +60,23 @@ pub fn resolve_device(param: Option<&str>, cli: DeviceChoice) -> Result<&'static
     })
 }
 
-/// The data artifact as training data.
-pub fn train_data(dir: &Path) -> Result<TrainData> {
-    let ds = load_dataset(&dir.join(DATA_FILE))
-        .with_context(|| format!("loading {}", dir.join(DATA_FILE).display()))?;
-    Ok(match ds.data {
+/// The data artifact as training data, with its class labels where it has them.
+pub fn train_data(dir: &Path) -> Result<(TrainData, Option<ClassLabels>)> {
+    let path = dir.join(DATA_FILE);
+    let ds = load_dataset(&path).with_context(|| format!("loading {}", path.display()))?;
+    let labels = match (&ds.labels, ds.classes) {
+        (Some(l), Some(k)) => Some(ClassLabels {
+            labels: l.iter().map(|&y| y as usize).collect(),
+            classes: k,
+        }),
+        // labels without a class count: the classes are 0..=max
+        (Some(l), None) => Some(ClassLabels {
+            labels: l.iter().map(|&y| y as usize).collect(),
+            classes: l.iter().max().map_or(0, |&m| m as usize + 1),
+        }),
+        (None, _) => None,
+    };
+    let data = match ds.data {
         DataTensor::Images { n, c, h, w, values } => TrainData::Images {
             data: values,
             n,
@@ -73,7 +85,8 @@ pub fn train_data(dir: &Path) -> Result<TrainData> {
             w,
         },
         DataTensor::Points { n, values } => TrainData::Points { data: values, n },
-    })
+    };
+    Ok((data, labels))
 }
 
 fn peak_rss_mib() -> Option<f64> {
@@ -132,14 +145,23 @@ impl Stage for Train {
     fn run(&self, cx: &RunCtx) -> Result<Outcome> {
         let cfg: TrainConfig = cx.params()?;
         let device = resolve_device(cfg.device.as_deref(), cx.device)?;
-        let data = train_data(&cx.input("data")?.dir)?;
+        let input = cx.input("data")?;
+        let (data, labels) = train_data(&input.dir)?;
+        if cfg.conditional == Some(true) && labels.is_none() {
+            bail!(
+                "conditional: true needs labelled data, and the data instance {} has no \
+                 labels (use a labelled source: mnist, stacked_mnist, gaussian_ring/grid, \
+                 or an image_folder with class folders)",
+                input.label
+            );
+        }
         match device {
             #[cfg(feature = "cuda")]
             "cuda" => {
                 let dev = open_cuda()?;
-                train_on(cx, &cfg, data, dev, device)
+                train_on(cx, &cfg, data, labels, dev, device)
             }
-            _ => train_on(cx, &cfg, data, Cpu::default(), device),
+            _ => train_on(cx, &cfg, data, labels, Cpu::default(), device),
         }
     }
 }
@@ -157,10 +179,11 @@ fn train_on<D: Dev<f32>>(
     cx: &RunCtx,
     cfg: &TrainConfig,
     data: TrainData,
+    labels: Option<ClassLabels>,
     dev: D,
     device: &'static str,
 ) -> Result<Outcome> {
-    let mut t = Trainer::with_device(cfg.clone(), data, cfg.seed, dev)?;
+    let mut t = Trainer::build(cfg.clone(), data, labels, cfg.seed, dev)?;
     let (pg, pd) = t.param_counts();
     tracing::info!("{}: G {pg} params, D {pd} params", cx.label);
     let ckpt = cx.dir.join(CHECKPOINT_FILE);
@@ -233,6 +256,9 @@ fn train_on<D: Dev<f32>>(
     out.info.insert("device".into(), Value::from(device));
     out.info.insert("params_g".into(), Value::from(pg));
     out.info.insert("params_d".into(), Value::from(pd));
+    if let Some(k) = t.classes() {
+        out.info.insert("classes".into(), Value::from(k));
+    }
     if let Some(s) = diverged_at {
         out.status = Status::Diverged;
         out.info.insert("diverged_at_step".into(), Value::from(s));
