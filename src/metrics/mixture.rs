@@ -66,17 +66,7 @@ pub fn mixture_stats(
     let mut counts = vec![0u64; k];
     let mut good = 0usize;
     for p in points.chunks_exact(dim) {
-        let mut best = (f64::INFINITY, 0usize);
-        for (c, centre) in centres.chunks_exact(dim).enumerate() {
-            let d: f64 = p
-                .iter()
-                .zip(centre)
-                .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
-                .sum();
-            if d < best.0 {
-                best = (d, c);
-            }
-        }
+        let best = nearest(p, centres, dim);
         if best.0 <= limit {
             counts[best.1] += 1;
             good += 1;
@@ -90,6 +80,37 @@ pub fn mixture_stats(
         reverse_kl: reverse_kl_from_counts(&counts),
         counts,
     })
+}
+
+/// (squared distance, index) of the centre nearest to `p`; ties go to the lower index.
+fn nearest(p: &[f32], centres: &[f32], dim: usize) -> (f64, usize) {
+    let mut best = (f64::INFINITY, 0usize);
+    for (c, centre) in centres.chunks_exact(dim).enumerate() {
+        let d: f64 = p
+            .iter()
+            .zip(centre)
+            .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
+            .sum();
+        if d < best.0 {
+            best = (d, c);
+        }
+    }
+    best
+}
+
+/// The index of the nearest centre of every point (`[N, dim]` against `[K, dim]`), the
+/// mixture component a point is assigned to; ties go to the lower index.
+pub fn nearest_centres(points: &[f32], centres: &[f32], dim: usize) -> Result<Vec<usize>> {
+    rows(points.len(), dim, "nearest_centres points")?;
+    if rows(centres.len(), dim, "nearest_centres centres")? == 0 {
+        return Err(MetricsError::InvalidArgument(
+            "nearest_centres: no centres".into(),
+        ));
+    }
+    Ok(points
+        .chunks_exact(dim)
+        .map(|p| nearest(p, centres, dim).1)
+        .collect())
 }
 
 #[cfg(test)]
@@ -123,6 +144,19 @@ mod tests {
         assert!((s.high_quality - 5.0 / 7.0).abs() < 1e-12);
         // Uniform over 5 of 8 modes: KL = ln(8/5).
         assert!((s.reverse_kl - (8.0f64 / 5.0).ln()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn nearest_centre_assignment() {
+        let centres = ring8();
+        // centre 2 is (0, 2), centre 6 is (0, -2), centre 0 is (2, 0)
+        let pts = [0.1, 1.5, 0.0, -9.0, 1.9, 0.1];
+        assert_eq!(nearest_centres(&pts, &centres, 2).unwrap(), vec![2, 6, 0]);
+        // an exact tie goes to the lower index
+        let two = [0.0, 0.0, 2.0, 0.0];
+        assert_eq!(nearest_centres(&[1.0, 5.0], &two, 2).unwrap(), vec![0]);
+        assert!(nearest_centres(&pts, &[], 2).is_err());
+        assert!(nearest_centres(&pts[..3], &centres, 2).is_err());
     }
 
     #[test]

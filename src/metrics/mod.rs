@@ -28,10 +28,10 @@ pub use frechet::{
     frechet_distance, frechet_distance_eps, frechet_distance_features, gaussian_stats, Gaussian,
 };
 pub use linalg::{sqrtm_psd, sym_eigen, SymEigen};
-pub use mixture::{mixture_stats, MixtureStats};
+pub use mixture::{mixture_stats, nearest_centres, MixtureStats};
 pub use modes::{
-    mode_histogram, mode_stats, modes_covered, modes_covered_min, reverse_kl_from_counts,
-    reverse_kl_uniform, stacked_mnist_mode, ModeStats,
+    class_accuracy, mode_histogram, mode_stats, modes_covered, modes_covered_min,
+    reverse_kl_from_counts, reverse_kl_uniform, stacked_mnist_mode, ModeStats,
 };
 pub use prdc::{knn_radii, prdc, prdc_with_k, Prdc};
 pub use spectral::{compare_spectra, radial_power_spectrum, spectral_distance, SpectralDistance};

@@ -54,6 +54,25 @@ pub fn mode_histogram(labels: &[usize], k: usize) -> Result<Vec<u64>> {
     Ok(h)
 }
 
+/// Share of conditional samples whose assigned class (judge prediction or nearest mixture
+/// centre) is the label they were generated for: `#{i : predicted_i = wanted_i} / N`.
+pub fn class_accuracy(predicted: &[usize], wanted: &[usize]) -> Result<f64> {
+    if predicted.len() != wanted.len() {
+        return Err(MetricsError::InvalidArgument(format!(
+            "class_accuracy: {} predictions for {} labels",
+            predicted.len(),
+            wanted.len()
+        )));
+    }
+    if predicted.is_empty() {
+        return Err(MetricsError::TooFewSamples(
+            "class_accuracy: no samples".into(),
+        ));
+    }
+    let hits = predicted.iter().zip(wanted).filter(|(p, w)| p == w).count();
+    Ok(hits as f64 / predicted.len() as f64)
+}
+
 /// Modes with at least one sample: `#{c : n_c >= 1}`.
 pub fn modes_covered(labels: &[usize], k: usize) -> Result<usize> {
     modes_covered_min(labels, k, 1)
@@ -161,5 +180,13 @@ mod tests {
         assert!(mode_stats(&[], 3).is_err());
         assert!(reverse_kl_uniform(&[], 3).is_err());
         assert!(reverse_kl_from_counts(&[0, 0]).is_nan());
+    }
+
+    #[test]
+    fn class_accuracy_counts_matches() {
+        assert_eq!(class_accuracy(&[1, 2, 3, 4], &[1, 0, 3, 0]).unwrap(), 0.5);
+        assert_eq!(class_accuracy(&[7], &[7]).unwrap(), 1.0);
+        assert!(class_accuracy(&[1, 2], &[1]).is_err());
+        assert!(class_accuracy(&[], &[]).is_err());
     }
 }

@@ -4,9 +4,10 @@
 //! `needs: [sample, data, judge]` (the judge may be left out for 2-D points, or when
 //! only `spectral` and `cost` are asked for). Params (all optional):
 //! - `metrics`: a list from `fid_judge`, `precision`, `recall`, `density`, `coverage`,
-//!   `modes`, `reverse_kl`, `high_quality`, `spectral`, `cost`; by default every one
-//!   that applies to the data (images: all but `high_quality`; points: all but
-//!   `spectral`). Asking for one that does not apply is an error.
+//!   `modes`, `reverse_kl`, `high_quality`, `class_accuracy`, `spectral`, `cost`; by
+//!   default every one that applies to the data (images: all but `high_quality`; points:
+//!   all but `spectral`; `class_accuracy` when the samples carry labels). Asking for one
+//!   that does not apply is an error.
 //! - `real_count` (10,000): real images/points drawn (without replacement, seeded) as
 //!   the reference set of every metric; all of them when the data holds fewer.
 //! - `fake_count` (= `real_count`): generated samples used for `fid_judge`, PRDC and
@@ -32,6 +33,10 @@
 //! - `spectral`: mean |log power difference| of the radially averaged spectra over the
 //!   upper half of frequencies; `spectral_nyquist` = generated / real power at the
 //!   highest frequency (> 1: too much high-frequency energy, e.g. checkerboards).
+//! - `class_accuracy` (samples of a conditional generator, which carry labels): share of
+//!   the `fake_count` samples whose class, as the judge predicts it (images: the same
+//!   mode encoding as `modes`) or as the nearest centre (points), is the label they were
+//!   generated for. The judge's classes must be the generator's.
 //! - `cost`: `train_s`, `images_per_s`, `params_g`, `params_d`, `peak_rss_mib` of the
 //!   train instance upstream, copied from its manifest.
 //!
@@ -68,6 +73,7 @@ pub enum Metric {
     Modes,
     ReverseKl,
     HighQuality,
+    ClassAccuracy,
     Spectral,
     Cost,
 }
@@ -84,6 +90,7 @@ impl Metric {
             Modes => "modes",
             ReverseKl => "reverse_kl",
             HighQuality => "high_quality",
+            ClassAccuracy => "class_accuracy",
             Spectral => "spectral",
             Cost => "cost",
         }
@@ -193,6 +200,9 @@ impl Stage for Evaluate {
                     FidJudge, Precision, Recall, Density, Coverage, Modes, ReverseKl,
                 ];
                 m.push(if is_points { HighQuality } else { Spectral });
+                if fake.labels.is_some() {
+                    m.push(ClassAccuracy);
+                }
                 if cx.ancestors.iter().any(|a| a.kind == "train") {
                     m.push(Cost);
                 }
@@ -205,6 +215,13 @@ impl Stage for Evaluate {
                 bail!(
                     "evaluate: `spectral` applies to images, `{}` holds 2-D points",
                     data.label
+                );
+            }
+            if m == Metric::ClassAccuracy && fake.labels.is_none() {
+                bail!(
+                    "evaluate: `class_accuracy` needs samples of a conditional generator \
+                     (`{}` holds no labels: train with conditional: true)",
+                    sample.label
                 );
             }
             if !is_points && m == Metric::HighQuality {
@@ -249,7 +266,11 @@ impl Stage for Evaluate {
 
         // Features: the judge's for images, the coordinates for points.
         let needs_feats = metrics.iter().any(|m| m.needs_features());
-        let judge = if !is_points && (needs_feats || want(Metric::Modes) || want(Metric::ReverseKl))
+        let judge = if !is_points
+            && (needs_feats
+                || want(Metric::Modes)
+                || want(Metric::ReverseKl)
+                || want(Metric::ClassAccuracy))
         {
             let j = judge_in.with_context(|| {
                 "evaluate: fid_judge, precision/recall/density/coverage and modes on images \
@@ -352,6 +373,37 @@ impl Stage for Evaluate {
                 info.insert("num_modes".into(), Value::from(k));
                 histogram = Some(s.histogram);
             }
+        }
+        if want(Metric::ClassAccuracy) {
+            let wanted: Vec<usize> = fake.labels.as_ref().expect("checked above")[..n_fake]
+                .iter()
+                .map(|&y| y as usize)
+                .collect();
+            let predicted = if is_points {
+                let mix = read_mixture(&data.dir)?.with_context(|| {
+                    format!(
+                        "evaluate: class_accuracy on points needs a Gaussian mixture, and `{}` has no centres in its card",
+                        data.label
+                    )
+                })?;
+                let centres: Vec<f32> = mix.centres.iter().flatten().copied().collect();
+                metrics::nearest_centres(fake_x, &centres, 2)?
+            } else {
+                let j = judge.as_ref().expect("judge loaded for class_accuracy");
+                let (pred, k) = j.predict_modes(fake_x, channels)?;
+                if fake.classes.is_some_and(|c| c != k) {
+                    bail!(
+                        "evaluate: class_accuracy: the judge tells {k} classes, the generator of `{}` was conditioned on {}",
+                        sample.label,
+                        fake.classes.unwrap()
+                    );
+                }
+                pred
+            };
+            out.insert(
+                "class_accuracy".into(),
+                metrics::class_accuracy(&predicted, &wanted)?,
+            );
         }
         if want(Metric::Spectral) {
             let [_, c, h, w] = real.data.shape()[..] else {
