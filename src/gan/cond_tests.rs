@@ -18,6 +18,14 @@ fn d(cfg: &NetConfig, shape: DataShape, classes: Option<usize>) -> Net<f32, Cpu>
     nets::discriminator::<f32, Cpu>(cfg, shape, classes, Cpu::default(), 2).unwrap()
 }
 
+/// stylegan at width 4 with a 2 x 16 mapping.
+fn small_stylegan() -> NetConfig {
+    let mut c = net_cfg(Arch::Stylegan, None, 4);
+    c.mapping_depth = Some(2);
+    c.mapping_width = Some(16);
+    c
+}
+
 /// `b` labels cycling through the classes.
 fn labels(b: usize) -> Side {
     Side::labels(Some((0..b).map(|i| (3 * i + 1) % K).collect()))
@@ -80,10 +88,7 @@ fn conditional_param_counts_by_hand() {
         cases.push((sm.clone(), res, 2 * K * z));
         sm.body = Some(Arch::Dcgan);
         cases.push((sm, res, 2 * K * z));
-        let mut st = w4(Arch::Stylegan, None);
-        st.mapping_depth = Some(2);
-        st.mapping_width = Some(16);
-        cases.push((st, res, K * e + e * 16));
+        cases.push((small_stylegan(), res, K * e + e * 16));
     }
     // r3gan B: fc z -> c0 x 4 x 4; E: basis weight (c0, z)
     cases.push((w4(Arch::R3gan, Some(Variant::B)), 16, K * e + e * 16 * 16));
@@ -239,9 +244,7 @@ fn conditional_generators_depend_on_the_label() {
     let shape = DataShape::Image { c: 1, res: 16 };
     let mut sm = net_cfg(Arch::Selfmod, None, 4);
     sm.mod_hidden = Some(8);
-    let mut st = net_cfg(Arch::Stylegan, None, 4);
-    st.mapping_depth = Some(2);
-    st.mapping_width = Some(16);
+    let st = small_stylegan();
     for cfg in [
         net_cfg(Arch::Dcgan, None, 4),
         net_cfg(Arch::Resnet, None, 4),
@@ -289,9 +292,7 @@ fn conditional_generators_depend_on_the_label() {
 fn stylegan_mixing_takes_the_second_latent_after_the_cut() {
     let dev = Cpu::default();
     let shape = DataShape::Image { c: 1, res: 16 };
-    let mut cfg = net_cfg(Arch::Stylegan, None, 4);
-    cfg.mapping_depth = Some(2);
-    cfg.mapping_width = Some(16);
+    let mut cfg = small_stylegan();
     cfg.z_dim = Some(8);
     let mut net = g(&cfg, shape, None);
     // 6 AdaINs (2 per resolution 4, 8, 16): 5 cuts

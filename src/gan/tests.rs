@@ -416,26 +416,11 @@ fn new_arch_shapes_and_param_counts() {
         assert!(counts[1] > counts[0], "{cfg:?}: {counts:?}");
     }
     // SELF-MOD adds two MLPs (z -> 8 -> C) per BN to the same body
-    let plain = count(
-        &nets::generator::<f32, Cpu>(
-            &gs[0],
-            DataShape::Image { c: 1, res: 16 },
-            None,
-            dev.clone(),
-            0,
-        )
-        .unwrap(),
-    );
-    let sm = count(
-        &nets::generator::<f32, Cpu>(
-            &gs[1],
-            DataShape::Image { c: 1, res: 16 },
-            None,
-            dev.clone(),
-            0,
-        )
-        .unwrap(),
-    );
+    let count16 = |cfg| {
+        let shape = DataShape::Image { c: 1, res: 16 };
+        count(&nets::generator::<f32, Cpu>(cfg, shape, None, dev.clone(), 0).unwrap())
+    };
+    let (plain, sm) = (count16(&gs[0]), count16(&gs[1]));
     // resnet G at 16 (width 8): BN channels 32 (blocks.0.bn1), 16, 16, 8 (blocks.1.bn2),
     // 8 (out_bn); plain BN: 2C each; SELF-MOD: 2 * (64*8+8 + 8*C+C) each
     let bn_c = [32usize, 16, 16, 8, 8];

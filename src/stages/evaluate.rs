@@ -135,7 +135,7 @@ impl Stage for Evaluate {
         1
     }
     fn about(&self) -> &'static str {
-        "metrics of samples against data: fid_judge, precision/recall, density/coverage, modes, reverse_kl, high_quality, spectral, cost"
+        "metrics of samples against data: fid_judge, precision/recall, density/coverage, modes, reverse_kl, high_quality, class_accuracy, spectral, cost"
     }
     fn check(&self, params: &Value, _cx: &CheckCtx) -> Result<Value, ParamError> {
         typed_params::<EvaluateParams>(params, |p| {

@@ -5,7 +5,8 @@
 //! data, and `grid.png` (the first 64 images, or a scatter plot of the points).
 //! Latents come from `seed` alone: the same checkpoint and seed give the same samples.
 //! A conditional generator is sampled for labels balanced over its classes
-//! (`0, 1, ..., k-1, 0, ...`), and the file holds them as `labels` (i64 [N]).
+//! (`0, 1, ..., k-1, 0, ...`), and the file holds them as `labels` (i64 [N]); its grid
+//! has one column per class (up to 32 classes, 8 rows).
 
 use super::train::CHECKPOINT_FILE;
 use crate::data::{self, DataTensor, Dataset};
@@ -49,7 +50,7 @@ impl Stage for Sample {
         1
     }
     fn about(&self) -> &'static str {
-        "draw samples from a trained generator (+ PNG grid)"
+        "draw samples from a trained generator (+ PNG grid; balanced labels when conditional)"
     }
     fn check(&self, params: &Value, _cx: &CheckCtx) -> Result<Value, ParamError> {
         typed_params::<SampleParams>(params, |p| {
@@ -125,7 +126,7 @@ impl Stage for Sample {
                 .and_then(|m| serde_json::from_value(m.clone()).ok()),
         };
         data::save_dataset(&ds, &cx.dir.join(SAMPLES_FILE))?;
-        data::write_preview(&ds, &cx.dir.join("grid.png"))?;
+        write_grid(&ds, &cx.dir.join("grid.png"))?;
         let mut out = Outcome::ok()
             .metric("count", n as f64)
             .metric("samples_per_s", n as f64 / secs.max(1e-9));
@@ -134,4 +135,20 @@ impl Stage for Sample {
         }
         Ok(out)
     }
+}
+
+/// The preview grid: one column per class for conditional image samples of at most 32
+/// classes (sample i has label i mod k, so rows of k are one sample per class), else the
+/// data preview (the first 64 images, or a scatter plot).
+fn write_grid(ds: &Dataset, path: &std::path::Path) -> Result<()> {
+    if let (DataTensor::Images { n, c, h, w, values }, Some(k)) = (&ds.data, ds.classes) {
+        if ds.labels.is_some() && (1..=32).contains(&k) && *n >= k {
+            let rows = (n / k).min(8);
+            let m = rows * k;
+            data::write_image_grid(path, &values[..m * c * h * w], m, *c, *h, *w, k)?;
+            return Ok(());
+        }
+    }
+    data::write_preview(ds, path)?;
+    Ok(())
 }

@@ -9,6 +9,8 @@
 //! - `loss.png`: D loss (red) and G loss (blue) against steps.
 //!
 //! NaN or infinite losses end the run with status `diverged` (a result, not a crash).
+//! `conditional: true` trains on the data's labels (an error on unlabelled data) and
+//! records the class count in the checkpoint's metadata (`classes`) and the manifest.
 
 use super::data::DATA_FILE;
 use crate::data::{load_dataset, DataTensor};
@@ -104,7 +106,7 @@ impl Stage for Train {
         1
     }
     fn about(&self) -> &'static str {
-        "train a GAN (mlp, dcgan, resnet, selfmod, stylegan, r3gan B-E; ns, rpgan, hinge; r1, r2) with checkpoints and resume"
+        "train a GAN (mlp, dcgan, resnet, selfmod, stylegan, r3gan B-E; ns, rpgan, hinge; r1, r2; unconditional or class-conditional) with checkpoints and resume"
     }
     fn check(&self, params: &Value, _cx: &CheckCtx) -> Result<Value, ParamError> {
         typed_params::<TrainConfig>(params, |c| {
