@@ -1,15 +1,20 @@
 //! Images/s of a full training step (D step with R1 and R2, then G step, EMA) at 32x32x3,
-//! batch 64, on the CPU, and the peak resident memory (VmHWM) of the process.
+//! batch 64, on the CPU, and the peak resident memory (VmHWM) of the process, for every
+//! generator family of the generator-history study at one width.
 //!
-//! Run with `cargo bench --bench train_step` (both nets, one child process each so every
-//! peak-memory figure is its own) or `cargo bench --bench train_step -- dcgan|r3gan-e`.
-//! `BENCH_STEPS` (default 5) timed steps follow one warm-up step.
-//! Same DCGAN step in PyTorch: `benches/torch_dcgan.py`.
+//! Run with `cargo bench --profile dev --bench train_step` (every net, one child process
+//! each so every peak-memory figure is its own) or name some:
+//! `cargo bench --profile dev --bench train_step -- dcgan resnet`.
+//! Nets: `dcgan` (G and D), `resnet` (SNGAN-style G and D), `selfmod` (resnet body, resnet
+//! D), `stylegan` (mapping 8 x 512, noise, resnet D), `r3gan-e` (G and D), and
+//! `dcgan-torch` (the width-32 DCGAN of `benches/torch_dcgan.py`, for the PyTorch
+//! comparison). `BENCH_WIDTH` (default 64) sets the base width (channels at 32x32;
+//! 8 x width at 4x4), `BENCH_STEPS` (default 5) the timed steps after one warm-up step.
 
 use std::process::Command;
 use std::time::Instant;
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use ablate::gan::{TrainConfig, TrainData, Trainer};
 use ablate::nn::Rng;
@@ -17,23 +22,46 @@ use ablate::nn::Rng;
 const RES: usize = 32;
 const CH: usize = 3;
 const BATCH: usize = 64;
+const NETS: [&str; 5] = ["dcgan", "resnet", "selfmod", "stylegan", "r3gan-e"];
 
-/// dcgan: width 32 gives D 3->64->128->256 (4x4) -> linear and G z(128) -> 256x4x4 ->
-/// 128 -> 64 -> 32 -> 3x3 conv -> 3, BN in G only (the PyTorch DCGAN CIFAR sizes).
-/// r3gan-e: width 32 (channels 32/64/128/256 from 32x32 down to 4x4), expansion 2,
-/// group size 16, one block per stage.
-fn config(name: &str) -> TrainConfig {
-    let (g, d) = match name {
+/// (G, D) of a bench net at base width `w`. `dcgan-torch`: width 32 gives D
+/// 3->64->128->256 (4x4) -> linear and G z(128) -> 256x4x4 -> 128 -> 64 -> 32 -> 3x3 conv
+/// -> 3, BN in G only (the PyTorch DCGAN CIFAR sizes).
+fn nets(name: &str, w: usize) -> (Value, Value) {
+    let resnet_d = json!({"arch": "resnet", "width": w});
+    match name {
         "dcgan" => (
+            json!({"arch": "dcgan", "width": w, "z_dim": 128}),
+            json!({"arch": "dcgan", "width": w}),
+        ),
+        "dcgan-torch" => (
             json!({"arch": "dcgan", "width": 32, "z_dim": 128}),
             json!({"arch": "dcgan", "width": 32}),
         ),
-        "r3gan-e" => (
-            json!({"arch": "r3gan", "variant": "E", "width": 32, "z_dim": 128}),
-            json!({"arch": "r3gan", "variant": "E", "width": 32}),
+        "resnet" => (
+            json!({"arch": "resnet", "width": w, "z_dim": 128}),
+            resnet_d,
         ),
-        _ => panic!("unknown net {name:?}: dcgan | r3gan-e"),
-    };
+        "selfmod" => (
+            json!({"arch": "selfmod", "width": w, "z_dim": 128}),
+            resnet_d,
+        ),
+        "stylegan" => (
+            json!({"arch": "stylegan", "width": w, "z_dim": 128, "noise": true}),
+            resnet_d,
+        ),
+        "r3gan-e" => (
+            json!({"arch": "r3gan", "variant": "E", "width": w, "z_dim": 128}),
+            json!({"arch": "r3gan", "variant": "E", "width": w}),
+        ),
+        _ => panic!(
+            "unknown net {name:?}: dcgan | resnet | selfmod | stylegan | r3gan-e | dcgan-torch"
+        ),
+    }
+}
+
+fn config(name: &str, w: usize) -> TrainConfig {
+    let (g, d) = nets(name, w);
     serde_json::from_value(json!({
         "generator": g,
         "discriminator": d,
@@ -58,7 +86,7 @@ fn vm_hwm_mib() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-fn run(name: &str, steps: usize) {
+fn run(name: &str, width: usize, steps: usize) {
     let n = 512;
     let mut rng = Rng::new(7);
     let data: Vec<f32> = (0..n * CH * RES * RES)
@@ -71,7 +99,7 @@ fn run(name: &str, steps: usize) {
         h: RES,
         w: RES,
     };
-    let mut t = Trainer::new(config(name), data, 1).unwrap();
+    let mut t = Trainer::new(config(name, width), data, 1).unwrap();
     let (pg, pd) = t.param_counts();
     let t0 = Instant::now();
     t.step();
@@ -83,7 +111,7 @@ fn run(name: &str, steps: usize) {
     }
     let s = t0.elapsed().as_secs_f64();
     println!(
-        "{name:8} G {pg:>9} D {pd:>9} params | warm-up {warm:.2} s | {steps} steps {s:.2} s \
+        "{name:11} G {pg:>9} D {pd:>9} params | warm-up {warm:.2} s | {steps} steps {s:.2} s \
          | {:.3} s/step | {:.1} images/s | peak RSS {:.0} MiB",
         s / steps as f64,
         (steps * BATCH) as f64 / s,
@@ -92,28 +120,38 @@ fn run(name: &str, steps: usize) {
 }
 
 fn main() {
-    let steps: usize = std::env::var("BENCH_STEPS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(d)
+    };
+    let steps = env("BENCH_STEPS", 5);
+    let width = env("BENCH_WIDTH", 64);
     let names: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    println!(
-        "train step: rpgan + R1 + R2 (FD-HVP), batch {BATCH}, {CH}x{RES}x{RES}, {} threads",
+    if std::env::var_os("TRAIN_STEP_CHILD").is_none() {
+        println!(
+        "train step: rpgan + R1 + R2 (FD-HVP), batch {BATCH}, {CH}x{RES}x{RES}, width {width}, {} threads",
         rayon::current_num_threads()
     );
+    }
     if names.is_empty() {
         // one child per net so that each VmHWM is its own
         let exe = std::env::current_exe().unwrap();
-        for n in ["dcgan", "r3gan-e"] {
-            let st = Command::new(&exe).arg(n).status().unwrap();
+        for n in NETS {
+            let st = Command::new(&exe)
+                .arg(n)
+                .env("TRAIN_STEP_CHILD", "1")
+                .status()
+                .unwrap();
             assert!(st.success());
         }
         return;
     }
     for n in names {
-        run(&n, steps);
+        run(&n, width, steps);
     }
 }
