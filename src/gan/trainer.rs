@@ -291,16 +291,18 @@ impl<D: Dev<f32>> Trainer<D> {
         (self.dev.tensor_from_vec(v, (b, c, h, w)), side)
     }
 
-    /// The side inputs of one G pass over `b` latents: uniform random labels
-    /// (conditional), a noise seed (noise inputs), style mixing (with probability
-    /// `style_mixing`). Draws from the RNG only what the config uses, so unconditional
-    /// runs without noise or mixing consume it exactly as before these existed.
+    /// The side inputs of one G pass over `b` latents: labels (conditional) drawn from
+    /// the data's label distribution (the label of a random example, as StyleGAN2-ADA
+    /// does, so a class the data lacks is never asked for), a noise seed (noise inputs),
+    /// style mixing (with probability `style_mixing`). Draws from the RNG only what the
+    /// config uses, so unconditional runs without noise or mixing consume it exactly as
+    /// before these existed.
     fn g_side(&mut self, b: usize) -> Side {
-        let labels = self
-            .labels
-            .as_ref()
-            .map(|l| l.classes)
-            .map(|k| (0..b).map(|_| self.rng.below(k)).collect::<Vec<_>>());
+        let labels = self.labels.as_ref().map(|l| {
+            (0..b)
+                .map(|_| l.labels[self.rng.below(l.labels.len())])
+                .collect::<Vec<_>>()
+        });
         let noise_seed = (self.g.noise_inputs > 0).then(|| self.rng.next_u64());
         let p = self.cfg.generator.style_mixing.unwrap_or(0.0);
         let mut mix = None;
