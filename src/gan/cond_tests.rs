@@ -26,6 +26,25 @@ fn small_stylegan() -> NetConfig {
     c
 }
 
+/// Replace every parameter whose name `pick` accepts by `value(its length)`.
+fn set_params(
+    net: &mut Net<f32, Cpu>,
+    pick: impl Fn(&str) -> bool,
+    mut value: impl FnMut(usize) -> Vec<f32>,
+) {
+    for i in 0..net.params.len() {
+        if pick(&net.params.names[i]) {
+            let n = net.params.tensors[i].shape().0;
+            net.params.tensors[i] = net.dev.tensor_from_vec(value(n), (n,));
+        }
+    }
+}
+
+/// `n` standard normals times `scale`.
+fn normals(rng: &mut Rng, n: usize, scale: f64) -> Vec<f32> {
+    rng.normals(n).iter().map(|&v| (scale * v) as f32).collect()
+}
+
 /// `b` labels cycling through the classes.
 fn labels(b: usize) -> Side {
     Side::labels(Some((0..b).map(|i| (3 * i + 1) % K).collect()))
@@ -186,15 +205,17 @@ fn projection_term_matches_its_formula() {
         let mut net = d(&cfg, shape, Some(K));
         // the embedding starts small: make the projection term large and distinct
         let mut rng = Rng::new(9);
+        set_params(
+            &mut net,
+            |n| n == "embed.weight",
+            |n| normals(&mut rng, n, 1.0),
+        );
         let ie = net
             .params
             .names
             .iter()
             .position(|n| n == "embed.weight")
             .unwrap();
-        let n = net.params.tensors[ie].shape().0;
-        net.params.tensors[ie] =
-            dev.tensor_from_vec(rng.normals(n).iter().map(|&v| v as f32).collect(), (n,));
         let x: T4<f32, Cpu> = dev.tensor_from_vec(
             rng.normals(2 * 256).iter().map(|&v| v as f32).collect(),
             (2, 1, 16, 16),
@@ -254,18 +275,9 @@ fn conditional_generators_depend_on_the_label() {
     ] {
         let mut net = g(&cfg, shape, Some(K));
         let mut rng = Rng::new(1);
-        for i in 0..net.params.len() {
-            if net.params.names[i].contains("gain.weight")
-                || net.params.names[i].contains("bias.weight")
-                || net.params.names[i].contains("cond.")
-            {
-                let n = net.params.tensors[i].shape().0;
-                net.params.tensors[i] = dev.tensor_from_vec(
-                    rng.normals(n).iter().map(|&v| 0.5 * v as f32).collect(),
-                    (n,),
-                );
-            }
-        }
+        let class_param =
+            |n: &str| n.contains("gain.weight") || n.contains("bias.weight") || n.contains("cond.");
+        set_params(&mut net, class_param, |n| normals(&mut rng, n, 0.5));
         let z: Vec<f32> = rng.normals(64).iter().map(|&v| v as f32).collect();
         let zz: T4<f32, Cpu> = dev.tensor_from_vec([z.clone(), z].concat(), (2, 64, 1, 1));
         let out = net
@@ -298,12 +310,11 @@ fn stylegan_mixing_takes_the_second_latent_after_the_cut() {
     // 6 AdaINs (2 per resolution 4, 8, 16): 5 cuts
     assert_eq!(net.mix_points, 5);
     assert_eq!(net.noise_inputs, 0);
-    for i in 0..net.params.len() {
-        if net.params.names[i].starts_with("stages.0.adain0.") {
-            let n = net.params.tensors[i].shape().0;
-            net.params.tensors[i] = dev.zeros_like(&(n,));
-        }
-    }
+    set_params(
+        &mut net,
+        |n| n.starts_with("stages.0.adain0."),
+        |n| vec![0.0; n],
+    );
     let z1: Vec<f32> = Rng::new(3)
         .normals(2 * 8)
         .iter()
@@ -329,12 +340,7 @@ fn stylegan_mixing_takes_the_second_latent_after_the_cut() {
     cfg.noise = Some(true);
     let mut net = g(&cfg, shape, None);
     assert_eq!(net.noise_inputs, 6);
-    for i in 0..net.params.len() {
-        if net.params.names[i].ends_with(".scale") {
-            let n = net.params.tensors[i].shape().0;
-            net.params.tensors[i] = dev.tensor_from_vec(vec![0.5; n], (n,));
-        }
-    }
+    set_params(&mut net, |n| n.ends_with(".scale"), |n| vec![0.5; n]);
     let seeded = |s| Side {
         noise_seed: Some(s),
         ..Side::default()

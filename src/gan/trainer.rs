@@ -279,16 +279,15 @@ impl<D: Dev<f32>> Trainer<D> {
         let (row, [c, h, w]) = self.data.row();
         let n = self.data.len();
         let mut v = Vec::with_capacity(b * row);
-        let mut ys = Vec::with_capacity(b);
+        let mut ys = self.labels.as_ref().map(|_| Vec::with_capacity(b));
         for _ in 0..b {
             let i = self.rng.below(n);
             v.extend_from_slice(&self.data.data()[i * row..(i + 1) * row]);
-            if let Some(l) = &self.labels {
+            if let (Some(ys), Some(l)) = (&mut ys, &self.labels) {
                 ys.push(l.labels[i]);
             }
         }
-        let side = Side::labels(self.labels.is_some().then_some(ys));
-        (self.dev.tensor_from_vec(v, (b, c, h, w)), side)
+        (self.dev.tensor_from_vec(v, (b, c, h, w)), Side::labels(ys))
     }
 
     /// The side inputs of one G pass over `b` latents: labels (conditional) drawn from
@@ -350,10 +349,9 @@ impl<D: Dev<f32>> Trainer<D> {
             let fake_side = Side::labels(g_side.labels.clone());
             let both: T4<f32, D> = (real.clone(), fake.clone()).concat_along(Axis::<0>);
             let both_side = Side::labels(
-                real_side
-                    .labels
-                    .as_ref()
-                    .map(|r| [r.as_slice(), fake_side.labels.as_deref().unwrap()].concat()),
+                (real_side.labels.as_ref())
+                    .zip(fake_side.labels.as_ref())
+                    .map(|(r, f)| [r.as_slice(), f].concat()),
             );
             let mut dl = 0.0;
             let (_, mut grads, _) = weighted_pass(&self.d, &both, &both_side, true, false, |v| {

@@ -341,14 +341,39 @@ impl Stage for Evaluate {
                 }
             }
         }
+        // Class assignments of the generated samples, made once for every metric that
+        // needs them: the mixture (points), or the judge's predictions over the longer of
+        // the prefixes that modes and class_accuracy read (images).
+        let needs_classes = needs_modes || want(Metric::ClassAccuracy);
+        // (centres [K, 2] flattened, sigma) of the points' mixture
+        let mixture: Option<(Vec<f32>, f64)> = if is_points && needs_classes {
+            let mix = read_mixture(&data.dir)?.with_context(|| {
+                format!("evaluate: `{}` is not a Gaussian mixture (no centres in its card): modes and class_accuracy on points need one", data.label)
+            })?;
+            Some((
+                mix.centres.iter().flatten().copied().collect(),
+                mix.sigma as f64,
+            ))
+        } else {
+            None
+        };
+        let judged: Option<(Vec<usize>, usize)> = match &judge {
+            Some(j) if needs_classes => {
+                let n_modes = if needs_modes { mode_x.len() / item } else { 0 };
+                let n_acc = if want(Metric::ClassAccuracy) {
+                    n_fake
+                } else {
+                    0
+                };
+                let n = n_modes.max(n_acc);
+                Some(j.predict_modes(&fake_all[..n * item], channels)?)
+            }
+            _ => None,
+        };
         let mut histogram: Option<Vec<u64>> = None;
         if needs_modes {
-            if is_points {
-                let mix: GaussianMixture = read_mixture(&data.dir)?.with_context(|| {
-                    format!("evaluate: `{}` is not a Gaussian mixture (no centres in its card): modes need one", data.label)
-                })?;
-                let centres: Vec<f32> = mix.centres.iter().flatten().copied().collect();
-                let s = metrics::mixture_stats(mode_x, &centres, 2, mix.sigma as f64)?;
+            if let Some((centres, sigma)) = &mixture {
+                let s = metrics::mixture_stats(mode_x, centres, 2, *sigma)?;
                 if want(Metric::Modes) {
                     out.insert("modes".into(), s.modes_covered as f64);
                 }
@@ -361,16 +386,15 @@ impl Stage for Evaluate {
                 info.insert("num_modes".into(), Value::from(s.num_modes));
                 histogram = Some(s.counts);
             } else {
-                let j = judge.as_ref().expect("judge loaded for modes");
-                let (labels, k) = j.predict_modes(mode_x, channels)?;
-                let s = metrics::mode_stats(&labels, k)?;
+                let (labels, k) = judged.as_ref().expect("judge loaded for modes");
+                let s = metrics::mode_stats(&labels[..mode_x.len() / item], *k)?;
                 if want(Metric::Modes) {
                     out.insert("modes".into(), s.covered as f64);
                 }
                 if want(Metric::ReverseKl) {
                     out.insert("reverse_kl".into(), s.reverse_kl);
                 }
-                info.insert("num_modes".into(), Value::from(k));
+                info.insert("num_modes".into(), Value::from(*k));
                 histogram = Some(s.histogram);
             }
         }
@@ -379,26 +403,18 @@ impl Stage for Evaluate {
                 .iter()
                 .map(|&y| y as usize)
                 .collect();
-            let predicted = if is_points {
-                let mix = read_mixture(&data.dir)?.with_context(|| {
-                    format!(
-                        "evaluate: class_accuracy on points needs a Gaussian mixture, and `{}` has no centres in its card",
-                        data.label
-                    )
-                })?;
-                let centres: Vec<f32> = mix.centres.iter().flatten().copied().collect();
-                metrics::nearest_centres(fake_x, &centres, 2)?
+            let predicted = if let Some((centres, _)) = &mixture {
+                metrics::nearest_centres(fake_x, centres, 2)?
             } else {
-                let j = judge.as_ref().expect("judge loaded for class_accuracy");
-                let (pred, k) = j.predict_modes(fake_x, channels)?;
-                if fake.classes.is_some_and(|c| c != k) {
+                let (pred, k) = judged.as_ref().expect("judge loaded for class_accuracy");
+                if fake.classes.is_some_and(|c| c != *k) {
                     bail!(
                         "evaluate: class_accuracy: the judge tells {k} classes, the generator of `{}` was conditioned on {}",
                         sample.label,
                         fake.classes.unwrap()
                     );
                 }
-                pred
+                pred[..n_fake].to_vec()
             };
             out.insert(
                 "class_accuracy".into(),
