@@ -79,28 +79,29 @@ pub fn radial_power_spectrum(images: &[f32], c: usize, h: usize, w: usize) -> Re
     let nb = counts.len();
     let row_dft = Dft::new(w);
     let col_dft = Dft::new(h);
-    let sums = images
-        .par_chunks(plane)
-        .fold(
-            || (vec![0.0f64; nb], Scratch::new(h, w)),
-            |(mut acc, mut s), ch| {
+    // Blocks of planes summed in parallel, then the block sums added in order: the same
+    // images give the same bits whatever the thread count or scheduling.
+    const BLOCK: usize = 64;
+    let blocks: Vec<Vec<f64>> = images
+        .par_chunks(plane * BLOCK)
+        .map(|block| {
+            let mut acc = vec![0.0f64; nb];
+            let mut s = Scratch::new(h, w);
+            for ch in block.chunks_exact(plane) {
                 power_2d(ch, h, w, &row_dft, &col_dft, &mut s);
                 for (p, &b) in s.re.iter().zip(&bin_of) {
                     acc[b] += p;
                 }
-                (acc, s)
-            },
-        )
-        .map(|(acc, _)| acc)
-        .reduce(
-            || vec![0.0; nb],
-            |mut a, b| {
-                for (x, y) in a.iter_mut().zip(&b) {
-                    *x += y;
-                }
-                a
-            },
-        );
+            }
+            acc
+        })
+        .collect();
+    let mut sums = vec![0.0f64; nb];
+    for acc in &blocks {
+        for (x, y) in sums.iter_mut().zip(acc) {
+            *x += y;
+        }
+    }
     let planes = (n * c) as f64;
     Ok(sums
         .iter()
