@@ -402,8 +402,13 @@ impl NetConfig {
                 bail!("{what}: mapping_depth must be in 1..=16, mapping_width in 1..=4096");
             }
         }
-        if (self.noise.is_some() || self.style_mixing.is_some()) && self.arch != Arch::Stylegan {
-            bail!("{what}: noise / style_mixing are for arch stylegan");
+        if self.arch != Arch::Stylegan {
+            if self.noise.is_some() {
+                bail!("{what}.noise is for arch stylegan");
+            }
+            if self.style_mixing.is_some() {
+                bail!("{what}.style_mixing is for arch stylegan");
+            }
         }
         if let Some(p) = self.style_mixing {
             if !(0.0..=1.0).contains(&p) {
