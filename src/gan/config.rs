@@ -496,6 +496,13 @@ impl TrainConfig {
         if !(self.gamma >= 0.0 && self.gamma.is_finite()) {
             bail!("gamma must be >= 0, got {}", self.gamma);
         }
+        if !self.penalties.is_empty() && self.gamma == 0.0 && self.schedules.gamma.is_none() {
+            bail!(
+                "gamma: penalties {:?} with gamma 0 do nothing; give their weight (e.g. \
+                 gamma: 0.1) or drop the penalties",
+                self.penalties
+            );
+        }
         if self.discriminator.batch_norm == Some(true) && !self.penalties.is_empty() {
             bail!(
                 "discriminator.batch_norm: batch norm in D cannot be combined with penalties \

@@ -896,7 +896,7 @@ fn d_step_reuses_the_loss_pass_exactly() {
         let ys: Vec<usize> = (0..8).map(|i| i % 4).collect();
         let side = Side::labels(cond.then(|| ys.clone()));
         let w = 1.0;
-        let (dl, got, vals) = t.d_loss_and_penalties(&both, &side, Some(w));
+        let (out, got, vals) = t.d_loss_and_penalties(&both, &side, Some(w));
         // reference: the loss pass, then each penalty on its own
         let (_, mut want, _) = weighted_pass(&t.d, &both, &side, true, false, |v| {
             let (_, mut cr, cf) = super::losses::d_loss(cfg.loss, &v[..4], &v[4..]);
@@ -920,7 +920,7 @@ fn d_step_reuses_the_loss_pass_exactly() {
                 *a = a.clone() + b * (w as f32);
             }
         }
-        assert!(dl.is_finite());
+        assert!(out.loss.is_finite());
         let a: Vec<f64> = got.iter().flat_map(|t| t.as_vec()).map(f64::from).collect();
         let r: Vec<f64> = want
             .iter()

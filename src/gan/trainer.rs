@@ -99,6 +99,11 @@ pub struct StepLog {
     pub r1: Option<f64>,
     /// `mean ||grad_x D(fake)||^2` when R2 was applied this step.
     pub r2: Option<f64>,
+    /// Mean `D(real)` of the last D step's batch.
+    pub d_real: f64,
+    /// Mean `D(fake)` of the last D step's batch (`d_real - d_fake` is the gap R3GAN
+    /// watches for failure).
+    pub d_fake: f64,
     /// Norm of D's full gradient (loss + penalties).
     pub grad_norm_d: f64,
     /// Norm of G's gradient.
@@ -113,6 +118,8 @@ impl StepLog {
             self.g_loss,
             self.r1.unwrap_or(0.0),
             self.r2.unwrap_or(0.0),
+            self.d_real,
+            self.d_fake,
             self.grad_norm_d,
             self.grad_norm_g,
         ]
@@ -122,6 +129,17 @@ impl StepLog {
 }
 
 const CKPT_FORMAT: &str = "ablate-checkpoint-v1";
+
+/// What a D loss pass reports: the loss and the mean outputs on real and fake.
+pub(crate) struct DOut {
+    pub(crate) loss: f64,
+    pub(crate) real: f64,
+    pub(crate) fake: f64,
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
 
 /// GAN trainer (f32) on a dfdx device.
 pub struct Trainer<D: Dev<f32> = Cpu> {
@@ -336,20 +354,25 @@ impl<D: Dev<f32>> Trainer<D> {
         both: &T4<f32, D>,
         side: &Side,
         penalty_weight: Option<f64>,
-    ) -> (f64, Vec<T1<f32, D>>, Vec<(Penalty, f64)>) {
+    ) -> (DOut, Vec<T1<f32, D>>, Vec<(Penalty, f64)>) {
         let b = both.shape().0 / 2;
         let kind = self.cfg.loss;
         let on = penalty_weight.is_some();
         let (mut dl, mut coefs) = (0.0, vec![]);
-        let ((_, mut grads, xg), lin) = pass(&self.d, both, side, true, on, on, |v| {
+        let ((vals, mut grads, xg), lin) = pass(&self.d, both, side, true, on, on, |v| {
             let (l, mut cr, cf) = d_loss(kind, &v[..b], &v[b..]);
             dl = l;
             cr.extend(cf);
             coefs = cr.clone();
             cr
         });
+        let out = DOut {
+            loss: dl,
+            real: mean(&vals[..b]),
+            fake: mean(&vals[b..]),
+        };
         let (Some(w), Some(xg), Some(lin)) = (penalty_weight, xg, lin) else {
-            return (dl, grads, vec![]);
+            return (out, grads, vec![]);
         };
         // the cotangent each row had, as the pass used it (in f32)
         let c32: Vec<f32> = coefs.iter().map(|&c| c as f32).collect();
@@ -409,7 +432,7 @@ impl<D: Dev<f32>> Trainer<D> {
             values.push((p, val));
         }
         values.sort_by_key(|(p, _)| *p == Penalty::R2);
-        (dl, grads, values)
+        (out, grads, values)
     }
 
     /// D's loss gradient with the real and fake batches in separate passes (batch norm in
@@ -420,7 +443,7 @@ impl<D: Dev<f32>> Trainer<D> {
         real_side: &Side,
         fake: &T4<f32, D>,
         fake_side: &Side,
-    ) -> (f64, Vec<T1<f32, D>>) {
+    ) -> (DOut, Vec<T1<f32, D>>) {
         let b = real.shape().0;
         let run = |x: &T4<f32, D>, side: &Side| {
             let out = self
@@ -442,7 +465,12 @@ impl<D: Dev<f32>> Trainer<D> {
         };
         let mut grads = back(out_r, cr);
         add_scaled(&mut grads, back(out_f, cf), 1.0);
-        (dl, grads)
+        let out = DOut {
+            loss: dl,
+            real: mean(&dr),
+            fake: mean(&df),
+        };
+        (out, grads)
     }
 
     /// One G step preceded by `d_steps` D steps.
@@ -455,6 +483,8 @@ impl<D: Dev<f32>> Trainer<D> {
             g_loss: 0.0,
             r1: None,
             r2: None,
+            d_real: 0.0,
+            d_fake: 0.0,
             grad_norm_d: 0.0,
             grad_norm_g: 0.0,
         };
@@ -482,12 +512,12 @@ impl<D: Dev<f32>> Trainer<D> {
             log.r2 = None;
             let grads = if self.d.is_piecewise_linear() {
                 // one pass over real and fake (no batch statistics in D to keep apart)
-                let (dl, grads, pens) = self.d_loss_and_penalties(
+                let (o, grads, pens) = self.d_loss_and_penalties(
                     &both,
                     &both_side,
                     pen_now.then_some(0.5 * hp.gamma * k as f64),
                 );
-                log.d_loss = dl;
+                (log.d_loss, log.d_real, log.d_fake) = (o.loss, o.real, o.fake);
                 for (p, v) in pens {
                     match p {
                         Penalty::R1 => log.r1 = Some(v),
@@ -498,8 +528,8 @@ impl<D: Dev<f32>> Trainer<D> {
             } else {
                 // batch norm in D: real and fake batches apart, as separate PyTorch calls
                 // would normalise them (penalties are refused with batch norm in D)
-                let (dl, mut grads) = self.d_loss_apart(&real, &real_side, &fake, &fake_side);
-                log.d_loss = dl;
+                let (o, mut grads) = self.d_loss_apart(&real, &real_side, &fake, &fake_side);
+                (log.d_loss, log.d_real, log.d_fake) = (o.loss, o.real, o.fake);
                 if pen_now {
                     let w = 0.5 * hp.gamma * k as f64;
                     for p in self.cfg.penalties.clone() {
