@@ -243,48 +243,90 @@ pub fn matmul<E: GemmFloat>(
     }
 }
 
-/// One kernel tap `(ki, kj)` of one image plane: the `ho * wo` values it reads, written
-/// to `dst` (zero where it falls in the padding).
-fn tap_read<E: Float>(src: &[E], g: &Geom, ki: usize, kj: usize, dst: &mut [E]) {
-    let (ylo, yhi) = Geom::valid(g.ho, ki, g.stride, g.pad, g.h);
-    let (xlo, xhi) = Geom::valid(g.wo, kj, g.stride, g.pad, g.w);
-    for (oy, row) in dst.chunks_exact_mut(g.wo).enumerate() {
-        if oy < ylo || oy >= yhi {
-            row.fill(E::default());
+/// One kernel tap `(ki, kj)`: the output rows `ylo..yhi` and columns `xlo..xhi` whose
+/// input pixel lies inside the image.
+#[derive(Clone, Copy, Debug)]
+struct Tap {
+    ki: usize,
+    kj: usize,
+    ylo: usize,
+    yhi: usize,
+    xlo: usize,
+    xhi: usize,
+}
+
+impl Tap {
+    fn new(g: &Geom, ki: usize, kj: usize) -> Self {
+        let (ylo, yhi) = Geom::valid(g.ho, ki, g.stride, g.pad, g.h);
+        let (xlo, xhi) = Geom::valid(g.wo, kj, g.stride, g.pad, g.w);
+        Tap {
+            ki,
+            kj,
+            ylo,
+            yhi,
+            xlo,
+            xhi,
+        }
+    }
+    /// Every tap of the kernel, row-major.
+    fn all(g: &Geom) -> Vec<Tap> {
+        (0..g.kh * g.kw)
+            .map(|t| Tap::new(g, t / g.kw, t % g.kw))
+            .collect()
+    }
+    /// The input row of output row `oy` and the input column of output column `xlo`.
+    fn src(&self, g: &Geom, oy: usize) -> (usize, usize) {
+        (
+            oy * g.stride + self.ki - g.pad,
+            self.xlo * g.stride + self.kj - g.pad,
+        )
+    }
+}
+
+/// One kernel tap of one image plane: the `ho * wo` values it reads, written to `dst`
+/// (zero where it falls in the padding).
+fn tap_read<E: Float>(src: &[E], g: &Geom, t: &Tap, dst: &mut [E]) {
+    let (wo, len) = (g.wo, t.xhi - t.xlo);
+    dst[..t.ylo * wo].fill(E::default());
+    dst[t.yhi * wo..].fill(E::default());
+    for oy in t.ylo..t.yhi {
+        let row = &mut dst[oy * wo..(oy + 1) * wo];
+        row[..t.xlo].fill(E::default());
+        row[t.xhi..].fill(E::default());
+        if len == 0 {
             continue;
         }
-        let iy = oy * g.stride + ki - g.pad;
-        let s = &src[iy * g.w..(iy + 1) * g.w];
-        row[..xlo].fill(E::default());
-        row[xhi..].fill(E::default());
+        let (iy, x0) = t.src(g, oy);
+        let s = &src[iy * g.w + x0..][..(len - 1) * g.stride + 1];
+        let row = &mut row[t.xlo..t.xhi];
         if g.stride == 1 {
-            let x0 = xlo + kj - g.pad;
-            row[xlo..xhi].copy_from_slice(&s[x0..x0 + xhi - xlo]);
+            row.copy_from_slice(s);
         } else {
-            for (ox, r) in row.iter_mut().enumerate().take(xhi).skip(xlo) {
-                *r = s[ox * g.stride + kj - g.pad];
+            for (r, &v) in row.iter_mut().zip(s.iter().step_by(g.stride)) {
+                *r = v;
             }
         }
     }
 }
 
 /// The adjoint of [`tap_read`]: `ho * wo` values added into the image plane at the
-/// pixels tap `(ki, kj)` reads (padding taps dropped).
-fn tap_add<E: Float>(src: &[E], g: &Geom, ki: usize, kj: usize, dst: &mut [E]) {
-    let (ylo, yhi) = Geom::valid(g.ho, ki, g.stride, g.pad, g.h);
-    let (xlo, xhi) = Geom::valid(g.wo, kj, g.stride, g.pad, g.w);
-    for oy in ylo..yhi {
-        let row = &src[oy * g.wo..(oy + 1) * g.wo];
-        let iy = oy * g.stride + ki - g.pad;
-        let d = &mut dst[iy * g.w..(iy + 1) * g.w];
+/// pixels the tap reads (padding taps dropped).
+fn tap_add<E: Float>(src: &[E], g: &Geom, t: &Tap, dst: &mut [E]) {
+    let len = t.xhi - t.xlo;
+    if len == 0 {
+        return;
+    }
+    for oy in t.ylo..t.yhi {
+        let row = &src[oy * g.wo + t.xlo..][..len];
+        let (iy, x0) = t.src(g, oy);
+        let d = &mut dst[iy * g.w + x0..][..(len - 1) * g.stride + 1];
         if g.stride == 1 {
-            let x0 = xlo + kj - g.pad;
-            for (a, &v) in d[x0..x0 + xhi - xlo].iter_mut().zip(&row[xlo..xhi]) {
+            for (a, &v) in d.iter_mut().zip(row) {
                 *a += v;
             }
         } else {
-            for (ox, &v) in row.iter().enumerate().take(xhi).skip(xlo) {
-                d[ox * g.stride + kj - g.pad] += v;
+            for (a, &v) in d.iter_mut().step_by(g.stride).zip(row) {
+                *a += v;
             }
         }
     }
@@ -300,12 +342,12 @@ pub fn im2col_cb<E: Float>(img: &[E], g: &Geom, cols: &mut [E]) {
     if n == 0 {
         return;
     }
+    let taps = Tap::all(g);
     let row = |(r, dst): (usize, &mut [E])| {
-        let (c, t) = (r / (g.kh * g.kw), r % (g.kh * g.kw));
-        let (ki, kj) = (t / g.kw, t % g.kw);
+        let (c, t) = (r / taps.len(), &taps[r % taps.len()]);
         for (b, d) in dst.chunks_exact_mut(p).enumerate() {
             let s = (b * g.c + c) * g.plane();
-            tap_read(&img[s..s + g.plane()], g, ki, kj, d);
+            tap_read(&img[s..s + g.plane()], g, t, d);
         }
     };
     if cols.len() >= PAR_MIN {
@@ -342,13 +384,13 @@ pub fn col2im_cb<E: Float>(cols: &[E], g: &Geom, img: &mut [E], init: Init<'_, E
     assert_eq!(cols.len(), g.cols_len(), "col2im_cb: columns length");
     let p = g.ho * g.wo;
     let n = g.b * p;
-    let kk = g.kh * g.kw;
+    let taps = Tap::all(g);
     let plane = |(i, dst): (usize, &mut [E])| {
         let (b, c) = (i / g.c, i % g.c);
         init.start(c, dst);
-        for t in 0..kk {
-            let s = (c * kk + t) * n + b * p;
-            tap_add(&cols[s..s + p], g, t / g.kw, t % g.kw, dst);
+        for (ti, t) in taps.iter().enumerate() {
+            let s = (c * taps.len() + ti) * n + b * p;
+            tap_add(&cols[s..s + p], g, t, dst);
         }
     };
     if g.plane() == 0 {
