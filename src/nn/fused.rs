@@ -87,7 +87,13 @@ impl Geom {
         self.b * self.c * self.plane()
     }
     /// Output positions `lo..hi` along one axis whose tap `k` lands inside `0..size`.
-    fn valid(o: usize, k: usize, stride: usize, pad: usize, size: usize) -> (usize, usize) {
+    pub(crate) fn valid(
+        o: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        size: usize,
+    ) -> (usize, usize) {
         // i = o * stride + k - pad must satisfy 0 <= i < size
         let lo = if k >= pad {
             0

@@ -7,6 +7,7 @@
 //!
 //! - [`ops`]: functional layers (linear, conv2d via im2col gather, transposed conv via dense
 //!   matmul + col2im gather, 2x up/down sampling, batch norm, activations, softplus);
+//! - [`conv`]: the CPU's convolutions as whole-batch GEMMs (custom ops on the `gemm` crate);
 //! - [`layers`]: a small run-time layer graph ([`Layer`], [`Net`]) with named parameters;
 //! - [`cond`]: instance norm and per-channel modulation (AdaIN, conditional BN);
 //! - [`params`]: the parameter list, Adam, and safetensors I/O;
@@ -17,12 +18,15 @@
 
 pub mod act;
 pub mod cond;
+pub mod conv;
 pub mod fused;
 pub mod layers;
 pub mod ops;
 pub mod params;
 pub mod rng;
 
+#[cfg(test)]
+mod conv_tests;
 #[cfg(test)]
 mod tests;
 
@@ -122,6 +126,35 @@ pub trait Dev<E: Float>: Device<E> {
     ) -> T4<E, Self, T> {
         ops::col2im_composed(cols, g, cache)
     }
+    /// 2-D convolution `x (B, Cin, H, W)` * `w (Cout, Cin/groups, kh, kw)` + bias `(Cout,)`
+    /// (as PyTorch's `Conv2d`). Default: [`ops::conv2d_composed`].
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d<T: Tape<E, Self>>(
+        x: T4<E, Self, T>,
+        w: T4<E, Self, T>,
+        b: Option<T1<E, Self, T>>,
+        stride: usize,
+        pad: usize,
+        groups: usize,
+        cache: &ops::IdxCache<Self>,
+    ) -> T4<E, Self, T> {
+        ops::conv2d_composed(x, w, b, stride, pad, groups, cache)
+    }
+    /// Transposed 2-D convolution `x (B, Cin, H, W)` with `w (Cin, Cout/groups, kh, kw)`
+    /// plus bias `(Cout,)` (as PyTorch's `ConvTranspose2d`). Default:
+    /// [`ops::conv_transpose2d_composed`].
+    #[allow(clippy::too_many_arguments)]
+    fn conv_transpose2d<T: Tape<E, Self>>(
+        x: T4<E, Self, T>,
+        w: T4<E, Self, T>,
+        b: Option<T1<E, Self, T>>,
+        stride: usize,
+        pad: usize,
+        groups: usize,
+        cache: &ops::IdxCache<Self>,
+    ) -> T4<E, Self, T> {
+        ops::conv_transpose2d_composed(x, w, b, stride, pad, groups, cache)
+    }
 }
 
 impl Dev<f32> for Cpu {
@@ -146,6 +179,28 @@ impl Dev<f32> for Cpu {
     ) -> T4<f32, Self, T> {
         fused::col2im_op(cols, g)
     }
+    fn conv2d<T: Tape<f32, Self>>(
+        x: T4<f32, Self, T>,
+        w: T4<f32, Self, T>,
+        b: Option<T1<f32, Self, T>>,
+        stride: usize,
+        pad: usize,
+        groups: usize,
+        _: &ops::IdxCache<Self>,
+    ) -> T4<f32, Self, T> {
+        conv::conv2d_op(x, w, b, stride, pad, groups)
+    }
+    fn conv_transpose2d<T: Tape<f32, Self>>(
+        x: T4<f32, Self, T>,
+        w: T4<f32, Self, T>,
+        b: Option<T1<f32, Self, T>>,
+        stride: usize,
+        pad: usize,
+        groups: usize,
+        _: &ops::IdxCache<Self>,
+    ) -> T4<f32, Self, T> {
+        conv::conv_transpose2d_op(x, w, b, stride, pad, groups)
+    }
 }
 
 impl Dev<f64> for Cpu {
@@ -169,6 +224,28 @@ impl Dev<f64> for Cpu {
         _: &ops::IdxCache<Self>,
     ) -> T4<f64, Self, T> {
         fused::col2im_op(cols, g)
+    }
+    fn conv2d<T: Tape<f64, Self>>(
+        x: T4<f64, Self, T>,
+        w: T4<f64, Self, T>,
+        b: Option<T1<f64, Self, T>>,
+        stride: usize,
+        pad: usize,
+        groups: usize,
+        _: &ops::IdxCache<Self>,
+    ) -> T4<f64, Self, T> {
+        conv::conv2d_op(x, w, b, stride, pad, groups)
+    }
+    fn conv_transpose2d<T: Tape<f64, Self>>(
+        x: T4<f64, Self, T>,
+        w: T4<f64, Self, T>,
+        b: Option<T1<f64, Self, T>>,
+        stride: usize,
+        pad: usize,
+        groups: usize,
+        _: &ops::IdxCache<Self>,
+    ) -> T4<f64, Self, T> {
+        conv::conv_transpose2d_op(x, w, b, stride, pad, groups)
     }
 }
 

@@ -204,10 +204,56 @@ pub fn col2im_composed<E: Float, D: Dev<E>, T: Tape<E, D>>(
         .reshape_like(&(g.b, g.c, g.h, g.w))
 }
 
-/// 2-D convolution (cross-correlation, as PyTorch) via im2col ([`Dev::im2col`]) + batched
-/// matmul. `x (B, Cin, H, W)`, `w (Cout, Cin/groups, k, k)`; zero padding `pad`.
+/// 2-D convolution (cross-correlation, as PyTorch's `Conv2d`). `x (B, Cin, H, W)`,
+/// `w (Cout, Cin/groups, k, k)`, optional bias `(Cout,)`; zero padding `pad`. Runs
+/// [`Dev::conv2d`]: on the CPU one custom op of whole-batch GEMMs ([`super::conv`]),
+/// elsewhere [`conv2d_composed`].
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d<E: Float, D: Dev<E>, T: Tape<E, D>>(
+    x: T4<E, D, T>,
+    w: T4<E, D, T>,
+    b: Option<T1<E, D, T>>,
+    stride: usize,
+    pad: usize,
+    groups: usize,
+    cache: &IdxCache<D>,
+) -> T4<E, D, T> {
+    D::conv2d(x, w, b, stride, pad, groups, cache)
+}
+
+/// Transposed 2-D convolution (as PyTorch's `ConvTranspose2d`, weight `(Cin, Cout, k, k)`,
+/// one group). Runs [`Dev::conv_transpose2d`]: on the CPU one custom op of whole-batch
+/// GEMMs ([`super::conv`]), elsewhere [`conv_transpose2d_composed`].
+pub fn conv_transpose2d<E: Float, D: Dev<E>, T: Tape<E, D>>(
+    x: T4<E, D, T>,
+    w: T4<E, D, T>,
+    b: Option<T1<E, D, T>>,
+    stride: usize,
+    pad: usize,
+    cache: &IdxCache<D>,
+) -> T4<E, D, T> {
+    D::conv_transpose2d(x, w, b, stride, pad, 1, cache)
+}
+
+/// Grouped transposed 2-D convolution, weight `(Cin, Cout/groups, k, k)` (as PyTorch's
+/// `ConvTranspose2d(groups=...)`), e.g. the input gradient of a grouped [`conv2d`].
+#[allow(clippy::too_many_arguments)]
+pub fn conv_transpose2d_grouped<E: Float, D: Dev<E>, T: Tape<E, D>>(
+    x: T4<E, D, T>,
+    w: T4<E, D, T>,
+    b: Option<T1<E, D, T>>,
+    stride: usize,
+    pad: usize,
+    groups: usize,
+    cache: &IdxCache<D>,
+) -> T4<E, D, T> {
+    D::conv_transpose2d(x, w, b, stride, pad, groups, cache)
+}
+
+/// 2-D convolution from dfdx ops (any device): im2col ([`Dev::im2col`]) + a batched
+/// matmul broadcasting the weight over the batch. Arguments as [`conv2d`].
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_composed<E: Float, D: Dev<E>, T: Tape<E, D>>(
     x: T4<E, D, T>,
     w: T4<E, D, T>,
     b: Option<T1<E, D, T>>,
@@ -248,33 +294,43 @@ pub fn conv2d<E: Float, D: Dev<E>, T: Tape<E, D>>(
     }
 }
 
-/// Transposed 2-D convolution (as PyTorch's `ConvTranspose2d`, weight `(Cin, Cout, k, k)`):
-/// a dense batched matmul `(Cout*k*k, Cin) @ (Cin, H*W)` followed by col2im
-/// ([`Dev::col2im`], the adjoint of the im2col of the output image).
-pub fn conv_transpose2d<E: Float, D: Dev<E>, T: Tape<E, D>>(
+/// Transposed 2-D convolution from dfdx ops (any device): per group a dense batched matmul
+/// `(Cout/groups*k*k, Cin/groups) @ (Cin/groups, H*W)` followed by col2im
+/// ([`Dev::col2im`], the adjoint of the im2col of the output image). Arguments as
+/// [`conv_transpose2d_grouped`].
+#[allow(clippy::too_many_arguments)]
+pub fn conv_transpose2d_composed<E: Float, D: Dev<E>, T: Tape<E, D>>(
     x: T4<E, D, T>,
     w: T4<E, D, T>,
     b: Option<T1<E, D, T>>,
     stride: usize,
     pad: usize,
+    groups: usize,
     cache: &IdxCache<D>,
 ) -> T4<E, D, T> {
     let (bsz, cin, h, wd) = *x.shape();
-    let (cin2, cout, kh, kw) = *w.shape();
+    let (cin2, cog, kh, kw) = *w.shape();
     assert_eq!(
         cin, cin2,
         "conv_transpose2d: {cin} input channels, weight wants {cin2}"
     );
+    assert_eq!(
+        cin % groups,
+        0,
+        "conv_transpose2d: {cin} inputs not divisible by {groups} groups"
+    );
+    let cout = cog * groups;
     let ho = conv_t_out(h, kh, stride, pad);
     let wo = conv_t_out(wd, kw, stride, pad);
     let g = Geom::new((bsz, cout, ho, wo), kh, kw, stride, pad);
     assert_eq!((g.ho, g.wo), (h, wd), "conv_transpose2d: geometry");
-    let kk = cout * kh * kw;
-    let xm = x.reshape_like(&(bsz, cin, h * wd));
+    let (cig, okk) = (cin / groups, cog * kh * kw);
+    let xm = x.reshape_like(&(bsz, groups, cig, h * wd));
     let wm = w
-        .reshape_like(&(cin, kk))
-        .permute::<(usize, usize), Axes2<1, 0>>()
-        .broadcast_like::<(usize, usize, usize), Axis<0>>(&(bsz, kk, cin));
+        .reshape_like(&(groups, cig, okk))
+        .permute::<(usize, usize, usize), Axes3<0, 2, 1>>()
+        .broadcast_like::<(usize, usize, usize, usize), Axis<0>>(&(bsz, groups, okk, cig));
+    // (B, groups, okk, H*W) is the column layout (B, Cout, kh, kw, H, W) of Dev::col2im
     let cols = wm.matmul(xm);
     let y = D::col2im(cols.reshape_like(&(g.cols_len(),)), g, cache);
     match b {

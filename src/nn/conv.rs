@@ -1,0 +1,851 @@
+//! Convolutions as whole-batch GEMMs: CPU custom ops for [`Dev::conv2d`] and
+//! [`Dev::conv_transpose2d`] that call the `gemm` crate directly with rayon parallelism.
+//!
+//! The composed path (im2col, then dfdx's batched matmul broadcasting the weight over the
+//! batch) multiplies one small matrix per sample: at 4x4 or 8x8 feature maps those are a
+//! few dozen columns wide, so most of the time goes to edge micro-kernels and per-sample
+//! overhead. Here every matrix product spans a whole chunk of the batch instead.
+//!
+//! ## Layouts
+//!
+//! Tensors stay NCHW everywhere the rest of the code looks. Inside an op, a chunk of `bc`
+//! samples (`N = bc * P` columns, `P` the positions of one sample) is moved to
+//! "channel-major" matrices whose columns run over (sample, position):
+//!
+//! - columns `cols (Cin * kh * kw, N)`: row `(c, ki, kj)`, column `(b, oy, ox)` holds
+//!   `x[b, c, oy * s + ki - p, ox * s + kj - p]` (zero outside the image) ([`im2col_cb`];
+//!   its adjoint [`col2im_cb`] sums columns back into an NCHW image);
+//! - `yt (C, N)`: an NCHW chunk with the batch axis moved inside ([`to_cb`] / [`from_cb`]).
+//!
+//! With `groups` groups, the rows of `cols` and `yt` and the weight's rows are contiguous
+//! per group, so every group is one GEMM over the whole chunk (strided views of the same
+//! buffers; no transposed copies: the gemm crate takes any row and column strides).
+//!
+//! ## The three GEMMs of each op (per group `g`, per chunk)
+//!
+//! `conv2d`, weight `W (Cout, Cin/G, kh, kw)` seen as `(Cout, kk)` with `kk = Cin/G*kh*kw`:
+//! - forward: `yt_g = W_g @ cols_g`, then `y = from_cb(yt) + bias` (bias fused in the copy);
+//! - weight grad: `dW_g += dyt_g @ cols_g^T` (cols recomputed from `x`, accumulated in
+//!   place into the gradient);
+//! - input grad: `dcols_g = W_g^T @ dyt_g`, then `dx += col2im(dcols)`.
+//!
+//! `conv_transpose2d`, weight `W (Cin, Cout/G, kh, kw)` seen as `(Cin, okk)`: it is the
+//! adjoint of a conv2d, so the roles swap:
+//! - forward: `cols_g = W_g^T @ xt_g`, then `y = col2im(cols) + bias` (bias is the
+//!   initial value of every output plane);
+//! - weight grad: `dW_g += xt_g @ dcols_g^T` with `dcols = im2col(dy)`;
+//! - input grad: `dxt_g = W_g @ dcols_g`, then `dx += from_cb(dxt)`.
+//!
+//! The bias gradient is a per-channel sum of `dy`.
+//!
+//! ## Buffers, chunks and determinism
+//!
+//! Working matrices come from a small thread-local pool ([`Scratch`]), so a training step
+//! allocates only the op outputs. The batch is cut into chunks so that no working matrix
+//! exceeds [`CHUNK_MAX`] values (bounding the pool); the chunking depends only on the
+//! shapes. Every value is reduced in a fixed order: gemm splits the output among threads
+//! but runs each output's depth loop in one thread in the same order whatever the thread
+//! count, and the copy kernels sum every output element sequentially. The same inputs
+//! give bit-identical results on 1 or many threads.
+//!
+//! [`Dev::conv2d`]: super::Dev::conv2d
+//! [`Dev::conv_transpose2d`]: super::Dev::conv_transpose2d
+
+use std::cell::RefCell;
+use std::thread::LocalKey;
+
+use dfdx::prelude::*;
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use super::fused::Geom;
+use super::{Float, T1, T4};
+
+/// Largest working matrix (values) an op builds for one batch chunk, unless one sample
+/// alone is larger.
+pub const CHUNK_MAX: usize = 1 << 21;
+
+/// Serial copy kernels below this many values (rayon's overhead is not worth it).
+const PAR_MIN: usize = 1 << 14;
+
+/// GEMMs with fewer multiply-adds run on the calling thread.
+const GEMM_PAR_MIN: usize = 1 << 18;
+
+/// Buffers a thread keeps for reuse.
+const POOL_MAX: usize = 6;
+
+/// Element types the gemm crate multiplies (f32 and f64), each with its scratch pool.
+pub trait GemmFloat: Float {
+    /// This thread's pool of reusable buffers.
+    fn pool() -> &'static LocalKey<RefCell<Vec<Vec<Self>>>>;
+}
+
+thread_local! {
+    static POOL_F32: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
+    static POOL_F64: RefCell<Vec<Vec<f64>>> = const { RefCell::new(Vec::new()) };
+}
+
+impl GemmFloat for f32 {
+    fn pool() -> &'static LocalKey<RefCell<Vec<Vec<Self>>>> {
+        &POOL_F32
+    }
+}
+
+impl GemmFloat for f64 {
+    fn pool() -> &'static LocalKey<RefCell<Vec<Vec<Self>>>> {
+        &POOL_F64
+    }
+}
+
+/// A working buffer taken from the thread's pool and given back on drop. Its contents on
+/// taking are unspecified (callers overwrite them). Taking moves the buffer out of the
+/// pool, so a nested op (a task rayon runs on this thread while gemm waits) simply gets
+/// another buffer.
+pub struct Scratch<E: GemmFloat>(Vec<E>);
+
+impl<E: GemmFloat> Scratch<E> {
+    /// A buffer of `len` values.
+    pub fn take(len: usize) -> Self {
+        let mut v = E::pool().with(|p| p.borrow_mut().pop()).unwrap_or_default();
+        if v.len() < len {
+            v.resize(len, E::default());
+        } else {
+            v.truncate(len);
+        }
+        Scratch(v)
+    }
+}
+
+impl<E: GemmFloat> std::ops::Deref for Scratch<E> {
+    type Target = [E];
+    fn deref(&self) -> &[E] {
+        &self.0
+    }
+}
+
+impl<E: GemmFloat> std::ops::DerefMut for Scratch<E> {
+    fn deref_mut(&mut self) -> &mut [E] {
+        &mut self.0
+    }
+}
+
+impl<E: GemmFloat> Drop for Scratch<E> {
+    fn drop(&mut self) {
+        let v = std::mem::take(&mut self.0);
+        // `try_with`: the pool may already be gone while the thread exits
+        let _ = E::pool().try_with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() < POOL_MAX {
+                p.push(v);
+            }
+        });
+    }
+}
+
+/// A strided matrix view into a slice: element `(i, j)` at `off + i * rs + j * cs`.
+#[derive(Clone, Copy, Debug)]
+pub struct View {
+    /// Offset of element `(0, 0)`.
+    pub off: usize,
+    /// Row stride.
+    pub rs: usize,
+    /// Column stride.
+    pub cs: usize,
+}
+
+impl View {
+    /// Row-major with `cols` columns, starting at `off`.
+    pub fn rows(off: usize, cols: usize) -> Self {
+        View {
+            off,
+            rs: cols,
+            cs: 1,
+        }
+    }
+    /// The transpose of [`View::rows`]: element `(i, j)` at `off + j * cols + i`.
+    pub fn rows_t(off: usize, cols: usize) -> Self {
+        View {
+            off,
+            rs: 1,
+            cs: cols,
+        }
+    }
+    fn check(&self, len: usize, r: usize, c: usize, what: &str) {
+        if r > 0 && c > 0 {
+            let last = self.off + (r - 1) * self.rs + (c - 1) * self.cs;
+            assert!(
+                last < len,
+                "gemm: {what} view {self:?} ({r}x{c}) past {len}"
+            );
+        }
+    }
+}
+
+/// `dst (m x n) = [dst +] lhs (m x k) @ rhs (k x n)` on strided views (bounds checked),
+/// on the current rayon pool's threads when large enough.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul<E: GemmFloat>(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [E],
+    dv: View,
+    accumulate: bool,
+    lhs: &[E],
+    lv: View,
+    rhs: &[E],
+    rv: View,
+) {
+    dv.check(dst.len(), m, n, "dst");
+    lv.check(lhs.len(), m, k, "lhs");
+    rv.check(rhs.len(), k, n, "rhs");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                for j in 0..n {
+                    dst[dv.off + i * dv.rs + j * dv.cs] = E::default();
+                }
+            }
+        }
+        return;
+    }
+    let threads = rayon::current_num_threads();
+    let par = if threads > 1 && m * n * k >= GEMM_PAR_MIN {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    };
+    // SAFETY: every view was checked to lie inside its slice; `dst` is borrowed mutably
+    // and so overlaps neither operand; gemm::gemm supports f32 and f64 (GemmFloat).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr().add(dv.off),
+            dv.cs as isize,
+            dv.rs as isize,
+            accumulate,
+            lhs.as_ptr().add(lv.off),
+            lv.cs as isize,
+            lv.rs as isize,
+            rhs.as_ptr().add(rv.off),
+            rv.cs as isize,
+            rv.rs as isize,
+            E::of(1.0),
+            E::of(1.0),
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+/// One kernel tap `(ki, kj)`: the output rows `ylo..yhi` and columns `xlo..xhi` whose
+/// input pixel lies inside the image.
+#[derive(Clone, Copy, Debug)]
+struct Tap {
+    ki: usize,
+    kj: usize,
+    ylo: usize,
+    yhi: usize,
+    xlo: usize,
+    xhi: usize,
+}
+
+impl Tap {
+    fn new(g: &Geom, ki: usize, kj: usize) -> Self {
+        let (ylo, yhi) = Geom::valid(g.ho, ki, g.stride, g.pad, g.h);
+        let (xlo, xhi) = Geom::valid(g.wo, kj, g.stride, g.pad, g.w);
+        Tap {
+            ki,
+            kj,
+            ylo,
+            yhi,
+            xlo,
+            xhi,
+        }
+    }
+    /// Every tap of the kernel, row-major.
+    fn all(g: &Geom) -> Vec<Tap> {
+        (0..g.kh * g.kw)
+            .map(|t| Tap::new(g, t / g.kw, t % g.kw))
+            .collect()
+    }
+    /// The input row of output row `oy` and the input column of output column `xlo`.
+    fn src(&self, g: &Geom, oy: usize) -> (usize, usize) {
+        (
+            oy * g.stride + self.ki - g.pad,
+            self.xlo * g.stride + self.kj - g.pad,
+        )
+    }
+}
+
+/// One kernel tap of one image plane: the `ho * wo` values it reads, written to `dst`
+/// (zero where it falls in the padding).
+fn tap_read<E: Float>(src: &[E], g: &Geom, t: &Tap, dst: &mut [E]) {
+    let (wo, len) = (g.wo, t.xhi - t.xlo);
+    dst[..t.ylo * wo].fill(E::default());
+    dst[t.yhi * wo..].fill(E::default());
+    for oy in t.ylo..t.yhi {
+        let row = &mut dst[oy * wo..(oy + 1) * wo];
+        row[..t.xlo].fill(E::default());
+        row[t.xhi..].fill(E::default());
+        if len == 0 {
+            continue;
+        }
+        let (iy, x0) = t.src(g, oy);
+        let s = &src[iy * g.w + x0..][..(len - 1) * g.stride + 1];
+        let row = &mut row[t.xlo..t.xhi];
+        if g.stride == 1 {
+            row.copy_from_slice(s);
+        } else {
+            for (r, &v) in row.iter_mut().zip(s.iter().step_by(g.stride)) {
+                *r = v;
+            }
+        }
+    }
+}
+
+/// The adjoint of [`tap_read`]: `ho * wo` values added into the image plane at the
+/// pixels the tap reads (padding taps dropped).
+fn tap_add<E: Float>(src: &[E], g: &Geom, t: &Tap, dst: &mut [E]) {
+    let len = t.xhi - t.xlo;
+    if len == 0 {
+        return;
+    }
+    for oy in t.ylo..t.yhi {
+        let row = &src[oy * g.wo + t.xlo..][..len];
+        let (iy, x0) = t.src(g, oy);
+        let d = &mut dst[iy * g.w + x0..][..(len - 1) * g.stride + 1];
+        if g.stride == 1 {
+            for (a, &v) in d.iter_mut().zip(row) {
+                *a += v;
+            }
+        } else {
+            for (a, &v) in d.iter_mut().step_by(g.stride).zip(row) {
+                *a += v;
+            }
+        }
+    }
+}
+
+/// im2col of a batch chunk: `img (g.b, g.c, g.h, g.w)` to `cols (g.c * kh * kw, g.b * ho
+/// * wo)` (row `(c, ki, kj)`, column `(b, oy, ox)`), overwriting `cols`. Parallel over rows.
+pub fn im2col_cb<E: Float>(img: &[E], g: &Geom, cols: &mut [E]) {
+    assert_eq!(img.len(), g.img_len(), "im2col_cb: image length");
+    assert_eq!(cols.len(), g.cols_len(), "im2col_cb: columns length");
+    let p = g.ho * g.wo;
+    let n = g.b * p;
+    if n == 0 {
+        return;
+    }
+    let taps = Tap::all(g);
+    let row = |(r, dst): (usize, &mut [E])| {
+        let (c, t) = (r / taps.len(), &taps[r % taps.len()]);
+        for (b, d) in dst.chunks_exact_mut(p).enumerate() {
+            let s = (b * g.c + c) * g.plane();
+            tap_read(&img[s..s + g.plane()], g, t, d);
+        }
+    };
+    if cols.len() >= PAR_MIN {
+        cols.par_chunks_mut(n).enumerate().for_each(row);
+    } else {
+        cols.chunks_mut(n).enumerate().for_each(row);
+    }
+}
+
+/// How [`col2im_cb`] and [`from_cb`] treat the existing contents of their output.
+#[derive(Clone, Copy)]
+pub enum Init<'a, E> {
+    /// Overwrite; every plane of channel `c` starts at `bias[c]` (or zero).
+    Set(Option<&'a [E]>),
+    /// Add to what is there.
+    Add,
+}
+
+impl<E: Float> Init<'_, E> {
+    fn start(&self, c: usize, plane: &mut [E]) {
+        match self {
+            Init::Set(Some(b)) => plane.fill(b[c]),
+            Init::Set(None) => plane.fill(E::default()),
+            Init::Add => {}
+        }
+    }
+}
+
+/// col2im of a batch chunk, the adjoint of [`im2col_cb`]: `cols (g.c * kh * kw, g.b * ho *
+/// wo)` summed into `img (g.b, g.c, g.h, g.w)` per `init`. Parallel over image planes;
+/// every pixel sums its taps in the fixed order `(ki, kj, oy, ox)`.
+pub fn col2im_cb<E: Float>(cols: &[E], g: &Geom, img: &mut [E], init: Init<'_, E>) {
+    assert_eq!(img.len(), g.img_len(), "col2im_cb: image length");
+    assert_eq!(cols.len(), g.cols_len(), "col2im_cb: columns length");
+    let p = g.ho * g.wo;
+    let n = g.b * p;
+    let taps = Tap::all(g);
+    let plane = |(i, dst): (usize, &mut [E])| {
+        let (b, c) = (i / g.c, i % g.c);
+        init.start(c, dst);
+        for (ti, t) in taps.iter().enumerate() {
+            let s = (c * taps.len() + ti) * n + b * p;
+            tap_add(&cols[s..s + p], g, t, dst);
+        }
+    };
+    if g.plane() == 0 {
+        return;
+    }
+    if cols.len().max(img.len()) >= PAR_MIN {
+        img.par_chunks_mut(g.plane()).enumerate().for_each(plane);
+    } else {
+        img.chunks_mut(g.plane()).enumerate().for_each(plane);
+    }
+}
+
+/// NCHW chunk `src (b, c, p)` to channel-major `dst (c, b * p)`. Parallel over channels.
+pub fn to_cb<E: Float>(src: &[E], (b, c, p): (usize, usize, usize), dst: &mut [E]) {
+    assert_eq!(src.len(), b * c * p, "to_cb: source length");
+    assert_eq!(dst.len(), b * c * p, "to_cb: destination length");
+    if p == 0 || b == 0 {
+        return;
+    }
+    let row = |(ci, d): (usize, &mut [E])| {
+        for (bi, seg) in d.chunks_exact_mut(p).enumerate() {
+            let s = (bi * c + ci) * p;
+            seg.copy_from_slice(&src[s..s + p]);
+        }
+    };
+    if dst.len() >= PAR_MIN {
+        dst.par_chunks_mut(b * p).enumerate().for_each(row);
+    } else {
+        dst.chunks_mut(b * p).enumerate().for_each(row);
+    }
+}
+
+/// Channel-major `src (c, b * p)` back to NCHW `dst (b, c, p)`, per `init` (bias fused).
+/// Parallel over planes.
+pub fn from_cb<E: Float>(
+    src: &[E],
+    (b, c, p): (usize, usize, usize),
+    dst: &mut [E],
+    init: Init<'_, E>,
+) {
+    assert_eq!(src.len(), b * c * p, "from_cb: source length");
+    assert_eq!(dst.len(), b * c * p, "from_cb: destination length");
+    if p == 0 || c == 0 {
+        return;
+    }
+    let plane = |(i, d): (usize, &mut [E])| {
+        let (bi, ci) = (i / c, i % c);
+        let s = &src[ci * b * p + bi * p..][..p];
+        match init {
+            Init::Set(None) => d.copy_from_slice(s),
+            Init::Set(Some(bias)) => {
+                for (o, &v) in d.iter_mut().zip(s) {
+                    *o = v + bias[ci];
+                }
+            }
+            Init::Add => {
+                for (o, &v) in d.iter_mut().zip(s) {
+                    *o += v;
+                }
+            }
+        }
+    };
+    if dst.len() >= PAR_MIN {
+        dst.par_chunks_mut(p).enumerate().for_each(plane);
+    } else {
+        dst.chunks_mut(p).enumerate().for_each(plane);
+    }
+}
+
+/// `acc[c] += sum over b, p of src[b, c, p]` for an NCHW chunk `(b, c, p)`, each channel
+/// summed sequentially (sample-major). Parallel over channels.
+fn channel_sums<E: Float>(src: &[E], (b, c, p): (usize, usize, usize), acc: &mut [E]) {
+    let one = |(ci, a): (usize, &mut E)| {
+        let mut s = E::default();
+        for bi in 0..b {
+            for &v in &src[(bi * c + ci) * p..][..p] {
+                s += v;
+            }
+        }
+        *a += s;
+    };
+    if src.len() >= PAR_MIN {
+        acc.par_iter_mut().enumerate().for_each(one);
+    } else {
+        acc.iter_mut().enumerate().for_each(one);
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests lower [`CHUNK_MAX`] on their thread to exercise the chunked path.
+    pub(crate) static CHUNK_MAX_TEST: std::cell::Cell<Option<usize>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// Samples per chunk for working matrices of `per_sample` values per sample.
+fn chunk_len(b: usize, per_sample: usize) -> usize {
+    #[cfg(test)]
+    let max = CHUNK_MAX_TEST.with(|c| c.get()).unwrap_or(CHUNK_MAX);
+    #[cfg(not(test))]
+    let max = CHUNK_MAX;
+    (max / per_sample.max(1)).clamp(1, b.max(1))
+}
+
+/// Shapes of one convolution (`conv2d`) or its adjoint (`conv_transpose2d`): `img` is the
+/// conv2d input side, `(oh, ow)` the conv2d output side.
+#[derive(Clone, Copy, Debug)]
+struct Shapes {
+    /// The im2col geometry of the whole batch (`c` channels of the image side).
+    g: Geom,
+    /// Channels on the "output" side (conv2d output / transposed-conv input).
+    co: usize,
+    groups: usize,
+}
+
+impl Shapes {
+    /// Rows of cols per group.
+    fn kk(&self) -> usize {
+        self.g.c / self.groups * self.g.kh * self.g.kw
+    }
+    /// Output-side channels per group.
+    fn og(&self) -> usize {
+        self.co / self.groups
+    }
+    /// Positions per sample on the output side.
+    fn p(&self) -> usize {
+        self.g.ho * self.g.wo
+    }
+    /// Samples per chunk.
+    fn chunk(&self) -> usize {
+        let per = (self.g.c * self.g.kh * self.g.kw * self.p())
+            .max(self.co * self.p())
+            .max(self.g.plane() * self.g.c);
+        chunk_len(self.g.b, per)
+    }
+    /// The geometry of samples `b0..b0 + bc`.
+    fn part(&self, bc: usize) -> Geom {
+        Geom { b: bc, ..self.g }
+    }
+}
+
+/// Copies a tensor's (contiguous) values into a scratch buffer.
+fn read<E: GemmFloat, S: Shape>(t: &Tensor<S, E, Cpu>) -> Scratch<E>
+where
+    Cpu: Device<E>,
+{
+    let mut s = Scratch::take(t.shape().num_elements());
+    t.copy_into(&mut s);
+    s
+}
+
+/// The three inputs of an op, tape split off and merged.
+type Split<E, T> = (T4<E, Cpu>, T4<E, Cpu>, Option<T1<E, Cpu>>, T);
+
+fn split<E: GemmFloat, T: Tape<E, Cpu>>(
+    x: T4<E, Cpu, T>,
+    w: T4<E, Cpu, T>,
+    b: Option<T1<E, Cpu, T>>,
+) -> Split<E, T>
+where
+    Cpu: Device<E>,
+{
+    // copy_into reads physical storage: make sure it is laid out as the shape says
+    let (x, tx) = x.contiguous().split_tape();
+    let (w, tw) = w.contiguous().split_tape();
+    let tape = tx.merge(tw);
+    match b {
+        Some(b) => {
+            let (b, tb) = b.contiguous().split_tape();
+            (x, w, Some(b), tape.merge(tb))
+        }
+        None => (x, w, None, tape),
+    }
+}
+
+/// 2-D convolution (cross-correlation) of `x (B, Cin, H, W)` with `w (Cout, Cin/groups,
+/// kh, kw)`, zero padding `pad`, plus an optional bias `(Cout,)`, as one CPU op whose
+/// forward and both backward products are whole-batch GEMMs (see the module doc).
+pub fn conv2d_op<E: GemmFloat, T: Tape<E, Cpu>>(
+    x: T4<E, Cpu, T>,
+    w: T4<E, Cpu, T>,
+    b: Option<T1<E, Cpu, T>>,
+    stride: usize,
+    pad: usize,
+    groups: usize,
+) -> T4<E, Cpu, T>
+where
+    Cpu: Device<E>,
+    <Cpu as Storage<E>>::Vec: std::ops::DerefMut<Target = Vec<E>>,
+{
+    let (bsz, cin, _, _) = *x.shape();
+    let (cout, cpg, kh, kw) = *w.shape();
+    assert!(groups > 0, "conv2d: zero groups");
+    assert_eq!(
+        cin,
+        cpg * groups,
+        "conv2d: {cin} input channels, weight wants {cpg}x{groups}"
+    );
+    assert_eq!(
+        cout % groups,
+        0,
+        "conv2d: {cout} outputs not divisible by {groups} groups"
+    );
+    if let Some(b) = &b {
+        assert_eq!(b.shape().0, cout, "conv2d: bias length");
+    }
+    let sh = Shapes {
+        g: Geom::new(*x.shape(), kh, kw, stride, pad),
+        co: cout,
+        groups,
+    };
+    let (x, w, b, mut tape) = split(x, w, b);
+    let dev = x.device().clone();
+    let (g, p, kk, og) = (sh.g, sh.p(), sh.kk(), sh.og());
+    let (xs, ys) = (cin * g.plane(), cout * p);
+    let chunk = sh.chunk();
+
+    let mut y = vec![E::default(); bsz * ys];
+    {
+        let xv = read(&x);
+        let wv = read(&w);
+        let bv = b.as_ref().map(read);
+        for b0 in (0..bsz).step_by(chunk) {
+            let bc = chunk.min(bsz - b0);
+            let (gc, n) = (sh.part(bc), bc * p);
+            let mut cols = Scratch::take(gc.cols_len());
+            im2col_cb(&xv[b0 * xs..(b0 + bc) * xs], &gc, &mut cols);
+            let mut yt = Scratch::take(cout * n);
+            for gi in 0..groups {
+                matmul(
+                    (og, n, kk),
+                    &mut yt,
+                    View::rows(gi * og * n, n),
+                    false,
+                    &wv,
+                    View::rows(gi * og * kk, kk),
+                    &cols,
+                    View::rows(gi * kk * n, n),
+                );
+            }
+            from_cb(
+                &yt,
+                (bc, cout, p),
+                &mut y[b0 * ys..(b0 + bc) * ys],
+                Init::Set(bv.as_deref()),
+            );
+        }
+    }
+    let out: T4<E, Cpu> = dev.tensor_from_vec(y, (bsz, cout, g.ho, g.wo));
+    let (xg, wg, bg, outg) = (
+        x.ghost(),
+        w.ghost(),
+        b.as_ref().map(|b| b.ghost()),
+        out.ghost(),
+    );
+    tape.add_backward_op(move |grads| {
+        let xv = read(&x);
+        let wv = read(&w);
+        let mut db = vec![E::default(); if bg.is_some() { cout } else { 0 }];
+        for b0 in (0..bsz).step_by(chunk) {
+            let bc = chunk.min(bsz - b0);
+            let (gc, n) = (sh.part(bc), bc * p);
+            let mut dyt = Scratch::take(cout * n);
+            {
+                let dy = &grads.get_or_alloc_mut(&outg)?[b0 * ys..(b0 + bc) * ys];
+                to_cb(dy, (bc, cout, p), &mut dyt);
+                if bg.is_some() {
+                    channel_sums(dy, (bc, cout, p), &mut db);
+                }
+            }
+            let mut cols = Scratch::take(gc.cols_len());
+            im2col_cb(&xv[b0 * xs..(b0 + bc) * xs], &gc, &mut cols);
+            let gw = grads.get_or_alloc_mut(&wg)?;
+            for gi in 0..groups {
+                // dW_g (og x kk) += dyt_g (og x n) @ cols_g^T (n x kk)
+                matmul(
+                    (og, kk, n),
+                    gw,
+                    View::rows(gi * og * kk, kk),
+                    true,
+                    &dyt,
+                    View::rows(gi * og * n, n),
+                    &cols,
+                    View::rows_t(gi * kk * n, n),
+                );
+            }
+            for gi in 0..groups {
+                // dcols_g (kk x n) = W_g^T (kk x og) @ dyt_g (og x n), over cols
+                matmul(
+                    (kk, n, og),
+                    &mut cols,
+                    View::rows(gi * kk * n, n),
+                    false,
+                    &wv,
+                    View::rows_t(gi * og * kk, kk),
+                    &dyt,
+                    View::rows(gi * og * n, n),
+                );
+            }
+            let gx = grads.get_or_alloc_mut(&xg)?;
+            col2im_cb(&cols, &gc, &mut gx[b0 * xs..(b0 + bc) * xs], Init::Add);
+        }
+        if let Some(bg) = bg {
+            for (a, v) in grads.get_or_alloc_mut(&bg)?.iter_mut().zip(db) {
+                *a += v;
+            }
+        }
+        Ok(())
+    });
+    out.put_tape(tape)
+}
+
+/// Transposed 2-D convolution (PyTorch's `ConvTranspose2d`) of `x (B, Cin, H, W)` with
+/// `w (Cin, Cout/groups, kh, kw)`, plus an optional bias `(Cout,)`, as one CPU op whose
+/// forward and both backward products are whole-batch GEMMs (see the module doc).
+pub fn conv_transpose2d_op<E: GemmFloat, T: Tape<E, Cpu>>(
+    x: T4<E, Cpu, T>,
+    w: T4<E, Cpu, T>,
+    b: Option<T1<E, Cpu, T>>,
+    stride: usize,
+    pad: usize,
+    groups: usize,
+) -> T4<E, Cpu, T>
+where
+    Cpu: Device<E>,
+    <Cpu as Storage<E>>::Vec: std::ops::DerefMut<Target = Vec<E>>,
+{
+    let (bsz, cin, h, wd) = *x.shape();
+    let (cin2, cog, kh, kw) = *w.shape();
+    assert!(groups > 0, "conv_transpose2d: zero groups");
+    assert_eq!(
+        cin, cin2,
+        "conv_transpose2d: {cin} input channels, weight wants {cin2}"
+    );
+    assert_eq!(
+        cin % groups,
+        0,
+        "conv_transpose2d: {cin} inputs not divisible by {groups} groups"
+    );
+    let cout = cog * groups;
+    if let Some(b) = &b {
+        assert_eq!(b.shape().0, cout, "conv_transpose2d: bias length");
+    }
+    let ho = super::ops::conv_t_out(h, kh, stride, pad);
+    let wo = super::ops::conv_t_out(wd, kw, stride, pad);
+    // the geometry of the conv2d this op is the adjoint of: image = our output
+    let sh = Shapes {
+        g: Geom::new((bsz, cout, ho, wo), kh, kw, stride, pad),
+        co: cin,
+        groups,
+    };
+    assert_eq!((sh.g.ho, sh.g.wo), (h, wd), "conv_transpose2d: geometry");
+    let (x, w, b, mut tape) = split(x, w, b);
+    let dev = x.device().clone();
+    let (g, p, okk, cig) = (sh.g, sh.p(), sh.kk(), sh.og());
+    let (xs, ys) = (cin * p, cout * g.plane());
+    let chunk = sh.chunk();
+
+    let mut y = vec![E::default(); bsz * ys];
+    {
+        let xv = read(&x);
+        let wv = read(&w);
+        let bv = b.as_ref().map(read);
+        for b0 in (0..bsz).step_by(chunk) {
+            let bc = chunk.min(bsz - b0);
+            let (gc, n) = (sh.part(bc), bc * p);
+            let mut xt = Scratch::take(cin * n);
+            to_cb(&xv[b0 * xs..(b0 + bc) * xs], (bc, cin, p), &mut xt);
+            let mut cols = Scratch::take(gc.cols_len());
+            for gi in 0..groups {
+                // cols_g (okk x n) = W_g^T (okk x cig) @ xt_g (cig x n)
+                matmul(
+                    (okk, n, cig),
+                    &mut cols,
+                    View::rows(gi * okk * n, n),
+                    false,
+                    &wv,
+                    View::rows_t(gi * cig * okk, okk),
+                    &xt,
+                    View::rows(gi * cig * n, n),
+                );
+            }
+            col2im_cb(
+                &cols,
+                &gc,
+                &mut y[b0 * ys..(b0 + bc) * ys],
+                Init::Set(bv.as_deref()),
+            );
+        }
+    }
+    let out: T4<E, Cpu> = dev.tensor_from_vec(y, (bsz, cout, ho, wo));
+    let (xg, wg, bg, outg) = (
+        x.ghost(),
+        w.ghost(),
+        b.as_ref().map(|b| b.ghost()),
+        out.ghost(),
+    );
+    tape.add_backward_op(move |grads| {
+        let xv = read(&x);
+        let wv = read(&w);
+        let mut db = vec![E::default(); if bg.is_some() { cout } else { 0 }];
+        for b0 in (0..bsz).step_by(chunk) {
+            let bc = chunk.min(bsz - b0);
+            let (gc, n) = (sh.part(bc), bc * p);
+            let mut dcols = Scratch::take(gc.cols_len());
+            {
+                let dy = &grads.get_or_alloc_mut(&outg)?[b0 * ys..(b0 + bc) * ys];
+                im2col_cb(dy, &gc, &mut dcols);
+                if bg.is_some() {
+                    channel_sums(dy, (bc, cout, g.plane()), &mut db);
+                }
+            }
+            let mut xt = Scratch::take(cin * n);
+            to_cb(&xv[b0 * xs..(b0 + bc) * xs], (bc, cin, p), &mut xt);
+            let gw = grads.get_or_alloc_mut(&wg)?;
+            for gi in 0..groups {
+                // dW_g (cig x okk) += xt_g (cig x n) @ dcols_g^T (n x okk)
+                matmul(
+                    (cig, okk, n),
+                    gw,
+                    View::rows(gi * cig * okk, okk),
+                    true,
+                    &xt,
+                    View::rows(gi * cig * n, n),
+                    &dcols,
+                    View::rows_t(gi * okk * n, n),
+                );
+            }
+            for gi in 0..groups {
+                // dxt_g (cig x n) = W_g (cig x okk) @ dcols_g (okk x n), over xt
+                matmul(
+                    (cig, n, okk),
+                    &mut xt,
+                    View::rows(gi * cig * n, n),
+                    false,
+                    &wv,
+                    View::rows(gi * cig * okk, okk),
+                    &dcols,
+                    View::rows(gi * okk * n, n),
+                );
+            }
+            let gx = grads.get_or_alloc_mut(&xg)?;
+            from_cb(
+                &xt,
+                (bc, cin, p),
+                &mut gx[b0 * xs..(b0 + bc) * xs],
+                Init::Add,
+            );
+        }
+        if let Some(bg) = bg {
+            for (a, v) in grads.get_or_alloc_mut(&bg)?.iter_mut().zip(db) {
+                *a += v;
+            }
+        }
+        Ok(())
+    });
+    out.put_tape(tape)
+}

@@ -1,0 +1,321 @@
+//! Tests of the whole-batch GEMM convolutions ([`super::conv`]) over random geometries:
+//! against the composed dfdx path (values and gradients), against central finite
+//! differences of a scalar loss (f64), conv2d against its adjoint (the transposed conv),
+//! the chunked path against the unchunked one, and bit-identical results on 1 and 4
+//! threads.
+
+use dfdx::prelude::*;
+
+use super::conv::{self, CHUNK_MAX_TEST};
+use super::ops::{self, IdxCache};
+use super::{Rng, T1, T4};
+
+type F = f64;
+
+/// One convolution: `conv2d` of `x (b, cin, h, w)` to `cout` channels, or (transposed)
+/// `conv_transpose2d` of `x (b, cin, h, w)` to `cout` channels.
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    b: usize,
+    cin: usize,
+    cout: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    groups: usize,
+    bias: bool,
+    transposed: bool,
+}
+
+impl Case {
+    fn x_shape(&self) -> (usize, usize, usize, usize) {
+        (self.b, self.cin, self.h, self.w)
+    }
+    fn w_shape(&self) -> (usize, usize, usize, usize) {
+        if self.transposed {
+            (self.cin, self.cout / self.groups, self.k, self.k)
+        } else {
+            (self.cout, self.cin / self.groups, self.k, self.k)
+        }
+    }
+    fn sizes(&self) -> [usize; 3] {
+        let (a, b, c, d) = self.x_shape();
+        let (e, f, g, h) = self.w_shape();
+        [a * b * c * d, e * f * g * h, self.cout]
+    }
+    /// Random geometry: kernel 1-4, stride 1-2, padding 0-2, groups 1, 2 or depthwise,
+    /// sizes 1-7 (mostly odd, non-square), batch 1-3, bias or not.
+    fn random(rng: &mut Rng, transposed: bool) -> Self {
+        loop {
+            let (groups, cpg, opg) = match rng.below(3) {
+                0 => (1, 1 + rng.below(3), 1 + rng.below(3)),
+                1 => (2, 1 + rng.below(2), 1 + rng.below(2)),
+                _ => {
+                    let c = 2 + rng.below(3);
+                    (c, 1, 1 + rng.below(2))
+                }
+            };
+            let c = Case {
+                b: 1 + rng.below(3),
+                cin: cpg * groups,
+                cout: opg * groups,
+                h: 1 + rng.below(7),
+                w: 1 + rng.below(7),
+                k: 1 + rng.below(4),
+                stride: 1 + rng.below(2),
+                pad: rng.below(3),
+                groups,
+                bias: rng.below(2) == 0,
+                transposed,
+            };
+            let ok = if transposed {
+                (c.h.min(c.w) - 1) * c.stride + c.k > 2 * c.pad
+            } else {
+                c.h.min(c.w) + 2 * c.pad >= c.k
+            };
+            if ok {
+                return c;
+            }
+        }
+    }
+}
+
+/// The op under test (`fast`: the GEMM custom op; else the composed dfdx path).
+fn run<E: conv::GemmFloat, T: Tape<E, Cpu>>(
+    c: &Case,
+    fast: bool,
+    x: T4<E, Cpu, T>,
+    w: T4<E, Cpu, T>,
+    b: Option<T1<E, Cpu, T>>,
+) -> T4<E, Cpu, T>
+where
+    Cpu: super::Dev<E>,
+    <Cpu as Storage<E>>::Vec: std::ops::DerefMut<Target = Vec<E>>,
+{
+    let cache = IdxCache::default();
+    match (c.transposed, fast) {
+        (false, true) => conv::conv2d_op(x, w, b, c.stride, c.pad, c.groups),
+        (false, false) => ops::conv2d_composed(x, w, b, c.stride, c.pad, c.groups, &cache),
+        (true, true) => conv::conv_transpose2d_op(x, w, b, c.stride, c.pad, c.groups),
+        (true, false) => ops::conv_transpose2d_composed(x, w, b, c.stride, c.pad, c.groups, &cache),
+    }
+}
+
+/// Values, and gradients of `sum(y * r)` for a fixed random `r`, of x, w and b.
+type Out<E> = (Vec<E>, Vec<E>, Vec<E>, Vec<E>);
+
+fn forward_backward<E: conv::GemmFloat>(c: &Case, fast: bool, vals: &[Vec<E>; 3]) -> Out<E>
+where
+    Cpu: super::Dev<E>,
+    <Cpu as Storage<E>>::Vec: std::ops::DerefMut<Target = Vec<E>>,
+{
+    let dev = Cpu::default();
+    let x: T4<E, Cpu> = dev.tensor_from_vec(vals[0].clone(), c.x_shape());
+    let w: T4<E, Cpu> = dev.tensor_from_vec(vals[1].clone(), c.w_shape());
+    let b: T1<E, Cpu> = dev.tensor_from_vec(vals[2].clone(), (c.cout,));
+    let grads = Gradients::leaky();
+    let y = run(
+        c,
+        fast,
+        x.clone().traced(grads),
+        w.retaped::<OwnedTape<E, Cpu>>(),
+        c.bias.then(|| b.retaped::<OwnedTape<E, Cpu>>()),
+    );
+    let yv = y.retaped::<OwnedTape<E, Cpu>>().as_vec();
+    let n = yv.len();
+    let r: T1<E, Cpu> = dev.tensor_from_vec(
+        Rng::new(77).normals(n).into_iter().map(E::of).collect(),
+        (n,),
+    );
+    let grads = (y.reshape_like(&(n,)) * r).sum::<(), Axis<0>>().backward();
+    let gb = if c.bias {
+        grads.get(&b).as_vec()
+    } else {
+        vec![]
+    };
+    (yv, grads.get(&x).as_vec(), grads.get(&w).as_vec(), gb)
+}
+
+fn random_vals(c: &Case, seed: u64) -> [Vec<F>; 3] {
+    let mut rng = Rng::new(seed);
+    c.sizes().map(|n| rng.normals(n))
+}
+
+fn assert_close(a: &[F], b: &[F], tol: F, what: &str, c: &Case) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths, {c:?}");
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!(
+            (x - y).abs() <= tol * (1.0 + x.abs().max(y.abs())),
+            "{what}[{i}]: {x} vs {y}, {c:?}"
+        );
+    }
+}
+
+/// `sum(op(x, w, b) * r)` without a tape.
+fn loss(c: &Case, vals: &[Vec<F>; 3]) -> F {
+    let dev = Cpu::default();
+    let x: T4<F, Cpu> = dev.tensor_from_vec(vals[0].clone(), c.x_shape());
+    let w: T4<F, Cpu> = dev.tensor_from_vec(vals[1].clone(), c.w_shape());
+    let b: T1<F, Cpu> = dev.tensor_from_vec(vals[2].clone(), (c.cout,));
+    let y = run(c, true, x, w, c.bias.then_some(b)).as_vec();
+    let r = Rng::new(77).normals(y.len());
+    y.iter().zip(&r).map(|(a, b)| a * b).sum()
+}
+
+/// Analytic gradients against central differences at up to 25 random elements of every
+/// input (the loss is bilinear, so differences are exact up to rounding).
+fn check_fd(c: &Case, vals: &[Vec<F>; 3], grads: [&[F]; 3], rng: &mut Rng) {
+    let h = 1e-5;
+    for (i, g) in grads.iter().enumerate() {
+        if i == 2 && !c.bias {
+            continue;
+        }
+        let n = vals[i].len();
+        for _ in 0..n.min(25) {
+            let j = rng.below(n);
+            let mut vp = vals.clone();
+            vp[i][j] += h;
+            let mut vm = vals.clone();
+            vm[i][j] -= h;
+            let num = (loss(c, &vp) - loss(c, &vm)) / (2.0 * h);
+            let err = (num - g[j]).abs() / (1.0 + num.abs());
+            assert!(
+                err < 1e-7,
+                "input {i} elem {j}: analytic {} numeric {num}, {c:?}",
+                g[j]
+            );
+        }
+    }
+}
+
+fn check_cases(transposed: bool, seed: u64) {
+    let mut rng = Rng::new(seed);
+    for t in 0..40 {
+        let c = Case::random(&mut rng, transposed);
+        let vals = random_vals(&c, 1000 + t);
+        let fast = forward_backward(&c, true, &vals);
+        let slow = forward_backward(&c, false, &vals);
+        assert_close(&fast.0, &slow.0, 1e-12, "values", &c);
+        assert_close(&fast.1, &slow.1, 1e-12, "grad x", &c);
+        assert_close(&fast.2, &slow.2, 1e-12, "grad w", &c);
+        assert_close(&fast.3, &slow.3, 1e-12, "grad b", &c);
+        check_fd(&c, &vals, [&fast.1, &fast.2, &fast.3], &mut rng);
+        // one sample per chunk: same values, gradients up to summation order
+        CHUNK_MAX_TEST.with(|m| m.set(Some(1)));
+        let chunked = forward_backward(&c, true, &vals);
+        CHUNK_MAX_TEST.with(|m| m.set(None));
+        assert_eq!(chunked.0, fast.0, "chunked values, {c:?}");
+        assert_eq!(chunked.1, fast.1, "chunked grad x, {c:?}");
+        assert_close(&chunked.2, &fast.2, 1e-12, "chunked grad w", &c);
+        assert_close(&chunked.3, &fast.3, 1e-12, "chunked grad b", &c);
+    }
+}
+
+#[test]
+fn conv2d_gemm_matches_composed_and_fd() {
+    check_cases(false, 21);
+}
+
+#[test]
+fn conv_transpose2d_gemm_matches_composed_and_fd() {
+    check_cases(true, 22);
+}
+
+/// The transposed conv is the adjoint of conv2d with the same weight:
+/// `<conv2d(x, w), y> == <x, conv_transpose2d(y, w)>` (when the transposed conv's output
+/// size is the conv's input size), grouped too.
+#[test]
+fn conv_transpose2d_is_adjoint_of_conv2d() {
+    let dev = Cpu::default();
+    let mut rng = Rng::new(5);
+    let mut checked = 0;
+    while checked < 30 {
+        let c = Case::random(&mut rng, false);
+        if (c.h + 2 * c.pad - c.k) % c.stride != 0 || (c.w + 2 * c.pad - c.k) % c.stride != 0 {
+            continue;
+        }
+        checked += 1;
+        let [xv, wv, _] = random_vals(&c, 7);
+        let x: T4<F, Cpu> = dev.tensor_from_vec(xv.clone(), c.x_shape());
+        let w: T4<F, Cpu> = dev.tensor_from_vec(wv, c.w_shape());
+        let y = conv::conv2d_op(x, w.clone(), None, c.stride, c.pad, c.groups);
+        let ys = *y.shape();
+        let yv = y.as_vec();
+        let rv = rng.normals(yv.len());
+        let r: T4<F, Cpu> = dev.tensor_from_vec(rv.clone(), ys);
+        let xt = conv::conv_transpose2d_op(r, w, None, c.stride, c.pad, c.groups);
+        assert_eq!(*xt.shape(), c.x_shape(), "{c:?}");
+        let l: F = yv.iter().zip(&rv).map(|(a, b)| a * b).sum();
+        let rr: F = xv.iter().zip(xt.as_vec()).map(|(a, b)| a * b).sum();
+        assert!(
+            (l - rr).abs() < 1e-10 * (1.0 + l.abs()),
+            "{l} vs {rr}, {c:?}"
+        );
+    }
+}
+
+/// A 3x3 box kernel on a hand-worked image: every output is the sum of the 3x3
+/// neighbourhood inside the image (zero padding), plus the bias.
+#[test]
+fn conv2d_gemm_hand_example() {
+    let dev = Cpu::default();
+    let x: T4<F, Cpu> = dev.tensor_from_vec((1..=9).map(F::from).collect(), (1, 1, 3, 3));
+    let w: T4<F, Cpu> = dev.tensor_from_vec(vec![1.0; 9], (1, 1, 3, 3));
+    let b: T1<F, Cpu> = dev.tensor_from_vec(vec![0.5], (1,));
+    let y = conv::conv2d_op(x, w, Some(b), 1, 1, 1).as_vec();
+    // 1 2 3 / 4 5 6 / 7 8 9
+    let want = [12.0, 21.0, 16.0, 27.0, 45.0, 33.0, 24.0, 39.0, 28.0].map(|v| v + 0.5);
+    assert_eq!(y, want);
+}
+
+/// Same inputs, one thread and four: bit-identical values and gradients (no reduction
+/// order depends on scheduling), at sizes where gemm and the copy kernels go parallel.
+#[test]
+fn conv_gemm_bit_identical_across_thread_counts() {
+    let cases = [
+        (8, 32, 48, 16, 16, 3, 1, 1, 1, false),
+        (8, 32, 64, 16, 15, 4, 2, 1, 2, false),
+        (8, 64, 64, 16, 16, 3, 1, 1, 64, false),
+        (8, 64, 32, 8, 8, 4, 2, 1, 1, true),
+        (8, 64, 32, 9, 8, 3, 1, 1, 2, true),
+    ];
+    for (b, cin, cout, h, w, k, stride, pad, groups, transposed) in cases {
+        let c = Case {
+            b,
+            cin,
+            cout,
+            h,
+            w,
+            k,
+            stride,
+            pad,
+            groups,
+            bias: true,
+            transposed,
+        };
+        let mut rng = Rng::new(3);
+        let vals: [Vec<f32>; 3] = c
+            .sizes()
+            .map(|n| rng.normals(n).into_iter().map(|v| v as f32).collect());
+        let on = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| forward_backward(&c, true, &vals))
+        };
+        let one = on(1);
+        let four = on(4);
+        assert_eq!(one.0, four.0, "values, {c:?}");
+        assert_eq!(one.1, four.1, "grad x, {c:?}");
+        assert_eq!(one.2, four.2, "grad w, {c:?}");
+        assert_eq!(one.3, four.3, "grad b, {c:?}");
+        // and the f32 op agrees with the composed path
+        let slow = forward_backward(&c, false, &vals);
+        for (a, s) in one.0.iter().zip(&slow.0) {
+            assert!((a - s).abs() < 1e-3 * (1.0 + s.abs()), "{a} vs {s}, {c:?}");
+        }
+    }
+}
