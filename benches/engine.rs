@@ -88,6 +88,7 @@ fn main() {
         device: engine::DeviceChoice::Cpu,
         results_root: root.join("results"),
         progress: false,
+        threads: None,
     };
     let cache = Cache::new(root.join("cache1k"));
     let t = Instant::now();

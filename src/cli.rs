@@ -65,6 +65,10 @@ enum Cmd {
         /// Instances run at once (default: number of cores).
         #[arg(short, long)]
         jobs: Option<usize>,
+        /// Threads of each running instance (default: the cores shared among the jobs, so
+        /// jobs x threads <= cores); a stage's `resources: {cpus: N}` overrides it.
+        #[arg(short = 't', long, value_parser = clap::value_parser!(u64).range(1..))]
+        threads: Option<u64>,
         /// Re-run this stage and everything downstream of it (repeatable).
         #[arg(long, value_name = "STAGE")]
         force: Vec<String>,
@@ -229,6 +233,7 @@ fn dispatch(cli: &Cli, reg: &Registry) -> Result<i32, Exit> {
         Cmd::Run {
             file,
             jobs,
+            threads,
             force,
             keep_going,
             device,
@@ -257,6 +262,7 @@ fn dispatch(cli: &Cli, reg: &Registry) -> Result<i32, Exit> {
                 },
                 results_root: cli.results_dir.clone(),
                 progress,
+                threads: threads.map(|t| t as usize),
             };
             let cancel = install_ctrlc();
             let s = engine::run(&plan, reg, &opts, cancel)?;
@@ -551,5 +557,36 @@ pub fn human_bytes(b: u64) -> String {
         format!("{b} B")
     } else {
         format!("{v:.1} {}", units[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(args: &[&str]) -> Result<(Option<usize>, Option<u64>), clap::Error> {
+        let cli = Cli::try_parse_from(args)?;
+        match cli.cmd {
+            Cmd::Run { jobs, threads, .. } => Ok((jobs, threads)),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn threads_flag_parsed() {
+        assert_eq!(
+            run_args(&["ablate", "run", "p.yaml", "-j", "2", "--threads", "3"]).unwrap(),
+            (Some(2), Some(3))
+        );
+        assert_eq!(
+            run_args(&["ablate", "run", "p.yaml", "-t", "1"]).unwrap(),
+            (None, Some(1))
+        );
+        assert_eq!(
+            run_args(&["ablate", "run", "p.yaml"]).unwrap(),
+            (None, None)
+        );
+        let e = run_args(&["ablate", "run", "p.yaml", "--threads", "0"]).unwrap_err();
+        assert!(e.to_string().contains("--threads"), "{e}");
     }
 }

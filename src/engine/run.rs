@@ -1,9 +1,13 @@
-//! The scheduler: runs a plan's instances on a rayon pool, in dependency order.
+//! The scheduler: runs a plan's instances in dependency order, each on a thread and a
+//! rayon pool of its own.
 //!
-//! A coordinator loop keeps the ready set, hands instances to the pool while
-//! `--jobs` and the resource slots allow (one GPU slot), and collects results over a
-//! channel. A failure marks every descendant skipped; without `--keep-going` nothing
-//! new starts after it. Ctrl-C sets a flag: nothing new starts, running stages stop
+//! A coordinator loop keeps the ready set, starts instances while `--jobs` and the
+//! resource slots allow (one GPU slot, the machine's CPUs), and collects results over a
+//! channel. Every instance gets a thread budget (its stage's `resources: {cpus: N}`, else
+//! `--threads`, else the cores shared among the instances that run at once) and its
+//! `Stage::run` runs inside a rayon pool of that size, so parallel kernels in the stage
+//! use its share and no more. A failure marks every descendant skipped; without
+//! `--keep-going` nothing new starts after it. Ctrl-C sets a flag: nothing new starts, running stages stop
 //! at their next check, and no manifest is written for unfinished work.
 
 use super::cache::{Cache, InputRecord, Manifest, Timings, MANIFEST};
@@ -30,6 +34,22 @@ pub struct RunOptions {
     pub results_root: PathBuf,
     /// Draw a progress bar (off in CI, with `-q`, or when stderr is not a terminal).
     pub progress: bool,
+    /// Threads per running instance unless its stage sets `resources: {cpus: N}`
+    /// (`None`: the cores divided among the `jobs` instances that may run at once).
+    pub threads: Option<usize>,
+}
+
+/// The machine's cores (as Rust sees them: cgroup and affinity limits included).
+pub fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// The default thread budget of an instance: the cores shared among the instances that
+/// can run at once (`jobs`, or fewer when fewer are to run), at least 1.
+pub fn default_threads(cores: usize, jobs: usize, to_run: usize) -> usize {
+    (cores / jobs.min(to_run).max(1)).max(1)
 }
 
 /// How each instance ended.
@@ -136,11 +156,23 @@ pub fn run(
         }
     }
     let to_run = outcomes.iter().filter(|o| o.is_none()).count();
+    // CPU budgets: a stage's `resources.cpus`, else --threads, else a share of the cores;
+    // instances start while their budgets fit the capacity (one always may start)
+    let cores = cores();
+    let threads = opts
+        .threads
+        .unwrap_or_else(|| default_threads(cores, opts.jobs.max(1), to_run))
+        .max(1);
+    let capacity = cores.max(threads * opts.jobs.max(1));
+    let budget = |i: usize| {
+        let inst = &plan.ex.instances[i];
+        plan.ex.pipeline.stages[inst.stage]
+            .resources
+            .cpus
+            .unwrap_or(threads)
+    };
+    let mut cpus_busy = 0usize;
 
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(opts.jobs.max(1))
-        .thread_name(|i| format!("ablate-job-{i}"))
-        .build()?;
     let (tx, rx) = mpsc::channel::<(usize, Outcome)>();
     let running: Arc<Mutex<Running>> = Arc::default();
     let bar = progress_bar(opts.progress, to_run as u64);
@@ -161,7 +193,7 @@ pub fn run(
                     .get(&inst.kind)
                     .unwrap()
                     .resources(&plan.items[i].params, opts.device);
-                !(res.gpu && gpu_busy)
+                !(res.gpu && gpu_busy) && (n_running == 0 || cpus_busy + budget(i) <= capacity)
             });
             let Some(i) = pick else { break };
             ready.remove(&i);
@@ -172,6 +204,8 @@ pub fn run(
                 .resources(&plan.items[i].params, opts.device);
             gpu_busy |= res.gpu;
             n_running += 1;
+            let cpus = budget(i);
+            cpus_busy += cpus;
             let prog = Arc::new(Progress::default());
             running
                 .lock()
@@ -182,6 +216,7 @@ pub fn run(
                 reg,
                 opts,
                 idx: i,
+                threads: cpus,
                 cancel: cancel.clone(),
                 progress: prog,
             }
@@ -189,10 +224,22 @@ pub fn run(
             let tx = tx.clone();
             let gpu = res.gpu;
             match job {
-                Ok(job) => pool.spawn(move || {
-                    let out = job.execute();
-                    let _ = tx.send((i, out));
-                }),
+                // a plain thread per instance: it only waits on the instance's own pool
+                // (a rayon worker waiting there would run other instances nested in it)
+                Ok(job) => {
+                    let spawned = std::thread::Builder::new()
+                        .name(format!("ablate-job-{i}"))
+                        .spawn({
+                            let tx = tx.clone();
+                            move || {
+                                let out = job.execute();
+                                let _ = tx.send((i, out));
+                            }
+                        });
+                    if let Err(e) = spawned {
+                        let _ = tx.send((i, Outcome::Failed(format!("starting a thread: {e}"))));
+                    }
+                }
                 Err(e) => {
                     let _ = tx.send((i, Outcome::Failed(format!("{e:#}"))));
                 }
@@ -207,6 +254,7 @@ pub fn run(
         match rx.recv_timeout(Duration::from_millis(100)) {
             Ok((i, out)) => {
                 n_running -= 1;
+                cpus_busy -= budget(i);
                 running.lock().unwrap().remove(&i);
                 let inst = &plan.ex.instances[i];
                 let res = reg
@@ -351,6 +399,8 @@ struct Job<'a> {
     reg: &'a Registry,
     opts: &'a RunOptions,
     idx: usize,
+    /// Thread budget of the instance.
+    threads: usize,
     cancel: Arc<AtomicBool>,
     progress: Arc<Progress>,
 }
@@ -371,6 +421,7 @@ struct Ready {
     ancestors: Vec<InputRef>,
     device: DeviceChoice,
     results: PathBuf,
+    threads: usize,
     cancel: Arc<AtomicBool>,
     progress: Arc<Progress>,
 }
@@ -427,6 +478,7 @@ impl Job<'_> {
             ancestors,
             device: self.opts.device,
             results: self.plan.results_dir(&self.opts.results_root),
+            threads: self.threads,
             cancel: self.cancel,
             progress: self.progress,
         })
@@ -473,15 +525,23 @@ impl Ready {
             cancel: &self.cancel,
             progress: self.progress.clone(),
         };
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.stage.run(&cx)))
-            .unwrap_or_else(|p| {
-                let msg = p
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "panic".into());
-                Err(anyhow::anyhow!("stage panicked: {msg}"))
-            });
+        // the instance's own pool: rayon-parallel work inside the stage uses its budget
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(self.threads)
+            .thread_name(|i| format!("ablate-work-{i}"))
+            .build()
+            .context("starting the instance's thread pool")?;
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pool.install(|| self.stage.run(&cx))
+        }))
+        .unwrap_or_else(|p| {
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "panic".into());
+            Err(anyhow::anyhow!("stage panicked: {msg}"))
+        });
         let wall = t.elapsed().as_secs_f64();
         let timings = Timings {
             started,
@@ -549,5 +609,174 @@ impl Ready {
             dir,
             results: &self.results,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::plan::PlanOptions;
+    use crate::engine::stage::{CheckCtx, ParamError, Stage};
+    use serde_json::Value;
+
+    /// Records the size of the rayon pool it runs in.
+    struct Threads;
+
+    impl Stage for Threads {
+        fn kind(&self) -> &'static str {
+            "threads"
+        }
+        fn version(&self) -> u32 {
+            1
+        }
+        fn about(&self) -> &'static str {
+            "test kind: reports rayon::current_num_threads()"
+        }
+        fn check(&self, params: &Value, _: &CheckCtx) -> Result<Value, ParamError> {
+            Ok(params.clone())
+        }
+        fn run(&self, _: &RunCtx) -> Result<super::super::stage::Outcome> {
+            // the pool a parallel kernel would use, seen from inside it too
+            let inner = rayon::join(rayon::current_num_threads, || 0).0;
+            Ok(super::super::stage::Outcome::ok()
+                .metric("threads", rayon::current_num_threads() as f64)
+                .metric("inner", inner as f64))
+        }
+    }
+
+    fn plan(dir: &Path, yaml: &str, reg: &Registry) -> Plan {
+        let file = dir.join("p.yaml");
+        std::fs::write(&file, yaml).unwrap();
+        Plan::new(
+            &file,
+            reg,
+            Cache::new(dir.join("cache")),
+            dir,
+            &PlanOptions::default(),
+        )
+        .unwrap()
+    }
+
+    fn threads_seen(plan: &Plan, stage: &str) -> (f64, f64) {
+        let i = plan.ex.by_stage[plan
+            .ex
+            .pipeline
+            .stages
+            .iter()
+            .position(|s| s.name == stage)
+            .unwrap()][0];
+        let m = plan
+            .cache
+            .manifest(&plan.ex.instances[i].kind, &plan.items[i].key)
+            .unwrap();
+        (m.metrics["threads"], m.metrics["inner"])
+    }
+
+    const YAML: &str = "name: t\nstages:\n  a:\n    kind: threads\n    params: {id: 1}\n  b:\n    kind: threads\n    params: {id: 2}\n    resources: {cpus: 3}\n";
+
+    #[test]
+    fn stage_runs_on_its_thread_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut reg = Registry::new();
+        reg.register(Threads);
+        let p = plan(dir.path(), YAML, &reg);
+        let opts = RunOptions {
+            jobs: 2,
+            keep_going: false,
+            device: DeviceChoice::Cpu,
+            results_root: dir.path().join("results"),
+            progress: false,
+            threads: Some(2),
+        };
+        let s = run(&p, &reg, &opts, Arc::default()).unwrap();
+        assert!(s.ok(), "{}", s.line());
+        assert_eq!(s.ran, 2);
+        // a: --threads 2; b: resources.cpus 3 overrides it
+        assert_eq!(threads_seen(&p, "a"), (2.0, 2.0));
+        assert_eq!(threads_seen(&p, "b"), (3.0, 3.0));
+
+        // resources stay out of the cache key: another cpus count is still cached
+        let other = YAML.replace("cpus: 3", "cpus: 1");
+        let p2 = plan(dir.path(), &other, &reg);
+        assert_eq!(p2.items[1].key, p.items[1].key);
+        assert_eq!(p2.counts(), (2, 0));
+        assert_eq!(p2.ex.pipeline.stages[1].resources.cpus, Some(1));
+
+        // no --threads: the cores shared among the instances that may run at once
+        let dir = tempfile::tempdir().unwrap();
+        let p = plan(
+            dir.path(),
+            "name: t\nstages:\n  a:\n    kind: threads\n",
+            &reg,
+        );
+        let opts = RunOptions {
+            threads: None,
+            jobs: 4,
+            ..opts
+        };
+        assert!(run(&p, &reg, &opts, Arc::default()).unwrap().ok());
+        // one instance to run: it gets every core even with -j 4
+        assert_eq!(threads_seen(&p, "a").0, cores() as f64);
+    }
+
+    #[test]
+    fn default_budget_divides_the_cores() {
+        assert_eq!(default_threads(16, 4, 100), 4);
+        assert_eq!(default_threads(16, 4, 2), 8);
+        assert_eq!(default_threads(2, 2, 5), 1);
+        assert_eq!(default_threads(2, 8, 8), 1);
+        assert_eq!(default_threads(8, 3, 3), 2);
+        assert_eq!(default_threads(4, 1, 0), 4);
+    }
+
+    #[test]
+    fn resources_validated_with_position() {
+        let reg = {
+            let mut r = Registry::new();
+            r.register(Threads);
+            r
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.yaml");
+        for (bad, line, col, msg) in [
+            (
+                "cpus: 0",
+                5,
+                23,
+                "`resources.cpus` must be a whole number >= 1",
+            ),
+            (
+                "cpus: two",
+                5,
+                23,
+                "`resources.cpus` must be a whole number >= 1",
+            ),
+            (
+                "gpus: 1",
+                5,
+                17,
+                "unknown resource in stage `a`: `gpus` (expected one of: cpus)",
+            ),
+        ] {
+            let y =
+                format!("name: t\nstages:\n  a:\n    kind: threads\n    resources: {{{bad}}}\n");
+            std::fs::write(&file, y).unwrap();
+            let e = match Plan::new(
+                &file,
+                &reg,
+                Cache::new(dir.path().join("c")),
+                dir.path(),
+                &PlanOptions::default(),
+            ) {
+                Err(e) => e.to_string(),
+                Ok(_) => panic!("{bad} accepted"),
+            };
+            let want = format!("{}:{line}:{col}: stage `a`: ", file.display());
+            assert!(e.contains(msg), "{bad}: {e}");
+            assert!(
+                e.starts_with(&format!("{}:{line}:{col}:", file.display())),
+                "{bad}: {e} (want {want})"
+            );
+        }
     }
 }

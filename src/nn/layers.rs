@@ -968,8 +968,10 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
     /// `self = beta * self + (1 - beta) * src` for parameters. Buffers (batch-norm running
     /// statistics) are left alone: an averaged net keeps statistics of its own activations.
     pub fn ema_update(&mut self, src: &Net<E, D>, beta: f64) {
+        // in place and parallel on the CPU ([`Dev::lerp_update`]); one scratch per call
+        let mut buf = vec![];
         for (p, s) in self.params.tensors.iter_mut().zip(&src.params.tensors) {
-            *p = p.clone() * E::of(beta) + s.clone() * E::of(1.0 - beta);
+            D::lerp_update(p, s, beta, &mut buf);
         }
     }
 }

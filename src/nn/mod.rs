@@ -11,6 +11,7 @@
 //! - [`layers`]: a small run-time layer graph ([`Layer`], [`Net`]) with named parameters;
 //! - [`cond`]: instance norm and per-channel modulation (AdaIN, conditional BN);
 //! - [`params`]: the parameter list, Adam, and safetensors I/O;
+//! - [`fused`], [`kernels`]: parallel CPU custom ops behind [`Dev`]'s methods;
 //! - [`rng`]: a tiny seedable RNG whose whole state fits a checkpoint.
 //!
 //! Activations are always 4-D `(batch, channels, height, width)`; vectors are
@@ -20,6 +21,7 @@ pub mod act;
 pub mod cond;
 pub mod conv;
 pub mod fused;
+pub mod kernels;
 pub mod layers;
 pub mod ops;
 pub mod params;
@@ -27,6 +29,8 @@ pub mod rng;
 
 #[cfg(test)]
 mod conv_tests;
+#[cfg(test)]
+mod kernel_tests;
 #[cfg(test)]
 mod tests;
 
@@ -154,6 +158,64 @@ pub trait Dev<E: Float>: Device<E> {
         cache: &ops::IdxCache<Self>,
     ) -> T4<E, Self, T> {
         ops::conv_transpose2d_composed(x, w, b, stride, pad, groups, cache)
+
+    // Step kernels (see [`kernels`]): batch norm, resampling, Adam and EMA updates.
+
+    /// [`ops::batch_norm_train`].
+    fn batch_norm_train<T: Tape<E, Self>>(
+        x: T4<E, Self, T>,
+        gamma: T1<E, Self, T>,
+        beta: T1<E, Self, T>,
+        eps: f64,
+    ) -> (T4<E, Self, T>, Vec<E>, Vec<E>) {
+        ops::batch_norm_train_composed(x, gamma, beta, eps)
+    }
+    /// [`ops::batch_norm_eval`].
+    fn batch_norm_eval<T: Tape<E, Self>>(
+        x: T4<E, Self, T>,
+        gamma: T1<E, Self, T>,
+        beta: T1<E, Self, T>,
+        running_mean: &[f64],
+        running_var: &[f64],
+        eps: f64,
+    ) -> T4<E, Self, T> {
+        ops::batch_norm_eval_composed(x, gamma, beta, running_mean, running_var, eps)
+    }
+    /// [`ops::avg_pool2x2`].
+    fn avg_pool2x2<T: Tape<E, Self>>(x: T4<E, Self, T>) -> T4<E, Self, T> {
+        ops::avg_pool2x2_composed(x)
+    }
+    /// [`ops::upsample_nearest2x`].
+    fn upsample_nearest2x<T: Tape<E, Self>>(
+        x: T4<E, Self, T>,
+        cache: &ops::IdxCache<Self>,
+    ) -> T4<E, Self, T> {
+        ops::upsample_nearest2x_composed(x, cache)
+    }
+    /// [`ops::upsample_bilinear2x`].
+    fn upsample_bilinear2x<T: Tape<E, Self>>(
+        x: T4<E, Self, T>,
+        cache: &ops::IdxCache<Self>,
+    ) -> T4<E, Self, T> {
+        ops::upsample_bilinear2x_composed(x, cache)
+    }
+    /// One Adam update of parameter `p` with gradient `g` and moments `m`, `v`, in place
+    /// where the device allows (`buf`: scratch kept by the caller between calls).
+    fn adam_update(
+        p: &mut T1<E, Self>,
+        g: &T1<E, Self>,
+        m: &mut T1<E, Self>,
+        v: &mut T1<E, Self>,
+        h: kernels::AdamStep,
+        buf: &mut Vec<E>,
+    ) {
+        let _ = buf;
+        params::adam_update_composed(p, g, m, v, h)
+    }
+    /// `p = p * beta + s * (1 - beta)` (the EMA update), in place where the device allows.
+    fn lerp_update(p: &mut T1<E, Self>, s: &T1<E, Self>, beta: f64, buf: &mut Vec<E>) {
+        let _ = buf;
+        *p = p.clone() * E::of(beta) + s.clone() * E::of(1.0 - beta);
     }
 }
 
@@ -201,6 +263,7 @@ impl Dev<f32> for Cpu {
     ) -> T4<f32, Self, T> {
         conv::conv_transpose2d_op(x, w, b, stride, pad, groups)
     }
+    kernels::cpu_step_kernels!(f32);
 }
 
 impl Dev<f64> for Cpu {
@@ -247,6 +310,7 @@ impl Dev<f64> for Cpu {
     ) -> T4<f64, Self, T> {
         conv::conv_transpose2d_op(x, w, b, stride, pad, groups)
     }
+    kernels::cpu_step_kernels!(f64);
 }
 
 #[cfg(feature = "cuda")]

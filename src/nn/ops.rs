@@ -339,8 +339,17 @@ pub fn conv_transpose2d_composed<E: Float, D: Dev<E>, T: Tape<E, D>>(
     }
 }
 
-/// Nearest-neighbour 2x upsampling (a gather).
+/// Nearest-neighbour 2x upsampling ([`Dev::upsample_nearest2x`]: one parallel op on the
+/// CPU, [`upsample_nearest2x_composed`] elsewhere).
 pub fn upsample_nearest2x<E: Float, D: Dev<E>, T: Tape<E, D>>(
+    x: T4<E, D, T>,
+    cache: &IdxCache<D>,
+) -> T4<E, D, T> {
+    D::upsample_nearest2x(x, cache)
+}
+
+/// Nearest-neighbour 2x upsampling from dfdx ops (a gather).
+pub fn upsample_nearest2x_composed<E: Float, D: Dev<E>, T: Tape<E, D>>(
     x: T4<E, D, T>,
     cache: &IdxCache<D>,
 ) -> T4<E, D, T> {
@@ -366,7 +375,7 @@ pub fn upsample_nearest2x<E: Float, D: Dev<E>, T: Tape<E, D>>(
 /// The two source taps (index, weight) of output position `o` of a 2x bilinear
 /// upsampling along an axis of `size` (half-pixel centres, edges clamped; PyTorch's
 /// `align_corners=False`).
-fn bilinear_taps(o: usize, size: usize) -> [(usize, f64); 2] {
+pub(crate) fn bilinear_taps(o: usize, size: usize) -> [(usize, f64); 2] {
     let s = ((o as f64 + 0.5) / 2.0 - 0.5).max(0.0);
     let i0 = (s.floor() as usize).min(size - 1);
     let i1 = (i0 + 1).min(size - 1);
@@ -374,9 +383,19 @@ fn bilinear_taps(o: usize, size: usize) -> [(usize, f64); 2] {
     [(i0, 1.0 - l), (i1, l)]
 }
 
-/// Bilinear 2x upsampling (half-pixel centres, as PyTorch's `align_corners=False`):
-/// a gather of the 4 taps of every output pixel, a product with constant weights, a sum.
+/// Bilinear 2x upsampling (half-pixel centres, as PyTorch's `align_corners=False`;
+/// [`Dev::upsample_bilinear2x`]: one parallel op on the CPU,
+/// [`upsample_bilinear2x_composed`] elsewhere).
 pub fn upsample_bilinear2x<E: Float, D: Dev<E>, T: Tape<E, D>>(
+    x: T4<E, D, T>,
+    cache: &IdxCache<D>,
+) -> T4<E, D, T> {
+    D::upsample_bilinear2x(x, cache)
+}
+
+/// Bilinear 2x upsampling from dfdx ops: a gather of the 4 taps of every output pixel, a
+/// product with constant weights, a sum.
+pub fn upsample_bilinear2x_composed<E: Float, D: Dev<E>, T: Tape<E, D>>(
     x: T4<E, D, T>,
     cache: &IdxCache<D>,
 ) -> T4<E, D, T> {
@@ -424,8 +443,14 @@ pub fn upsample_bilinear2x<E: Float, D: Dev<E>, T: Tape<E, D>>(
         .reshape_like(&(b, c, ho, wo))
 }
 
-/// 2x2 average pooling, stride 2 (H and W must be even).
+/// 2x2 average pooling, stride 2 (H and W must be even; [`Dev::avg_pool2x2`]: one
+/// parallel op on the CPU, [`avg_pool2x2_composed`] elsewhere).
 pub fn avg_pool2x2<E: Float, D: Dev<E>, T: Tape<E, D>>(x: T4<E, D, T>) -> T4<E, D, T> {
+    D::avg_pool2x2(x)
+}
+
+/// 2x2 average pooling from dfdx ops (a reshape and a sum).
+pub fn avg_pool2x2_composed<E: Float, D: Dev<E>, T: Tape<E, D>>(x: T4<E, D, T>) -> T4<E, D, T> {
     let (b, c, h, w) = *x.shape();
     assert!(
         h % 2 == 0 && w % 2 == 0,
@@ -437,8 +462,20 @@ pub fn avg_pool2x2<E: Float, D: Dev<E>, T: Tape<E, D>>(x: T4<E, D, T>) -> T4<E, 
 }
 
 /// Batch norm in training mode: normalises with the batch statistics over (B, H, W) and
-/// returns them too (mean, biased variance) for the running averages.
+/// returns them too (mean, biased variance) for the running averages
+/// ([`Dev::batch_norm_train`]: one fused parallel op on the CPU,
+/// [`batch_norm_train_composed`] elsewhere).
 pub fn batch_norm_train<E: Float, D: Dev<E>, T: Tape<E, D>>(
+    x: T4<E, D, T>,
+    gamma: T1<E, D, T>,
+    beta: T1<E, D, T>,
+    eps: f64,
+) -> (T4<E, D, T>, Vec<E>, Vec<E>) {
+    D::batch_norm_train(x, gamma, beta, eps)
+}
+
+/// [`batch_norm_train`] from dfdx ops.
+pub fn batch_norm_train_composed<E: Float, D: Dev<E>, T: Tape<E, D>>(
     x: T4<E, D, T>,
     gamma: T1<E, D, T>,
     beta: T1<E, D, T>,
@@ -459,8 +496,21 @@ pub fn batch_norm_train<E: Float, D: Dev<E>, T: Tape<E, D>>(
     (add_channel_bias(y, beta), mean_v, var_v)
 }
 
-/// Batch norm in evaluation mode with given running statistics.
+/// Batch norm in evaluation mode with given running statistics ([`Dev::batch_norm_eval`]:
+/// one parallel op on the CPU, [`batch_norm_eval_composed`] elsewhere).
 pub fn batch_norm_eval<E: Float, D: Dev<E>, T: Tape<E, D>>(
+    x: T4<E, D, T>,
+    gamma: T1<E, D, T>,
+    beta: T1<E, D, T>,
+    running_mean: &[f64],
+    running_var: &[f64],
+    eps: f64,
+) -> T4<E, D, T> {
+    D::batch_norm_eval(x, gamma, beta, running_mean, running_var, eps)
+}
+
+/// [`batch_norm_eval`] from dfdx ops.
+pub fn batch_norm_eval_composed<E: Float, D: Dev<E>, T: Tape<E, D>>(
     x: T4<E, D, T>,
     gamma: T1<E, D, T>,
     beta: T1<E, D, T>,

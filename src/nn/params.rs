@@ -6,6 +6,7 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use dfdx::prelude::*;
 
+use super::kernels::AdamStep;
 use super::{Dev, Float, T1};
 
 /// A network's trainable parameters: flat device tensors with names and logical shapes.
@@ -137,7 +138,9 @@ pub struct AdamConfig {
     pub eps: f64,
 }
 
-/// Adam (Kingma & Ba, with bias correction) on a [`ParamStore`], all in dfdx ops.
+/// Adam (Kingma & Ba, with bias correction) on a [`ParamStore`]: one
+/// [`Dev::adam_update`] per parameter (on the CPU an in-place parallel kernel, elsewhere
+/// composed dfdx ops, [`adam_update_composed`]).
 #[derive(Clone)]
 pub struct Adam<E: Float, D: Dev<E>> {
     /// Hyper-parameters (lr and beta2 may be changed between steps by schedules).
@@ -148,6 +151,26 @@ pub struct Adam<E: Float, D: Dev<E>> {
     pub m: Vec<T1<E, D>>,
     /// Second moments.
     pub v: Vec<T1<E, D>>,
+    /// Host scratch of the in-place kernels, kept so steady-state steps allocate nothing.
+    scratch: Vec<E>,
+}
+
+/// One Adam update from dfdx ops (any device): `m = b1 m + (1 - b1) g`,
+/// `v = b2 v + (1 - b2) g^2`, `p -= step * m / (sqrt(v / bc2) + eps)`.
+pub fn adam_update_composed<E: Float, D: Dev<E>>(
+    p: &mut T1<E, D>,
+    g: &T1<E, D>,
+    m: &mut T1<E, D>,
+    v: &mut T1<E, D>,
+    h: AdamStep,
+) {
+    let mn = m.clone() * E::of(h.b1) + g.clone() * E::of(1.0 - h.b1);
+    let vn = v.clone() * E::of(h.b2) + g.clone().square() * E::of(1.0 - h.b2);
+    let denom = (vn.clone() * E::of(h.inv_bc2)).sqrt() + E::of(h.eps);
+    let upd = mn.clone() / denom * E::of(h.step);
+    *p = p.clone() - upd;
+    *m = mn;
+    *v = vn;
 }
 
 impl<E: Float, D: Dev<E>> Adam<E, D> {
@@ -163,6 +186,20 @@ impl<E: Float, D: Dev<E>> Adam<E, D> {
             t: 0,
             v: m.clone(),
             m,
+            scratch: vec![],
+        }
+    }
+    /// The constants of the next step (`t` already incremented).
+    fn hyper(&self) -> AdamStep {
+        let (b1, b2) = self.cfg.betas;
+        let bc1 = 1.0 - b1.powi(self.t as i32);
+        let bc2 = 1.0 - b2.powi(self.t as i32);
+        AdamStep {
+            b1,
+            b2,
+            inv_bc2: 1.0 / bc2,
+            step: self.cfg.lr / bc1,
+            eps: self.cfg.eps,
         }
     }
     /// One update with the given gradients (same order as `params`).
@@ -170,18 +207,16 @@ impl<E: Float, D: Dev<E>> Adam<E, D> {
         assert_eq!(grads.len(), params.len());
         self.t += 1;
         params.version += 1;
-        let (b1, b2) = self.cfg.betas;
-        let bc1 = 1.0 - b1.powi(self.t as i32);
-        let bc2 = 1.0 - b2.powi(self.t as i32);
-        let step = self.cfg.lr / bc1;
-        for (i, g) in grads.into_iter().enumerate() {
-            let m = self.m[i].clone() * E::of(b1) + g.clone() * E::of(1.0 - b1);
-            let v = self.v[i].clone() * E::of(b2) + g.square() * E::of(1.0 - b2);
-            let denom = (v.clone() * E::of(1.0 / bc2)).sqrt() + E::of(self.cfg.eps);
-            let upd = m.clone() / denom * E::of(step);
-            params.tensors[i] = params.tensors[i].clone() - upd;
-            self.m[i] = m;
-            self.v[i] = v;
+        let h = self.hyper();
+        for (i, g) in grads.iter().enumerate() {
+            D::adam_update(
+                &mut params.tensors[i],
+                g,
+                &mut self.m[i],
+                &mut self.v[i],
+                h,
+                &mut self.scratch,
+            );
         }
     }
     /// Named host copies of the state (`{prefix}m.{param}`, `{prefix}v.{param}`).

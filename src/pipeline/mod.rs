@@ -12,4 +12,4 @@ pub mod spec;
 pub use error::SpecError;
 pub use expand::{expand, short_value, Expanded, Instance, KindInfo};
 pub use locate::{Pos, PosIndex};
-pub use spec::{Matrix, Pipeline, StageSpec};
+pub use spec::{Matrix, Pipeline, StageResources, StageSpec};

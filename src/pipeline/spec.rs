@@ -1,7 +1,7 @@
 //! The pipeline file: parsing and structural checks.
 //!
 //! A pipeline is `name`, `description` and `stages`; a stage is `kind`, `needs`,
-//! `params` and `matrix`. Anything else is rejected with its position. Values are
+//! `params`, `matrix` and `resources`. Anything else is rejected with its position. Values are
 //! turned into JSON here (the canonical form we hash), so nothing downstream sees
 //! YAML. Anchors, aliases and `<<` merge keys are resolved first.
 
@@ -31,7 +31,22 @@ pub struct StageSpec {
     /// Always a JSON object (possibly with `${...}` strings still inside).
     pub params: Value,
     pub matrix: Option<Matrix>,
+    /// What each instance may use (`resources:`); never part of the cache key.
+    pub resources: StageResources,
 }
+
+/// A stage's `resources:` block: what each of its instances may use while it runs. It
+/// changes how an instance is scheduled, never its result, so it stays out of the cache
+/// key. Only `cpus` for now; an executor for a cluster would add `gpus`, `mem`, `time`
+/// and `partition` here.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StageResources {
+    /// Threads of the instance's own rayon pool (`None`: the scheduler's share).
+    pub cpus: Option<usize>,
+}
+
+/// The keys `resources:` accepts.
+pub const RESOURCE_KEYS: &[&str] = &["cpus"];
 
 /// A stage's `matrix:` block.
 #[derive(Debug, Clone, Default)]
@@ -45,7 +60,7 @@ pub struct Matrix {
 }
 
 const TOP_KEYS: &[&str] = &["name", "description", "stages"];
-const STAGE_KEYS: &[&str] = &["kind", "needs", "params", "matrix"];
+const STAGE_KEYS: &[&str] = &["kind", "needs", "params", "matrix", "resources"];
 
 impl Pipeline {
     /// Read and parse a pipeline file.
@@ -326,13 +341,53 @@ impl Cx {
                 ))
             }
         };
+        let resources = match m.get("resources") {
+            None | Some(Value::Null) => StageResources::default(),
+            Some(Value::Object(r)) => self.resources(name, &format!("{path}.resources"), r)?,
+            Some(_) => {
+                return Err(self.err_value(
+                    &format!("{path}.resources"),
+                    format!("stage `{name}`: `resources` must be a mapping, e.g. {{cpus: 2}}"),
+                ))
+            }
+        };
         Ok(StageSpec {
             name: name.to_string(),
             kind,
             needs,
             params,
             matrix,
+            resources,
         })
+    }
+
+    fn resources(
+        &self,
+        stage: &str,
+        path: &str,
+        m: &Map<String, Value>,
+    ) -> Result<StageResources, SpecError> {
+        self.known_keys(
+            m,
+            path,
+            RESOURCE_KEYS,
+            &format!("resource in stage `{stage}`:"),
+        )?;
+        let mut out = StageResources::default();
+        if let Some(v) = m.get("cpus") {
+            match v.as_u64() {
+                Some(n) if n >= 1 => out.cpus = Some(n as usize),
+                _ => {
+                    return Err(self.err_value(
+                        &format!("{path}.cpus"),
+                        format!(
+                            "stage `{stage}`: `resources.cpus` must be a whole number >= 1, got {v}"
+                        ),
+                    ))
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn matrix(&self, stage: &str, path: &str, m: &Map<String, Value>) -> Result<Matrix, SpecError> {

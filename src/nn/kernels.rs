@@ -1,0 +1,582 @@
+//! Parallel CPU kernels for the rest of the training step: batch norm (train and eval),
+//! 2x2 average pooling, 2x nearest / bilinear up-sampling, and the in-place Adam and EMA
+//! updates.
+//!
+//! The composed versions in [`super::ops`] and [`super::params`] build every one of these
+//! from several dfdx ops (each a full pass over memory, a fresh buffer, and on the CPU a
+//! single-threaded kernel). Here each is one dfdx custom op (`split_tape`,
+//! `add_backward_op`, `Gradients::get_or_alloc_mut`, as in [`super::fused`]) whose forward
+//! and backward are one or two rayon-parallel passes. [`super::Dev`]'s `Cpu` impls route
+//! to them; other devices keep the composed default methods.
+//!
+//! Determinism: work is split into fixed pieces (`(batch, channel)` planes, channels, or
+//! fixed-size chunks) whose writes are disjoint, and every reduction runs serially in a
+//! fixed order inside one piece (in f64), so results are bit-identical for any number of
+//! threads.
+
+use dfdx::prelude::*;
+use rayon::prelude::*;
+
+use super::{Float, T1, T4};
+
+/// Serial below this many values (rayon's overhead is not worth it).
+const PAR_MIN: usize = 1 << 15;
+/// Element chunk of the element-wise optimiser kernels.
+const CHUNK: usize = 1 << 14;
+
+/// `f` over matching plane pairs of `src` and `dst`, in parallel when the work is large.
+fn planes<E: Float, F>(src: &[E], sp: usize, dst: &mut [E], dp: usize, f: F)
+where
+    F: Fn(usize, &[E], &mut [E]) + Sync + Send,
+{
+    debug_assert_eq!(src.len() / sp.max(1), dst.len() / dp.max(1));
+    if sp == 0 || dp == 0 {
+        return;
+    }
+    if src.len().max(dst.len()) >= PAR_MIN {
+        src.par_chunks(sp)
+            .zip(dst.par_chunks_mut(dp))
+            .enumerate()
+            .for_each(|(i, (s, d))| f(i, s, d));
+    } else {
+        src.chunks(sp)
+            .zip(dst.chunks_mut(dp))
+            .enumerate()
+            .for_each(|(i, (s, d))| f(i, s, d));
+    }
+}
+
+/// `f(c)` for every channel `c < n`, in parallel when `work` (values touched) is large;
+/// results in channel order.
+fn per_channel<T: Send, F>(n: usize, work: usize, f: F) -> Vec<T>
+where
+    F: Fn(usize) -> T + Sync + Send,
+{
+    if work >= PAR_MIN {
+        (0..n).into_par_iter().map(f).collect()
+    } else {
+        (0..n).map(f).collect()
+    }
+}
+
+/// `acc += add`, element-wise (parallel for large slices).
+fn add_into<E: Float>(acc: &mut [E], add: &[E]) {
+    assert_eq!(acc.len(), add.len());
+    let f = |(a, b): (&mut [E], &[E])| {
+        for (x, &y) in a.iter_mut().zip(b) {
+            *x += y;
+        }
+    };
+    if acc.len() >= PAR_MIN {
+        acc.par_chunks_mut(CHUNK)
+            .zip(add.par_chunks(CHUNK))
+            .for_each(f);
+    } else {
+        f((acc, add));
+    }
+}
+
+/// Per-channel sums over `(b, hw)` of `g(value, index_in_plane)` for data laid out
+/// `(b, c, hw)`, as f64, summed serially in `(b, i)` order.
+fn channel_sum<E: Float>(
+    data: &[E],
+    (b, c, hw): (usize, usize, usize),
+    g: impl Fn(usize, usize, E) -> f64 + Sync + Send,
+) -> Vec<f64> {
+    per_channel(c, data.len(), |ch| {
+        let mut s = 0.0f64;
+        for bi in 0..b {
+            let o = (bi * c + ch) * hw;
+            for (i, &v) in data[o..o + hw].iter().enumerate() {
+                s += g(ch, o + i, v);
+            }
+        }
+        s
+    })
+}
+
+// ---------------------------------------------------------------- batch norm
+
+/// Batch norm in training mode as one op: batch statistics per channel over `(B, H, W)`
+/// (two-pass, in f64), `y = (x - mean) / sqrt(var + eps) * gamma + beta`; returns the
+/// mean and biased variance too. Backward: the usual closed form
+/// `dx = gamma * inv / n * (n dy - sum dy - xhat sum(dy xhat))`.
+pub fn batch_norm_train_op<E: Float, T: Tape<E, Cpu>>(
+    x: T4<E, Cpu, T>,
+    gamma: T1<E, Cpu, T>,
+    beta: T1<E, Cpu, T>,
+    eps: f64,
+) -> (T4<E, Cpu, T>, Vec<E>, Vec<E>)
+where
+    Cpu: Device<E>,
+    <Cpu as Storage<E>>::Vec: std::ops::DerefMut<Target = Vec<E>>,
+{
+    let s = *x.shape();
+    let (b, c, h, w) = s;
+    let hw = h * w;
+    assert_eq!(gamma.shape().0, c, "batch_norm: gamma has the wrong size");
+    assert_eq!(beta.shape().0, c, "batch_norm: beta has the wrong size");
+    let n = (b * hw) as f64;
+    // the kernels index memory in logical order: make permuted / broadcast inputs dense
+    let (x, tx) = x.contiguous().split_tape();
+    let (gamma, tg) = gamma.contiguous().split_tape();
+    let (beta, tb) = beta.contiguous().split_tape();
+    let dev = x.device().clone();
+    let xv = x.as_vec();
+    let gv = gamma.as_vec();
+    let bv = beta.as_vec();
+    let mean: Vec<f64> = channel_sum(&xv, (b, c, hw), |_, _, v| v.f64())
+        .into_iter()
+        .map(|s| s / n)
+        .collect();
+    let var: Vec<f64> = channel_sum(&xv, (b, c, hw), |ch, _, v| {
+        let d = v.f64() - mean[ch];
+        d * d
+    })
+    .into_iter()
+    .map(|s| s / n)
+    .collect();
+    let inv: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+    // y = x * scale + shift per channel
+    let scale: Vec<E> = (0..c).map(|ch| E::of(inv[ch] * gv[ch].f64())).collect();
+    let shift: Vec<E> = (0..c)
+        .map(|ch| E::of(bv[ch].f64() - mean[ch] * inv[ch] * gv[ch].f64()))
+        .collect();
+    let mut y = vec![E::default(); xv.len()];
+    planes(&xv, hw, &mut y, hw, |i, src, dst| {
+        let ch = i % c;
+        let (a, bb) = (scale[ch], shift[ch]);
+        for (d, &v) in dst.iter_mut().zip(src) {
+            *d = v * a + bb;
+        }
+    });
+    let out: T4<E, Cpu> = dev.tensor_from_vec(y, s);
+    let mean_e: Vec<E> = mean.iter().map(|&m| E::of(m)).collect();
+    let var_e: Vec<E> = var.iter().map(|&v| E::of(v)).collect();
+    let (xg, gg, bg, og) = (x.ghost(), gamma.ghost(), beta.ghost(), out.ghost());
+    let mut tape = tx.merge(tg).merge(tb);
+    tape.add_backward_op(move |grads| {
+        let (dx, dgamma, dbeta) = {
+            let dy: &[E] = grads.get_or_alloc_mut(&og)?;
+            let xhat = |ch: usize, v: E| (v.f64() - mean[ch]) * inv[ch];
+            let sdy = channel_sum(dy, (b, c, hw), |_, _, d| d.f64());
+            let sdyx = channel_sum(dy, (b, c, hw), |ch, i, d| d.f64() * xhat(ch, xv[i]));
+            let mut dx = vec![E::default(); dy.len()];
+            planes(dy, hw, &mut dx, hw, |i, d, out| {
+                let ch = i % c;
+                let k = gv[ch].f64() * inv[ch];
+                let (m1, m2) = (sdy[ch] / n, sdyx[ch] / n);
+                let xs = &xv[i * hw..(i + 1) * hw];
+                for ((o, &dv), &xv) in out.iter_mut().zip(d).zip(xs) {
+                    *o = E::of(k * (dv.f64() - m1 - xhat(ch, xv) * m2));
+                }
+            });
+            let dgamma: Vec<E> = sdyx.iter().map(|&v| E::of(v)).collect();
+            let dbeta: Vec<E> = sdy.iter().map(|&v| E::of(v)).collect();
+            (dx, dgamma, dbeta)
+        };
+        add_into(grads.get_or_alloc_mut(&xg)?, &dx);
+        add_into(grads.get_or_alloc_mut(&gg)?, &dgamma);
+        add_into(grads.get_or_alloc_mut(&bg)?, &dbeta);
+        Ok(())
+    });
+    (out.put_tape(tape), mean_e, var_e)
+}
+
+/// Batch norm in evaluation mode as one op: `y = (x - rm) / sqrt(rv + eps) * gamma + beta`
+/// with constant running statistics.
+pub fn batch_norm_eval_op<E: Float, T: Tape<E, Cpu>>(
+    x: T4<E, Cpu, T>,
+    gamma: T1<E, Cpu, T>,
+    beta: T1<E, Cpu, T>,
+    running_mean: &[f64],
+    running_var: &[f64],
+    eps: f64,
+) -> T4<E, Cpu, T>
+where
+    Cpu: Device<E>,
+    <Cpu as Storage<E>>::Vec: std::ops::DerefMut<Target = Vec<E>>,
+{
+    let s = *x.shape();
+    let (b, c, h, w) = s;
+    let hw = h * w;
+    assert_eq!(gamma.shape().0, c, "batch_norm: gamma has the wrong size");
+    assert_eq!(beta.shape().0, c, "batch_norm: beta has the wrong size");
+    assert_eq!(running_mean.len(), c, "batch_norm: running mean size");
+    assert_eq!(running_var.len(), c, "batch_norm: running var size");
+    // the kernels index memory in logical order: make permuted / broadcast inputs dense
+    let (x, tx) = x.contiguous().split_tape();
+    let (gamma, tg) = gamma.contiguous().split_tape();
+    let (beta, tb) = beta.contiguous().split_tape();
+    let dev = x.device().clone();
+    let xv = x.as_vec();
+    let gv = gamma.as_vec();
+    let bv = beta.as_vec();
+    let rm: Vec<f64> = running_mean.to_vec();
+    let inv: Vec<f64> = running_var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+    let scale: Vec<E> = (0..c).map(|ch| E::of(inv[ch] * gv[ch].f64())).collect();
+    let shift: Vec<E> = (0..c)
+        .map(|ch| E::of(bv[ch].f64() - rm[ch] * inv[ch] * gv[ch].f64()))
+        .collect();
+    let mut y = vec![E::default(); xv.len()];
+    planes(&xv, hw, &mut y, hw, |i, src, dst| {
+        let ch = i % c;
+        let (a, bb) = (scale[ch], shift[ch]);
+        for (d, &v) in dst.iter_mut().zip(src) {
+            *d = v * a + bb;
+        }
+    });
+    let out: T4<E, Cpu> = dev.tensor_from_vec(y, s);
+    let (xg, gg, bg, og) = (x.ghost(), gamma.ghost(), beta.ghost(), out.ghost());
+    let mut tape = tx.merge(tg).merge(tb);
+    tape.add_backward_op(move |grads| {
+        let (dx, dgamma, dbeta) = {
+            let dy: &[E] = grads.get_or_alloc_mut(&og)?;
+            let sdy = channel_sum(dy, (b, c, hw), |_, _, d| d.f64());
+            let sdyx = channel_sum(dy, (b, c, hw), |ch, i, d| {
+                d.f64() * (xv[i].f64() - rm[ch]) * inv[ch]
+            });
+            let mut dx = vec![E::default(); dy.len()];
+            planes(dy, hw, &mut dx, hw, |i, d, out| {
+                let k = scale[i % c];
+                for (o, &dv) in out.iter_mut().zip(d) {
+                    *o = dv * k;
+                }
+            });
+            let dgamma: Vec<E> = sdyx.iter().map(|&v| E::of(v)).collect();
+            let dbeta: Vec<E> = sdy.iter().map(|&v| E::of(v)).collect();
+            (dx, dgamma, dbeta)
+        };
+        add_into(grads.get_or_alloc_mut(&xg)?, &dx);
+        add_into(grads.get_or_alloc_mut(&gg)?, &dgamma);
+        add_into(grads.get_or_alloc_mut(&bg)?, &dbeta);
+        Ok(())
+    });
+    out.put_tape(tape)
+}
+
+// ---------------------------------------------------------------- resampling
+
+/// A resampling op `(B, C, H, W) -> (B, C, Ho, Wo)` that works plane by plane:
+/// `fwd(src_plane, dst_plane)` overwrites the output plane, `bwd(dy_plane, dx_plane)` adds
+/// the adjoint into the input-gradient plane.
+fn plane_op<E: Float, T: Tape<E, Cpu>>(
+    x: T4<E, Cpu, T>,
+    (ho, wo): (usize, usize),
+    fwd: impl Fn(&[E], &mut [E]) + Sync + Send,
+    bwd: impl Fn(&[E], &mut [E]) + Sync + Send + 'static,
+) -> T4<E, Cpu, T>
+where
+    Cpu: Device<E>,
+    <Cpu as Storage<E>>::Vec: std::ops::DerefMut<Target = Vec<E>>,
+{
+    let (b, c, h, w) = *x.shape();
+    let (x, mut tape) = x.contiguous().split_tape();
+    let dev = x.device().clone();
+    let xv = x.as_vec();
+    let mut y = vec![E::default(); b * c * ho * wo];
+    planes(&xv, h * w, &mut y, ho * wo, |_, s, d| fwd(s, d));
+    drop(xv);
+    let out: T4<E, Cpu> = dev.tensor_from_vec(y, (b, c, ho, wo));
+    let (xg, og) = (x.ghost(), out.ghost());
+    tape.add_backward_op(move |grads| {
+        let mut dx = vec![E::default(); b * c * h * w];
+        planes(
+            grads.get_or_alloc_mut(&og)?,
+            ho * wo,
+            &mut dx,
+            h * w,
+            |_, s, d| bwd(s, d),
+        );
+        add_into(grads.get_or_alloc_mut(&xg)?, &dx);
+        Ok(())
+    });
+    out.put_tape(tape)
+}
+
+/// 2x2 average pooling, stride 2, as one op (H and W even).
+pub fn avg_pool2x2_op<E: Float, T: Tape<E, Cpu>>(x: T4<E, Cpu, T>) -> T4<E, Cpu, T>
+where
+    Cpu: Device<E>,
+    <Cpu as Storage<E>>::Vec: std::ops::DerefMut<Target = Vec<E>>,
+{
+    let (_, _, h, w) = *x.shape();
+    assert!(
+        h % 2 == 0 && w % 2 == 0,
+        "avg_pool2x2 needs even sizes, got {h}x{w}"
+    );
+    let (ho, wo) = (h / 2, w / 2);
+    let q = E::of(0.25);
+    plane_op(
+        x,
+        (ho, wo),
+        move |s, d| {
+            for oy in 0..ho {
+                let (r0, r1) = (&s[2 * oy * w..], &s[(2 * oy + 1) * w..]);
+                for ox in 0..wo {
+                    let i = 2 * ox;
+                    d[oy * wo + ox] = (r0[i] + r0[i + 1] + r1[i] + r1[i + 1]) * q;
+                }
+            }
+        },
+        move |dy, dx| {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let g = dy[oy * wo + ox] * q;
+                    for iy in [2 * oy, 2 * oy + 1] {
+                        dx[iy * w + 2 * ox] += g;
+                        dx[iy * w + 2 * ox + 1] += g;
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// Nearest-neighbour 2x up-sampling as one op.
+pub fn upsample_nearest2x_op<E: Float, T: Tape<E, Cpu>>(x: T4<E, Cpu, T>) -> T4<E, Cpu, T>
+where
+    Cpu: Device<E>,
+    <Cpu as Storage<E>>::Vec: std::ops::DerefMut<Target = Vec<E>>,
+{
+    let (_, _, h, w) = *x.shape();
+    let (ho, wo) = (2 * h, 2 * w);
+    plane_op(
+        x,
+        (ho, wo),
+        move |s, d| {
+            for oy in 0..ho {
+                let src = &s[(oy / 2) * w..(oy / 2 + 1) * w];
+                for (ox, o) in d[oy * wo..(oy + 1) * wo].iter_mut().enumerate() {
+                    *o = src[ox / 2];
+                }
+            }
+        },
+        move |dy, dx| {
+            for oy in 0..ho {
+                let dst = &mut dx[(oy / 2) * w..(oy / 2 + 1) * w];
+                for (ox, &g) in dy[oy * wo..(oy + 1) * wo].iter().enumerate() {
+                    dst[ox / 2] += g;
+                }
+            }
+        },
+    )
+}
+
+/// The two taps `(index, weight)` of every output position of a 2x bilinear up-sampling
+/// along an axis of `size` (see [`super::ops::bilinear_taps`]).
+fn taps<E: Float>(size: usize) -> Vec<[(usize, E); 2]> {
+    (0..2 * size)
+        .map(|o| super::ops::bilinear_taps(o, size).map(|(i, wt)| (i, E::of(wt))))
+        .collect()
+}
+
+/// Bilinear 2x up-sampling (half-pixel centres, PyTorch's `align_corners=False`) as one
+/// op: separable, rows first.
+pub fn upsample_bilinear2x_op<E: Float, T: Tape<E, Cpu>>(x: T4<E, Cpu, T>) -> T4<E, Cpu, T>
+where
+    Cpu: Device<E>,
+    <Cpu as Storage<E>>::Vec: std::ops::DerefMut<Target = Vec<E>>,
+{
+    let (_, _, h, w) = *x.shape();
+    let (ho, wo) = (2 * h, 2 * w);
+    let ty = taps::<E>(h);
+    let tx = taps::<E>(w);
+    let (ty2, tx2) = (ty.clone(), tx.clone());
+    plane_op(
+        x,
+        (ho, wo),
+        move |s, d| {
+            for (oy, &[(y0, a0), (y1, a1)]) in ty.iter().enumerate() {
+                let (r0, r1) = (&s[y0 * w..(y0 + 1) * w], &s[y1 * w..(y1 + 1) * w]);
+                for (ox, &[(x0, b0), (x1, b1)]) in tx.iter().enumerate() {
+                    d[oy * wo + ox] =
+                        a0 * (b0 * r0[x0] + b1 * r0[x1]) + a1 * (b0 * r1[x0] + b1 * r1[x1]);
+                }
+            }
+        },
+        move |dy, dx| {
+            for (oy, &[(y0, a0), (y1, a1)]) in ty2.iter().enumerate() {
+                for (ox, &[(x0, b0), (x1, b1)]) in tx2.iter().enumerate() {
+                    let g = dy[oy * wo + ox];
+                    dx[y0 * w + x0] += g * a0 * b0;
+                    dx[y0 * w + x1] += g * a0 * b1;
+                    dx[y1 * w + x0] += g * a1 * b0;
+                    dx[y1 * w + x1] += g * a1 * b1;
+                }
+            }
+        },
+    )
+}
+
+// ---------------------------------------------------------------- optimiser / EMA
+
+/// One Adam step's constants (see [`super::params::Adam::step`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamStep {
+    /// beta1.
+    pub b1: f64,
+    /// beta2.
+    pub b2: f64,
+    /// `1 / (1 - beta2^t)`.
+    pub inv_bc2: f64,
+    /// `lr / (1 - beta1^t)`.
+    pub step: f64,
+    /// Denominator epsilon.
+    pub eps: f64,
+}
+
+/// Adam on host slices, in place, in parallel fixed-size chunks; the same arithmetic, in
+/// the same order and precision, as the composed update.
+pub fn adam_slices<E: Float>(p: &mut [E], g: &[E], m: &mut [E], v: &mut [E], h: AdamStep) {
+    let n = p.len();
+    assert!(
+        g.len() == n && m.len() == n && v.len() == n,
+        "adam: lengths"
+    );
+    let (b1, c1) = (E::of(h.b1), E::of(1.0 - h.b1));
+    let (b2, c2) = (E::of(h.b2), E::of(1.0 - h.b2));
+    let (ib, eps, st) = (E::of(h.inv_bc2), E::of(h.eps), E::of(h.step));
+    let f = |(((p, g), m), v): (((&mut [E], &[E]), &mut [E]), &mut [E])| {
+        for i in 0..p.len() {
+            let gi = g[i];
+            let mi = m[i] * b1 + gi * c1;
+            let vi = v[i] * b2 + gi * gi * c2;
+            // sqrt in f64 rounded to E is E's correctly rounded sqrt (as the composed op's)
+            let denom = E::of((vi * ib).f64().sqrt()) + eps;
+            p[i] -= mi / denom * st;
+            m[i] = mi;
+            v[i] = vi;
+        }
+    };
+    if n >= PAR_MIN {
+        p.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .zip(m.par_chunks_mut(CHUNK))
+            .zip(v.par_chunks_mut(CHUNK))
+            .for_each(f);
+    } else {
+        f((((p, g), m), v));
+    }
+}
+
+/// `p = p * beta + s * (1 - beta)` on host slices, in place, in parallel chunks.
+pub fn lerp_slices<E: Float>(p: &mut [E], s: &[E], beta: f64) {
+    assert_eq!(p.len(), s.len(), "ema: lengths");
+    let (a, b) = (E::of(beta), E::of(1.0 - beta));
+    let f = |(p, s): (&mut [E], &[E])| {
+        for (x, &y) in p.iter_mut().zip(s) {
+            *x = *x * a + y * b;
+        }
+    };
+    if p.len() >= PAR_MIN {
+        p.par_chunks_mut(CHUNK).zip(s.par_chunks(CHUNK)).for_each(f);
+    } else {
+        f((p, s));
+    }
+}
+
+/// Grow `buf` to at least `n` values (kept between calls, so steady state allocates
+/// nothing) and return the first `n`.
+fn scratch<E: Float>(buf: &mut Vec<E>, n: usize) -> &mut [E] {
+    if buf.len() < n {
+        buf.resize(n, E::default());
+    }
+    &mut buf[..n]
+}
+
+/// Adam on CPU tensors in place: the tensors' values go through `scratch` (one buffer of
+/// `4 n`, reused across calls), are updated by [`adam_slices`] and written back into the
+/// tensors' own storage (no new tensor).
+pub fn adam_cpu<E: Float>(
+    p: &mut T1<E, Cpu>,
+    g: &T1<E, Cpu>,
+    m: &mut T1<E, Cpu>,
+    v: &mut T1<E, Cpu>,
+    h: AdamStep,
+    buf: &mut Vec<E>,
+) where
+    Cpu: Device<E>,
+{
+    let n = p.shape().0;
+    let s = scratch(buf, 4 * n);
+    let (ps, rest) = s.split_at_mut(n);
+    let (gs, rest) = rest.split_at_mut(n);
+    let (ms, vs) = rest.split_at_mut(n);
+    p.copy_into(ps);
+    g.copy_into(gs);
+    m.copy_into(ms);
+    v.copy_into(vs);
+    adam_slices(ps, gs, ms, vs, h);
+    p.copy_from(ps);
+    m.copy_from(ms);
+    v.copy_from(vs);
+}
+
+/// `p = p * beta + s * (1 - beta)` on CPU tensors, in place (through `buf`, reused).
+pub fn lerp_cpu<E: Float>(p: &mut T1<E, Cpu>, s: &T1<E, Cpu>, beta: f64, buf: &mut Vec<E>)
+where
+    Cpu: Device<E>,
+{
+    let n = p.shape().0;
+    let sc = scratch(buf, 2 * n);
+    let (ps, ss) = sc.split_at_mut(n);
+    p.copy_into(ps);
+    s.copy_into(ss);
+    lerp_slices(ps, ss, beta);
+    p.copy_from(ps);
+}
+
+/// The CPU overrides of the step-kernel methods of [`super::Dev`] for one float type
+/// (expanded inside `impl Dev<$e> for Cpu`).
+macro_rules! cpu_step_kernels {
+    ($e:ty) => {
+        fn batch_norm_train<T: Tape<$e, Self>>(
+            x: T4<$e, Self, T>,
+            gamma: T1<$e, Self, T>,
+            beta: T1<$e, Self, T>,
+            eps: f64,
+        ) -> (T4<$e, Self, T>, Vec<$e>, Vec<$e>) {
+            kernels::batch_norm_train_op(x, gamma, beta, eps)
+        }
+        fn batch_norm_eval<T: Tape<$e, Self>>(
+            x: T4<$e, Self, T>,
+            gamma: T1<$e, Self, T>,
+            beta: T1<$e, Self, T>,
+            running_mean: &[f64],
+            running_var: &[f64],
+            eps: f64,
+        ) -> T4<$e, Self, T> {
+            kernels::batch_norm_eval_op(x, gamma, beta, running_mean, running_var, eps)
+        }
+        fn avg_pool2x2<T: Tape<$e, Self>>(x: T4<$e, Self, T>) -> T4<$e, Self, T> {
+            kernels::avg_pool2x2_op(x)
+        }
+        fn upsample_nearest2x<T: Tape<$e, Self>>(
+            x: T4<$e, Self, T>,
+            _: &ops::IdxCache<Self>,
+        ) -> T4<$e, Self, T> {
+            kernels::upsample_nearest2x_op(x)
+        }
+        fn upsample_bilinear2x<T: Tape<$e, Self>>(
+            x: T4<$e, Self, T>,
+            _: &ops::IdxCache<Self>,
+        ) -> T4<$e, Self, T> {
+            kernels::upsample_bilinear2x_op(x)
+        }
+        fn adam_update(
+            p: &mut T1<$e, Self>,
+            g: &T1<$e, Self>,
+            m: &mut T1<$e, Self>,
+            v: &mut T1<$e, Self>,
+            h: kernels::AdamStep,
+            buf: &mut Vec<$e>,
+        ) {
+            kernels::adam_cpu(p, g, m, v, h, buf)
+        }
+        fn lerp_update(p: &mut T1<$e, Self>, s: &T1<$e, Self>, beta: f64, buf: &mut Vec<$e>) {
+            kernels::lerp_cpu(p, s, beta, buf)
+        }
+    };
+}
+pub(crate) use cpu_step_kernels;
