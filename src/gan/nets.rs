@@ -160,8 +160,7 @@ fn concat_label<E: Float, D: Dev<E>>(
 }
 
 /// The score on features of size `feat` (flattened): linear `name` to 1 (with a bias when
-/// `bias`), plus the
-/// projection term `embed(y) . phi` when conditional.
+/// `bias`), plus the projection term `embed(y) . phi` when conditional.
 fn score<E: Float, D: Dev<E>>(
     nb: &mut NetBuilder<E, D>,
     cond: Option<Cond>,
