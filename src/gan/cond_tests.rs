@@ -109,9 +109,9 @@ fn conditional_param_counts_by_hand() {
         cases.push((sm, res, 2 * K * z));
         cases.push((small_stylegan(), res, K * e + e * 16));
     }
-    // r3gan B: fc z -> c0 x 4 x 4; E: basis weight (c0, z)
-    cases.push((w4(Arch::R3gan, Some(Variant::B)), 16, K * e + e * 16 * 16));
-    cases.push((w4(Arch::R3gan, Some(Variant::B)), 32, K * e + e * 32 * 16));
+    // r3gan (every variant): the generative basis's linear map weight (c0, z)
+    cases.push((w4(Arch::R3gan, Some(Variant::B)), 16, K * e + e * 16));
+    cases.push((w4(Arch::R3gan, Some(Variant::B)), 32, K * e + e * 32));
     let mut r3e = w4(Arch::R3gan, Some(Variant::E));
     r3e.group_size = Some(4);
     cases.push((r3e.clone(), 16, K * e + e * 16));
@@ -131,22 +131,16 @@ fn conditional_param_counts_by_hand() {
         check_shapes(&plain, &d(&dc, shape, None), z, shape);
         check_shapes(&cond, &d(&dc, shape, Some(K)), z, shape);
     }
-    // projection D: F = 4x4 x c0 (dcgan, r3gan B/D), c0 (r3gan E), the channels after
-    // sum pooling (resnet: 8 at 16, 16 at 32)
+    // projection D: F = 4x4 x c0 (dcgan), c0 (r3gan: the discriminative basis), the
+    // channels after sum pooling (resnet: 8 at 16, 16 at 32)
     let mut r3e = net_cfg(Arch::R3gan, Some(Variant::E), 4);
     r3e.group_size = Some(4);
     let mut rn = net_cfg(Arch::Resnet, None, 4);
     rn.spectral_norm = Some(true);
     let dcases = [
         (net_cfg(Arch::Dcgan, None, 4), [16 * 16, 32 * 16]),
-        (
-            net_cfg(Arch::R3gan, Some(Variant::B), 4),
-            [16 * 16, 32 * 16],
-        ),
-        (
-            net_cfg(Arch::R3gan, Some(Variant::D), 4),
-            [16 * 16, 32 * 16],
-        ),
+        (net_cfg(Arch::R3gan, Some(Variant::B), 4), [16, 32]),
+        (net_cfg(Arch::R3gan, Some(Variant::D), 4), [16, 32]),
         (r3e, [16, 32]),
         (rn, [8, 16]),
     ];
@@ -197,11 +191,10 @@ fn projection_term_matches_its_formula() {
     let shape = DataShape::Image { c: 1, res: 16 };
     let mut r3e = net_cfg(Arch::R3gan, Some(Variant::E), 4);
     r3e.group_size = Some(4);
-    for cfg in [
-        net_cfg(Arch::Dcgan, None, 4),
-        net_cfg(Arch::Resnet, None, 4),
-        r3e,
-    ] {
+    // psi is read from the raw weights: the resnet D without its default spectral norm
+    let mut rn = net_cfg(Arch::Resnet, None, 4);
+    rn.spectral_norm = Some(false);
+    for cfg in [net_cfg(Arch::Dcgan, None, 4), rn, r3e] {
         let mut net = d(&cfg, shape, Some(K));
         // the embedding starts small: make the projection term large and distinct
         let mut rng = Rng::new(9);
@@ -225,8 +218,10 @@ fn projection_term_matches_its_formula() {
         cut.label_slot = None;
         let phi = cut.forward(x.clone(), false).as_vec();
         let f = phi.len() / 2;
-        let w = net.params.tensors[ie - 2].as_vec(); // fc.weight (1, F)
-        let bias = net.params.tensors[ie - 1].as_vec()[0];
+        let find = |name: &str| net.params.names.iter().position(|n| n == name);
+        let w = net.params.tensors[find("fc.weight").unwrap()].as_vec(); // (1, F)
+                                                                         // r3gan D / E's score has no bias, as the official code
+        let bias = find("fc.bias").map_or(0.0, |i| net.params.tensors[i].as_vec()[0]);
         let emb = net.params.tensors[ie].as_vec(); // (F, K)
         assert_eq!((w.len(), emb.len()), (f, f * K));
         let mut outs = vec![];

@@ -37,11 +37,12 @@ pub enum Upsample {
 /// R3GAN roadmap configuration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Variant {
-    /// Stripped-down DCGAN-like net: no normalisation, bilinear upsampling + conv.
+    /// Stripped-down VGG-like net: 3x3 conv + LeakyReLU blocks, no normalisation,
+    /// `[1, 3, 3, 1]` low-pass resampling + 3x3 conv transitions.
     B,
     /// Same net as B (C changes the loss in YAML).
     C,
-    /// 1-3-1 bottleneck residual blocks.
+    /// 1-3-1 residual blocks (inner width `expansion * c`, default 1, to match B's capacity).
     D,
     /// ConvNeXt-style inverted bottleneck with grouped 3x3 conv, fix-up init.
     E,
@@ -62,7 +63,8 @@ pub struct NetConfig {
     /// Channel cap (default 8 * width).
     #[serde(default)]
     pub max_width: Option<usize>,
-    /// Hidden layers (mlp, default 3), or convs / residual blocks per stage (r3gan, default 1).
+    /// Hidden layers (mlp, default 3), blocks per stage (r3gan, default 2 as the official
+    /// code), or extra non-downsampling blocks (resnet D, default 2).
     #[serde(default)]
     pub depth: Option<usize>,
     /// Latent size (generator only; default 64 for images, 16 for points).
@@ -71,7 +73,7 @@ pub struct NetConfig {
     /// Batch norm (dcgan; default true in G, false in D).
     #[serde(default)]
     pub batch_norm: Option<bool>,
-    /// Inner-width ratio of residual blocks (r3gan D default 0.5, E default 2).
+    /// Inner-width ratio of residual blocks (r3gan D default 1, E default 2).
     #[serde(default)]
     pub expansion: Option<f64>,
     /// Channels per group of the grouped 3x3 conv (r3gan E, default 16).
@@ -98,7 +100,8 @@ pub struct NetConfig {
     /// Width of the StyleGAN mapping MLP, i.e. the style size (default 512).
     #[serde(default)]
     pub mapping_width: Option<usize>,
-    /// Spectral normalisation of every linear / conv weight (default false).
+    /// Spectral normalisation of every linear / conv weight (default: on for the resnet
+    /// discriminator, as SNGAN; off otherwise).
     #[serde(default)]
     pub spectral_norm: Option<bool>,
     /// Size of the class embedding concatenated to z by conditional `mlp`, `r3gan` and

@@ -6,7 +6,8 @@
 //! Archs: `mlp`, `dcgan`, `r3gan` (variants B-E), `resnet` (SNGAN-style G and D),
 //! `selfmod` (G: BN gain/bias from z via 2-layer MLPs, resnet or dcgan body) and
 //! `stylegan` (G: mapping MLP, learned constant input, AdaIN after every conv).
-//! `spectral_norm: true` normalises every linear / conv weight of the net.
+//! `spectral_norm: true` normalises every linear / conv weight of the net (default on
+//! for the `resnet` discriminator, as SNGAN; off elsewhere).
 //! Parameter names are relative (`blocks.0.conv.weight`); checkpoints prefix them with
 //! `G.`, `G_ema.` or `D.`.
 //!
@@ -23,6 +24,8 @@ use crate::nn::{Dev, Float, Layer, Net, NetBuilder, UpMode};
 
 const SQRT2: f64 = std::f64::consts::SQRT_2;
 const LRELU: f64 = 0.2;
+/// Learning-rate multiplier of the StyleGAN mapping network (StyleGAN / StyleGAN2).
+const MAPPING_LR_MUL: f64 = 0.01;
 
 /// Data shape the nets are built for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,15 +159,16 @@ fn concat_label<E: Float, D: Dev<E>>(
     (vec![Layer::ConcatCtx { slot: c.slot, body }], z + e)
 }
 
-/// The score on features of size `feat` (flattened): linear `name` to 1, plus the
-/// projection term `embed(y) . phi` when conditional.
+/// The score on features of size `feat` (flattened): linear `name` to 1 (with a bias when
+/// `bias`), plus the projection term `embed(y) . phi` when conditional.
 fn score<E: Float, D: Dev<E>>(
     nb: &mut NetBuilder<E, D>,
     cond: Option<Cond>,
     name: &str,
     feat: usize,
+    bias: bool,
 ) -> Layer {
-    let fc = nb.linear(name, feat, 1, true, 1.0);
+    let fc = nb.linear(name, feat, 1, bias, 1.0);
     match cond {
         None => fc,
         Some(c) => Layer::Project {
@@ -185,7 +189,8 @@ pub fn discriminator<E: Float, D: Dev<E>>(
     seed: u64,
 ) -> Result<Net<E, D>> {
     let mut nb = NetBuilder::<E, D>::new(dev, seed);
-    nb.spectral_norm = cfg.spectral_norm.unwrap_or(false);
+    // SNGAN normalises every weight of its ResNet discriminator: on by default there
+    nb.spectral_norm = cfg.spectral_norm.unwrap_or(cfg.arch == Arch::Resnet);
     let cond = classes.map(|k| Cond {
         slot: nb.labels(k),
         classes: k,
@@ -193,7 +198,7 @@ pub fn discriminator<E: Float, D: Dev<E>>(
     let (layers, ins) = match (cfg.arch, shape) {
         (Arch::Mlp, DataShape::Points) => {
             let (mut l, w) = mlp(&mut nb, cfg, 2);
-            l.push(score(&mut nb, cond, "out", w));
+            l.push(score(&mut nb, cond, "out", w, true));
             (l, [2, 1, 1])
         }
         (Arch::Mlp, _) => bail!("discriminator arch mlp is for 2-D points only"),
@@ -301,15 +306,21 @@ fn dcgan_d<E: Float, D: Dev<E>>(
         ci = co;
         r /= 2;
     }
-    l.push(score(nb, cond, "fc", ci * base * base));
+    l.push(score(nb, cond, "fc", ci * base * base, true));
     Ok(l)
+}
+
+/// R3GAN's activation gain: LeakyReLU(0.2)'s variance-preserving `sqrt(2 / (1 + 0.2^2))`
+/// (`BiasedActivation.Gain` in the official code).
+fn lrelu_gain() -> f64 {
+    (2.0 / (1.0 + LRELU * LRELU)).sqrt()
 }
 
 /// Inner width of a residual block and its group count.
 fn inner(cfg: &NetConfig, c: usize, variant: Variant) -> (usize, usize) {
     let e = cfg
         .expansion
-        .unwrap_or(if variant == Variant::E { 2.0 } else { 0.5 });
+        .unwrap_or(if variant == Variant::E { 2.0 } else { 1.0 });
     let ci = ((c as f64 * e).round() as usize).max(1);
     if variant != Variant::E {
         return (ci, 1);
@@ -320,29 +331,60 @@ fn inner(cfg: &NetConfig, c: usize, variant: Variant) -> (usize, usize) {
     (ci, ci / gs)
 }
 
-/// A residual block (variant D: 1-3-1 bottleneck; E: 1x1 expand, grouped 3x3, 1x1 back)
-/// with fix-up initialisation: the last conv starts at zero, the others are scaled by
-/// `L^-0.25` for `L` residual blocks in the network.
-fn res_block<E: Float, D: Dev<E>>(
+/// One block of an R3GAN stage at `c` channels. B / C: a 3x3 conv and LeakyReLU (VGG-like,
+/// no shortcut). D: a 1-3-1 residual block (1x1 to `expansion * c`, default 1, 3x3, 1x1
+/// back); E: the same with the inner width `expansion * c` (default 2) and a grouped 3x3
+/// (`group_size` channels per group, default 16). As the official `ResidualBlock`: each
+/// of the first two convs is followed by a bias and LeakyReLU (here the conv's bias), the
+/// last conv has no bias and starts at zero (fix-up), the others are initialised with
+/// gain `lrelu_gain * L^(-1/4)` for `L` blocks in the network.
+fn r3gan_block<E: Float, D: Dev<E>>(
     nb: &mut NetBuilder<E, D>,
     cfg: &NetConfig,
     name: &str,
     c: usize,
     variant: Variant,
     n_blocks: usize,
-) -> Layer {
+) -> Vec<Layer> {
+    if !is_residual(variant) {
+        return vec![
+            nb.conv(
+                &format!("{name}.conv"),
+                c,
+                c,
+                3,
+                1,
+                1,
+                1,
+                true,
+                lrelu_gain(),
+            ),
+            Layer::LeakyRelu(LRELU),
+        ];
+    }
     let (ci, groups) = inner(cfg, c, variant);
-    let g = SQRT2 * (n_blocks as f64).powf(-0.25);
+    let g = lrelu_gain() * (n_blocks as f64).powf(-0.25);
     let body = vec![
         nb.conv(&format!("{name}.conv1"), c, ci, 1, 1, 0, 1, true, g),
         Layer::LeakyRelu(LRELU),
         nb.conv(&format!("{name}.conv2"), ci, ci, 3, 1, 1, groups, true, g),
         Layer::LeakyRelu(LRELU),
-        nb.conv(&format!("{name}.conv3"), ci, c, 1, 1, 0, 1, true, 0.0),
+        nb.conv(&format!("{name}.conv3"), ci, c, 1, 1, 0, 1, false, 0.0),
     ];
-    Layer::Residual { body, skip: vec![] }
+    vec![Layer::Residual { body, skip: vec![] }]
 }
 
+fn is_residual(variant: Variant) -> bool {
+    matches!(variant, Variant::D | Variant::E)
+}
+
+/// The R3GAN generator as the official code builds it (`R3GAN/Networks.py`), `depth`
+/// (default 2) blocks per stage: the generative basis (bias-free linear map of z scaling a
+/// learned base x base basis), the 4x4 stage's blocks, then per 2x stage a transition and
+/// its blocks, and a bias-free 1x1 conv to the image (no activation, no tanh).
+/// Transitions: D / E (official) a bias-free 1x1 conv at the low resolution where the
+/// channels change, then `[1, 3, 3, 1]` FIR upsampling; B / C (the VGG-like roadmap
+/// configs) FIR upsampling, then a 3x3 conv and LeakyReLU.
 fn r3gan_g<E: Float, D: Dev<E>>(
     nb: &mut NetBuilder<E, D>,
     cfg: &NetConfig,
@@ -353,70 +395,58 @@ fn r3gan_g<E: Float, D: Dev<E>>(
 ) -> Result<Vec<Layer>> {
     let (base, n) = res_plan(res)?;
     let variant = cfg.variant.unwrap_or(Variant::B);
-    let depth = cfg.depth.unwrap_or(1);
+    let depth = cfg.depth.unwrap_or(2);
     let c0 = chans(cfg, res, base);
     let (mut l, z) = concat_label(nb, cfg, cond, z);
-    let residual = matches!(variant, Variant::D | Variant::E);
+    let residual = is_residual(variant);
     let n_blocks = (n + 1) * depth;
-    if variant == Variant::E {
-        l.push(nb.basis("basis", z, c0, base, base));
-    } else {
-        l.push(nb.linear("fc", z, c0 * base * base, true, SQRT2));
-        l.push(Layer::Reshape([c0, base, base]));
-        l.push(Layer::LeakyRelu(LRELU));
-    }
+    l.extend(nb.gen_basis("basis", z, c0, base, base));
     let mut r = base;
     for s in 0..=n {
         let c = chans(cfg, res, r);
         if s > 0 {
             let cp = chans(cfg, res, r / 2);
+            let name = format!("stages.{s}.transition");
             if residual {
-                // transition: 1x1 conv at the low resolution, then bilinear upsampling
-                l.push(nb.conv(
-                    &format!("stages.{s}.transition"),
-                    cp,
-                    c,
-                    1,
-                    1,
-                    0,
-                    1,
-                    true,
-                    1.0,
-                ));
-                l.push(Layer::Up(UpMode::Bilinear));
+                if cp != c {
+                    l.push(nb.conv(&name, cp, c, 1, 1, 0, 1, false, 1.0));
+                }
+                l.push(Layer::FirUp);
             } else {
-                l.push(Layer::Up(UpMode::Bilinear));
-                l.push(nb.conv(
-                    &format!("stages.{s}.up_conv"),
-                    cp,
-                    c,
-                    3,
-                    1,
-                    1,
-                    1,
-                    true,
-                    SQRT2,
-                ));
+                l.push(Layer::FirUp);
+                l.push(nb.conv(&name, cp, c, 3, 1, 1, 1, true, lrelu_gain()));
                 l.push(Layer::LeakyRelu(LRELU));
             }
         }
         for b in 0..depth {
             let name = format!("stages.{s}.blocks.{b}");
-            if residual {
-                l.push(res_block(nb, cfg, &name, c, variant, n_blocks));
-            } else if s > 0 || b > 0 {
-                l.push(nb.conv(&format!("{name}.conv"), c, c, 3, 1, 1, 1, true, SQRT2));
-                l.push(Layer::LeakyRelu(LRELU));
-            }
+            l.extend(r3gan_block(nb, cfg, &name, c, variant, n_blocks));
         }
         if s < n {
             r *= 2;
         }
     }
-    l.push(nb.conv("to_img", chans(cfg, res, res), c_img, 1, 1, 0, 1, true, 1.0));
+    l.push(nb.conv(
+        "to_img",
+        chans(cfg, res, res),
+        c_img,
+        1,
+        1,
+        0,
+        1,
+        false,
+        1.0,
+    ));
     Ok(l)
 }
 
+/// The R3GAN discriminator as the official code builds it, mirroring [`r3gan_g`]: a 1x1
+/// conv from the image (D / E: bias-free, no activation; B / C: bias and LeakyReLU), per
+/// stage `depth` blocks then a transition (D / E: `[1, 3, 3, 1]` FIR downsampling, then a
+/// bias-free 1x1 conv where the channels change; B / C: FIR downsampling, 3x3 conv,
+/// LeakyReLU), and after the base x base stage's blocks the discriminative basis: a
+/// bias-free depthwise base x base conv (valid) and a linear map to the score (bias-free
+/// in D / E; a bias in B / C), with no activation in between or before it.
 fn r3gan_d<E: Float, D: Dev<E>>(
     nb: &mut NetBuilder<E, D>,
     cfg: &NetConfig,
@@ -426,69 +456,43 @@ fn r3gan_d<E: Float, D: Dev<E>>(
 ) -> Result<Vec<Layer>> {
     let (base, n) = res_plan(res)?;
     let variant = cfg.variant.unwrap_or(Variant::B);
-    let depth = cfg.depth.unwrap_or(1);
-    let residual = matches!(variant, Variant::D | Variant::E);
+    let depth = cfg.depth.unwrap_or(2);
+    let residual = is_residual(variant);
     let n_blocks = (n + 1) * depth;
-    let mut l = vec![nb.conv(
-        "from_img",
-        c_img,
-        chans(cfg, res, res),
-        1,
-        1,
-        0,
-        1,
-        true,
-        SQRT2,
-    )];
-    if !residual {
-        l.push(Layer::LeakyRelu(LRELU));
-    }
+    let c_full = chans(cfg, res, res);
+    let mut l = if residual {
+        vec![nb.conv("from_img", c_img, c_full, 1, 1, 0, 1, false, 1.0)]
+    } else {
+        vec![
+            nb.conv("from_img", c_img, c_full, 1, 1, 0, 1, true, lrelu_gain()),
+            Layer::LeakyRelu(LRELU),
+        ]
+    };
     let mut r = res;
     for s in 0..=n {
         let c = chans(cfg, res, r);
         for b in 0..depth {
             let name = format!("stages.{s}.blocks.{b}");
-            if residual {
-                l.push(res_block(nb, cfg, &name, c, variant, n_blocks));
-            } else {
-                l.push(nb.conv(&format!("{name}.conv"), c, c, 3, 1, 1, 1, true, SQRT2));
-                l.push(Layer::LeakyRelu(LRELU));
-            }
+            l.extend(r3gan_block(nb, cfg, &name, c, variant, n_blocks));
         }
         if s < n {
             let cn = chans(cfg, res, r / 2);
-            // transition: 2x2 average pooling (bilinear-style downsampling), then 1x1 conv
-            l.push(Layer::AvgPool2);
-            let gain = if residual { 1.0 } else { SQRT2 };
-            l.push(nb.conv(
-                &format!("stages.{s}.transition"),
-                c,
-                cn,
-                1,
-                1,
-                0,
-                1,
-                true,
-                gain,
-            ));
-            if !residual {
+            let name = format!("stages.{s}.transition");
+            l.push(Layer::FirDown);
+            if residual {
+                if cn != c {
+                    l.push(nb.conv(&name, c, cn, 1, 1, 0, 1, false, 1.0));
+                }
+            } else {
+                l.push(nb.conv(&name, c, cn, 3, 1, 1, 1, true, lrelu_gain()));
                 l.push(Layer::LeakyRelu(LRELU));
             }
             r /= 2;
         }
     }
     let c = chans(cfg, res, base);
-    if variant == Variant::E {
-        // discriminative basis: base x base depthwise conv (valid), then linear
-        l.push(Layer::LeakyRelu(LRELU));
-        l.push(nb.conv("basis", c, c, base, 1, 0, c, false, 1.0));
-        l.push(score(nb, cond, "fc", c));
-    } else {
-        if residual {
-            l.push(Layer::LeakyRelu(LRELU));
-        }
-        l.push(score(nb, cond, "fc", c * base * base));
-    }
+    l.push(nb.conv("basis", c, c, base, 1, 0, c, false, 1.0));
+    l.push(score(nb, cond, "fc", c, !residual));
     Ok(l)
 }
 
@@ -653,12 +657,13 @@ fn resnet_d<E: Float, D: Dev<E>>(
     }
     l.push(Layer::Relu);
     l.push(Layer::SumPool);
-    l.push(score(nb, cond, "fc", ci));
+    l.push(score(nb, cond, "fc", ci, true));
     Ok(l)
 }
 
-/// StyleGAN-like generator: mapping MLP z -> w (`mapping_depth` x `mapping_width`; a
-/// conditional net maps `concat(z, embed(c))`), a learned constant base x base input, AdaIN
+/// StyleGAN-like generator: mapping MLP z -> w (`mapping_depth` x `mapping_width`, as
+/// StyleGAN2's: z normalised to unit second moment, equalised learning rate with
+/// multiplier 0.01; a conditional net maps `concat(z, embed(c))`, both normalised), a learned constant base x base input, AdaIN
 /// (instance norm, then per-channel gain and bias from w through learned affine maps)
 /// after the constant and after every conv, optional per-pixel noise (`noise: true`, after
 /// the constant and every conv, learned per-channel scales starting at 0), bilinear 2x
@@ -678,10 +683,21 @@ fn stylegan_g<E: Float, D: Dev<E>>(
     let noise = cfg.noise.unwrap_or(false);
     let slot = nb.ctx_slot();
     let mix_slot = nb.ctx_slot();
-    let (mut map, mut c) = concat_label(nb, cfg, cond, z);
+    // StyleGAN2's MappingNetwork: z (and embed(c)) normalised to unit second moment, then
+    // fully connected layers with learning-rate multiplier 0.01 and LeakyReLU * sqrt(2)
+    let mut map = vec![Layer::PixelNorm];
+    let mut c = z;
+    if let Some(k) = cond {
+        let e = cfg.embed_dim.unwrap_or(z);
+        let mut body = nb.embedding("embed", k.classes, e, 1.0);
+        body.push(Layer::PixelNorm);
+        map.push(Layer::ConcatCtx { slot: k.slot, body });
+        c += e;
+    }
     for i in 0..depth {
-        map.push(nb.linear(&format!("mapping.{i}"), c, wd, true, SQRT2));
+        map.push(nb.eq_linear(&format!("mapping.{i}"), c, wd, MAPPING_LR_MUL));
         map.push(Layer::LeakyRelu(LRELU));
+        map.push(Layer::Scale(SQRT2));
         c = wd;
     }
     // after a conv (`act`: then LeakyReLU) or the constant: noise (optional), a mixing cut

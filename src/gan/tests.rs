@@ -5,7 +5,7 @@ use dfdx::prelude::*;
 use super::losses::{penalty, penalty_value};
 use super::nets::{self, DataShape};
 use super::*;
-use crate::nn::{Cpu, Net, NetBuilder, Rng, Side, T1, T4};
+use crate::nn::{Cpu, Layer, Net, NetBuilder, Rng, Side, T1, T4};
 
 pub(super) fn net_cfg(arch: Arch, variant: Option<Variant>, width: usize) -> NetConfig {
     NetConfig {
@@ -207,7 +207,7 @@ fn penalty_zero_for_constant_d_and_closed_form_for_linear_d() {
     let mut nb = NetBuilder::<f64, Cpu>::new(dev.clone(), 1);
     let l = vec![
         nb.linear("a", 2, 4, true, 1.0),
-        crate::nn::Layer::Tanh,
+        Layer::Tanh,
         nb.linear("b", 4, 1, true, 0.0),
     ];
     let mut d = nb.finish(l, [2, 1, 1]);
@@ -544,7 +544,7 @@ fn sngan_cifar_param_counts() {
     g.z_dim = Some(128);
     let mut d = net_cfg(Arch::Resnet, None, 128);
     d.max_width = Some(128);
-    d.spectral_norm = Some(true);
+    // spectral norm is the resnet D's default (as SNGAN)
     let gn = nets::generator::<f32, Cpu>(&g, shape, None, dev.clone(), 0).unwrap();
     let dn = nets::discriminator::<f32, Cpu>(&d, shape, None, dev.clone(), 0).unwrap();
     let conv = |i: usize, o: usize, k: usize| i * o * k * k + o;
@@ -566,6 +566,11 @@ fn sngan_cifar_param_counts() {
     assert_eq!(d_want, 1_053_825);
     // spectral norm on every conv and linear weight: 3 + 3 + 2 + 2 convs, 1 linear
     assert_eq!(dn.sn.lock().unwrap().len(), 11);
+    d.spectral_norm = Some(false);
+    let plain = nets::discriminator::<f32, Cpu>(&d, shape, None, dev.clone(), 0).unwrap();
+    assert!(plain.sn.lock().unwrap().is_empty());
+    // the resnet G stays without (SNGAN normalises D only)
+    assert!(gn.sn.lock().unwrap().is_empty());
     assert_eq!(
         *dn.forward(dev.zeros_like(&(2, 3, 32, 32)), true).shape(),
         (2, 1, 1, 1)
@@ -1073,4 +1078,175 @@ fn penalty_matches_pytorch_double_backward() {
         n += 1;
     }
     assert_eq!(n, cases.as_object().unwrap().len());
+/// The R3GAN roadmap nets at the roadmap pipeline's size (width 16, 16x16x3, z 64, 2 blocks
+/// per stage: channels 64 at 4x4, 32 at 8x8, 16 at 16x16), counted by hand from the
+/// official layout, and B-E within 10% of each other in G and in D.
+#[test]
+fn r3gan_roadmap_param_counts_match() {
+    let dev = Cpu::default();
+    let shape = DataShape::Image { c: 3, res: 16 };
+    let conv = |i: usize, o: usize, k: usize, bias: bool| i * o * k * k + if bias { o } else { 0 };
+    let cs = [64usize, 32, 16];
+    // blocks: B a 3x3 conv with bias; D 1x1 (c -> c, bias), 3x3 (bias), 1x1 back (no bias);
+    // E 1x1 (c -> 2c, bias), grouped 3x3 with 16 channels per group (2c * 16 * 9 + 2c),
+    // 1x1 back (no bias)
+    let block_b = |c: usize| conv(c, c, 3, true);
+    let block_d = |c: usize| conv(c, c, 1, true) + conv(c, c, 3, true) + conv(c, c, 1, false);
+    let block_e =
+        |c: usize| conv(c, 2 * c, 1, true) + 2 * c * 16 * 9 + 2 * c + conv(2 * c, c, 1, false);
+    assert_eq!(block_b(64), 36_928);
+    assert_eq!(block_d(64), 45_184); // 11 * 64^2 + 2 * 64
+    assert_eq!(block_e(64), 35_072); // 4 * 64^2 + 292 * 64
+    let blocks = |f: &dyn Fn(usize) -> usize| 2 * cs.iter().map(|&c| f(c)).sum::<usize>();
+    // G: basis (linear 64 -> 64 without bias, basis 64 x 4 x 4), transitions, to_img
+    // (1x1, 16 -> 3, no bias); B's transitions are 3x3 convs with bias, D / E's bias-free 1x1
+    let basis = 64 * 64 + 64 * 16;
+    let trans_b = conv(64, 32, 3, true) + conv(32, 16, 3, true);
+    let trans_de = conv(64, 32, 1, false) + conv(32, 16, 1, false);
+    let g_b = basis + blocks(&block_b) + trans_b + 48;
+    let g_d = basis + blocks(&block_d) + trans_de + 48;
+    let g_e = basis + blocks(&block_e) + trans_de + 48;
+    assert_eq!((g_b, g_d, g_e), (125_248, 126_448, 116_144));
+    // D: from_img (1x1, 3 -> 16; B with bias), mirrored transitions, discriminative basis
+    // (depthwise 4x4 on 64 channels, linear 64 -> 1; B's with a bias)
+    let trans_b = conv(16, 32, 3, true) + conv(32, 64, 3, true);
+    let trans_de = conv(16, 32, 1, false) + conv(32, 64, 1, false);
+    let d_b = 64 + blocks(&block_b) + trans_b + 1024 + 65;
+    let d_d = 48 + blocks(&block_d) + trans_de + 1024 + 64;
+    let d_e = 48 + blocks(&block_e) + trans_de + 1024 + 64;
+    assert_eq!((d_b, d_d, d_e), (121_281, 122_416, 112_112));
+    let mut got = vec![];
+    for (v, g_want, d_want) in [
+        (Variant::B, g_b, d_b),
+        (Variant::C, g_b, d_b),
+        (Variant::D, g_d, d_d),
+        (Variant::E, g_e, d_e),
+    ] {
+        let cfg = net_cfg(Arch::R3gan, Some(v), 16);
+        let g = nets::generator::<f32, Cpu>(&cfg, shape, None, dev.clone(), 0).unwrap();
+        let d = nets::discriminator::<f32, Cpu>(&cfg, shape, None, dev.clone(), 0).unwrap();
+        println!(
+            "r3gan {v:?} at width 16, 16x16x3: G {} D {}",
+            count(&g),
+            count(&d)
+        );
+        assert_eq!((count(&g), count(&d)), (g_want, d_want), "{v:?}");
+        // official layout: FIR resampling only; the generative basis first (bias-free
+        // linear, basis); D ends in the discriminative basis (depthwise conv, linear) with
+        // no activation before or between them
+        for net in [&g, &d] {
+            assert!(!net
+                .layers
+                .iter()
+                .any(|l| matches!(l, Layer::Up(_) | Layer::AvgPool2)));
+        }
+        assert_eq!(
+            g.layers
+                .iter()
+                .filter(|l| matches!(l, Layer::FirUp))
+                .count(),
+            2
+        );
+        assert_eq!(
+            d.layers
+                .iter()
+                .filter(|l| matches!(l, Layer::FirDown))
+                .count(),
+            2
+        );
+        assert!(matches!(g.layers[0], Layer::Linear { b: None, .. }));
+        assert!(matches!(g.layers[1], Layer::BasisScale { .. }));
+        let k = d.layers.len();
+        assert!(matches!(
+            d.layers[k - 2],
+            Layer::Conv {
+                b: None,
+                groups: 64,
+                ..
+            }
+        ));
+        assert!(matches!(d.layers[k - 1], Layer::Linear { .. }));
+        let before = &d.layers[k - 3];
+        if matches!(v, Variant::D | Variant::E) {
+            assert!(matches!(before, Layer::Residual { .. }), "{v:?}");
+        }
+        got.push((count(&g), count(&d)));
+    }
+    for k in 0..2 {
+        let pick = |p: &(usize, usize)| if k == 0 { p.0 } else { p.1 };
+        let lo = got.iter().map(pick).min().unwrap() as f64;
+        let hi = got.iter().map(pick).max().unwrap() as f64;
+        assert!(hi / lo <= 1.1, "capacity spread {:.3}: {got:?}", hi / lo);
+    }
+}
+
+/// The official ResidualBlock's fix-up initialisation: the last conv is zero (a block is the
+/// identity at init), the first two have std `sqrt(2 / 1.04) * L^(-1/4) / sqrt(fan_in)`.
+#[test]
+fn r3gan_fixup_init() {
+    let dev = Cpu::default();
+    let mut cfg = net_cfg(Arch::R3gan, Some(Variant::E), 32);
+    cfg.max_width = Some(64);
+    let shape = DataShape::Image { c: 3, res: 16 };
+    let g = nets::generator::<f64, Cpu>(&cfg, shape, None, dev.clone(), 3).unwrap();
+    let l = 6.0f64; // 3 stages x 2 blocks
+    let gain = (2.0f64 / 1.04).sqrt() * l.powf(-0.25);
+    let mut seen = 0;
+    for (i, name) in g.params.names.iter().enumerate() {
+        let v = g.params.tensors[i].as_vec();
+        let shp = &g.params.shapes[i];
+        if name.ends_with("conv3.weight") {
+            assert!(v.iter().all(|&x| x == 0.0), "{name}");
+        } else if name.ends_with("conv1.weight") || name.ends_with("conv2.weight") {
+            let fan_in = (shp[1] * shp[2] * shp[3]) as f64;
+            let sd = (v.iter().map(|x| x * x).sum::<f64>() / v.len() as f64).sqrt();
+            let want = gain / fan_in.sqrt();
+            assert!((sd / want - 1.0).abs() < 0.1, "{name}: std {sd} vs {want}");
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 12);
+    // blocks start as identities: G is basis -> transitions -> FIR up -> to_img, linear in z
+    let z: T4<f64, Cpu> = dev.tensor_from_vec(Rng::new(1).normals(64), (1, 64, 1, 1));
+    let a = g.forward(z.clone(), false).as_vec();
+    let b = g.forward(z * 2.0, false).as_vec();
+    assert!(a.iter().zip(&b).all(|(x, y)| (2.0 * x - y).abs() < 1e-9));
+}
+
+/// StyleGAN2's mapping network: pixel-normalised z, then fully connected layers with
+/// learning-rate multiplier 0.01 (weights stored N(0, 100^2), used times 0.01 / sqrt(fan_in)).
+#[test]
+fn stylegan_mapping_official() {
+    let dev = Cpu::default();
+    let mut cfg = net_cfg(Arch::Stylegan, None, 8);
+    cfg.mapping_depth = Some(2);
+    cfg.mapping_width = Some(32);
+    let shape = DataShape::Image { c: 1, res: 16 };
+    let g = nets::generator::<f32, Cpu>(&cfg, shape, None, dev.clone(), 0).unwrap();
+    let Layer::SetCtx { body, .. } = &g.layers[0] else {
+        panic!("mapping first")
+    };
+    assert!(matches!(body[0], Layer::PixelNorm));
+    let Layer::ScaledLinear {
+        w, w_mul, b_mul, ..
+    } = body[1]
+    else {
+        panic!("{:?}", body[1])
+    };
+    assert!((w_mul - 0.01 / 8.0).abs() < 1e-12 && (b_mul - 0.01).abs() < 1e-12);
+    let v = g.params.tensors[w].as_vec();
+    let sd = (v.iter().map(|x| x * x).sum::<f32>() / v.len() as f32).sqrt();
+    assert!((sd / 100.0 - 1.0).abs() < 0.1, "stored std {sd}");
+    // z and 3 z give the same image: the mapping sees z / rms(z)
+    let z: T4<f32, Cpu> = dev.tensor_from_vec(
+        Rng::new(2)
+            .normals(2 * 64)
+            .iter()
+            .map(|&x| x as f32)
+            .collect(),
+        (2, 64, 1, 1),
+    );
+    let a = g.forward(z.clone(), false).as_vec();
+    let b = g.forward(z * 3.0, false).as_vec();
+    assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-4));
 }

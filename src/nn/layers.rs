@@ -166,6 +166,32 @@ pub enum Layer {
     },
     /// Sum over height and width: `(B, C, H, W) -> (B, C, 1, 1)`.
     SumPool,
+    /// 2x upsampling with the `[1, 3, 3, 1]` low-pass filter (zero insertion, filter with
+    /// gain 4), as R3GAN's and StyleGAN2's `upsample2d`; linear.
+    FirUp,
+    /// 2x downsampling with the `[1, 3, 3, 1]` low-pass filter (filter, keep every second
+    /// pixel), as R3GAN's and StyleGAN2's `downsample2d`; linear.
+    FirDown,
+    /// StyleGAN's `normalize_2nd_moment`: `x / sqrt(mean over channels of x^2 + 1e-8)`.
+    PixelNorm,
+    /// Fully connected with run-time weight and bias multipliers (equalised learning rate,
+    /// StyleGAN's `lr_multiplier`): `x (w_mul W)^T + b_mul b`; no spectral norm.
+    ScaledLinear {
+        /// Weight index, `(out, in)`.
+        w: usize,
+        /// Bias index, `(out,)`.
+        b: usize,
+        /// Weight multiplier.
+        w_mul: f64,
+        /// Bias multiplier.
+        b_mul: f64,
+    },
+    /// R3GAN's generative basis without bias: a per-channel input `(B, C, 1, 1)` times a
+    /// learned basis `(C, h, w)`; output `(B, C, h, w)`.
+    BasisScale {
+        /// Basis index, shape `(C, h, w)`.
+        basis: usize,
+    },
     /// `skip(x) + body(x)` (an empty `skip` is the identity).
     Residual {
         /// Residual branch.
@@ -308,7 +334,11 @@ fn piecewise_linear(layers: &[Layer]) -> bool {
         | Layer::Reshape(_)
         | Layer::Basis { .. }
         | Layer::ParamScale { .. }
-        | Layer::SumPool => true,
+        | Layer::SumPool
+        | Layer::FirUp
+        | Layer::FirDown
+        | Layer::ScaledLinear { .. }
+        | Layer::BasisScale { .. } => true,
         Layer::Residual { body, skip } => piecewise_linear(body) && piecewise_linear(skip),
         Layer::Project { head, .. } => piecewise_linear(head),
         Layer::BatchNorm { .. }
@@ -318,6 +348,7 @@ fn piecewise_linear(layers: &[Layer]) -> bool {
         | Layer::ConcatCtx { .. }
         | Layer::Noise { .. }
         | Layer::CondNorm { .. }
+        | Layer::PixelNorm
         | Layer::Const { .. } => false,
     })
 }
@@ -762,6 +793,44 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
                 let coef = ops::linear(x.reshape_like(&(bsz, i)), wt, b);
                 let s = (bsz, oc, oh, ow);
                 let coef = coef.broadcast_like::<_, Axes2<2, 3>>(&s);
+                let base = self
+                    .p::<T>(*basis)
+                    .reshape_like(&(oc, oh, ow))
+                    .broadcast_like::<_, Axis<0>>(&s);
+                coef * base
+            }
+            Layer::FirUp => ops::upsample_fir2x(x, &self.cache),
+            Layer::FirDown => ops::downsample_fir2x(x, &self.cache),
+            Layer::PixelNorm => ops::pixel_norm(x, 1e-8),
+            Layer::ScaledLinear { w, b, w_mul, b_mul } => {
+                let (bsz, c, h, wd) = *x.shape();
+                let s = &self.params.shapes[*w];
+                let (o, i) = (s[0], s[1]);
+                assert_eq!(
+                    i,
+                    c * h * wd,
+                    "linear {}: input {c}x{h}x{wd}",
+                    self.params.names[*w]
+                );
+                let wt = self.p::<T>(*w).reshape_like(&(o, i)) * E::of(*w_mul);
+                let bt = (!st.tangent).then(|| self.p::<T>(*b) * E::of(*b_mul));
+                let y = ops::linear(x.reshape_like(&(bsz, i)), wt, bt);
+                y.reshape_like(&(bsz, o, 1, 1))
+            }
+            Layer::BasisScale { basis } => {
+                let (bsz, c, h, wd) = *x.shape();
+                let bs = &self.params.shapes[*basis];
+                let (oc, oh, ow) = (bs[0], bs[1], bs[2]);
+                assert_eq!(
+                    (c, h, wd),
+                    (oc, 1, 1),
+                    "basis {}: input {c}x{h}x{wd}",
+                    self.params.names[*basis]
+                );
+                let s = (bsz, oc, oh, ow);
+                let coef = x
+                    .reshape_like(&(bsz, oc))
+                    .broadcast_like::<_, Axes2<2, 3>>(&s);
                 let base = self
                     .p::<T>(*basis)
                     .reshape_like(&(oc, oh, ow))
@@ -1238,6 +1307,44 @@ impl<E: Float, D: Dev<E>> NetBuilder<E, D> {
             .params
             .push(&self.dev, format!("{name}.bias"), vec![c], vec![0.0; c]);
         Layer::Basis { basis, w, b }
+    }
+    /// StyleGAN2's `FullyConnectedLayer` with learning-rate multiplier `lr_mul`: weights
+    /// stored N(0, 1 / lr_mul^2) and used times `lr_mul / sqrt(inp)`, bias stored 0 and used
+    /// times `lr_mul`, so that Adam moves them `lr_mul` times as fast in function space.
+    pub fn eq_linear(&mut self, name: &str, inp: usize, out: usize, lr_mul: f64) -> Layer {
+        assert!(lr_mul > 0.0, "{name}: lr_mul must be positive");
+        let v = self.normal(inp * out, 1.0 / lr_mul);
+        let w = self
+            .params
+            .push(&self.dev, format!("{name}.weight"), vec![out, inp], v);
+        let b = self
+            .params
+            .push(&self.dev, format!("{name}.bias"), vec![out], vec![0.0; out]);
+        Layer::ScaledLinear {
+            w,
+            b,
+            w_mul: lr_mul / (inp as f64).sqrt(),
+            b_mul: lr_mul,
+        }
+    }
+    /// R3GAN's `GenerativeBasis`: a bias-free linear map `inp -> c` (MSR init, gain 1) whose
+    /// outputs scale a learned N(0, 1) basis `(c, h, w)` per channel.
+    pub fn gen_basis(
+        &mut self,
+        name: &str,
+        inp: usize,
+        c: usize,
+        h: usize,
+        w: usize,
+    ) -> Vec<Layer> {
+        let v = self.normal(c * h * w, 1.0);
+        let basis = self
+            .params
+            .push(&self.dev, format!("{name}.basis"), vec![c, h, w], v);
+        vec![
+            self.linear(&format!("{name}.linear"), inp, c, false, 1.0),
+            Layer::BasisScale { basis },
+        ]
     }
     /// Batch norm over `c` channels (gamma 1, beta 0, eps 1e-5, momentum 0.1).
     pub fn batch_norm(&mut self, name: &str, c: usize) -> Layer {
