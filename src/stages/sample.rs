@@ -40,6 +40,12 @@ fn yes() -> bool {
     true
 }
 
+/// The kind's version, part of every key: bump it with every change to the numbers
+/// this kind writes, and re-bless its golden file (`ABLATE_BLESS=1 cargo test --test golden`).
+/// 1: first version.
+/// 2: follows train 2 (conditional label draws; generator code shared with train).
+pub const VERSION: u32 = 2;
+
 pub struct Sample;
 
 impl Stage for Sample {
@@ -47,7 +53,7 @@ impl Stage for Sample {
         "sample"
     }
     fn version(&self) -> u32 {
-        1
+        VERSION
     }
     fn about(&self) -> &'static str {
         "draw samples from a trained generator (+ PNG grid; balanced labels when conditional)"
