@@ -29,6 +29,7 @@ const AFTER: &str = "Examples:
   ablate query 'SELECT * FROM ring_table_agg' -p pipelines/quickstart.yaml
   ablate dag pipelines/r3gan-roadmap.yaml --format dot | dot -Tsvg > dag.svg
   ablate gc pipelines/*.yaml                     drop cache entries no pipeline uses
+  ablate verify pipelines/quickstart.yaml        re-hash its cached outputs (exit 1 if any changed)
 
 Exit codes: 0 ok, 1 an instance failed, 2 invalid pipeline/query/usage, 130 interrupted.";
 
@@ -123,6 +124,16 @@ enum Cmd {
         /// Only say what would be removed.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Re-hash (blake3) the outputs of finished instances against their manifests, as
+    /// `dvc status` does: the pipelines' instances, or the whole cache without FILE.
+    /// Exit 1 when any output changed. (Every plan already checks sizes and times.)
+    Verify {
+        /// Pipelines whose instances to check (default: every instance in the cache).
+        files: Vec<PathBuf>,
+        /// Remove the damaged instances from the cache, so the next run recomputes them.
+        #[arg(long)]
+        drop: bool,
     },
     /// List the stage kinds this build knows.
     Kinds,
@@ -333,6 +344,7 @@ fn dispatch(cli: &Cli, reg: &Registry) -> Result<i32, Exit> {
             Ok(0)
         }
         Cmd::Gc { files, dry_run } => gc(&cache, files, reg, *dry_run),
+        Cmd::Verify { files, drop } => verify(&cache, files, reg, *drop),
         Cmd::Kinds => {
             for s in reg.iter() {
                 println!("{:<10} v{}  {}", s.kind(), s.version(), s.about());
@@ -535,6 +547,68 @@ fn gc(cache: &Cache, files: &[PathBuf], reg: &Registry, dry_run: bool) -> Result
         human_bytes(freed)
     );
     Ok(0)
+}
+
+fn verify(cache: &Cache, files: &[PathBuf], reg: &Registry, drop: bool) -> Result<i32, Exit> {
+    let mut instances = vec![];
+    if files.is_empty() {
+        for (kind, key, _) in cache.entries()? {
+            instances.push((kind, key));
+        }
+    } else {
+        for f in files {
+            let plan = Plan::new(f, reg, cache.clone(), &cwd(), &PlanOptions::default())?;
+            for (inst, it) in plan.ex.instances.iter().zip(&plan.items) {
+                instances.push((inst.kind.clone(), it.key.clone()));
+            }
+        }
+    }
+    instances.sort();
+    instances.dedup();
+    let r = engine::verify::verify(cache, &instances)?;
+    let mut damaged: Vec<(&str, &str)> = vec![];
+    for p in &r.problems {
+        let label = if p.label.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", p.label)
+        };
+        println!(
+            "changed: {}/{}{label}: {}: {}",
+            p.kind,
+            &p.key[..12.min(p.key.len())],
+            p.file,
+            p.what
+        );
+        damaged.push((&p.kind, &p.key));
+    }
+    damaged.dedup();
+    if drop {
+        for (kind, key) in &damaged {
+            cache.remove_instance(kind, key)?;
+            println!("removed: {kind}/{}", &key[..12.min(key.len())]);
+        }
+    }
+    println!(
+        "verified {} instances, {} files ({}): {}",
+        r.instances,
+        r.files,
+        human_bytes(r.bytes),
+        if r.ok() {
+            "all match their manifests".to_string()
+        } else if drop {
+            format!(
+                "{} damaged, removed (the next run recomputes them)",
+                damaged.len()
+            )
+        } else {
+            format!(
+                "{} damaged (ablate verify --drop removes them; the next run recomputes them)",
+                damaged.len()
+            )
+        }
+    );
+    Ok(if r.ok() { 0 } else { 1 })
 }
 
 /// Remove an instance directory, manifest first so a crash halfway never leaves a

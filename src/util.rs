@@ -72,6 +72,38 @@ pub fn hash_file(path: &Path) -> Result<String> {
     Ok(h.finalize().to_hex().to_string())
 }
 
+/// Sort the `__metadata__` entries of safetensors bytes in place, so that a file's bytes
+/// (and its blake3 in the manifest) do not depend on `HashMap` order: the `safetensors`
+/// crate takes metadata as a `HashMap` and writes it in iteration order, which differs
+/// between runs. The header keeps its length (same entries, re-padded with spaces).
+pub fn sort_safetensors_metadata(buf: &mut [u8]) {
+    let Some(n) = buf
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap()) as usize)
+    else {
+        return;
+    };
+    let Some(header) = buf.get(8..8 + n) else {
+        return;
+    };
+    let Ok(mut v) = serde_json::from_slice::<Value>(header) else {
+        return;
+    };
+    let Some(Value::Object(meta)) = v.get_mut("__metadata__") else {
+        return;
+    };
+    let mut entries: Vec<(String, Value)> = std::mem::take(meta).into_iter().collect();
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    meta.extend(entries);
+    let Ok(text) = serde_json::to_string(&v) else {
+        return;
+    };
+    if text.len() <= n {
+        buf[8..8 + text.len()].copy_from_slice(text.as_bytes());
+        buf[8 + text.len()..8 + n].fill(b' ');
+    }
+}
+
 /// JSON with object keys sorted at every level: the form we hash, so that the
 /// order of keys in a YAML file never changes a cache key.
 pub fn canonical_json(v: &Value) -> String {

@@ -2,9 +2,7 @@
 //! toy mode-collapse benchmarks of the GAN literature (Unrolled GAN, VEEGAN,
 //! PacGAN). Every mode has the same isotropic `sigma` and the same weight.
 
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-use rand_distr::StandardNormal;
+use crate::nn::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::{DataError, DataTensor, Dataset, Result};
@@ -81,8 +79,10 @@ impl GaussianMixture {
         self.centres.len()
     }
 
-    /// Draws `n` points from `StdRng::seed_from_u64(seed)`: for each point a
-    /// uniform mode, then centre + sigma * N(0, I). Labels are mode indices.
+    /// Draws `n` points from the project's portable generator [`Rng::new`]`(seed)`
+    /// (the same numbers on every platform and crate version): for each point a
+    /// uniform mode ([`Rng::below`]), then centre + sigma * N(0, I) (two [`Rng::normal`]
+    /// draws, x then y). Labels are mode indices.
     pub fn sample(&self, n: usize, seed: u64) -> Result<Dataset> {
         if n == 0 {
             return Err(DataError::Invalid("count must be at least 1".into()));
@@ -92,15 +92,15 @@ impl GaussianMixture {
                 "a mixture needs at least one mode".into(),
             ));
         }
-        let mut rng = StdRng::seed_from_u64(seed);
+        let mut rng = Rng::new(seed);
         let mut values = Vec::with_capacity(2 * n);
         let mut labels = Vec::with_capacity(n);
         let s = self.sigma as f64;
         for _ in 0..n {
-            let k = rng.gen_range(0..self.centres.len());
+            let k = rng.below(self.centres.len());
             let [cx, cy] = self.centres[k];
-            let dx: f64 = rng.sample(StandardNormal);
-            let dy: f64 = rng.sample(StandardNormal);
+            let dx = rng.normal();
+            let dy = rng.normal();
             values.push((cx as f64 + s * dx) as f32);
             values.push((cy as f64 + s * dy) as f32);
             labels.push(k as i64);

@@ -4,8 +4,7 @@
 
 use std::path::PathBuf;
 
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use crate::nn::Rng;
 
 use super::mnist::{load_mnist, MnistOptions, MnistSplit, MNIST_SIDE};
 use super::{DataError, DataTensor, Dataset, Result};
@@ -42,15 +41,15 @@ impl StackedMnistOptions {
 
 /// The source indices of `count` stacked images over `n_source` images:
 /// `[r, g, b]` each uniform in 0..n_source, drawn in that order from
-/// `StdRng::seed_from_u64(seed)`.
+/// the project's portable generator [`Rng::new`]`(seed)` with [`Rng::below`].
 pub fn stacked_indices(n_source: usize, count: usize, seed: u64) -> Vec<[usize; 3]> {
-    let mut rng = StdRng::seed_from_u64(seed);
+    let mut rng = Rng::new(seed);
     (0..count)
         .map(|_| {
             [
-                rng.gen_range(0..n_source),
-                rng.gen_range(0..n_source),
-                rng.gen_range(0..n_source),
+                rng.below(n_source),
+                rng.below(n_source),
+                rng.below(n_source),
             ]
         })
         .collect()

@@ -55,7 +55,9 @@ pub fn to_safetensors_bytes(ds: &Dataset) -> Result<Vec<u8>> {
             serde_json::to_string(m).expect("mixture serialises"),
         );
     }
-    safetensors::serialize(tensors, Some(meta)).map_err(st)
+    let mut bytes = safetensors::serialize(tensors, Some(meta)).map_err(st)?;
+    crate::util::sort_safetensors_metadata(&mut bytes);
+    Ok(bytes)
 }
 
 /// Writes a dataset as a safetensors file, atomically (temp file + rename).
@@ -237,6 +239,23 @@ mod tests {
         };
         save_dataset(&unl, &p).unwrap();
         assert_eq!(load_dataset(&p).unwrap(), unl);
+    }
+
+    /// The same dataset gives the same bytes (so the same blake3 in a manifest), although
+    /// the `safetensors` crate writes its metadata `HashMap` in a random order.
+    #[test]
+    fn bytes_do_not_depend_on_hash_map_order() {
+        let ds = gaussian_ring(20, 2.0, 0.02, 1).unwrap();
+        let first = to_safetensors_bytes(&ds).unwrap();
+        for _ in 0..16 {
+            assert_eq!(to_safetensors_bytes(&ds).unwrap(), first);
+        }
+        let n = u64::from_le_bytes(first[..8].try_into().unwrap()) as usize;
+        let header = std::str::from_utf8(&first[8..8 + n]).unwrap();
+        let at = |k: &str| header.find(&format!("\"{k}\":\"")).unwrap();
+        assert!(at("classes") < at("format") && at("format") < at("mixture"));
+        assert!(at("mixture") < at("sources"), "{header}");
+        assert_eq!(from_safetensors_bytes(Path::new("x"), &first).unwrap(), ds);
     }
 
     #[test]

@@ -37,6 +37,18 @@ pub fn instance_key(kind: &str, version: u32, params: &Value, inputs: &[&str]) -
 pub struct FileRecord {
     pub bytes: u64,
     pub blake3: String,
+    /// Modification time when the manifest was written, in nanoseconds since the Unix
+    /// epoch: with `bytes`, the cheap check every plan makes ([`Cache::changed_output`]).
+    /// Absent in manifests written before it existed (then only the size is checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime_ns: Option<u64>,
+}
+
+/// A file's modification time in nanoseconds since the Unix epoch, where the platform has one.
+pub fn mtime_ns(md: &std::fs::Metadata) -> Option<u64> {
+    let t = md.modified().ok()?;
+    let d = t.duration_since(std::time::UNIX_EPOCH).ok()?;
+    u64::try_from(d.as_nanos()).ok()
 }
 
 /// An input as the manifest records it.
@@ -98,11 +110,73 @@ impl Cache {
         self.root.join(kind).join(format!("{key}.lock"))
     }
 
-    /// The manifest of a finished instance, if there is one.
+    /// The manifest of a finished instance, if there is one; an unreadable one counts as
+    /// none (the plan has warned about it, see [`Cache::try_manifest`]).
     pub fn manifest(&self, kind: &str, key: &str) -> Option<Manifest> {
+        self.try_manifest(kind, key).unwrap_or_else(|e| {
+            tracing::debug!("{e:#}");
+            None
+        })
+    }
+
+    /// The manifest of an instance: `None` when there is none, an error naming the file
+    /// and the cause when one exists but cannot be read or parsed.
+    pub fn try_manifest(&self, kind: &str, key: &str) -> Result<Option<Manifest>> {
         let p = self.dir(kind, key).join(MANIFEST);
-        let text = std::fs::read_to_string(p).ok()?;
-        serde_json::from_str(&text).ok()
+        let text = match std::fs::read_to_string(&p) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(e).with_context(|| format!("unreadable manifest {}", p.display()))
+            }
+        };
+        let m = serde_json::from_str(&text)
+            .with_context(|| format!("unreadable manifest {}", p.display()))?;
+        Ok(Some(m))
+    }
+
+    /// Why a finished instance's outputs can no longer be trusted, from a cheap look at
+    /// each file's size and modification time against the manifest (no hashing; `ablate
+    /// verify` hashes): the first output that is missing or changed, or `None`.
+    pub fn changed_output(&self, m: &Manifest) -> Option<String> {
+        let dir = self.dir(&m.kind, &m.key);
+        for (name, rec) in &m.outputs {
+            let md = match std::fs::metadata(dir.join(name)) {
+                Ok(md) => md,
+                Err(_) => return Some(format!("output {name} missing")),
+            };
+            if md.len() != rec.bytes {
+                return Some(format!(
+                    "output {name} changed on disk ({} bytes, manifest says {})",
+                    md.len(),
+                    rec.bytes
+                ));
+            }
+            if let Some(t) = rec.mtime_ns {
+                if mtime_ns(&md) != Some(t) {
+                    return Some(format!(
+                        "output {name} changed on disk (modified after its manifest was written)"
+                    ));
+                }
+            }
+        }
+        None
+    }
+
+    /// Remove an instance (manifest first, so a crash halfway never leaves a
+    /// complete-looking entry), holding its lock.
+    pub fn remove_instance(&self, kind: &str, key: &str) -> Result<()> {
+        let _lock = self.lock(kind, key)?;
+        let dir = self.dir(kind, key);
+        match std::fs::remove_file(dir.join(MANIFEST)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {}", dir.display())),
+        }
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
+        Ok(())
     }
 
     /// Take the instance's lock, waiting for another process if it holds it.
@@ -151,11 +225,13 @@ impl Cache {
                     .unwrap()
                     .to_string_lossy()
                     .replace('\\', "/");
+                let md = e.metadata()?;
                 out.insert(
                     rel,
                     FileRecord {
-                        bytes: e.metadata()?.len(),
+                        bytes: md.len(),
                         blake3: hash_file(&p)?,
+                        mtime_ns: mtime_ns(&md),
                     },
                 );
             }

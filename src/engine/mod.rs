@@ -6,12 +6,13 @@ pub mod plan;
 pub mod registry;
 pub mod run;
 pub mod stage;
+pub mod verify;
 
 pub use cache::{Cache, Manifest};
 pub use plan::{Plan, PlanOptions, PlanStatus};
 pub use registry::Registry;
 pub use run::{run, RunOptions, Summary};
 pub use stage::{
-    typed_params, CheckCtx, DeviceChoice, InputRef, Interrupted, Outcome, ParamError, Progress,
-    PublishCtx, Resources, RunCtx, Stage, Status,
+    normalised_params, typed_params, CheckCtx, DeviceChoice, InputRef, Interrupted, Outcome,
+    ParamError, Progress, PublishCtx, Resources, RunCtx, Stage, Status,
 };

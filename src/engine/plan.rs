@@ -1,4 +1,8 @@
 //! Planning: every instance gets its key, and is either cached or to run, with why.
+//!
+//! Cached means a readable manifest whose status is not `failed` and whose outputs
+//! still have the size and modification time it recorded (one `stat` per file; `ablate
+//! verify` re-hashes). An unreadable manifest is warned about and the instance runs.
 
 use super::cache::{instance_key, Cache, Manifest};
 use super::registry::Registry;
@@ -141,7 +145,10 @@ impl Plan {
             let key = instance_key(&inst.kind, stage.version(), &params, &input_keys);
             let forced_here = opts.force.contains(&inst.stage_name);
             let forced_up = inst.inputs.iter().any(|&i| items[i].forced);
-            let manifest = cache.manifest(&inst.kind, &key);
+            let manifest = cache.try_manifest(&inst.kind, &key).map_err(|e| {
+                tracing::warn!("{e:#}: {} will be recomputed", inst.label);
+                e
+            });
             let (status, reason) = if forced_here {
                 (
                     PlanStatus::Run,
@@ -151,8 +158,11 @@ impl Plan {
                 (PlanStatus::Run, "forced upstream".to_string())
             } else {
                 match &manifest {
-                    Some(m) if m.status != Status::Failed => (PlanStatus::Cached, String::new()),
-                    Some(m) => (
+                    Ok(Some(m)) if m.status != Status::Failed => match cache.changed_output(m) {
+                        None => (PlanStatus::Cached, String::new()),
+                        Some(why) => (PlanStatus::Run, why),
+                    },
+                    Ok(Some(m)) => (
                         PlanStatus::Run,
                         format!(
                             "last attempt failed: {}",
@@ -164,9 +174,13 @@ impl Plan {
                                 .unwrap_or("")
                         ),
                     ),
-                    None => (
+                    Ok(None) => (
                         PlanStatus::Run,
                         why_new(&cache, &pipeline, &inst.label, &params, &input_keys),
+                    ),
+                    Err(e) => (
+                        PlanStatus::Run,
+                        format!("manifest unreadable ({})", e.root_cause()),
                     ),
                 }
             };

@@ -496,17 +496,24 @@ impl Ready {
     fn try_execute(&self) -> Result<Outcome> {
         let dir = self.cache.dir(&self.kind, &self.key);
         let _lock = self.cache.lock(&self.kind, &self.key)?;
+        let mut clear = self.forced;
         if let Some(m) = self.cache.manifest(&self.kind, &self.key) {
-            if m.status != Status::Failed && !self.forced {
+            let changed = self.cache.changed_output(&m);
+            if m.status != Status::Failed && !self.forced && changed.is_none() {
                 // Another process finished it while we waited for the lock.
                 self.publish(&dir)?;
                 return Ok(Outcome::Cached);
             }
-        }
-        if self.forced && dir.exists() {
-            std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+            if let Some(why) = changed.filter(|_| m.status != Status::Failed) {
+                // Nothing of a changed instance is reused (no resuming from its files).
+                tracing::warn!("{}: {why}: recomputing it", self.label);
+                clear = true;
+            }
         }
         let _ = std::fs::remove_file(dir.join(MANIFEST));
+        if clear && dir.exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+        }
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         tracing::info!("running {} ({})", self.label, &self.key[..12]);
         let started = now();

@@ -211,8 +211,10 @@ pub trait Stage: Send + Sync {
     fn gathers(&self) -> bool {
         false
     }
-    /// Check params (types, ranges, files) and return them normalised: defaults
-    /// filled in, so that writing a default explicitly does not change the key.
+    /// Check params (types, ranges, files) and return them normalised, so that writing
+    /// a default out explicitly does not change the key: plain defaults filled in,
+    /// optional params equal to their default dropped (as if left unset), lists whose
+    /// order does not matter sorted. [`normalised_params`] does the serde part.
     fn check(&self, params: &Value, cx: &CheckCtx) -> Result<Value, ParamError>;
     /// Which scheduler slots an instance holds.
     fn resources(&self, _params: &Value, _device: DeviceChoice) -> Resources {
@@ -232,12 +234,22 @@ pub fn typed_params<P: DeserializeOwned + Serialize>(
     params: &Value,
     validate: impl FnOnce(&P) -> Result<(), ParamError>,
 ) -> Result<Value, ParamError> {
-    let p: P = serde_path_to_error::deserialize(params.clone()).map_err(|e| {
+    normalised_params::<P>(params, |p| validate(p))
+}
+
+/// [`typed_params`] whose check may also normalise `P` in place (after its range
+/// checks): set an optional param equal to its default back to `None`, sort a list
+/// whose order means nothing. Unset optional params are left out of the result.
+pub fn normalised_params<P: DeserializeOwned + Serialize>(
+    params: &Value,
+    check: impl FnOnce(&mut P) -> Result<(), ParamError>,
+) -> Result<Value, ParamError> {
+    let mut p: P = serde_path_to_error::deserialize(params.clone()).map_err(|e| {
         let path = e.path().to_string();
         let path = if path == "." { String::new() } else { path };
         ParamError::new(path, e.into_inner().to_string())
     })?;
-    validate(&p)?;
+    check(&mut p)?;
     let mut v = serde_json::to_value(&p).map_err(|e| ParamError::new("", e.to_string()))?;
     drop_nulls(&mut v);
     Ok(v)

@@ -293,7 +293,8 @@ pub fn save_safetensors<E: Float>(
             ))
         })
         .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
-    let buf = safetensors::serialize(views, Some(metadata))?;
+    let mut buf = safetensors::serialize(views, Some(metadata))?;
+    crate::util::sort_safetensors_metadata(&mut buf);
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
     if let Some(d) = dir {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;

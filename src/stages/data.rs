@@ -9,7 +9,7 @@
 use crate::data::{
     self, Dataset, ImageFolderOptions, MnistOptions, MnistSplit, StackedMnistOptions,
 };
-use crate::engine::{typed_params, CheckCtx, Outcome, ParamError, RunCtx, Stage};
+use crate::engine::{normalised_params, CheckCtx, Outcome, ParamError, RunCtx, Stage};
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -70,6 +70,9 @@ pub struct DataParams {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub std: Option<f32>,
 }
+
+/// Side length of `image_folder` images when `resolution` is not given.
+const DEFAULT_FOLDER_RESOLUTION: usize = 32;
 
 fn default_split() -> Split {
     Split::T10k
@@ -167,6 +170,46 @@ impl DataParams {
         Ok(())
     }
 
+    /// Optional params equal to their default for this source set back to unset (so
+    /// `{radius: 2}` and `{}` share a key), and `root` written without `./` parts or a
+    /// trailing slash.
+    fn normalise(&mut self) {
+        use Source::*;
+        let drop_eq = |v: &mut Option<f32>, d: f32| {
+            if *v == Some(d) {
+                *v = None
+            }
+        };
+        match self.source {
+            Mnist | StackedMnist if self.resolution == Some(data::mnist::MNIST_SIDE) => {
+                self.resolution = None
+            }
+            ImageFolder => {
+                if self.resolution == Some(DEFAULT_FOLDER_RESOLUTION) {
+                    self.resolution = None;
+                }
+                if self.channels == Some(3) {
+                    self.channels = None;
+                }
+            }
+            GaussianRing => {
+                drop_eq(&mut self.radius, data::DEFAULT_RING_RADIUS);
+                drop_eq(&mut self.std, data::DEFAULT_RING_STD);
+            }
+            GaussianGrid => drop_eq(&mut self.std, data::DEFAULT_GRID_STD),
+            _ => {}
+        }
+        if let Some(r) = &mut self.root {
+            let clean: std::path::PathBuf = Path::new(r.as_str())
+                .components()
+                .filter(|c| !matches!(c, std::path::Component::CurDir))
+                .collect();
+            if !clean.as_os_str().is_empty() {
+                *r = clean.to_string_lossy().into_owned();
+            }
+        }
+    }
+
     /// Build the dataset.
     pub fn load(&self) -> Result<Dataset> {
         let split = match self.split {
@@ -205,7 +248,10 @@ impl DataParams {
                 self.seed,
             )?,
             Source::ImageFolder => {
-                let mut o = ImageFolderOptions::new(root(), self.resolution.unwrap_or(32));
+                let mut o = ImageFolderOptions::new(
+                    root(),
+                    self.resolution.unwrap_or(DEFAULT_FOLDER_RESOLUTION),
+                );
                 o.channels = self.channels.unwrap_or(3);
                 o.recursive = self.recursive;
                 o.count = self.count;
@@ -215,6 +261,12 @@ impl DataParams {
     }
 }
 
+/// The kind's version, part of every key: bump it with every change to the numbers
+/// this kind writes, and re-bless its golden file (`ABLATE_BLESS=1 cargo test --test golden`).
+/// 1: first version.
+/// 2: generated sources (gaussian_*, stacked_mnist) draw from `nn::Rng` instead of rand's StdRng.
+pub const VERSION: u32 = 2;
+
 pub struct Data;
 
 impl Stage for Data {
@@ -222,13 +274,17 @@ impl Stage for Data {
         "data"
     }
     fn version(&self) -> u32 {
-        1
+        VERSION
     }
     fn about(&self) -> &'static str {
         "load or generate a dataset (mnist, stacked_mnist, gaussian_ring, gaussian_grid, image_folder)"
     }
     fn check(&self, params: &Value, cx: &CheckCtx) -> Result<Value, ParamError> {
-        typed_params::<DataParams>(params, |p| p.validate(cx))
+        normalised_params::<DataParams>(params, |p| {
+            p.validate(cx)?;
+            p.normalise();
+            Ok(())
+        })
     }
     fn run(&self, cx: &RunCtx) -> Result<Outcome> {
         let p: DataParams = cx.params()?;

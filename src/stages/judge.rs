@@ -88,6 +88,11 @@ fn default_holdout() -> f64 {
     0.2
 }
 
+/// The kind's version, part of every key: bump it with every change to the numbers
+/// this kind writes, and re-bless its golden file (`ABLATE_BLESS=1 cargo test --test golden`).
+/// 1: first version.
+pub const VERSION: u32 = 1;
+
 pub struct Judge;
 
 fn range<T: PartialOrd + std::fmt::Display>(
@@ -110,7 +115,7 @@ impl Stage for Judge {
         "judge"
     }
     fn version(&self) -> u32 {
-        1
+        VERSION
     }
     fn about(&self) -> &'static str {
         "train the evaluator CNN on labelled images (features for fid_judge/prdc, labels for modes)"

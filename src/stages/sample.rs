@@ -40,6 +40,13 @@ fn yes() -> bool {
     true
 }
 
+/// The kind's version, part of every key: bump it with every change to the numbers
+/// this kind writes, and re-bless its golden file (`ABLATE_BLESS=1 cargo test --test golden`).
+/// 1: first version.
+/// 2: follows train 2 (conditional label draws; generator code shared with train).
+/// 3: follows train 3 (G_ema's own batch-norm statistics, the new R3GAN / StyleGAN nets).
+pub const VERSION: u32 = 3;
+
 pub struct Sample;
 
 impl Stage for Sample {
@@ -47,7 +54,7 @@ impl Stage for Sample {
         "sample"
     }
     fn version(&self) -> u32 {
-        1
+        VERSION
     }
     fn about(&self) -> &'static str {
         "draw samples from a trained generator (+ PNG grid; balanced labels when conditional)"

@@ -30,6 +30,12 @@ pub struct TabulateParams {
     pub aggregate_over: Vec<String>,
 }
 
+/// The kind's version, part of every key: bump it with every change to the numbers
+/// this kind writes, and re-bless its golden file (`ABLATE_BLESS=1 cargo test --test golden`).
+/// 1: first version.
+/// 2: table outputs changed (issue 12).
+pub const VERSION: u32 = 2;
+
 pub struct Tabulate;
 
 const FIXED: &[&str] = &["pipeline", "stage", "instance", "key"];
@@ -39,7 +45,7 @@ impl Stage for Tabulate {
         "tabulate"
     }
     fn version(&self) -> u32 {
-        1
+        VERSION
     }
     fn about(&self) -> &'static str {
         "gather every upstream instance into one table (+ aggregates over seeds)"

@@ -16,9 +16,12 @@
 use super::data::DATA_FILE;
 use crate::data::{load_dataset, DataTensor};
 use crate::engine::{
-    typed_params, CheckCtx, DeviceChoice, Outcome, ParamError, Resources, RunCtx, Stage, Status,
+    normalised_params, CheckCtx, DeviceChoice, Outcome, ParamError, Resources, RunCtx, Stage,
+    Status,
 };
-use crate::gan::{ClassLabels, StepLog, TrainConfig, TrainData, Trainer};
+use crate::gan::{
+    Arch, ClassLabels, NetConfig, StepLog, TrainConfig, TrainData, Trainer, Upsample, Variant,
+};
 use crate::nn::{Cpu, Dev};
 use crate::results::table::{frame_from_rows, write_table, Cell};
 use anyhow::{bail, Context, Result};
@@ -35,6 +38,15 @@ pub struct LogRow {
     pub log: StepLog,
     pub images_per_s: f64,
 }
+
+/// The kind's version, part of every key: bump it with every change to the numbers
+/// this kind writes, and re-bless its golden file (`ABLATE_BLESS=1 cargo test --test golden`).
+/// 1: first version.
+/// 2: conditional training draws fake labels from the data's label distribution.
+/// 3: exact R1/R2 (tangent pass), EMA half-life with ramp-up by default, G_ema's own
+///    batch-norm statistics, a batch-norm D sees real and fake apart, R3GAN / StyleGAN
+///    mapping / resnet D as the official code builds them, d_real / d_fake in the log.
+pub const VERSION: u32 = 3;
 
 pub struct Train;
 
@@ -104,15 +116,13 @@ impl Stage for Train {
         "train"
     }
     fn version(&self) -> u32 {
-        // 2: exact R1/R2 (tangent pass), EMA half-life with ramp-up by default, G_ema's
-        // own batch-norm statistics, a batch-norm D sees real and fake apart
-        2
+        VERSION
     }
     fn about(&self) -> &'static str {
         "train a GAN (mlp, dcgan, resnet, selfmod, stylegan, r3gan B-E; ns, rpgan, hinge; r1, r2; unconditional or class-conditional) with checkpoints and resume"
     }
     fn check(&self, params: &Value, _cx: &CheckCtx) -> Result<Value, ParamError> {
-        typed_params::<TrainConfig>(params, |c| {
+        normalised_params::<TrainConfig>(params, |c| {
             c.validate().map_err(|e| {
                 let msg = e.to_string();
                 // Messages start with the offending key (`generator.width must ...`).
@@ -135,6 +145,7 @@ impl Stage for Train {
                     ));
                 }
             }
+            normalise(c);
             Ok(())
         })
     }
@@ -415,4 +426,239 @@ fn plot_losses(rows: &[LogRow], path: &Path) -> Result<()> {
     let mut png = Vec::new();
     img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
     crate::util::atomic_write(path, &png)
+}
+
+/// Optional train params written out with their default value set back to unset, so
+/// that `{lazy_interval: 1}` and `{}` (and so on) share a key. Only defaults that do
+/// not depend on the data are known here: `z_dim` (16 for points, 64 for images) and
+/// an `embed_dim` beside an unset `z_dim` stay as written; so does `ema`. Each rule
+/// must agree with where the default is applied (`crate::gan::nets`, the trainer): the
+/// tests build nets both ways and compare weights and outputs.
+pub fn normalise(c: &mut TrainConfig) {
+    normalise_net(&mut c.generator, true);
+    normalise_net(&mut c.discriminator, false);
+    if c.lazy_interval == Some(1) {
+        c.lazy_interval = None;
+    }
+    if c.conditional == Some(false) {
+        c.conditional = None;
+    }
+    if c.optimizer_g.as_ref() == Some(&c.optimizer) {
+        c.optimizer_g = None;
+    }
+    if c.optimizer_d.as_ref() == Some(&c.optimizer) {
+        c.optimizer_d = None;
+    }
+}
+
+fn unset_if<T: PartialEq>(v: &mut Option<T>, default: T) {
+    if v.as_ref() == Some(&default) {
+        *v = None;
+    }
+}
+
+/// One network's defaults (`generator` says which side: dcgan's `batch_norm` differs).
+fn normalise_net(n: &mut NetConfig, generator: bool) {
+    unset_if(&mut n.max_width, 8 * n.width);
+    let depth = match n.arch {
+        Arch::Mlp => Some(3),
+        Arch::R3gan => Some(1),
+        Arch::Resnet if !generator => Some(2),
+        _ => None,
+    };
+    if let Some(d) = depth {
+        unset_if(&mut n.depth, d);
+    }
+    match (n.arch, generator) {
+        (Arch::Dcgan | Arch::Selfmod, true) => unset_if(&mut n.batch_norm, true),
+        (Arch::Dcgan, false) => unset_if(&mut n.batch_norm, false),
+        _ => {}
+    }
+    if n.arch == Arch::R3gan {
+        let e = if n.variant == Some(Variant::E) {
+            2.0
+        } else {
+            0.5
+        };
+        unset_if(&mut n.expansion, e);
+    }
+    unset_if(&mut n.group_size, 16);
+    unset_if(&mut n.residual_scale, 1.0);
+    unset_if(&mut n.learn_residual_scale, false);
+    unset_if(&mut n.upsample, Upsample::Nearest);
+    unset_if(&mut n.body, Arch::Resnet);
+    unset_if(&mut n.mod_hidden, 32);
+    unset_if(&mut n.mapping_depth, 8);
+    unset_if(&mut n.mapping_width, 512);
+    unset_if(&mut n.spectral_norm, false);
+    unset_if(&mut n.noise, false);
+    unset_if(&mut n.style_mixing, 0.0);
+    if let Some(z) = n.z_dim {
+        unset_if(&mut n.embed_dim, z);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gan::nets::{discriminator, generator, z_dim, DataShape};
+    use crate::gan::sample::sample_net;
+    use crate::nn::{NamedTensor, T4};
+    use dfdx::prelude::*;
+    use serde_json::json;
+
+    fn net(arch: &str) -> Value {
+        json!({"arch": arch, "width": 4})
+    }
+
+    /// Weights and a few outputs of G or D: equal when the two configs are the same net.
+    fn fingerprint(
+        cfg: &NetConfig,
+        generator_side: bool,
+        shape: DataShape,
+        classes: Option<usize>,
+    ) -> (Vec<NamedTensor<f32>>, Vec<f32>) {
+        let dev = Cpu::default();
+        if generator_side {
+            let g = generator::<f32, Cpu>(cfg, shape, classes, dev.clone(), 7).unwrap();
+            let z = z_dim(cfg, shape);
+            let s = sample_net(&g, &dev, z, shape, 3, 11);
+            (g.to_named(), s.values)
+        } else {
+            let d = discriminator::<f32, Cpu>(cfg, shape, None, dev.clone(), 7).unwrap();
+            let n: usize = d.in_shape.iter().product();
+            let x: Vec<f32> = (0..2 * n)
+                .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+                .collect();
+            let [c, h, w] = d.in_shape;
+            let x: T4<f32, Cpu> = dev.tensor_from_vec(x, (2, c, h, w));
+            (d.to_named(), d.forward(x, false).as_vec())
+        }
+    }
+
+    /// Each (net, explicit default) pair: the normalised params drop the default, and the
+    /// net built from the explicit params is the one built without them.
+    #[test]
+    fn explicit_defaults_share_the_key_and_the_net() {
+        let ring = DataShape::Points;
+        let img = DataShape::Image { c: 1, res: 16 };
+        let cases: Vec<(bool, Value, Value, DataShape)> = vec![
+            (
+                true,
+                net("mlp"),
+                json!({"depth": 3, "max_width": 32, "spectral_norm": false}),
+                ring,
+            ),
+            (
+                false,
+                net("mlp"),
+                json!({"depth": 3, "spectral_norm": false}),
+                ring,
+            ),
+            (
+                true,
+                net("dcgan"),
+                json!({"batch_norm": true, "max_width": 32}),
+                img,
+            ),
+            (false, net("dcgan"), json!({"batch_norm": false}), img),
+            (
+                true,
+                json!({"arch": "r3gan", "variant": "E", "width": 4}),
+                json!({"depth": 1, "expansion": 2.0, "group_size": 16}),
+                img,
+            ),
+            (
+                false,
+                json!({"arch": "r3gan", "variant": "D", "width": 4}),
+                json!({"depth": 1, "expansion": 0.5}),
+                img,
+            ),
+            (
+                true,
+                net("resnet"),
+                json!({"residual_scale": 1.0, "learn_residual_scale": false, "upsample": "nearest"}),
+                img,
+            ),
+            (false, net("resnet"), json!({"depth": 2}), img),
+            (
+                true,
+                net("selfmod"),
+                json!({"body": "resnet", "mod_hidden": 32, "batch_norm": true}),
+                img,
+            ),
+            (
+                true,
+                json!({"arch": "selfmod", "body": "dcgan", "width": 4}),
+                json!({"batch_norm": true}),
+                img,
+            ),
+            (
+                true,
+                net("stylegan"),
+                json!({"mapping_depth": 8, "mapping_width": 512, "noise": false, "style_mixing": 0.0}),
+                img,
+            ),
+        ];
+        for (gen_side, base, extra, shape) in cases {
+            let mut full = base.clone();
+            for (k, v) in extra.as_object().unwrap() {
+                full[k] = v.clone();
+            }
+            let mut a: NetConfig = serde_json::from_value(base.clone()).unwrap();
+            let mut b: NetConfig = serde_json::from_value(full.clone()).unwrap();
+            assert_eq!(
+                fingerprint(&a, gen_side, shape, None),
+                fingerprint(&b, gen_side, shape, None),
+                "{full}: the explicit default builds another net"
+            );
+            normalise_net(&mut a, gen_side);
+            normalise_net(&mut b, gen_side);
+            assert_eq!(
+                a, b,
+                "{full} (generator: {gen_side}) normalises to another config"
+            );
+        }
+        // A conditional generator's embedding defaults to z_dim when z_dim is given.
+        let mut a: NetConfig =
+            serde_json::from_value(json!({"arch": "mlp", "width": 4, "z_dim": 5})).unwrap();
+        let mut b = a.clone();
+        b.embed_dim = Some(5);
+        assert_eq!(
+            fingerprint(&a, true, ring, Some(3)),
+            fingerprint(&b, true, ring, Some(3))
+        );
+        normalise_net(&mut a, true);
+        normalise_net(&mut b, true);
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn non_defaults_are_kept() {
+        for (gen_side, v) in [
+            (
+                true,
+                json!({"arch": "dcgan", "width": 4, "batch_norm": false}),
+            ),
+            (
+                false,
+                json!({"arch": "dcgan", "width": 4, "batch_norm": true}),
+            ),
+            (
+                true,
+                json!({"arch": "mlp", "width": 4, "depth": 2, "max_width": 8}),
+            ),
+            (
+                true,
+                json!({"arch": "r3gan", "variant": "B", "width": 4, "expansion": 2.0}),
+            ),
+            (false, json!({"arch": "resnet", "width": 4, "depth": 1})),
+            (true, json!({"arch": "mlp", "width": 4, "z_dim": 64})),
+        ] {
+            let a: NetConfig = serde_json::from_value(v.clone()).unwrap();
+            let mut b = a.clone();
+            normalise_net(&mut b, gen_side);
+            assert_eq!(a, b, "{v}");
+        }
+    }
 }
