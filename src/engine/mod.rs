@@ -13,5 +13,5 @@ pub use registry::Registry;
 pub use run::{run, RunOptions, Summary};
 pub use stage::{
     typed_params, CheckCtx, DeviceChoice, InputRef, Interrupted, Outcome, ParamError, Progress,
-    PublishCtx, Resources, RunCtx, Stage, Status,
+    PublishCtx, Resources, RunCtx, Stage, Status, Upstream, UpstreamInfo,
 };
