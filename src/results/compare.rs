@@ -73,6 +73,9 @@ pub struct Spec {
     pub metrics: Vec<(String, Direction)>,
 }
 
+/// A group's axis values and its runs.
+type Group<'a> = (Vec<(String, String)>, Vec<&'a Run>);
+
 /// One row of the comparison table before Holm's correction.
 struct Row {
     group: Vec<(String, String)>,
@@ -238,7 +241,7 @@ fn compare_one(g: &[&Run], b: &[&Run], metric: &str, paired_over: Option<&str>) 
 /// the order their first run appears, metrics in `spec` order within a group.
 pub fn compare(runs: &[Run], spec: &Spec, paired_over: Option<&str>) -> Result<DataFrame> {
     // Groups in first-seen order.
-    let mut groups: Vec<(Vec<(String, String)>, Vec<&Run>)> = vec![];
+    let mut groups: Vec<Group> = vec![];
     for r in runs {
         match groups.iter_mut().find(|(g, _)| *g == r.group) {
             Some((_, rs)) => rs.push(r),
