@@ -377,7 +377,15 @@ fn print_tables(p: &Pipeline, dir: &Path, format: OutFormat, all: bool) -> Resul
                 .filter(|c| c != "key")
                 .collect();
             let df = df.select(own).map_err(anyhow::Error::from)?;
-            table::drop_constant_columns(&df, &["instance", "status"])?
+            let mut keep = vec!["instance", "status"];
+            if name.ends_with("_cmp") {
+                // Who is compared with whom and the outcome, even when one value.
+                let names = df.get_column_names();
+                let axes = names.iter().take_while(|c| c.as_str() != "baseline");
+                keep.extend(axes.map(|c| c.as_str()).filter(|c| *c != "pipeline"));
+                keep.extend(["baseline", "metric", "p_holm", "verdict"]);
+            }
+            table::drop_constant_columns(&df, &keep)?
         };
         if human {
             println!("## {pipeline}/{name}\n");
@@ -403,9 +411,10 @@ fn current_tables(
     let mut tables = query::pipeline_tables(dir)?;
     tables.retain(|name, _| {
         p.stage(name).is_some()
-            || name
-                .strip_suffix("_agg")
-                .is_some_and(|s| p.stage(s).is_some())
+            || ["_agg", "_cmp"].iter().any(|suffix| {
+                name.strip_suffix(suffix)
+                    .is_some_and(|s| p.stage(s).is_some())
+            })
     });
     Ok(tables)
 }

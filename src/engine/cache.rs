@@ -82,13 +82,24 @@ pub struct Manifest {
     pub status: Status,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    #[serde(default)]
+    /// JSON has no NaN: a NaN metric (reverse KL over no high-quality samples, a
+    /// diverged run's loss) is written as null and read back as NaN.
+    #[serde(default, deserialize_with = "metrics_null_as_nan")]
     pub metrics: BTreeMap<String, f64>,
     #[serde(default)]
     pub info: Map<String, Value>,
     pub timings: Timings,
     pub device: String,
     pub crate_version: String,
+}
+
+fn metrics_null_as_nan<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, f64>, D::Error> {
+    let m: BTreeMap<String, Option<f64>> = Deserialize::deserialize(d)?;
+    Ok(m.into_iter()
+        .map(|(k, v)| (k, v.unwrap_or(f64::NAN)))
+        .collect())
 }
 
 /// The cache root and the paths inside it.
@@ -356,5 +367,45 @@ mod tests {
         ));
         drop(held);
         assert!(other.try_lock().is_ok());
+    }
+
+    // A NaN metric used to be written as null and then fail to parse, so the
+    // finished instance read as missing and everything downstream failed.
+    #[test]
+    fn nan_metric_survives_the_manifest() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Cache::new(d.path());
+        let key = "b".repeat(64);
+        let m = Manifest {
+            kind: "evaluate".into(),
+            version: 1,
+            key: key.clone(),
+            stage: "evaluate".into(),
+            label: "evaluate".into(),
+            params: json!({}),
+            inputs: vec![],
+            outputs: BTreeMap::new(),
+            status: Status::Ok,
+            error: None,
+            metrics: [
+                ("modes".to_string(), 3.0),
+                ("reverse_kl".to_string(), f64::NAN),
+            ]
+            .into_iter()
+            .collect(),
+            info: Map::new(),
+            timings: Timings {
+                started: 0.0,
+                finished: 1.0,
+                wall_s: 1.0,
+            },
+            device: "cpu".into(),
+            crate_version: "0".into(),
+        };
+        std::fs::create_dir_all(c.dir("evaluate", &key)).unwrap();
+        c.write_manifest(&m).unwrap();
+        let back = c.manifest("evaluate", &key).expect("readable");
+        assert_eq!(back.metrics["modes"], 3.0);
+        assert!(back.metrics["reverse_kl"].is_nan());
     }
 }

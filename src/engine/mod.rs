@@ -14,5 +14,5 @@ pub use registry::Registry;
 pub use run::{run, RunOptions, Summary};
 pub use stage::{
     normalised_params, typed_params, CheckCtx, DeviceChoice, InputRef, Interrupted, Outcome,
-    ParamError, Progress, PublishCtx, Resources, RunCtx, Stage, Status,
+    ParamError, Progress, PublishCtx, Resources, RunCtx, Stage, Status, Upstream, UpstreamInfo,
 };

@@ -6,11 +6,11 @@
 
 use super::cache::{instance_key, Cache, Manifest};
 use super::registry::Registry;
-use super::stage::{CheckCtx, Status};
-use crate::pipeline::{expand, Expanded, Pipeline, SpecError};
+use super::stage::{CheckCtx, ParamError, Status, Upstream, UpstreamInfo};
+use crate::pipeline::{expand, Expanded, Instance, Pipeline, SpecError};
 use serde::Serialize;
 use serde_json::Value;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 
 /// Cached or to run.
@@ -57,56 +57,99 @@ pub fn load(file: &Path, reg: &Registry, root: &Path) -> Result<(Expanded, Vec<V
     let p = Pipeline::load(file)?;
     let ex = expand(p, reg)?;
     let cx = CheckCtx { root };
-    let mut params = Vec::with_capacity(ex.instances.len());
+    let mut params: Vec<Value> = Vec::with_capacity(ex.instances.len());
     // Instances of one stage often share params: check each distinct value once.
     let mut seen: BTreeMap<(usize, String), Value> = BTreeMap::new();
     for inst in &ex.instances {
         let stage = reg.get(&inst.kind).expect("expand checked kinds");
         let sig = (inst.stage, inst.params.to_string());
-        if let Some(v) = seen.get(&sig) {
-            params.push(v.clone());
-            continue;
-        }
-        let v = stage.check(&inst.params, &cx).map_err(|mut e| {
-            // serde reports an unknown field at its parent: point at the field itself.
-            let mut at_key = false;
-            if let Some(rest) = e.message.strip_prefix("unknown field `") {
-                if let Some(end) = rest.find('`') {
-                    let field = &rest[..end];
-                    if e.path.is_empty() {
-                        e.path = field.to_string();
-                    } else if !e.path.ends_with(field) {
-                        e.path = format!("{}.{field}", e.path);
-                    }
-                    at_key = true;
-                }
+        let v = match seen.get(&sig) {
+            Some(v) => v.clone(),
+            None => {
+                let v = stage
+                    .check(&inst.params, &cx)
+                    .map_err(|e| param_error(&ex, inst, e))?;
+                seen.insert(sig, v.clone());
+                v
             }
-            let path = if e.path.is_empty() {
-                format!("stages.{}.params", inst.stage_name)
-            } else {
-                format!("stages.{}.params.{}", inst.stage_name, e.path)
-            };
-            let what = if e.path.is_empty() {
-                String::new()
-            } else {
-                format!(", param `{}`", e.path)
-            };
-            let at = if inst.vars.is_empty() {
-                String::new()
-            } else {
-                format!(" (instance {})", inst.label)
-            };
-            let msg = format!("stage `{}`{what}{at}: {}", inst.stage_name, e.message);
-            if at_key {
-                ex.pipeline.err_key(&path, msg)
-            } else {
-                ex.pipeline.err_at(&path, msg)
-            }
-        })?;
-        seen.insert(sig, v.clone());
+        };
+        // Inputs come before their users, so their params are normalised already.
+        let up = upstream(&ex, inst, reg, &params);
+        stage
+            .check_upstream(&v, &up)
+            .map_err(|e| param_error(&ex, inst, e))?;
         params.push(v);
     }
     Ok((ex, params))
+}
+
+/// What planning knows of the instances upstream of `inst`.
+fn upstream(ex: &Expanded, inst: &Instance, reg: &Registry, params: &[Value]) -> Upstream {
+    let info = |i: usize| {
+        let u = &ex.instances[i];
+        UpstreamInfo {
+            stage: u.stage_name.clone(),
+            kind: u.kind.clone(),
+            label: u.label.clone(),
+            vars: u.vars.clone(),
+            reports: reg.get(&u.kind).and_then(|k| k.reports(&params[i])),
+        }
+    };
+    let mut seen: BTreeSet<usize> = inst.inputs.iter().copied().collect();
+    let mut queue: VecDeque<usize> = inst
+        .inputs
+        .iter()
+        .flat_map(|&i| ex.instances[i].inputs.iter().copied())
+        .collect();
+    let mut ancestors = vec![];
+    while let Some(i) = queue.pop_front() {
+        if seen.insert(i) {
+            ancestors.push(info(i));
+            queue.extend(ex.instances[i].inputs.iter().copied());
+        }
+    }
+    Upstream {
+        inputs: inst.inputs.iter().map(|&i| info(i)).collect(),
+        ancestors,
+    }
+}
+
+/// A stage's [`ParamError`] as a [`SpecError`] at the param's place in the file.
+fn param_error(ex: &Expanded, inst: &Instance, mut e: ParamError) -> SpecError {
+    // serde reports an unknown field at its parent: point at the field itself.
+    let mut at_key = e.at_key;
+    if let Some(rest) = e.message.strip_prefix("unknown field `") {
+        if let Some(end) = rest.find('`') {
+            let field = &rest[..end];
+            if e.path.is_empty() {
+                e.path = field.to_string();
+            } else if !e.path.ends_with(field) {
+                e.path = format!("{}.{field}", e.path);
+            }
+            at_key = true;
+        }
+    }
+    let path = if e.path.is_empty() {
+        format!("stages.{}.params", inst.stage_name)
+    } else {
+        format!("stages.{}.params.{}", inst.stage_name, e.path)
+    };
+    let what = if e.path.is_empty() {
+        String::new()
+    } else {
+        format!(", param `{}`", e.path)
+    };
+    let at = if inst.vars.is_empty() {
+        String::new()
+    } else {
+        format!(" (instance {})", inst.label)
+    };
+    let msg = format!("stage `{}`{what}{at}: {}", inst.stage_name, e.message);
+    if at_key {
+        ex.pipeline.err_key(&path, msg)
+    } else {
+        ex.pipeline.err_at(&path, msg)
+    }
 }
 
 /// Options that change the plan.

@@ -18,6 +18,8 @@ use std::sync::Arc;
 pub struct ParamError {
     pub path: String,
     pub message: String,
+    /// Point at the key at `path` rather than its value (a name that is wrong).
+    pub at_key: bool,
 }
 
 impl ParamError {
@@ -25,7 +27,14 @@ impl ParamError {
         ParamError {
             path: path.into(),
             message: message.into(),
+            at_key: false,
         }
+    }
+
+    /// The same error, reported at the key rather than its value.
+    pub fn on_key(mut self) -> Self {
+        self.at_key = true;
+        self
     }
 }
 
@@ -48,6 +57,27 @@ impl CheckCtx<'_> {
             ))
         }
     }
+}
+
+/// One instance upstream of the instance being checked, as planning knows it.
+#[derive(Debug, Clone)]
+pub struct UpstreamInfo {
+    pub stage: String,
+    pub kind: String,
+    pub label: String,
+    /// Its matrix values.
+    pub vars: Map<String, Value>,
+    /// What [`Stage::reports`] says of it: the metrics it will report, when known.
+    pub reports: Option<Vec<String>>,
+}
+
+/// The instances upstream of the one being checked, before anything runs.
+#[derive(Debug, Clone, Default)]
+pub struct Upstream {
+    /// Direct inputs, in `needs` order (every upstream instance for a gathering stage).
+    pub inputs: Vec<UpstreamInfo>,
+    /// Every instance further up (inputs of inputs, ...), each once, nearest first.
+    pub ancestors: Vec<UpstreamInfo>,
 }
 
 /// Scheduler resources an instance holds while it runs.
@@ -216,6 +246,17 @@ pub trait Stage: Send + Sync {
     /// optional params equal to their default dropped (as if left unset), lists whose
     /// order does not matter sorted. [`normalised_params`] does the serde part.
     fn check(&self, params: &Value, cx: &CheckCtx) -> Result<Value, ParamError>;
+    /// Check the normalised params against the instances upstream (matrix values and
+    /// metrics a gathering kind names). Called at plan time for every instance, after
+    /// [`Stage::check`]; nothing to check by default.
+    fn check_upstream(&self, _params: &Value, _upstream: &Upstream) -> Result<(), ParamError> {
+        Ok(())
+    }
+    /// The metric names an instance with these normalised params reports, when the
+    /// kind can tell before running (a superset is fine); `None`: cannot tell.
+    fn reports(&self, _params: &Value) -> Option<Vec<String>> {
+        None
+    }
     /// Which scheduler slots an instance holds.
     fn resources(&self, _params: &Value, _device: DeviceChoice) -> Resources {
         Resources::default()

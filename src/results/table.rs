@@ -312,31 +312,34 @@ pub fn drop_constant_columns(df: &DataFrame, keep: &[&str]) -> Result<(DataFrame
     Ok((df.select(kept)?, dropped))
 }
 
-/// Mean, standard deviation (n-1) and count of every numeric column not in
-/// `group`, grouped by the `group` columns, sorted by them.
+/// Count, mean, standard deviation (n-1) and 95% Student t interval of the mean
+/// (n-1 degrees of freedom, n the column's non-null values in the group) of every
+/// numeric column not in `group` or `skip`, grouped by the `group` columns in
+/// first-seen order. Columns: the group columns, `n` (rows), then per column
+/// `<c>_mean`, `<c>_std`, `<c>_ci95_lo`, `<c>_ci95_hi` (std and interval null for
+/// one value).
 pub fn aggregate(df: &DataFrame, group: &[String], skip: &[String]) -> Result<DataFrame> {
     let schema = df.schema();
     let mut aggs = vec![len().alias("n")];
+    let mut numbers = vec![];
     for (name, dt) in schema.iter() {
         let n = name.to_string();
         if group.contains(&n) || skip.contains(&n) || !dt.is_primitive_numeric() {
             continue;
         }
+        let x = col(name.clone()).cast(DataType::Float64);
+        aggs.push(x.clone().mean().alias(format!("{n}_mean")));
+        aggs.push(x.clone().std(1).alias(format!("{n}_std")));
+        // Non-null values per group, under a name no real column has (dropped below).
         aggs.push(
-            col(name.clone())
-                .cast(DataType::Float64)
-                .mean()
-                .alias(format!("{n}_mean")),
+            x.count()
+                .cast(DataType::Int64)
+                .alias(format!("{n}\u{0}count")),
         );
-        aggs.push(
-            col(name.clone())
-                .cast(DataType::Float64)
-                .std(1)
-                .alias(format!("{n}_std")),
-        );
+        numbers.push(n);
     }
     let keys: Vec<Expr> = group.iter().map(|g| col(g.as_str())).collect();
-    let out = if keys.is_empty() {
+    let mut out = if keys.is_empty() {
         df.clone().lazy().select(aggs).collect()?
     } else {
         df.clone()
@@ -345,7 +348,30 @@ pub fn aggregate(df: &DataFrame, group: &[String], skip: &[String]) -> Result<Da
             .agg(aggs)
             .collect()?
     };
-    Ok(out)
+    let mut order: Vec<String> = group.to_vec();
+    order.push("n".into());
+    for n in &numbers {
+        let count = out.column(&format!("{n}\u{0}count"))?.i64()?.clone();
+        let mean = out.column(&format!("{n}_mean"))?.f64()?.clone();
+        let std = out.column(&format!("{n}_std"))?.f64()?.clone();
+        let (mut lo, mut hi) = (vec![], vec![]);
+        for ((c, m), s) in count.iter().zip(mean.iter()).zip(std.iter()) {
+            let half = match (c, m, s) {
+                (Some(c), Some(_), Some(s)) if c >= 2 => {
+                    Some(super::stats::t_critical((c - 1) as f64) * s / (c as f64).sqrt())
+                }
+                _ => None,
+            };
+            lo.push(half.map(|h| m.unwrap() - h));
+            hi.push(half.map(|h| m.unwrap() + h));
+        }
+        out.with_column(Column::new(format!("{n}_ci95_lo").into(), lo))?;
+        out.with_column(Column::new(format!("{n}_ci95_hi").into(), hi))?;
+        for suffix in ["mean", "std", "ci95_lo", "ci95_hi"] {
+            order.push(format!("{n}_{suffix}"));
+        }
+    }
+    Ok(out.select(order)?)
 }
 
 #[cfg(test)]
@@ -384,8 +410,21 @@ mod tests {
         assert_eq!(j[0]["n"], 2);
         assert_eq!(j[0]["x_mean"], 2.0);
         assert!((j[0]["x_std"].as_f64().unwrap() - 2f64.sqrt()).abs() < 1e-12);
+        // 95% interval: 2 +- t_{0.975, 1} sqrt(2) / sqrt(2) = 2 +- 12.706205 (R: qt(0.975, 1)).
+        assert!((j[0]["x_ci95_lo"].as_f64().unwrap() - (2.0 - 12.706205)).abs() < 5e-6);
+        assert!((j[0]["x_ci95_hi"].as_f64().unwrap() - (2.0 + 12.706205)).abs() < 5e-6);
         assert_eq!(j[1]["n"], 1);
         assert!(j[1]["x_std"].is_null());
+        assert!(j[1]["x_ci95_lo"].is_null());
+        let names: Vec<String> = agg
+            .get_column_names()
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            names,
+            ["group", "n", "x_mean", "x_std", "x_ci95_lo", "x_ci95_hi"]
+        );
     }
 
     #[test]

@@ -95,6 +95,29 @@ impl Metric {
             Cost => "cost",
         }
     }
+    /// The columns (Outcome metrics) it adds to a run's row.
+    fn columns(self) -> &'static [&'static str] {
+        use Metric::*;
+        match self {
+            FidJudge => &["fid_judge"],
+            Precision => &["precision"],
+            Recall => &["recall"],
+            Density => &["density"],
+            Coverage => &["coverage"],
+            Modes => &["modes"],
+            ReverseKl => &["reverse_kl"],
+            HighQuality => &["high_quality"],
+            ClassAccuracy => &["class_accuracy"],
+            Spectral => &["spectral", "spectral_nyquist"],
+            Cost => &[
+                "train_s",
+                "images_per_s",
+                "params_g",
+                "params_d",
+                "peak_rss_mib",
+            ],
+        }
+    }
     fn needs_features(self) -> bool {
         use Metric::*;
         matches!(self, FidJudge | Precision | Recall | Density | Coverage)
@@ -142,6 +165,32 @@ impl Stage for Evaluate {
     }
     fn about(&self) -> &'static str {
         "metrics of samples against data: fid_judge, precision/recall, density/coverage, modes, reverse_kl, high_quality, class_accuracy, spectral, cost"
+    }
+    /// The columns of the metrics asked for (every metric's when left to the data),
+    /// and `eval_s`.
+    fn reports(&self, params: &Value) -> Option<Vec<String>> {
+        use Metric::*;
+        let p: EvaluateParams = serde_json::from_value(params.clone()).ok()?;
+        let all = [
+            FidJudge,
+            Precision,
+            Recall,
+            Density,
+            Coverage,
+            Modes,
+            ReverseKl,
+            HighQuality,
+            ClassAccuracy,
+            Spectral,
+            Cost,
+        ];
+        let metrics = p.metrics.unwrap_or_else(|| all.to_vec());
+        let mut out: Vec<String> = metrics
+            .iter()
+            .flat_map(|m| m.columns().iter().map(|c| c.to_string()))
+            .collect();
+        out.push("eval_s".into());
+        Some(out)
     }
     fn check(&self, params: &Value, _cx: &CheckCtx) -> Result<Value, ParamError> {
         normalised_params::<EvaluateParams>(params, |p| {

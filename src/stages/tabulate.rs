@@ -5,13 +5,29 @@
 //! with `+`), every scalar the instance reported, the scalars its ancestors reported
 //! (prefixed by their stage: `train.images_per_s`), `status` (the worst along the
 //! chain), `wall_s`. With `aggregate_over: [seed]`, a second table `<stage>_agg`
-//! has the mean, std and count of every number per group of the other matrix values.
-//! Published to `results/<pipeline>/<stage>{,_agg}.{parquet,csv,md}`.
+//! has `n` and the mean, std and 95% Student t interval of every number per group of
+//! the other matrix values. With `compare`, a third table `<stage>_cmp` holds paired
+//! tests of every group against a baseline group ([`crate::results::compare`]):
+//!
+//! ```yaml
+//! compare:
+//!   baseline: {objective: rpgan-r1+r2}   # matrix values of the baseline group
+//!   paired_over: seed                    # runs pair up by this axis (optional: unpaired)
+//!   metrics: {modes: higher, reverse_kl: lower}
+//! ```
+//!
+//! Groups are the values of the matrix axes other than `paired_over` and
+//! `aggregate_over`. A baseline value is written as in the matrix or in the short
+//! form of instance labels (a map's `name`, or its values joined by `-`; lists joined
+//! by `+`). Axes, values and metrics are checked against the upstream instances at
+//! plan time. Published to `results/<pipeline>/<stage>{,_agg,_cmp}.{parquet,csv,md}`.
 
 use crate::engine::{
     typed_params, CheckCtx, InputRef, Outcome, ParamError, PublishCtx, RunCtx, Stage, Status,
+    Upstream,
 };
 use crate::pipeline::short_value;
+use crate::results::compare::{compare, Direction, Run, Spec};
 use crate::results::table::{aggregate, frame_from_rows, read_parquet, write_table, Cell};
 use anyhow::Result;
 use polars::prelude::*;
@@ -28,12 +44,90 @@ pub struct TabulateParams {
     /// Matrix axes to average over in the `<stage>_agg` table (e.g. `[seed]`).
     #[serde(default)]
     pub aggregate_over: Vec<String>,
+    /// Test every group against a baseline group in `<stage>_cmp`; off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compare: Option<CompareParams>,
+}
+
+/// The `compare` param of a tabulate stage.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompareParams {
+    /// Matrix values of the baseline group, `{axis: value}`; group axes it leaves out
+    /// are strata (each group meets the baseline with its own values of those).
+    pub baseline: Map<String, Value>,
+    /// The matrix axis runs pair over (`seed`); absent: every test is Welch's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paired_over: Option<String>,
+    /// Table columns to compare, each `higher` or `lower` (which way is better).
+    pub metrics: Map<String, Value>,
+}
+
+impl CompareParams {
+    /// Shape checks that need nothing upstream.
+    fn check(&self) -> Result<(), ParamError> {
+        if self.baseline.is_empty() {
+            return Err(ParamError::new(
+                "compare.baseline",
+                "name the baseline group by at least one matrix value, e.g. {objective: rpgan-r1+r2}",
+            ));
+        }
+        if self.metrics.is_empty() {
+            return Err(ParamError::new(
+                "compare.metrics",
+                "name at least one metric and its direction, e.g. {modes: higher}",
+            ));
+        }
+        self.directions()?;
+        if let Some(axis) = &self.paired_over {
+            if self.baseline.contains_key(axis) {
+                return Err(ParamError::new(
+                    format!("compare.baseline.{axis}"),
+                    format!("`{axis}` is the paired_over axis: runs pair over it, so it cannot name the baseline"),
+                )
+                .on_key());
+            }
+        }
+        Ok(())
+    }
+
+    /// The metrics with their directions, in the order written.
+    fn directions(&self) -> Result<Vec<(String, Direction)>, ParamError> {
+        self.metrics
+            .iter()
+            .map(|(m, d)| {
+                serde_json::from_value::<Direction>(d.clone())
+                    .map(|d| (m.clone(), d))
+                    .map_err(|_| {
+                        ParamError::new(
+                            format!("compare.metrics.{m}"),
+                            format!(
+                                "direction of `{m}` is `{}`: write `higher` or `lower` (which way is better)",
+                                short_value(d)
+                            ),
+                        )
+                    })
+            })
+            .collect()
+    }
+
+    /// Whether an instance's matrix values name the baseline group.
+    fn is_baseline(&self, vars: &Map<String, Value>) -> bool {
+        self.baseline
+            .iter()
+            .all(|(axis, want)| vars.get(axis).is_some_and(|v| value_matches(v, want)))
+    }
+}
+
+/// A matrix value against a value written in `baseline`: equal, or its short form.
+fn value_matches(v: &Value, want: &Value) -> bool {
+    v == want || want.as_str().is_some_and(|w| w == short_value(v))
 }
 
 /// The kind's version, part of every key: bump it with every change to the numbers
 /// this kind writes, and re-bless its golden file (`ABLATE_BLESS=1 cargo test --test golden`).
 /// 1: first version.
-/// 2: table outputs changed (issue 12).
+/// 2: `_agg` gained 95% intervals and `n`; `compare` writes `_cmp`.
 pub const VERSION: u32 = 2;
 
 pub struct Tabulate;
@@ -48,13 +142,24 @@ impl Stage for Tabulate {
         VERSION
     }
     fn about(&self) -> &'static str {
-        "gather every upstream instance into one table (+ aggregates over seeds)"
+        "gather every upstream instance into one table (+ aggregates over seeds, paired comparisons)"
     }
     fn gathers(&self) -> bool {
         true
     }
     fn check(&self, params: &Value, _cx: &CheckCtx) -> Result<Value, ParamError> {
-        typed_params::<TabulateParams>(params, |_| Ok(()))
+        typed_params::<TabulateParams>(params, |p| match &p.compare {
+            Some(c) => c.check(),
+            None => Ok(()),
+        })
+    }
+    fn check_upstream(&self, params: &Value, up: &Upstream) -> Result<(), ParamError> {
+        let p: TabulateParams = serde_json::from_value(params.clone())
+            .map_err(|e| ParamError::new("", e.to_string()))?;
+        match &p.compare {
+            Some(c) => check_compare(c, &p.aggregate_over, up),
+            None => Ok(()),
+        }
     }
 
     fn run(&self, cx: &RunCtx) -> Result<Outcome> {
@@ -123,6 +228,21 @@ impl Stage for Tabulate {
             write_table(&mut agg, cx.dir, "agg")?;
             out = out.metric("groups", agg.height() as f64);
         }
+        if let Some(c) = &p.compare {
+            let runs: Vec<Run> = cx
+                .inputs
+                .iter()
+                .zip(&rows)
+                .map(|(input, row)| compare_run(c, &p.aggregate_over, input, row))
+                .collect();
+            let spec = Spec {
+                baseline_axes: c.baseline.keys().cloned().collect(),
+                metrics: c.directions().map_err(|e| anyhow::anyhow!(e.message))?,
+            };
+            let mut cmp = compare(&runs, &spec, c.paired_over.as_deref())?;
+            write_table(&mut cmp, cx.dir, "cmp")?;
+            out = out.metric("comparisons", cmp.height() as f64);
+        }
         Ok(out)
     }
 
@@ -130,6 +250,7 @@ impl Stage for Tabulate {
         for (file, name) in [
             ("table", cx.stage.to_string()),
             ("agg", format!("{}_agg", cx.stage)),
+            ("cmp", format!("{}_cmp", cx.stage)),
         ] {
             let src = cx.dir.join(format!("{file}.parquet"));
             if !src.exists() {
@@ -139,7 +260,7 @@ impl Stage for Tabulate {
             // The cache entry may have been computed by another pipeline with the same inputs.
             let n = df.height();
             df.with_column(Column::new("pipeline".into(), vec![cx.pipeline; n]))?;
-            if file == "agg" {
+            if file != "table" {
                 let mut cols = vec!["pipeline".to_string()];
                 cols.extend(
                     df.get_column_names()
@@ -153,6 +274,167 @@ impl Stage for Tabulate {
         }
         Ok(())
     }
+}
+
+/// One upstream instance as the comparison sees it: its group (matrix values other
+/// than `paired_over` and `aggregate_over`, short form), its pair value, status and
+/// every number of its row.
+fn compare_run(
+    c: &CompareParams,
+    over: &[String],
+    input: &InputRef,
+    row: &[(String, Cell)],
+) -> Run {
+    let group = input
+        .vars
+        .iter()
+        .filter(|(k, _)| Some(*k) != c.paired_over.as_ref() && !over.contains(k))
+        .map(|(k, v)| (k.clone(), short_value(v)))
+        .collect();
+    let mut values = std::collections::BTreeMap::new();
+    let mut status = String::new();
+    for (k, cell) in row {
+        match cell {
+            Cell::Float(x) => {
+                values.insert(k.clone(), *x);
+            }
+            Cell::Int(i) => {
+                values.insert(k.clone(), *i as f64);
+            }
+            Cell::Str(s) if k == "status" => status = s.clone(),
+            _ => {}
+        }
+    }
+    Run {
+        label: input.label.clone(),
+        group,
+        is_baseline: c.is_baseline(&input.vars),
+        pair: c
+            .paired_over
+            .as_ref()
+            .and_then(|a| input.vars.get(a))
+            .map(short_value),
+        status,
+        values,
+    }
+}
+
+/// `compare` against what planning knows upstream: the axes and values it names
+/// exist, and the metrics are columns the table will have (where the upstream kinds
+/// can tell).
+fn check_compare(c: &CompareParams, over: &[String], up: &Upstream) -> Result<(), ParamError> {
+    let mut axes: Vec<&str> = vec![];
+    for i in &up.inputs {
+        for k in i.vars.keys() {
+            if !axes.contains(&k.as_str()) {
+                axes.push(k);
+            }
+        }
+    }
+    let listed = |xs: &[&str]| {
+        if xs.is_empty() {
+            "none: the upstream stage has no matrix".to_string()
+        } else {
+            xs.join(", ")
+        }
+    };
+    if let Some(a) = &c.paired_over {
+        if !axes.contains(&a.as_str()) {
+            return Err(ParamError::new(
+                "compare.paired_over",
+                format!("no matrix axis `{a}` upstream (axes: {})", listed(&axes)),
+            ));
+        }
+    }
+    for (axis, want) in &c.baseline {
+        let at = format!("compare.baseline.{axis}");
+        if !axes.contains(&axis.as_str()) {
+            return Err(ParamError::new(
+                at,
+                format!("no matrix axis `{axis}` upstream (axes: {})", listed(&axes)),
+            )
+            .on_key());
+        }
+        if over.contains(axis) {
+            return Err(ParamError::new(
+                at,
+                format!("`{axis}` is averaged over (aggregate_over), so it cannot name the baseline group"),
+            )
+            .on_key());
+        }
+        if !up
+            .inputs
+            .iter()
+            .any(|i| i.vars.get(axis).is_some_and(|v| value_matches(v, want)))
+        {
+            let mut values: Vec<String> = vec![];
+            for v in up.inputs.iter().filter_map(|i| i.vars.get(axis)) {
+                let s = short_value(v);
+                if !values.contains(&s) {
+                    values.push(s);
+                }
+            }
+            return Err(ParamError::new(
+                at,
+                format!(
+                    "no upstream instance has {axis} = {} (values: {})",
+                    short_value(want),
+                    values.join(", ")
+                ),
+            ));
+        }
+    }
+    if !up.inputs.iter().any(|i| c.is_baseline(&i.vars)) {
+        return Err(ParamError::new(
+            "compare.baseline",
+            "no upstream instance has all of these values together",
+        ));
+    }
+    // Columns: the inputs' own metrics, `wall_s`, and each ancestor's prefixed.
+    let mut known: Vec<String> = vec!["wall_s".into()];
+    let mut own_unknown = false;
+    for i in &up.inputs {
+        match &i.reports {
+            Some(r) => known.extend(r.iter().cloned()),
+            None => own_unknown = true,
+        }
+    }
+    let mut open_prefixes: Vec<String> = vec![];
+    for a in &up.ancestors {
+        known.push(format!("{}.wall_s", a.stage));
+        match &a.reports {
+            Some(r) => known.extend(r.iter().map(|m| format!("{}.{m}", a.stage))),
+            None => open_prefixes.push(format!("{}.", a.stage)),
+        }
+    }
+    for m in c.metrics.keys() {
+        let prefixed = up
+            .ancestors
+            .iter()
+            .any(|a| m.starts_with(&format!("{}.", a.stage)));
+        let ok = known.contains(m)
+            || open_prefixes.iter().any(|p| m.starts_with(p.as_str()))
+            || (own_unknown && !prefixed);
+        if !ok {
+            let mut own: Vec<String> = vec![];
+            for i in &up.inputs {
+                for r in i.reports.iter().flatten() {
+                    if !own.contains(r) {
+                        own.push(r.clone());
+                    }
+                }
+            }
+            return Err(ParamError::new(
+                format!("compare.metrics.{m}"),
+                format!(
+                    "`{m}` is not a column of this table: the upstream instances report {} (and upstream stages' numbers prefixed by stage, e.g. `train.images_per_s`)",
+                    own.join(", ")
+                ),
+            )
+            .on_key());
+        }
+    }
+    Ok(())
 }
 
 fn worse(a: Status, b: Status) -> Status {
