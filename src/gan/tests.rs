@@ -1078,6 +1078,8 @@ fn penalty_matches_pytorch_double_backward() {
         n += 1;
     }
     assert_eq!(n, cases.as_object().unwrap().len());
+}
+
 /// The R3GAN roadmap nets at the roadmap pipeline's size (width 16, 16x16x3, z 64, 2 blocks
 /// per stage: channels 64 at 4x4, 32 at 8x8, 16 at 16x16), counted by hand from the
 /// official layout, and B-E within 10% of each other in G and in D.

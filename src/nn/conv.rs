@@ -275,6 +275,7 @@ impl Tap {
             .collect()
     }
     /// The input row of output row `oy` and the input column of output column `xlo`.
+    #[inline(always)]
     fn src(&self, g: &Geom, oy: usize) -> (usize, usize) {
         (
             oy * g.stride + self.ki - g.pad,
@@ -302,8 +303,10 @@ fn tap_read<E: Float>(src: &[E], g: &Geom, t: &Tap, dst: &mut [E]) {
         if g.stride == 1 {
             row.copy_from_slice(s);
         } else {
-            for (r, &v) in row.iter_mut().zip(s.iter().step_by(g.stride)) {
-                *r = v;
+            // index loops: this crate builds at opt-level 1 in dev, where iterator
+            // adapters such as step_by stay function calls
+            for (i, r) in row.iter_mut().enumerate() {
+                *r = s[i * g.stride];
             }
         }
     }
@@ -325,8 +328,8 @@ fn tap_add<E: Float>(src: &[E], g: &Geom, t: &Tap, dst: &mut [E]) {
                 *a += v;
             }
         } else {
-            for (a, &v) in d.iter_mut().step_by(g.stride).zip(row) {
-                *a += v;
+            for (i, &v) in row.iter().enumerate() {
+                d[i * g.stride] += v;
             }
         }
     }

@@ -233,7 +233,9 @@ fn conv_transpose2d_is_adjoint_of_conv2d() {
     let mut checked = 0;
     while checked < 30 {
         let c = Case::random(&mut rng, false);
-        if (c.h + 2 * c.pad - c.k) % c.stride != 0 || (c.w + 2 * c.pad - c.k) % c.stride != 0 {
+        if !(c.h + 2 * c.pad - c.k).is_multiple_of(c.stride)
+            || !(c.w + 2 * c.pad - c.k).is_multiple_of(c.stride)
+        {
             continue;
         }
         checked += 1;

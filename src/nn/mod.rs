@@ -158,6 +158,7 @@ pub trait Dev<E: Float>: Device<E> {
         cache: &ops::IdxCache<Self>,
     ) -> T4<E, Self, T> {
         ops::conv_transpose2d_composed(x, w, b, stride, pad, groups, cache)
+    }
 
     // Step kernels (see [`kernels`]): batch norm, resampling, Adam and EMA updates.
 
