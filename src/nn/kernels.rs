@@ -437,7 +437,8 @@ pub fn adam_slices<E: Float>(p: &mut [E], g: &[E], m: &mut [E], v: &mut [E], h: 
     let (b1, c1) = (E::of(h.b1), E::of(1.0 - h.b1));
     let (b2, c2) = (E::of(h.b2), E::of(1.0 - h.b2));
     let (ib, eps, st) = (E::of(h.inv_bc2), E::of(h.eps), E::of(h.step));
-    let f = |(((p, g), m), v): (((&mut [E], &[E]), &mut [E]), &mut [E])| {
+    type Chunk<'a, E> = (((&'a mut [E], &'a [E]), &'a mut [E]), &'a mut [E]);
+    let f = |(((p, g), m), v): Chunk<E>| {
         for i in 0..p.len() {
             let gi = g[i];
             let mi = m[i] * b1 + gi * c1;
