@@ -79,7 +79,7 @@ stages:
       discriminator: {arch: mlp, width: 64}
       loss: rpgan
       penalties: [r1, r2]
-      gamma: 0.05
+      gamma: 0.1
       optimizer: {lr: 1.0e-3, betas: [0.5, 0.99]}
       batch: 64
       steps: STEPS

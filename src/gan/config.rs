@@ -303,14 +303,19 @@ pub struct TrainConfig {
     pub batch: usize,
     /// G steps.
     pub steps: u64,
-    /// EMA beta of G (none, and no `ema_halflife_kimg`: the EMA generator is G itself).
+    /// EMA of G as a per-step beta (instead of `ema_halflife_kimg`); it stands for the
+    /// half-life `batch * ln 0.5 / ln beta` images and ramps up like it. `ema: 0` samples G
+    /// itself.
     #[serde(default)]
     pub ema: Option<f64>,
-    /// EMA of G as a half-life in thousands of images (instead of `ema`): every step uses
-    /// `beta = 0.5 ^ (batch / halflife_images)`, as StyleGAN2-ADA and R3GAN.
+    /// EMA of G as a half-life in thousands of images: every step uses
+    /// `beta = 0.5 ^ (batch / halflife_images)`, as StyleGAN2-ADA and R3GAN. Default (no
+    /// `ema` either): `batch * 10 / 32` kimg, StyleGAN2-ADA's.
     #[serde(default)]
     pub ema_halflife_kimg: Option<f64>,
-    /// EMA ramp-up: the half-life is at most `ema_rampup * images seen` (e.g. 0.05).
+    /// EMA ramp-up: the half-life is at most `ema_rampup * images seen`, so early
+    /// training is not averaged with the initial weights (default 0.05, StyleGAN2-ADA's;
+    /// 0 turns it off).
     #[serde(default)]
     pub ema_rampup: Option<f64>,
     /// Hyper-parameter schedules over training images (`lr`, `lr_g`, `lr_d`, `gamma`,
@@ -445,19 +450,14 @@ impl TrainConfig {
         let pick = |s: [&Option<Schedule>; 2], fixed: f64| {
             s.into_iter().flatten().next().map_or(fixed, |s| s.at(seen))
         };
-        let ema_beta = match (self.ema, self.ema_halflife_kimg) {
-            (Some(b), _) => Some(b),
-            (None, Some(h)) => {
-                let h = sc.ema_halflife_kimg.as_ref().map_or(h, |s| s.at(seen));
-                Some(ema_beta_halflife(
-                    self.batch,
-                    h * 1000.0,
-                    self.ema_rampup,
-                    seen,
-                ))
-            }
-            (None, None) => None,
+        let halflife_images = match (self.ema, self.ema_halflife_kimg) {
+            (Some(b), _) if b > 0.0 => self.batch as f64 * 0.5f64.ln() / b.ln(),
+            (Some(_), _) => 0.0,
+            (None, Some(h)) => sc.ema_halflife_kimg.as_ref().map_or(h, |s| s.at(seen)) * 1000.0,
+            (None, None) => self.batch as f64 * 10.0 / 32.0 * 1000.0,
         };
+        let rampup = Some(self.ema_rampup.unwrap_or(DEFAULT_EMA_RAMPUP)).filter(|&r| r > 0.0);
+        let ema_beta = Some(ema_beta_halflife(self.batch, halflife_images, rampup, seen));
         Hyper {
             lr_g: pick([&sc.lr_g, &sc.lr], og.lr),
             lr_d: pick([&sc.lr_d, &sc.lr], od.lr),
@@ -498,6 +498,20 @@ impl TrainConfig {
         }
         if !(self.gamma >= 0.0 && self.gamma.is_finite()) {
             bail!("gamma must be >= 0, got {}", self.gamma);
+        }
+        if !self.penalties.is_empty() && self.gamma == 0.0 && self.schedules.gamma.is_none() {
+            bail!(
+                "gamma: penalties {:?} with gamma 0 do nothing; give their weight (e.g. \
+                 gamma: 0.1) or drop the penalties",
+                self.penalties
+            );
+        }
+        if self.discriminator.batch_norm == Some(true) && !self.penalties.is_empty() {
+            bail!(
+                "discriminator.batch_norm: batch norm in D cannot be combined with penalties \
+                 (R1/R2 are taken per sample, and batch statistics would mix the samples); \
+                 drop batch_norm or the penalties"
+            );
         }
         let mut seen = vec![];
         for p in &self.penalties {
@@ -550,11 +564,8 @@ impl TrainConfig {
             }
         }
         if let Some(r) = self.ema_rampup {
-            if self.ema_halflife_kimg.is_none() {
-                bail!("ema_rampup needs ema_halflife_kimg");
-            }
-            if !(r > 0.0 && r.is_finite()) {
-                bail!("ema_rampup must be > 0, got {r}");
+            if !(r >= 0.0 && r.is_finite()) {
+                bail!("ema_rampup must be >= 0 (0: no ramp-up), got {r}");
             }
         }
         let sc = &self.schedules;
@@ -591,6 +602,9 @@ impl TrainConfig {
         Ok(())
     }
 }
+
+/// StyleGAN2-ADA's EMA ramp-up (`ema_rampup` when unset).
+pub const DEFAULT_EMA_RAMPUP: f64 = 0.05;
 
 /// EMA beta for a half-life of `halflife` images at batch `batch`, StyleGAN2-ADA style:
 /// with ramp-up `r` the half-life is at most `r * seen` (so the EMA starts as a copy of G),

@@ -5,7 +5,7 @@ use dfdx::prelude::*;
 use super::losses::{penalty, penalty_value};
 use super::nets::{self, DataShape};
 use super::*;
-use crate::nn::{Cpu, Layer, Net, NetBuilder, Rng, Side, T4};
+use crate::nn::{Cpu, Layer, Net, NetBuilder, Rng, Side, T1, T4};
 
 pub(super) fn net_cfg(arch: Arch, variant: Option<Variant>, width: usize) -> NetConfig {
     NetConfig {
@@ -32,9 +32,10 @@ pub(super) fn net_cfg(arch: Arch, variant: Option<Variant>, width: usize) -> Net
     }
 }
 
-/// grad_theta R (finite-difference HVP) vs central differences of R in parameter space.
-fn check_penalty_grad(net: &Net<f64, Cpu>, x: &T4<f64, Cpu>) {
-    let (val, an) = penalty(net, x, &Side::default(), 1e-5, true);
+/// grad_theta R (the penalty's HVP) vs central differences of R in parameter space, on a
+/// dozen entries of every parameter tensor.
+fn check_penalty_grad(net: &Net<f64, Cpu>, x: &T4<f64, Cpu>, side: &Side) {
+    let (val, an) = penalty(net, x, side, 1e-5, true);
     assert!(val > 0.0);
     let dev = net.dev.clone();
     let h = 1e-6;
@@ -52,10 +53,10 @@ fn check_penalty_grad(net: &Net<f64, Cpu>, x: &T4<f64, Cpu>) {
             let mut v = base.clone();
             v[j] += h;
             n2.params.tensors[i] = dev.tensor_from_vec(v.clone(), (v.len(),));
-            let rp = penalty_value(&n2, x, &Side::default(), true).0;
+            let rp = penalty_value(&n2, x, side, true).0;
             v[j] -= 2.0 * h;
             n2.params.tensors[i] = dev.tensor_from_vec(v.clone(), (v.len(),));
-            let rm = penalty_value(&n2, x, &Side::default(), true).0;
+            let rm = penalty_value(&n2, x, side, true).0;
             let num = (rp - rm) / (2.0 * h);
             let err = (num - g[j]).abs() / num.abs().max(g[j].abs()).max(1e-3 * gmax);
             assert!(
@@ -70,29 +71,132 @@ fn check_penalty_grad(net: &Net<f64, Cpu>, x: &T4<f64, Cpu>) {
     assert!(checked > 10);
 }
 
-#[test]
-fn penalty_grad_mlp_d() {
-    let dev = Cpu::default();
-    let mut cfg = net_cfg(Arch::Mlp, None, 8);
-    cfg.depth = Some(2);
-    let d = nets::discriminator::<f64, Cpu>(&cfg, DataShape::Points, None, dev.clone(), 3).unwrap();
-    let x: T4<f64, Cpu> = dev.tensor_from_vec(Rng::new(1).normals(5 * 2), (5, 2, 1, 1));
-    check_penalty_grad(&d, &x);
+/// Every parameter moved by `scale` standard normals: fix-up init zeroes the last conv of
+/// every residual branch and biases start at zero, so without this some parameters would
+/// not take part.
+fn jitter<E: crate::nn::Float>(net: &mut Net<E, Cpu>, rng: &mut Rng, scale: f64)
+where
+    Cpu: crate::nn::Dev<E>,
+{
+    for t in net.params.tensors.iter_mut() {
+        let v: Vec<E> = t
+            .as_vec()
+            .iter()
+            .map(|&v| E::of(v.f64() + scale * rng.normal()))
+            .collect();
+        *t = net.dev.tensor_from_vec(v, *t.shape());
+    }
 }
 
+/// The discriminators of the penalty tests: every arch without batch norm (the only D
+/// layers that are not piecewise linear), resnet with spectral norm, and each as a
+/// projection discriminator, with inputs `[b, c, h, w]`.
+fn penalty_cases() -> Vec<(NetConfig, DataShape, [usize; 4], Option<usize>)> {
+    let mut mlp = net_cfg(Arch::Mlp, None, 16);
+    mlp.depth = Some(2);
+    let mut resnet = net_cfg(Arch::Resnet, None, 4);
+    resnet.spectral_norm = Some(true);
+    let img = DataShape::Image { c: 3, res: 8 };
+    let mut v = vec![
+        (mlp, DataShape::Points, [6, 2, 1, 1]),
+        (net_cfg(Arch::Dcgan, None, 4), img, [3, 3, 8, 8]),
+        (resnet, img, [3, 3, 8, 8]),
+    ];
+    for var in [Variant::B, Variant::C, Variant::D, Variant::E] {
+        v.push((net_cfg(Arch::R3gan, Some(var), 4), img, [3, 3, 8, 8]));
+    }
+    v.into_iter()
+        .flat_map(|(c, s, x)| [(c.clone(), s, x, None), (c, s, x, Some(3))])
+        .collect()
+}
+
+/// The exact HVP (a tangent pass with the gates of the pass at x) equals the derivative of
+/// the penalty in every parameter for every discriminator, projection heads and spectral
+/// norm included, in f64, at inputs where many units sit near their kinks. (The old
+/// finite-difference HVP failed this for R3GAN E: units whose pre-activation changes sign
+/// between x - eps g and x + eps g added jump / (2 eps) to the gradient.)
 #[test]
-fn penalty_grad_conv_d() {
+fn penalty_grad_every_d_vs_f64_fd() {
     let dev = Cpu::default();
     let mut rng = Rng::new(2);
-    for cfg in [
-        net_cfg(Arch::Dcgan, None, 2),
-        net_cfg(Arch::R3gan, Some(Variant::B), 2),
-    ] {
-        let shape = DataShape::Image { c: 1, res: 8 };
-        let d = nets::discriminator::<f64, Cpu>(&cfg, shape, None, dev.clone(), 4).unwrap();
-        let x: T4<f64, Cpu> = dev.tensor_from_vec(rng.normals(3 * 64), (3, 1, 8, 8));
-        check_penalty_grad(&d, &x);
+    for (cfg, shape, [b, c, h, w], classes) in penalty_cases() {
+        let mut d = nets::discriminator::<f64, Cpu>(&cfg, shape, classes, dev.clone(), 4).unwrap();
+        assert!(d.is_piecewise_linear(), "{cfg:?}");
+        jitter(&mut d, &mut rng, 0.1);
+        let x: T4<f64, Cpu> = dev.tensor_from_vec(rng.normals(b * c * h * w), (b, c, h, w));
+        let side = Side::labels(classes.map(|k| (0..b).map(|i| i % k).collect()));
+        check_penalty_grad(&d, &x, &side);
     }
+}
+
+/// Many units cross zero between x - eps g and x + eps g here, yet the penalty gradient
+/// does not depend on where the recording pass's gates would flip: R3GAN E at a larger
+/// size has thousands of units within 1e-3 of their kink, and its f32 gradient still
+/// matches f64 to rounding.
+#[test]
+fn penalty_grad_counts_crossings_and_stays_exact() {
+    let dev = Cpu::default();
+    let mut rng = Rng::new(5);
+    let cfg = net_cfg(Arch::R3gan, Some(Variant::E), 8);
+    let shape = DataShape::Image { c: 3, res: 16 };
+    let mut d64 = nets::discriminator::<f64, Cpu>(&cfg, shape, None, dev.clone(), 4).unwrap();
+    jitter(&mut d64, &mut rng, 0.1);
+    let x: T4<f64, Cpu> = dev.tensor_from_vec(rng.normals(4 * 3 * 16 * 16), (4, 3, 16, 16));
+    // units whose sign flips between x - eps g and x + eps g at the old default step
+    let (_, g) = penalty_value(&d64, &x, &Side::default(), true);
+    let gv = g.as_vec();
+    let rms = (gv.iter().map(|v| v * v).sum::<f64>() / gv.len() as f64).sqrt();
+    let eps = 1e-3 / rms;
+    let gates = |sign: f64| {
+        let xv: Vec<f64> = x
+            .as_vec()
+            .iter()
+            .zip(&gv)
+            .map(|(a, b)| a + sign * eps * b)
+            .collect();
+        let xs: T4<f64, Cpu> = dev.tensor_from_vec(xv, (4, 3, 16, 16));
+        let (_, lin) = d64.forward_recording(xs, &Side::default(), true);
+        lin
+    };
+    let (lp, lm) = (gates(1.0), gates(-1.0));
+    let flips: usize = (0..lp.len())
+        .map(|i| {
+            let (a, b) = (lp.gate(i).as_vec(), lm.gate(i).as_vec());
+            a.iter()
+                .zip(&b)
+                .filter(|(a, b)| (**a > 0.0) != (**b > 0.0))
+                .count()
+        })
+        .sum();
+    eprintln!("R3GAN E, width 8, 16x16, batch 4: {flips} units change sign across +-eps g");
+    assert!(flips > 30, "only {flips} crossings: make the case harder");
+    check_penalty_grad(&d64, &x, &Side::default());
+    // the old central difference without frozen gates is off by jump / (2 eps) per
+    // crossing: far from the exact value, which the check above holds to 1e-5
+    let (_, exact) = penalty(&d64, &x, &Side::default(), 1e-3, true);
+    let step: Vec<f64> = gv.iter().map(|v| v * eps).collect();
+    let step: T4<f64, Cpu> = dev.tensor_from_vec(step, (4, 3, 16, 16));
+    let both: T4<f64, Cpu> = (x.clone() + step.clone(), x.clone() - step).concat_along(Axis::<0>);
+    let k = 1.0 / (4.0 * eps);
+    let (_, old, _) =
+        super::losses::weighted_pass(&d64, &both, &Side::default(), true, false, |v| {
+            (0..v.len()).map(|j| if j < 4 { k } else { -k }).collect()
+        });
+    let flat = |g: &[T1<f64, Cpu>]| g.iter().flat_map(|t| t.as_vec()).collect::<Vec<f64>>();
+    let (e, o) = (flat(&exact), flat(&old));
+    let norm = e.iter().map(|v| v * v).sum::<f64>().sqrt();
+    let err = e
+        .iter()
+        .zip(&o)
+        .map(|(a, b)| (a - b).powi(2))
+        .sum::<f64>()
+        .sqrt()
+        / norm;
+    eprintln!("unfrozen finite difference at delta 1e-3: rel err {err:.2e}");
+    assert!(
+        err > 1e-2,
+        "the crossings should bias the unfrozen difference ({err:.2e})"
+    );
 }
 
 #[test]
@@ -338,7 +442,7 @@ fn checkpoint_resume_is_bit_identical() {
     check_resume(
         "generator: {arch: dcgan, width: 4, z_dim: 8}\n\
          discriminator: {arch: dcgan, width: 4, batch_norm: true}\n\
-         loss: ns\npenalties: [r1]\ngamma: 1.0\nlazy_interval: 2\n\
+         loss: ns\npenalties: []\ngamma: 1.0\nlazy_interval: 2\n\
          optimizer: {lr: 2.0e-4, betas: [0.5, 0.99]}\n\
          batch: 8\nsteps: 6\nema: 0.9\nseed: 5\nd_steps: 2\n",
     );
@@ -596,14 +700,41 @@ fn hyper_at_follows_schedules_and_keeps_fixed_values() {
     let base = "generator: {arch: mlp, width: 8}\ndiscriminator: {arch: mlp, width: 8}\n\
                 loss: rpgan\npenalties: [r1]\ngamma: 0.5\n\
                 optimizer: {lr: 0.001, betas: [0.0, 0.99]}\nbatch: 10\nsteps: 100\n";
-    // no schedules: the fixed values, ema unset -> None
+    // no schedules: the fixed values; ema unset -> half-life batch * 10 / 32 kimg
+    // (3125 images at batch 10) with ramp-up 0.05 (370 images seen: cap 18.5 images)
     let cfg: TrainConfig = serde_yaml_ng::from_str(base).unwrap();
     cfg.validate().unwrap();
     let h = cfg.hyper_at(37);
     assert_eq!(
-        (h.lr_g, h.lr_d, h.beta2_g, h.beta2_d, h.gamma, h.ema_beta),
-        (0.001, 0.001, 0.99, 0.99, 0.5, None)
+        (h.lr_g, h.lr_d, h.beta2_g, h.beta2_d, h.gamma),
+        (0.001, 0.001, 0.99, 0.99, 0.5)
     );
+    assert!(close(h.ema_beta.unwrap(), 0.5f64.powf(10.0 / 18.5)));
+    // after the ramp-up (62,500 images): the full half-life
+    assert!(close(
+        cfg.hyper_at(10_000).ema_beta.unwrap(),
+        0.5f64.powf(10.0 / 3125.0)
+    ));
+    assert_eq!(
+        cfg.hyper_at(0).ema_beta,
+        Some(0.0),
+        "the first step copies G"
+    );
+    // a beta stands for its half-life (ln 0.5 / ln 0.99 steps) and ramps up the same way
+    let cfg: TrainConfig = serde_yaml_ng::from_str(&format!("{base}ema: 0.99\n")).unwrap();
+    let full = 10.0 * 0.5f64.ln() / 0.99f64.ln();
+    assert!(close(cfg.hyper_at(1_000_000).ema_beta.unwrap(), 0.99));
+    assert!(close(
+        cfg.hyper_at(100).ema_beta.unwrap(),
+        0.5f64.powf(10.0 / 50.0)
+    ));
+    assert!(full > 50.0);
+    // ema_rampup: 0 turns the ramp-up off; ema: 0 samples G itself
+    let cfg: TrainConfig =
+        serde_yaml_ng::from_str(&format!("{base}ema: 0.99\nema_rampup: 0\n")).unwrap();
+    assert!(close(cfg.hyper_at(1).ema_beta.unwrap(), 0.99));
+    let cfg: TrainConfig = serde_yaml_ng::from_str(&format!("{base}ema: 0\n")).unwrap();
+    assert_eq!(cfg.hyper_at(500).ema_beta, Some(0.0));
     let y = format!(
         "{base}optimizer_d: {{lr: 0.004}}\nema_halflife_kimg: 0.5\nema_rampup: 0.1\n\
          schedules:\n  lr: {{kind: cosine, start: 0.002, end: 0.0005, images: 1000}}\n\
@@ -627,7 +758,7 @@ fn hyper_at_follows_schedules_and_keeps_fixed_values() {
     // bad combinations are refused
     for extra in [
         "ema: 0.9\nema_halflife_kimg: 1.0\n",
-        "ema_rampup: 0.05\n",
+        "ema_rampup: -0.05\n",
         "schedules: {lr: {kind: linear, start: 0.001}}\n",
         "schedules: {lr: {kind: constant, start: 2.0}}\n",
         "schedules: {ema_halflife_kimg: {kind: constant, start: 1.0}}\n",
@@ -662,60 +793,21 @@ fn trainer_applies_schedules() {
     assert!(close(t.opt_g.cfg.lr, 1e-4));
 }
 
-/// The f32 penalty gradient (finite-difference HVP at the default `hvp_delta` = 1e-3)
-/// against f64, on the same parameters and inputs (f32 values, exact in f64).
-///
-/// Two comparisons. (a) f64 at the same delta: both then estimate the same quantity, so
-/// the difference is f32 rounding only. The central difference
-/// `(grad S(x + eps g) - grad S(x - eps g)) / (2 eps)` loses about `u * kappa / delta`
-/// relative, u = 2^-24 = 6e-8 the f32 unit roundoff, kappa the growth of rounding through
-/// the forward and backward passes (tens here): ~1e-5..1e-4 at delta 1e-3, which is what
-/// we see; the bound asked is 1e-3 in the norm of the whole gradient (10x margin). A
-/// smaller delta would grow this as 1/delta (1e-3 relative at 1e-4, 1e-2 at 1e-5).
-/// (b) f64 at delta 1e-5, the reference validated against finite differences of R to
-/// 1e-5 above: the extra error is the O(delta^2) truncation (1e-6) plus kink crossings.
-/// LeakyReLU makes grad_theta D jump where a pre-activation changes sign, and a unit
-/// within ~delta of its kink adds an O(1) error to the difference quotient whatever the
-/// precision, so (b) is asked (1e-2 in norm) only of the MLP and DCGAN D, where no unit
-/// is that close at these seeds; the R3GAN E D of this test has such units at delta 1e-3
-/// (f32 and f64 alike: a bias of the FD-HVP on piecewise-linear nets, not rounding).
+/// The f32 penalty gradient against the f64 one on identical weights and inputs, for every
+/// discriminator: with an exact HVP only rounding separates them.
 #[test]
 fn penalty_grad_f32_vs_f64() {
     let dev = Cpu::default();
     let mut rng = Rng::new(11);
-    let mut mlp = net_cfg(Arch::Mlp, None, 16);
-    mlp.depth = Some(2);
-    let cases = [
-        (mlp, DataShape::Points, [5usize, 2, 1, 1]),
-        (
-            net_cfg(Arch::Dcgan, None, 4),
-            DataShape::Image { c: 1, res: 8 },
-            [4, 1, 8, 8],
-        ),
-        (
-            net_cfg(Arch::R3gan, Some(Variant::E), 4),
-            DataShape::Image { c: 3, res: 8 },
-            [3, 3, 8, 8],
-        ),
-    ];
-    for (cfg, shape, [b, c, h, w]) in cases {
-        let mut d32 = nets::discriminator::<f32, Cpu>(&cfg, shape, None, dev.clone(), 4).unwrap();
-        let mut d64 = nets::discriminator::<f64, Cpu>(&cfg, shape, None, dev.clone(), 4).unwrap();
-        for (t64, t32) in d64
-            .params
-            .tensors
-            .iter_mut()
-            .zip(d32.params.tensors.iter_mut())
-        {
-            // fix-up init zeroes the last conv of every residual branch, biases start at
-            // zero: perturb everything so all parameters take part
-            let v: Vec<f32> = t32
-                .as_vec()
-                .iter()
-                .map(|&v| v + 0.1 * rng.normal() as f32)
-                .collect();
-            *t32 = dev.tensor_from_vec(v.clone(), *t32.shape());
-            *t64 = dev.tensor_from_vec(v.iter().map(|&v| v as f64).collect(), *t64.shape());
+    for (cfg, shape, [b, c, h, w], classes) in penalty_cases() {
+        let mut d32 =
+            nets::discriminator::<f32, Cpu>(&cfg, shape, classes, dev.clone(), 4).unwrap();
+        let mut d64 =
+            nets::discriminator::<f64, Cpu>(&cfg, shape, classes, dev.clone(), 4).unwrap();
+        jitter(&mut d32, &mut rng, 0.1);
+        for (t64, t32) in d64.params.tensors.iter_mut().zip(&d32.params.tensors) {
+            let v: Vec<f64> = t32.as_vec().iter().map(|&v| v as f64).collect();
+            *t64 = dev.tensor_from_vec(v, *t64.shape());
         }
         let xv: Vec<f32> = rng
             .normals(b * c * h * w)
@@ -725,37 +817,27 @@ fn penalty_grad_f32_vs_f64() {
         let x32: T4<f32, Cpu> = dev.tensor_from_vec(xv.clone(), (b, c, h, w));
         let x64: T4<f64, Cpu> =
             dev.tensor_from_vec(xv.iter().map(|&v| v as f64).collect(), (b, c, h, w));
-        let (v32, g32) = penalty(&d32, &x32, &Side::default(), 1e-3, true);
-        let a: Vec<f64> = g32
-            .iter()
-            .flat_map(|t| t.as_vec())
-            .map(|v| v as f64)
-            .collect();
-        let rel = |delta: f64| {
-            let (v64, g64) = penalty(&d64, &x64, &Side::default(), delta, true);
-            assert!(
-                (v32 - v64).abs() <= 1e-4 * v64.abs(),
-                "{cfg:?}: {v32} vs {v64}"
-            );
-            let r: Vec<f64> = g64.iter().flat_map(|t| t.as_vec()).collect();
-            let norm = r.iter().map(|v| v * v).sum::<f64>().sqrt();
-            let diff = a
-                .iter()
-                .zip(&r)
-                .map(|(a, r)| (a - r).powi(2))
-                .sum::<f64>()
-                .sqrt();
-            diff / norm
-        };
-        let (same, refd) = (rel(1e-3), rel(1e-5));
-        eprintln!(
-            "{:?} {:?}: rel err vs f64 same delta {same:.2e}, vs f64 reference {refd:.2e}",
-            cfg.arch, cfg.variant
+        let side = Side::labels(classes.map(|k| (0..b).map(|i| i % k).collect()));
+        let (v32, g32) = penalty(&d32, &x32, &side, 1e-3, true);
+        let (v64, g64) = penalty(&d64, &x64, &side, 1e-3, true);
+        assert!(
+            (v32 - v64).abs() <= 1e-4 * v64.abs(),
+            "{cfg:?}: {v32} vs {v64}"
         );
-        assert!(same <= 1e-3, "{cfg:?}: f32 rounding {same}");
-        if cfg.arch != Arch::R3gan {
-            assert!(refd <= 1e-2, "{cfg:?}: vs reference {refd}");
-        }
+        let a: Vec<f64> = g32.iter().flat_map(|t| t.as_vec()).map(f64::from).collect();
+        let r: Vec<f64> = g64.iter().flat_map(|t| t.as_vec()).collect();
+        let norm = r.iter().map(|v| v * v).sum::<f64>().sqrt();
+        let diff = a
+            .iter()
+            .zip(&r)
+            .map(|(a, r)| (a - r).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        assert!(
+            diff <= 1e-4 * norm,
+            "{cfg:?}: f32 vs f64 {:.2e}",
+            diff / norm
+        );
     }
 }
 
@@ -930,4 +1012,243 @@ fn stylegan_mapping_official() {
     let a = g.forward(z.clone(), false).as_vec();
     let b = g.forward(z * 3.0, false).as_vec();
     assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-4));
+}
+
+/// The trainer's D step takes each g_j from the loss pass's input gradient (c_j g_j) and
+/// both penalties from one tangent pass over it; that equals the loss gradient plus
+/// `gamma/2` times each penalty's own gradient, for rpgan (all coefficients usable), for
+/// hinge with real samples beyond the margin (R1's half falls back to its own pass), for
+/// one penalty only, and for a conditional D.
+#[test]
+fn d_step_reuses_the_loss_pass_exactly() {
+    use super::losses::weighted_pass;
+    let mut rng = Rng::new(21);
+    let data: Vec<f32> = rng
+        .normals(32 * 3 * 8 * 8)
+        .iter()
+        .map(|v| v.tanh() as f32)
+        .collect();
+    let td = TrainData::Images {
+        data,
+        n: 32,
+        c: 3,
+        h: 8,
+        w: 8,
+    };
+    let labels = ClassLabels {
+        labels: (0..32).map(|i| i % 4).collect(),
+        classes: 4,
+    };
+    let cases = [
+        ("rpgan", "[r1, r2]", false, 0.0),
+        ("hinge", "[r1, r2]", false, 3.0),
+        ("ns", "[r2]", false, 0.0),
+        ("rpgan", "[r1, r2]", true, 0.0),
+    ];
+    for (loss, pens, cond, shift) in cases {
+        let yaml = format!(
+            "generator: {{arch: r3gan, variant: E, width: 4, z_dim: 8}}\n\
+             discriminator: {{arch: r3gan, variant: E, width: 4}}\n\
+             loss: {loss}\npenalties: {pens}\ngamma: 2.0\nconditional: {cond}\n\
+             optimizer: {{lr: 0.001, betas: [0.0, 0.99]}}\nbatch: 4\nsteps: 1\nseed: 1\n"
+        );
+        let cfg: TrainConfig = serde_yaml_ng::from_str(&yaml).unwrap();
+        let mut t = Trainer::build(
+            cfg.clone(),
+            td.clone(),
+            Some(labels.clone()),
+            3,
+            Cpu::default(),
+        )
+        .unwrap();
+        jitter(&mut t.d, &mut rng, 0.1);
+        // hinge: push D(real) beyond the margin so R1's coefficients vanish
+        let n = t.d.params.len();
+        let bias = t.d.params.tensors[n - 1].as_vec();
+        t.d.params.tensors[n - 1] =
+            t.d.dev
+                .tensor_from_vec(bias.iter().map(|v| v + shift).collect(), (bias.len(),));
+        let dev = t.d.dev.clone();
+        let xv: Vec<f32> = rng.normals(8 * 3 * 64).iter().map(|&v| v as f32).collect();
+        let both: T4<f32, Cpu> = dev.tensor_from_vec(xv.clone(), (8, 3, 8, 8));
+        let ys: Vec<usize> = (0..8).map(|i| i % 4).collect();
+        let side = Side::labels(cond.then(|| ys.clone()));
+        let w = 1.0;
+        let (out, got, vals) = t.d_loss_and_penalties(&both, &side, Some(w));
+        // reference: the loss pass, then each penalty on its own
+        let (_, mut want, _) = weighted_pass(&t.d, &both, &side, true, false, |v| {
+            let (_, mut cr, cf) = super::losses::d_loss(cfg.loss, &v[..4], &v[4..]);
+            cr.extend(cf);
+            cr
+        });
+        let half = |lo: usize| {
+            let x: T4<f32, Cpu> =
+                dev.tensor_from_vec(xv[lo * 192..(lo + 4) * 192].to_vec(), (4, 3, 8, 8));
+            let s = Side::labels(cond.then(|| ys[lo..lo + 4].to_vec()));
+            penalty(&t.d, &x, &s, 1e-3, true)
+        };
+        for &p in &cfg.penalties {
+            let (v, g) = half(if p == Penalty::R1 { 0 } else { 4 });
+            let got_v = vals.iter().find(|(q, _)| *q == p).unwrap().1;
+            assert!(
+                (got_v - v).abs() <= 1e-5 * v,
+                "{loss} {p:?}: {got_v} vs {v}"
+            );
+            for (a, b) in want.iter_mut().zip(g) {
+                *a = a.clone() + b * (w as f32);
+            }
+        }
+        assert!(out.loss.is_finite());
+        let a: Vec<f64> = got.iter().flat_map(|t| t.as_vec()).map(f64::from).collect();
+        let r: Vec<f64> = want
+            .iter()
+            .flat_map(|t| t.as_vec())
+            .map(f64::from)
+            .collect();
+        let norm = r.iter().map(|v| v * v).sum::<f64>().sqrt();
+        let diff = a
+            .iter()
+            .zip(&r)
+            .map(|(a, r)| (a - r).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        assert!(
+            diff <= 1e-5 * norm,
+            "{loss} {pens} cond {cond}: {:.2e}",
+            diff / norm
+        );
+    }
+}
+
+/// The PyTorch fixture's folder (see `scripts/penalty_fixture.py`).
+fn fixture_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/penalty")
+}
+
+/// A fixture case's name, e.g. `r3gan-e-proj`.
+fn case_name(cfg: &NetConfig, classes: Option<usize>) -> String {
+    let mut n = format!("{:?}", cfg.arch).to_lowercase();
+    if let Some(v) = cfg.variant {
+        n += &format!("-{v:?}").to_lowercase();
+    }
+    if cfg.spectral_norm == Some(true) {
+        n += "-sn";
+    }
+    if classes.is_some() {
+        n += "-proj";
+    }
+    n
+}
+
+/// What `cases.json` records of a net: its layer list, parameter names, spectrally
+/// normalised weights and classes.
+fn case_json(net: &Net<f64, Cpu>) -> serde_json::Value {
+    let sn: Vec<String> = (net.sn.lock().unwrap().iter())
+        .map(|s| net.params.names[s.param].clone())
+        .collect();
+    serde_json::json!({
+        "layers": net.layers,
+        "param_names": net.params.names,
+        "sn": sn,
+        "classes": net.classes().unwrap_or(0),
+    })
+}
+
+/// Writes the fixture's inputs: every penalty case's f64 discriminator with jittered
+/// weights, an input batch and labels. Run by hand (see `scripts/penalty_fixture.py`).
+#[test]
+#[ignore = "writes tests/fixtures/penalty/ when ABLATE_WRITE_FIXTURE is set"]
+fn write_penalty_fixture_inputs() {
+    use crate::nn::{save_safetensors, NamedTensor};
+    if std::env::var_os("ABLATE_WRITE_FIXTURE").is_none() {
+        eprintln!(
+            "set ABLATE_WRITE_FIXTURE=1 to write {}",
+            fixture_dir().display()
+        );
+        return;
+    }
+    let dev = Cpu::default();
+    let mut rng = Rng::new(31);
+    let mut cases = serde_json::Map::new();
+    let mut ts = vec![];
+    for (cfg, shape, [b, c, h, w], classes) in penalty_cases() {
+        let name = case_name(&cfg, classes);
+        let mut d = nets::discriminator::<f64, Cpu>(&cfg, shape, classes, dev.clone(), 4).unwrap();
+        jitter(&mut d, &mut rng, 0.1);
+        // one power iteration so u, v are those of these weights
+        let one = Side::labels(classes.map(|_| vec![0]));
+        let _ = d.forward_side(dev.zeros_like(&(1, c, h, w)), &one, true);
+        for mut t in d.to_named() {
+            t.name = format!("{name}/{}", t.name);
+            ts.push(t);
+        }
+        ts.push(NamedTensor {
+            name: format!("{name}/x"),
+            shape: vec![b, c, h, w],
+            data: rng.normals(b * c * h * w),
+        });
+        ts.push(NamedTensor {
+            name: format!("{name}/labels"),
+            shape: vec![b],
+            data: (0..b).map(|i| (i % classes.unwrap_or(1)) as f64).collect(),
+        });
+        cases.insert(name, case_json(&d));
+    }
+    let dir = fixture_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = serde_json::to_string_pretty(&cases).unwrap();
+    std::fs::write(dir.join("cases.json"), json + "\n").unwrap();
+    save_safetensors(&dir.join("inputs.safetensors"), &ts, Default::default()).unwrap();
+}
+
+/// ablate's R1/R2 parameter gradient equals PyTorch's double backward on identical
+/// weights and inputs, for every discriminator (the committed fixture of
+/// `scripts/penalty_fixture.py`; no PyTorch needed here).
+#[test]
+fn penalty_matches_pytorch_double_backward() {
+    use crate::nn::load_safetensors;
+    let dir = fixture_dir();
+    let cases: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
+    let (inputs, _) = load_safetensors::<f64>(&dir.join("inputs.safetensors")).unwrap();
+    let (expected, meta) = load_safetensors::<f64>(&dir.join("expected.safetensors")).unwrap();
+    let dev = Cpu::default();
+    let mut n = 0;
+    for (cfg, shape, _, classes) in penalty_cases() {
+        let name = case_name(&cfg, classes);
+        let mut d = nets::discriminator::<f64, Cpu>(&cfg, shape, classes, dev.clone(), 0).unwrap();
+        assert_eq!(
+            cases[&name],
+            case_json(&d),
+            "{name}: the net changed since the fixture was made; regenerate it \
+             (scripts/penalty_fixture.py)"
+        );
+        d.load_named(&inputs, &format!("{name}/")).unwrap();
+        let x = &inputs[&format!("{name}/x")];
+        let xs = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
+        let x: T4<f64, Cpu> = dev.tensor_from_vec(x.data.clone(), xs);
+        let labels = inputs[&format!("{name}/labels")]
+            .data
+            .iter()
+            .map(|&v| v as usize);
+        let side = Side::labels(classes.map(|_| labels.collect()));
+        let (r, grads) = penalty(&d, &x, &side, 1e-3, true);
+        let want_r = expected[&format!("{name}/R")].data[0];
+        assert!(
+            (r - want_r).abs() <= 1e-10 * want_r,
+            "{name}: R {r} vs {want_r}"
+        );
+        let (mut diff, mut norm) = (0.0, 0.0);
+        for (i, g) in grads.iter().enumerate() {
+            let want = &expected[&format!("{name}/grad/{}", d.params.names[i])].data;
+            for (a, b) in g.as_vec().iter().zip(want) {
+                diff += (a - b) * (a - b);
+                norm += b * b;
+            }
+        }
+        let rel = (diff / norm).sqrt();
+        assert!(rel < 1e-9, "{name}: vs PyTorch {rel:.2e} ({meta:?})");
+        n += 1;
+    }
+    assert_eq!(n, cases.as_object().unwrap().len());
 }

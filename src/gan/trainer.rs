@@ -7,7 +7,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use dfdx::prelude::*;
 
 use super::config::{Penalty, TrainConfig};
-use super::losses::{d_loss, g_loss, penalty, weighted_pass};
+use super::losses::{d_loss, g_loss, mean_sq_norm, pass, penalty, tangent_grads};
 use super::nets::{self, DataShape};
 use super::sample::Samples;
 use crate::nn::params::sum_sq;
@@ -99,6 +99,11 @@ pub struct StepLog {
     pub r1: Option<f64>,
     /// `mean ||grad_x D(fake)||^2` when R2 was applied this step.
     pub r2: Option<f64>,
+    /// Mean `D(real)` of the last D step's batch.
+    pub d_real: f64,
+    /// Mean `D(fake)` of the last D step's batch (`d_real - d_fake` is the gap R3GAN
+    /// watches for failure).
+    pub d_fake: f64,
     /// Norm of D's full gradient (loss + penalties).
     pub grad_norm_d: f64,
     /// Norm of G's gradient.
@@ -113,6 +118,8 @@ impl StepLog {
             self.g_loss,
             self.r1.unwrap_or(0.0),
             self.r2.unwrap_or(0.0),
+            self.d_real,
+            self.d_fake,
             self.grad_norm_d,
             self.grad_norm_g,
         ]
@@ -122,6 +129,17 @@ impl StepLog {
 }
 
 const CKPT_FORMAT: &str = "ablate-checkpoint-v1";
+
+/// What a D loss pass reports: the loss and the mean outputs on real and fake.
+pub(crate) struct DOut {
+    pub(crate) loss: f64,
+    pub(crate) real: f64,
+    pub(crate) fake: f64,
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
 
 /// GAN trainer (f32) on a dfdx device.
 pub struct Trainer<D: Dev<f32> = Cpu> {
@@ -323,6 +341,138 @@ impl<D: Dev<f32>> Trainer<D> {
         dev.tensor_from_vec(v, (b, z, 1, 1))
     }
 
+    /// D's loss gradient on `both = concat(real, fake)` and, with `penalty_weight`
+    /// (`gamma / 2`, times the lazy interval), the configured penalties' gradients added
+    /// with that weight. A piecewise-linear D only: the loss pass records its gates and
+    /// its input gradient `c_j g_j` (`c_j` the loss's derivative in `D(x_j)`, `g_j =
+    /// grad_x D(x_j)`) gives every `g_j` where `c_j` is not (nearly) zero, so both
+    /// penalties take one tangent pass over the loss pass's batch (`gan::losses`); a half
+    /// with a vanishing coefficient (e.g. hinge beyond its margin) gets its own penalty
+    /// pass. Returns the loss, the gradients and the penalty values.
+    pub(crate) fn d_loss_and_penalties(
+        &self,
+        both: &T4<f32, D>,
+        side: &Side,
+        penalty_weight: Option<f64>,
+    ) -> (DOut, Vec<T1<f32, D>>, Vec<(Penalty, f64)>) {
+        let b = both.shape().0 / 2;
+        let kind = self.cfg.loss;
+        let on = penalty_weight.is_some();
+        let (mut dl, mut coefs) = (0.0, vec![]);
+        let ((vals, mut grads, xg), lin) = pass(&self.d, both, side, true, on, on, |v| {
+            let (l, mut cr, cf) = d_loss(kind, &v[..b], &v[b..]);
+            dl = l;
+            cr.extend(cf);
+            coefs = cr.clone();
+            cr
+        });
+        let out = DOut {
+            loss: dl,
+            real: mean(&vals[..b]),
+            fake: mean(&vals[b..]),
+        };
+        let (Some(w), Some(xg), Some(lin)) = (penalty_weight, xg, lin) else {
+            return (out, grads, vec![]);
+        };
+        // the cotangent each row had, as the pass used it (in f32)
+        let c32: Vec<f32> = coefs.iter().map(|&c| c as f32).collect();
+        let usable = |rows: std::ops::Range<usize>| c32[rows].iter().all(|c| c.abs() >= 1e-25);
+        let half = |p: Penalty| match p {
+            Penalty::R1 => 0..b,
+            Penalty::R2 => b..2 * b,
+        };
+        let (reuse, own): (Vec<Penalty>, Vec<Penalty>) =
+            self.cfg.penalties.iter().partition(|&&p| usable(half(p)));
+        let mut values = vec![];
+        if !reuse.is_empty() {
+            let inv: Vec<f32> = c32
+                .iter()
+                .map(|&c| if c != 0.0 { 1.0 / c } else { 0.0 })
+                .collect();
+            let s = *xg.shape();
+            let inv: T1<f32, D> = self.dev.tensor_from_vec(inv, (2 * b,));
+            let g = xg * inv.broadcast_like::<_, Axes3<1, 2, 3>>(&s);
+            let rows = |g: &T4<f32, D>, r: std::ops::Range<usize>| {
+                g.clone()
+                    .slice((r, .., .., ..))
+                    .reshape_like(&(b, s.1, s.2, s.3))
+            };
+            for &p in &reuse {
+                values.push((p, mean_sq_norm(&rows(&g, half(p)))));
+            }
+            let (g, lin, side) = if reuse.len() == 2 {
+                (g, lin, side.clone())
+            } else {
+                let r = half(reuse[0]);
+                let gs = rows(&g, r.clone());
+                let side = Side {
+                    labels: side.labels.as_ref().map(|l| l[r.clone()].to_vec()),
+                    ..side.clone()
+                };
+                (gs, lin.rows(r.start, r.end), side)
+            };
+            let n = g.shape().0;
+            let pg = tangent_grads(&self.d, &g, &side, true, &lin, &vec![2.0 / b as f64; n]);
+            add_scaled(&mut grads, pg, w);
+        }
+        for p in own {
+            let r = half(p);
+            let x = both.clone().slice((r.clone(), .., .., ..)).reshape_like(&(
+                b,
+                both.shape().1,
+                both.shape().2,
+                both.shape().3,
+            ));
+            let ps = Side {
+                labels: side.labels.as_ref().map(|l| l[r].to_vec()),
+                ..side.clone()
+            };
+            let (val, pg) = penalty(&self.d, &x, &ps, self.cfg.hvp_delta, true);
+            add_scaled(&mut grads, pg, w);
+            values.push((p, val));
+        }
+        values.sort_by_key(|(p, _)| *p == Penalty::R2);
+        (out, grads, values)
+    }
+
+    /// D's loss gradient with the real and fake batches in separate passes (batch norm in
+    /// D keeps their statistics apart).
+    fn d_loss_apart(
+        &self,
+        real: &T4<f32, D>,
+        real_side: &Side,
+        fake: &T4<f32, D>,
+        fake_side: &Side,
+    ) -> (DOut, Vec<T1<f32, D>>) {
+        let b = real.shape().0;
+        let run = |x: &T4<f32, D>, side: &Side| {
+            let out = self
+                .d
+                .forward_side(x.clone().traced(self.d.params.alloc_grads()), side, true)
+                .reshape_like(&(b,));
+            let v: Vec<f64> = out.as_vec().into_iter().map(f64::from).collect();
+            (out, v)
+        };
+        let (out_r, dr) = run(real, real_side);
+        let (out_f, df) = run(fake, fake_side);
+        let (dl, cr, cf) = d_loss(self.cfg.loss, &dr, &df);
+        let back = |out: T1<f32, D, OwnedTape<f32, D>>, c: Vec<f64>| {
+            let ct: T1<f32, D> = self
+                .dev
+                .tensor_from_vec(c.into_iter().map(|v| v as f32).collect(), (b,));
+            let g = (out * ct).sum::<(), Axis<0>>().backward();
+            self.d.params.grads_of(&g)
+        };
+        let mut grads = back(out_r, cr);
+        add_scaled(&mut grads, back(out_f, cf), 1.0);
+        let out = DOut {
+            loss: dl,
+            real: mean(&dr),
+            fake: mean(&df),
+        };
+        (out, grads)
+    }
+
     /// One G step preceded by `d_steps` D steps.
     pub fn step(&mut self) -> StepLog {
         let b = self.cfg.batch;
@@ -333,6 +483,8 @@ impl<D: Dev<f32>> Trainer<D> {
             g_loss: 0.0,
             r1: None,
             r2: None,
+            d_real: 0.0,
+            d_fake: 0.0,
             grad_norm_d: 0.0,
             grad_norm_g: 0.0,
         };
@@ -353,33 +505,48 @@ impl<D: Dev<f32>> Trainer<D> {
                     .zip(fake_side.labels.as_ref())
                     .map(|(r, f)| [r.as_slice(), f].concat()),
             );
-            let mut dl = 0.0;
-            let (_, mut grads, _) = weighted_pass(&self.d, &both, &both_side, true, false, |v| {
-                let (l, mut cr, cf) = d_loss(kind, &v[..b], &v[b..]);
-                dl = l;
-                cr.extend(cf);
-                cr
-            });
-            log.d_loss = dl;
+            let k = self.cfg.lazy_interval.unwrap_or(1);
+            let pen_now =
+                hp.gamma > 0.0 && self.d_iters.is_multiple_of(k) && !self.cfg.penalties.is_empty();
             log.r1 = None;
             log.r2 = None;
-            let k = self.cfg.lazy_interval.unwrap_or(1);
-            if hp.gamma > 0.0 && self.d_iters.is_multiple_of(k) {
-                let w = 0.5 * hp.gamma * k as f64;
-                for p in self.cfg.penalties.clone() {
-                    let (x, side) = if p == Penalty::R1 {
-                        (&real, &real_side)
-                    } else {
-                        (&fake, &fake_side)
-                    };
-                    let (val, pg) = penalty(&self.d, x, side, self.cfg.hvp_delta, true);
-                    add_scaled(&mut grads, pg, w);
+            let grads = if self.d.is_piecewise_linear() {
+                // one pass over real and fake (no batch statistics in D to keep apart)
+                let (o, grads, pens) = self.d_loss_and_penalties(
+                    &both,
+                    &both_side,
+                    pen_now.then_some(0.5 * hp.gamma * k as f64),
+                );
+                (log.d_loss, log.d_real, log.d_fake) = (o.loss, o.real, o.fake);
+                for (p, v) in pens {
                     match p {
-                        Penalty::R1 => log.r1 = Some(val),
-                        Penalty::R2 => log.r2 = Some(val),
+                        Penalty::R1 => log.r1 = Some(v),
+                        Penalty::R2 => log.r2 = Some(v),
                     }
                 }
-            }
+                grads
+            } else {
+                // batch norm in D: real and fake batches apart, as separate PyTorch calls
+                // would normalise them (penalties are refused with batch norm in D)
+                let (o, mut grads) = self.d_loss_apart(&real, &real_side, &fake, &fake_side);
+                (log.d_loss, log.d_real, log.d_fake) = (o.loss, o.real, o.fake);
+                if pen_now {
+                    let w = 0.5 * hp.gamma * k as f64;
+                    for p in self.cfg.penalties.clone() {
+                        let (x, side) = match p {
+                            Penalty::R1 => (&real, &real_side),
+                            Penalty::R2 => (&fake, &fake_side),
+                        };
+                        let (val, pg) = penalty(&self.d, x, side, self.cfg.hvp_delta, true);
+                        add_scaled(&mut grads, pg, w);
+                        match p {
+                            Penalty::R1 => log.r1 = Some(val),
+                            Penalty::R2 => log.r2 = Some(val),
+                        }
+                    }
+                }
+                grads
+            };
             log.grad_norm_d = sum_sq(&grads).sqrt();
             self.opt_d.step(&mut self.d.params, grads);
             self.d_iters += 1;
@@ -395,10 +562,11 @@ impl<D: Dev<f32>> Trainer<D> {
             .into_iter()
             .map(|v| v as f64)
             .collect();
+        let z_ema = (!self.g_ema.buffers.lock().unwrap().is_empty()).then(|| z.clone());
         let fake = self
             .g
             .forward_side(z.traced(self.g.params.alloc_grads()), &g_side, true);
-        let fake_side = Side::labels(g_side.labels);
+        let fake_side = Side::labels(g_side.labels.clone());
         let out = self
             .d
             .forward_side(fake, &fake_side, true)
@@ -416,6 +584,12 @@ impl<D: Dev<f32>> Trainer<D> {
         match hp.ema_beta {
             Some(beta) => self.g_ema.ema_update(&self.g, beta),
             None => self.g_ema = self.g.clone(),
+        }
+        if let Some(z) = z_ema {
+            // G_ema's batch norms keep running statistics of G_ema's own activations
+            // (G's would not match the averaged weights): one training-mode pass over this
+            // step's latents updates them
+            self.g_ema.forward_side(z, &g_side, true);
         }
         self.step += 1;
         log.step = self.step;

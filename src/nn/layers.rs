@@ -13,7 +13,7 @@ use super::{Dev, Float, Rng, T1, T2, T4};
 type T3<E, D> = Tensor<(usize, usize, usize), E, D>;
 
 /// Upsampling method.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum UpMode {
     /// Nearest neighbour.
     Nearest,
@@ -22,8 +22,9 @@ pub enum UpMode {
 }
 
 /// One layer; parameters are indices into the network's [`ParamStore`].
-/// Every activation is `(B, C, H, W)`; vectors are `(B, F, 1, 1)`.
-#[derive(Clone, Debug)]
+/// Every activation is `(B, C, H, W)`; vectors are `(B, F, 1, 1)`. Serialises (JSON) as
+/// the layer list that `scripts/penalty_fixture.py` rebuilds in PyTorch.
+#[derive(Clone, Debug, serde::Serialize)]
 pub enum Layer {
     /// Fully connected on the flattened input; weight `(out, in)`, output `(B, out, 1, 1)`.
     Linear {
@@ -201,7 +202,7 @@ pub enum Layer {
 }
 
 /// Statistics of a [`Layer::CondNorm`].
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub enum Norm {
     /// Batch statistics over (B, H, W), running averages in buffer `buf`.
     Batch {
@@ -260,11 +261,96 @@ impl Side {
     }
 }
 
-/// Per-pass state: context slots, the side inputs, the noise-layer counter.
+/// Per-pass state: context slots, the side inputs, the noise-layer counter, and how the
+/// pass treats its piecewise-linear activations.
 struct Fwd<'a, E: Float, D: Dev<E>> {
     ctx: Vec<Option<T4<E, D>>>,
     side: &'a Side,
     noise_i: u64,
+    lin: Lin<'a, E, D>,
+    /// A tangent pass: additive constants (biases) are dropped on the input's path.
+    tangent: bool,
+}
+
+/// What a pass does with the gates of its ReLU / LeakyReLU layers (see [`super::act`]).
+enum Lin<'a, E: Float, D: Dev<E>> {
+    /// Gate on the layer's own input.
+    Off,
+    /// Gate on the layer's own input and keep the gates, in pass order.
+    Record(Vec<T4<E, D>>),
+    /// Gate on recorded gates, consumed in pass order.
+    Replay { gates: &'a [T4<E, D>], next: usize },
+}
+
+/// The gates (pre-activations) of a net's ReLU / LeakyReLU layers in one pass, in pass
+/// order: what [`Net::forward_tangent`] replays to linearise the net at that pass's input.
+pub struct Linearisation<E: Float, D: Dev<E>> {
+    gates: Vec<T4<E, D>>,
+}
+
+impl<E: Float, D: Dev<E>> Linearisation<E, D> {
+    /// The linearisation of batch rows `lo..hi` (for a pass over a concatenated batch).
+    pub fn rows(&self, lo: usize, hi: usize) -> Self {
+        let gates = self
+            .gates
+            .iter()
+            .map(|g| {
+                let (b, c, h, w) = *g.shape();
+                assert!(lo < hi && hi <= b, "rows {lo}..{hi} of a batch of {b}");
+                g.clone()
+                    .slice((lo..hi, .., .., ..))
+                    .reshape_like(&(hi - lo, c, h, w))
+            })
+            .collect();
+        Self { gates }
+    }
+    /// Gate `i` (the input of the pass's `i`-th ReLU / LeakyReLU).
+    pub fn gate(&self, i: usize) -> &T4<E, D> {
+        &self.gates[i]
+    }
+    /// Number of recorded gates.
+    pub fn len(&self) -> usize {
+        self.gates.len()
+    }
+    /// True when the pass had no ReLU / LeakyReLU.
+    pub fn is_empty(&self) -> bool {
+        self.gates.is_empty()
+    }
+}
+
+/// True when every layer on the input's path is linear in it but for ReLU / LeakyReLU
+/// gates, so a tangent pass ([`Net::forward_tangent`]) computes the exact Jacobian-vector
+/// product. Label paths (projection embeddings) may hold anything: they do not see `x`.
+fn piecewise_linear(layers: &[Layer]) -> bool {
+    layers.iter().all(|l| match l {
+        Layer::Linear { .. }
+        | Layer::Conv { .. }
+        | Layer::ConvT { .. }
+        | Layer::LeakyRelu(_)
+        | Layer::Relu
+        | Layer::Scale(_)
+        | Layer::Up(_)
+        | Layer::AvgPool2
+        | Layer::Reshape(_)
+        | Layer::Basis { .. }
+        | Layer::ParamScale { .. }
+        | Layer::SumPool
+        | Layer::FirUp
+        | Layer::FirDown
+        | Layer::BasisScale { .. }
+        | Layer::ScaledLinear { .. } => true,
+        Layer::Residual { body, skip } => piecewise_linear(body) && piecewise_linear(skip),
+        Layer::Project { head, .. } => piecewise_linear(head),
+        Layer::BatchNorm { .. }
+        | Layer::Tanh
+        | Layer::SetCtx { .. }
+        | Layer::MixPoint { .. }
+        | Layer::ConcatCtx { .. }
+        | Layer::Noise { .. }
+        | Layer::CondNorm { .. }
+        | Layer::Const { .. }
+        | Layer::PixelNorm => false,
+    })
 }
 
 /// Spectral-normalisation state of one weight (Miyato et al. 2018): the weight reshaped to
@@ -456,10 +542,75 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
         side: &Side,
         train: bool,
     ) -> T4<E, D, T> {
+        self.pass(x, side, train, Lin::Off, false).0
+    }
+
+    /// [`Net::forward_side`] that also returns the gates of its ReLU / LeakyReLU layers,
+    /// for tangent passes at this input.
+    pub fn forward_recording<T: Tape<E, D> + 'static>(
+        &self,
+        x: T4<E, D, T>,
+        side: &Side,
+        train: bool,
+    ) -> (T4<E, D, T>, Linearisation<E, D>) {
+        let (y, lin) = self.pass(x, side, train, Lin::Record(vec![]), false);
+        let Lin::Record(gates) = lin else {
+            unreachable!()
+        };
+        (y, Linearisation { gates })
+    }
+
+    /// The tangent pass: `J(x) dx` per sample, where `J(x)` is the net's input Jacobian at
+    /// the input `x` of the recording pass `lin` (same side inputs and `train`): the gates
+    /// are replayed and additive constants dropped. Exact on piecewise-linear nets
+    /// ([`Net::is_piecewise_linear`]), which its parameter gradient needs to be the
+    /// Hessian-vector product of `gan::losses`.
+    ///
+    /// # Panics
+    /// On a net that is not piecewise linear, or a `lin` from another net or batch size.
+    pub fn forward_tangent<T: Tape<E, D> + 'static>(
+        &self,
+        dx: T4<E, D, T>,
+        side: &Side,
+        train: bool,
+        lin: &Linearisation<E, D>,
+    ) -> T4<E, D, T> {
+        assert!(
+            self.is_piecewise_linear(),
+            "tangent pass of a net that is not piecewise linear"
+        );
+        let replay = Lin::Replay {
+            gates: &lin.gates,
+            next: 0,
+        };
+        let (y, rest) = self.pass(dx, side, train, replay, true);
+        if let Lin::Replay { next, .. } = rest {
+            assert_eq!(next, lin.gates.len(), "linearisation of another net");
+        }
+        y
+    }
+
+    /// True when the net is linear in its input but for ReLU / LeakyReLU gates (no batch
+    /// norm, tanh, context or noise layers on the input's path): every discriminator
+    /// without batch norm.
+    pub fn is_piecewise_linear(&self) -> bool {
+        piecewise_linear(&self.layers)
+    }
+
+    fn pass<'a, T: Tape<E, D> + 'static>(
+        &self,
+        x: T4<E, D, T>,
+        side: &'a Side,
+        train: bool,
+        lin: Lin<'a, E, D>,
+        tangent: bool,
+    ) -> (T4<E, D, T>, Lin<'a, E, D>) {
         let mut st = Fwd {
             ctx: vec![None; self.n_ctx],
             side,
             noise_i: 0,
+            lin,
+            tangent,
         };
         if let Some((slot, k)) = self.label_slot {
             let labels = side
@@ -468,7 +619,27 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
                 .expect("a conditional net needs labels (Side::labels)");
             st.ctx[slot] = Some(self.one_hot(labels, k, x.shape().0));
         }
-        self.run(&self.layers, x, train, &mut st)
+        let y = self.run(&self.layers, x, train, &mut st);
+        (y, st.lin)
+    }
+
+    /// ReLU (`a = 0`) or LeakyReLU as a gated product, recording or replaying its gate.
+    fn act<T: Tape<E, D>>(&self, x: T4<E, D, T>, a: f64, st: &mut Fwd<E, D>) -> T4<E, D, T> {
+        match &mut st.lin {
+            Lin::Off => D::gated(x, None, a),
+            Lin::Record(gates) => {
+                gates.push(x.retaped::<NoneTape>());
+                D::gated(x, None, a)
+            }
+            Lin::Replay { gates, next } => {
+                let g = gates
+                    .get(*next)
+                    .expect("tangent pass: more activations than recorded");
+                assert_eq!(g.shape(), x.shape(), "tangent pass: gate shape");
+                *next += 1;
+                D::gated(x, Some(g), a)
+            }
+        }
     }
 
     /// Classes of a conditional net (`None`: unconditional).
@@ -547,6 +718,10 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
         train: bool,
         st: &mut Fwd<E, D>,
     ) -> T4<E, D, T> {
+        assert!(
+            !st.tangent || piecewise_linear(std::slice::from_ref(l)),
+            "a tangent pass cannot go through {l:?}"
+        );
         match l {
             Layer::Linear { w, b } => {
                 let (bsz, c, h, wd) = *x.shape();
@@ -559,7 +734,8 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
                     self.params.names[*w]
                 );
                 let wt = self.weight::<T>(*w, train).reshape_like(&(o, i));
-                let y = ops::linear(x.reshape_like(&(bsz, i)), wt, b.map(|b| self.p::<T>(b)));
+                let b = b.filter(|_| !st.tangent).map(|b| self.p::<T>(b));
+                let y = ops::linear(x.reshape_like(&(bsz, i)), wt, b);
                 y.reshape_like(&(bsz, o, 1, 1))
             }
             Layer::Conv {
@@ -571,7 +747,7 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
             } => ops::conv2d(
                 x,
                 self.w4::<T>(*w, train),
-                b.map(|b| self.p::<T>(b)),
+                b.filter(|_| !st.tangent).map(|b| self.p::<T>(b)),
                 *stride,
                 *pad,
                 *groups,
@@ -580,7 +756,7 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
             Layer::ConvT { w, b, stride, pad } => ops::conv_transpose2d(
                 x,
                 self.w4::<T>(*w, train),
-                b.map(|b| self.p::<T>(b)),
+                b.filter(|_| !st.tangent).map(|b| self.p::<T>(b)),
                 *stride,
                 *pad,
                 &self.cache,
@@ -596,8 +772,8 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
                 let bt = self.p::<T>(*beta);
                 self.bn(x, g, bt, *buf, *eps, *momentum, train)
             }
-            Layer::LeakyRelu(a) => ops::leaky_relu(x, *a),
-            Layer::Relu => x.relu(),
+            Layer::LeakyRelu(a) => self.act(x, *a, st),
+            Layer::Relu => self.act(x, 0.0, st),
             Layer::Tanh => x.tanh(),
             Layer::Scale(s) => x * E::of(*s),
             Layer::Up(UpMode::Nearest) => ops::upsample_nearest2x(x, &self.cache),
@@ -613,7 +789,8 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
                 let (oc, oh, ow) = (bs[0], bs[1], bs[2]);
                 let i = c * h * wd;
                 let wt = self.p::<T>(*w).reshape_like(&(oc, i));
-                let coef = ops::linear(x.reshape_like(&(bsz, i)), wt, Some(self.p::<T>(*b)));
+                let b = (!st.tangent).then(|| self.p::<T>(*b));
+                let coef = ops::linear(x.reshape_like(&(bsz, i)), wt, b);
                 let s = (bsz, oc, oh, ow);
                 let coef = coef.broadcast_like::<_, Axes2<2, 3>>(&s);
                 let base = self
@@ -636,8 +813,8 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
                     self.params.names[*w]
                 );
                 let wt = self.p::<T>(*w).reshape_like(&(o, i)) * E::of(*w_mul);
-                let bt = self.p::<T>(*b) * E::of(*b_mul);
-                let y = ops::linear(x.reshape_like(&(bsz, i)), wt, Some(bt));
+                let bt = (!st.tangent).then(|| self.p::<T>(*b) * E::of(*b_mul));
+                let y = ops::linear(x.reshape_like(&(bsz, i)), wt, bt);
                 y.reshape_like(&(bsz, o, 1, 1))
             }
             Layer::BasisScale { basis } => {
@@ -709,7 +886,11 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
                     .clone()
                     .expect("Project without labels")
                     .retaped::<T>();
+                // the embedding is a factor of phi, not an additive constant: a tangent
+                // pass computes it as it is
+                let tangent = std::mem::replace(&mut st.tangent, false);
                 let e = self.run(embed, y, train, st);
+                st.tangent = tangent;
                 let proj = (phi * e)
                     .reshape_like(&(bsz, n))
                     .sum::<(usize,), Axis<1>>()
@@ -853,12 +1034,12 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
         Ok(())
     }
 
-    /// `self = beta * self + (1 - beta) * src` for parameters; buffers copied from `src`.
+    /// `self = beta * self + (1 - beta) * src` for parameters. Buffers (batch-norm running
+    /// statistics) are left alone: an averaged net keeps statistics of its own activations.
     pub fn ema_update(&mut self, src: &Net<E, D>, beta: f64) {
         for (p, s) in self.params.tensors.iter_mut().zip(&src.params.tensors) {
             *p = p.clone() * E::of(beta) + s.clone() * E::of(1.0 - beta);
         }
-        *self.buffers.lock().unwrap() = src.buffers.lock().unwrap().clone();
     }
 }
 

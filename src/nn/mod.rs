@@ -15,6 +15,7 @@
 //! Activations are always 4-D `(batch, channels, height, width)`; vectors are
 //! `(batch, features, 1, 1)`.
 
+pub mod act;
 pub mod cond;
 pub mod fused;
 pub mod layers;
@@ -25,7 +26,7 @@ pub mod rng;
 #[cfg(test)]
 mod tests;
 
-pub use layers::{Layer, Mix, Net, NetBuilder, Norm, Side, SnState, UpMode};
+pub use layers::{Layer, Linearisation, Mix, Net, NetBuilder, Norm, Side, SnState, UpMode};
 pub use params::{load_safetensors, save_safetensors, Adam, AdamConfig, NamedTensor, ParamStore};
 pub use rng::Rng;
 
@@ -88,6 +89,21 @@ impl Float for f64 {
 /// with the device-specific versions of the hot spots: the default methods compose dfdx
 /// ops (they run anywhere); the CPU overrides them with fused, parallel custom ops.
 pub trait Dev<E: Float>: Device<E> {
+    /// ReLU (`a = 0`) / LeakyReLU as the gated product `x * s(gate)`, `s(v) = 1` for
+    /// `v > 0` else `a`, with `gate = x` when none is given. See [`act`].
+    fn gated<T: Tape<E, Self>>(
+        x: T4<E, Self, T>,
+        gate: Option<&T4<E, Self>>,
+        a: f64,
+    ) -> T4<E, Self, T> {
+        match gate {
+            Some(g) => act::gated_composed(x, g, a),
+            None => {
+                let g = x.retaped::<NoneTape>();
+                act::gated_composed(x, &g, a)
+            }
+        }
+    }
     /// im2col: `x (B, C, H, W)` to flat columns laid out `(B, C, kh, kw, ho, wo)`
     /// (zero for padding taps). See [`fused`].
     fn im2col<T: Tape<E, Self>>(
@@ -109,6 +125,13 @@ pub trait Dev<E: Float>: Device<E> {
 }
 
 impl Dev<f32> for Cpu {
+    fn gated<T: Tape<f32, Self>>(
+        x: T4<f32, Self, T>,
+        gate: Option<&T4<f32, Self>>,
+        a: f64,
+    ) -> T4<f32, Self, T> {
+        act::gated_op(x, gate, a)
+    }
     fn im2col<T: Tape<f32, Self>>(
         x: T4<f32, Self, T>,
         g: fused::Geom,
@@ -126,6 +149,13 @@ impl Dev<f32> for Cpu {
 }
 
 impl Dev<f64> for Cpu {
+    fn gated<T: Tape<f64, Self>>(
+        x: T4<f64, Self, T>,
+        gate: Option<&T4<f64, Self>>,
+        a: f64,
+    ) -> T4<f64, Self, T> {
+        act::gated_op(x, gate, a)
+    }
     fn im2col<T: Tape<f64, Self>>(
         x: T4<f64, Self, T>,
         g: fused::Geom,

@@ -71,7 +71,15 @@ impl Pipeline {
                 Some(i) => msg[..i].to_string(),
                 None => msg,
             };
-            SpecError::new(file, pos, format!("malformed YAML: {msg}"))
+            // `{seed: ${seed}}`: YAML reads `{` of `${` as a nested flow mapping
+            let line = pos.and_then(|p| source.lines().nth(p.line.saturating_sub(1)));
+            let hint = if line.is_some_and(|l| l.contains("${") && l.contains('{')) {
+                "; a `${...}` reference inside a `{...}` flow mapping or `[...]` list must be \
+                 quoted: `{seed: '${seed}'}` (a quoted whole-value reference keeps its type)"
+            } else {
+                ""
+            };
+            SpecError::new(file, pos, format!("malformed YAML: {msg}{hint}"))
         })?;
         doc.apply_merge()
             .map_err(|e| cx.err("", format!("bad merge key: {e}")))?;

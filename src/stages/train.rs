@@ -5,7 +5,8 @@
 //! - `checkpoint.safetensors`: G, G_ema, D, both Adam states, step, seed, RNG state
 //!   (every `checkpoint_every` steps and at the end, atomically); a killed run resumes
 //!   from it and reproduces the uninterrupted run's losses exactly;
-//! - `log.parquet` / `log.csv`: step, d_loss, g_loss, r1, r2, grad norms, images/s;
+//! - `log.parquet` / `log.csv`: step, d_loss, g_loss, r1, r2, d_real, d_fake, grad norms,
+//!   images/s;
 //! - `loss.png`: D loss (red) and G loss (blue) against steps.
 //!
 //! NaN or infinite losses end the run with status `diverged` (a result, not a crash).
@@ -103,7 +104,9 @@ impl Stage for Train {
         "train"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: exact R1/R2 (tangent pass), EMA half-life with ramp-up by default, G_ema's
+        // own batch-norm statistics, a batch-norm D sees real and fake apart
+        2
     }
     fn about(&self) -> &'static str {
         "train a GAN (mlp, dcgan, resnet, selfmod, stylegan, r3gan B-E; ns, rpgan, hinge; r1, r2; unconditional or class-conditional) with checkpoints and resume"
@@ -194,7 +197,7 @@ fn train_on<D: Dev<f32>>(
         t.load_checkpoint(&ckpt)
             .with_context(|| format!("resuming from {}", ckpt.display()))?;
         if let Ok(text) = std::fs::read_to_string(cx.dir.join(ROWS_FILE)) {
-            rows = rows_from_bits(&serde_json::from_str::<Vec<[u64; 8]>>(&text)?);
+            rows = rows_from_bits(&serde_json::from_str::<Vec<[u64; 10]>>(&text)?);
             rows.retain(|r| r.log.step <= t.step_count());
         }
         tracing::info!("{}: resuming at step {}", cx.label, t.step_count());
@@ -251,7 +254,18 @@ fn train_on<D: Dev<f32>>(
         .metric("params_g", pg as f64)
         .metric("params_d", pd as f64)
         .metric("d_loss", mean(|r| r.d_loss))
-        .metric("g_loss", mean(|r| r.g_loss));
+        .metric("g_loss", mean(|r| r.g_loss))
+        .metric("d_gap", mean(|r| r.d_real - r.d_fake));
+    // the last logged penalty values (R3GAN's failure signs: R1 / R2 blowing up)
+    for (name, f) in [
+        ("r1", (|r: &StepLog| r.r1) as fn(&StepLog) -> Option<f64>),
+        ("r2", |r| r.r2),
+    ] {
+        let v: Vec<f64> = tail.iter().filter_map(|r| f(&r.log)).collect();
+        if !v.is_empty() {
+            out = out.metric(name, v.iter().sum::<f64>() / v.len() as f64);
+        }
+    }
     if let Some(m) = peak_rss_mib() {
         out = out.metric("peak_rss_mib", m);
     }
@@ -281,7 +295,7 @@ fn save_state<D: Dev<f32>>(t: &Trainer<D>, rows: &[LogRow], dir: &Path) -> Resul
 
 /// Rows as exact bit patterns (JSON floats do not always round-trip the last bit,
 /// and a resumed log must equal the uninterrupted one).
-fn rows_to_bits(rows: &[LogRow]) -> Vec<[u64; 8]> {
+fn rows_to_bits(rows: &[LogRow]) -> Vec<[u64; 10]> {
     let o = |v: Option<f64>| v.map(f64::to_bits).unwrap_or(u64::MAX);
     rows.iter()
         .map(|r| {
@@ -294,12 +308,14 @@ fn rows_to_bits(rows: &[LogRow]) -> Vec<[u64; 8]> {
                 r.log.grad_norm_d.to_bits(),
                 r.log.grad_norm_g.to_bits(),
                 r.images_per_s.to_bits(),
+                r.log.d_real.to_bits(),
+                r.log.d_fake.to_bits(),
             ]
         })
         .collect()
 }
 
-fn rows_from_bits(bits: &[[u64; 8]]) -> Vec<LogRow> {
+fn rows_from_bits(bits: &[[u64; 10]]) -> Vec<LogRow> {
     let o = |b: u64| {
         if b == u64::MAX {
             None
@@ -315,6 +331,8 @@ fn rows_from_bits(bits: &[[u64; 8]]) -> Vec<LogRow> {
                 g_loss: f64::from_bits(b[2]),
                 r1: o(b[3]),
                 r2: o(b[4]),
+                d_real: f64::from_bits(b[8]),
+                d_fake: f64::from_bits(b[9]),
                 grad_norm_d: f64::from_bits(b[5]),
                 grad_norm_g: f64::from_bits(b[6]),
             },
@@ -341,6 +359,8 @@ fn write_log(rows: &[LogRow], dir: &Path) -> Result<()> {
                 ("g_loss".to_string(), Cell::Float(r.log.g_loss)),
                 ("r1".to_string(), opt(r.log.r1)),
                 ("r2".to_string(), opt(r.log.r2)),
+                ("d_real".to_string(), Cell::Float(r.log.d_real)),
+                ("d_fake".to_string(), Cell::Float(r.log.d_fake)),
                 ("grad_norm_d".to_string(), Cell::Float(r.log.grad_norm_d)),
                 ("grad_norm_g".to_string(), Cell::Float(r.log.grad_norm_g)),
                 ("images_per_s".to_string(), Cell::Float(r.images_per_s)),
