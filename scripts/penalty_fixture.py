@@ -74,6 +74,14 @@ def apply(layer, x, case, tensors, labels):
         return x * a
     if name == "AvgPool2":
         return F.avg_pool2d(x, 2)
+    if name == "FirDown":
+        # R3GAN's InterpolativeDownsamplerReference: every plane correlated with
+        # outer([1,3,3,1], [1,3,3,1]) / 64, stride 2, padding 1
+        f = torch.tensor([1.0, 3.0, 3.0, 1.0])
+        k = (torch.outer(f, f) / 64.0).to(x.dtype)[None, None]
+        b, c, h, w = x.shape
+        y = F.conv2d(x.reshape(b * c, 1, h, w), k, stride=2, padding=1)
+        return y.reshape(b, c, h // 2, w // 2)
     if name == "Reshape":
         return x.reshape(x.shape[0], *a)
     if name == "ParamScale":
