@@ -10,8 +10,8 @@ pub mod stage;
 pub use cache::{Cache, Manifest};
 pub use plan::{Plan, PlanOptions, PlanStatus};
 pub use registry::Registry;
-pub use run::{run, RunOptions, Summary};
+pub use run::{run, run_observed, Outcome as RunOutcome, RunEvent, RunOptions, Summary};
 pub use stage::{
-    typed_params, CheckCtx, DeviceChoice, InputRef, Interrupted, Outcome, ParamError, Progress,
-    PublishCtx, Resources, RunCtx, Stage, Status,
+    typed_params, CheckCtx, DeviceChoice, Figure, FigureCtx, InputRef, Interrupted, Outcome,
+    ParamError, Progress, PublishCtx, Resources, RunCtx, Stage, Status,
 };
