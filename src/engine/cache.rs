@@ -70,13 +70,26 @@ pub struct Manifest {
     pub status: Status,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    #[serde(default)]
+    /// NaN and infinite values are written as JSON `null` and read back as NaN.
+    #[serde(default, deserialize_with = "metrics_nan_for_null")]
     pub metrics: BTreeMap<String, f64>,
     #[serde(default)]
     pub info: Map<String, Value>,
     pub timings: Timings,
     pub device: String,
     pub crate_version: String,
+}
+
+/// Metrics with `null` (how serde_json writes NaN and infinities) read as NaN: a
+/// metric without a value must not make the whole manifest unreadable (the instance
+/// would look uncached and its dependents would fail).
+fn metrics_nan_for_null<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, f64>, D::Error> {
+    let m: BTreeMap<String, Option<f64>> = Deserialize::deserialize(d)?;
+    Ok(m.into_iter()
+        .map(|(k, v)| (k, v.unwrap_or(f64::NAN)))
+        .collect())
 }
 
 /// The cache root and the paths inside it.
@@ -262,6 +275,37 @@ mod tests {
         // The key is blake3 of the canonical document, which a notebook can recompute.
         let doc = r#"{"inputs":["k1"],"kind":"train","params":{"a":1,"b":[1,2]},"version":1}"#;
         assert_eq!(a, blake3::hash(doc.as_bytes()).to_hex().to_string());
+    }
+
+    #[test]
+    fn a_nan_metric_does_not_make_the_manifest_unreadable() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Cache::new(d.path());
+        let key = "b".repeat(64);
+        let m = Manifest {
+            kind: "k".into(),
+            version: 1,
+            key: key.clone(),
+            stage: "s".into(),
+            label: "s".into(),
+            params: json!({}),
+            inputs: vec![],
+            outputs: BTreeMap::new(),
+            status: Status::Ok,
+            error: None,
+            metrics: [("nan".to_string(), f64::NAN), ("one".to_string(), 1.0)]
+                .into_iter()
+                .collect(),
+            info: Map::new(),
+            timings: Timings::default(),
+            device: "cpu".into(),
+            crate_version: "0".into(),
+        };
+        std::fs::create_dir_all(c.dir("k", &key)).unwrap();
+        c.write_manifest(&m).unwrap();
+        let back = c.manifest("k", &key).expect("readable");
+        assert!(back.metrics["nan"].is_nan());
+        assert_eq!(back.metrics["one"], 1.0);
     }
 
     #[test]

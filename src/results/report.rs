@@ -699,6 +699,9 @@ pub fn axis_charts(obs: &[Obs], over: &[String]) -> Vec<LineChart> {
         }
     }
     let metrics: BTreeSet<&String> = obs.iter().flat_map(|o| o.metrics.keys()).collect();
+    // Timings (`eval_s`, `samples_per_s`) after the results.
+    let mut metrics: Vec<&String> = metrics.into_iter().collect();
+    metrics.sort_by_key(|m| (m.ends_with("_s"), m.as_str()));
     let get = |o: &Obs, axis: &str| {
         o.vars
             .iter()
@@ -892,7 +895,7 @@ fn stage_graph(plan: &Plan, states: &[State]) -> String {
         let st = &stages[si];
         let _ = write!(
             s,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td data-v=\"{}\">{}</td>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td data-v=\"{}\" class=\"num\">{}</td>",
             esc(&st.name),
             esc(&st.kind),
             esc(&st.needs.join(", ")),
@@ -903,7 +906,7 @@ fn stage_graph(plan: &Plan, states: &[State]) -> String {
             let v = counts[si].get(c).copied().unwrap_or(0);
             let _ = write!(
                 s,
-                "<td data-v=\"{v}\" class=\"{}\">{v}</td>",
+                "<td data-v=\"{v}\" class=\"num {}\">{v}</td>",
                 if v > 0 {
                     format!("st-{c}")
                 } else {
@@ -1018,6 +1021,17 @@ fn table_html(name: &str, df: &DataFrame, stages: &BTreeSet<&str>) -> String {
                 }
             }
             let mut class = vec![];
+            if matches!(
+                v,
+                AnyValue::Float64(_)
+                    | AnyValue::Float32(_)
+                    | AnyValue::Int64(_)
+                    | AnyValue::Int32(_)
+                    | AnyValue::UInt32(_)
+                    | AnyValue::UInt64(_)
+            ) {
+                class.push("num".to_string());
+            }
             if c.hidden {
                 class.push("x".to_string());
             }
@@ -1136,10 +1150,10 @@ dl.meta{display:grid;grid-template-columns:max-content 1fr;gap:2px 14px;margin:6
 nav a{margin-right:14px}code{background:#f0f0f0;padding:1px 4px;border-radius:3px}
 .scroll{overflow-x:auto;max-width:100%}
 table.data{border-collapse:collapse;background:#fff;margin:4px 0 12px;font-variant-numeric:tabular-nums}
-table.data th,table.data td{border:1px solid #ddd;padding:3px 8px;text-align:right;white-space:nowrap}
+table.data th,table.data td{border:1px solid #ddd;padding:3px 8px;text-align:left;white-space:nowrap}
+table.data td.num{text-align:right}
 table.data th{background:#f3f3f3;cursor:pointer;user-select:none}
 table.data th[aria-sort=ascending]::after{content:" ▲"}table.data th[aria-sort=descending]::after{content:" ▼"}
-table.data td:first-child,table.data th:first-child{text-align:left}
 .tbl:not(.all) .x{display:none}.toggle{margin-left:12px;color:#555;font-size:13px}
 td.zero{color:#bbb}
 .st-failed,td.st-failed{color:#b00020}.st-diverged,td.st-diverged{color:#b35900}.st-skipped,.st-interrupted{color:#777}
@@ -1293,9 +1307,12 @@ mod tests {
             "{h}"
         );
         assert!(!h.contains(">modes_std<"), "{h}");
-        assert!(h.contains("<td data-v=\"7.5\">7.5 ± 0.5</td>"), "{h}");
+        assert!(
+            h.contains("<td data-v=\"7.5\" class=\"num\">7.5 ± 0.5</td>"),
+            "{h}"
+        );
         // A missing std shows the mean alone.
-        assert!(h.contains("<td data-v=\"8.0\">8</td>"), "{h}");
+        assert!(h.contains("<td data-v=\"8.0\" class=\"num\">8</td>"), "{h}");
         // Upstream, constant (`pipeline`, `n`) columns are hidden; status is kept and marked.
         assert!(
             h.contains("<th class=\"x\" title=\"sort\">train.wall_s_mean</th>"),

@@ -183,7 +183,7 @@ impl Stage for Train {
             .map(|c| {
                 Ok(Figure::Svg {
                     title: c.title.clone(),
-                    svg: c.svg(460, 300)?,
+                    svg: c.svg(400, 270)?,
                 })
             })
             .collect()
