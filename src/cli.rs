@@ -7,6 +7,7 @@ use crate::engine::{
     self, Cache, DeviceChoice, Plan, PlanOptions, PlanStatus, Registry, RunOptions,
 };
 use crate::pipeline::{Pipeline, SpecError};
+use crate::results::report::{Reporter, Snapshot};
 use crate::results::{query, table};
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -27,6 +28,7 @@ const AFTER: &str = "Examples:
   ablate run pipelines/quickstart.yaml -j 2      run it (cached work is skipped)
   ablate run pipelines/quickstart.yaml --force train   redo train and everything after it
   ablate query 'SELECT * FROM ring_table_agg' -p pipelines/quickstart.yaml
+  ablate report pipelines/quickstart.yaml        results/quickstart/report.html (ablate run keeps it current)
   ablate dag pipelines/r3gan-roadmap.yaml --format dot | dot -Tsvg > dag.svg
   ablate gc pipelines/*.yaml                     drop cache entries no pipeline uses
   ablate verify pipelines/quickstart.yaml        re-hash its cached outputs (exit 1 if any changed)
@@ -79,6 +81,9 @@ enum Cmd {
         /// Where stages that can use a GPU run: cpu, cuda, or auto (cuda when built with it and present).
         #[arg(long, value_enum, default_value = "cpu")]
         device: DeviceArg,
+        /// Do not write results/<pipeline>/report.html while running.
+        #[arg(long)]
+        no_report: bool,
     },
     /// Dry run: every instance, its key, and whether it is cached or will run (and why).
     Plan {
@@ -105,6 +110,14 @@ enum Cmd {
         pipeline: Option<PathBuf>,
         #[arg(long, value_enum, default_value = "table")]
         format: OutFormat,
+    },
+    /// Write the pipeline's HTML report (tables, plots, sample grids; opens from disk).
+    Report {
+        file: PathBuf,
+        /// Where to write it (default results/<pipeline>/report.html); pictures go to
+        /// figures/ beside it.
+        #[arg(short, long, value_name = "PATH")]
+        output: Option<PathBuf>,
     },
     /// Print a pipeline's result tables.
     Show {
@@ -248,6 +261,7 @@ fn dispatch(cli: &Cli, reg: &Registry) -> Result<i32, Exit> {
             force,
             keep_going,
             device,
+            no_report,
         } => {
             let plan = plan_with_force(file, reg, cache, force)?;
             let (cached, to_run) = plan.counts();
@@ -276,7 +290,31 @@ fn dispatch(cli: &Cli, reg: &Registry) -> Result<i32, Exit> {
                 threads: threads.map(|t| t as usize),
             };
             let cancel = install_ctrlc();
-            let s = engine::run(&plan, reg, &opts, cancel)?;
+            let device_name = format!("{device:?}").to_lowercase();
+            let mut reporter = (!no_report).then(|| {
+                Reporter::new(
+                    &plan,
+                    &cli.results_dir,
+                    None,
+                    reproduce_command(file, force),
+                    device_name,
+                )
+            });
+            let s = engine::run_observed(&plan, reg, &opts, cancel, &mut |ev| {
+                if let Some(r) = reporter.as_mut() {
+                    r.observe(&plan, reg, &cli.results_dir, ev);
+                }
+            })?;
+            if let Some(r) = reporter.as_mut() {
+                let snap = Snapshot {
+                    outcomes: Some(&s.outcomes.iter().cloned().map(Some).collect::<Vec<_>>()),
+                    running: &[],
+                };
+                match r.write(&plan, reg, &cli.results_dir, &snap) {
+                    Ok(p) => eprintln!("report: {}", p.display()),
+                    Err(e) => tracing::warn!("report {}: {e:#}", r.path().display()),
+                }
+            }
             for (label, err) in &s.failures {
                 eprintln!("failed: {label}\n  {}", err.replace('\n', "\n  "));
             }
@@ -326,6 +364,19 @@ fn dispatch(cli: &Cli, reg: &Registry) -> Result<i32, Exit> {
                 )
             })?;
             print_frame(&mut df, *format)?;
+            Ok(0)
+        }
+        Cmd::Report { file, output } => {
+            let plan = plan_with_force(file, reg, cache, &[])?;
+            let mut r = Reporter::new(
+                &plan,
+                &cli.results_dir,
+                output.clone(),
+                reproduce_command(file, &[]),
+                "as recorded".into(),
+            );
+            let p = r.write(&plan, reg, &cli.results_dir, &Snapshot::default())?;
+            println!("{}", p.display());
             Ok(0)
         }
         Cmd::Show { file, format, all } => {
@@ -417,6 +468,15 @@ fn current_tables(
             })
     });
     Ok(tables)
+}
+
+/// The command line that reruns a pipeline (what the report shows).
+fn reproduce_command(file: &Path, force: &[String]) -> String {
+    let mut c = format!("ablate run {}", file.display());
+    for f in force {
+        c.push_str(&format!(" --force {f}"));
+    }
+    c
 }
 
 /// Plan a pipeline from the working directory, forcing these stages.

@@ -198,23 +198,31 @@ pub fn write_scatter_png(path: &Path, points: &[f32], opts: &ScatterOptions) -> 
 }
 
 /// The preview of a dataset: the first 64 images in 8 columns, or a 512 px
-/// scatter plot of all points with the mixture centres (if any).
-pub fn write_preview(ds: &Dataset, path: &Path) -> Result<()> {
+/// scatter plot of all points with the mixture centres (if any), with axes, tick
+/// labels, `title` and a legend.
+pub fn write_preview(ds: &Dataset, path: &Path, title: &str) -> Result<()> {
     match &ds.data {
         DataTensor::Images { n, c, h, w, values } => {
             let k = (*n).min(64);
             write_image_grid(path, &values[..k * c * h * w], k, *c, *h, *w, 8)
         }
-        DataTensor::Points { values, .. } => {
-            let opts = ScatterOptions {
+        DataTensor::Points { n, values } => {
+            use crate::results::plots::{Chart, ScatterChart};
+            let chart = ScatterChart {
+                title: title.to_string(),
+                points: values.clone(),
+                points_name: format!("points ({n})"),
                 centres: ds
                     .mixture
                     .as_ref()
                     .map(|m| m.centres.clone())
                     .unwrap_or_default(),
-                ..ScatterOptions::default()
+                centres_name: "mode centres".into(),
             };
-            write_scatter_png(path, values, &opts)
+            let png = chart
+                .png(512, 512)
+                .map_err(|e| DataError::Invalid(format!("{}: {e:#}", path.display())))?;
+            write_atomic(path, &png)
         }
     }
 }
@@ -282,7 +290,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ring = crate::data::gaussian_ring(1000, 2.0, 0.02, 0).unwrap();
         let p = dir.path().join("ring.png");
-        write_preview(&ring, &p).unwrap();
+        write_preview(&ring, &p, "ring").unwrap();
         assert_eq!(image::open(&p).unwrap().width(), 512);
         let imgs = Dataset {
             data: DataTensor::Images {
@@ -298,7 +306,7 @@ mod tests {
             mixture: None,
         };
         let p = dir.path().join("imgs.png");
-        write_preview(&imgs, &p).unwrap();
+        write_preview(&imgs, &p, "images").unwrap();
         assert_eq!(image::open(&p).unwrap().width(), 8 * 5 + 2);
         assert_eq!(image::open(&p).unwrap().height(), 8 * 5 + 2);
     }

@@ -352,6 +352,37 @@ mod tests {
     }
 
     #[test]
+    fn a_nan_metric_does_not_make_the_manifest_unreadable() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Cache::new(d.path());
+        let key = "b".repeat(64);
+        let m = Manifest {
+            kind: "k".into(),
+            version: 1,
+            key: key.clone(),
+            stage: "s".into(),
+            label: "s".into(),
+            params: json!({}),
+            inputs: vec![],
+            outputs: BTreeMap::new(),
+            status: Status::Ok,
+            error: None,
+            metrics: [("nan".to_string(), f64::NAN), ("one".to_string(), 1.0)]
+                .into_iter()
+                .collect(),
+            info: Map::new(),
+            timings: Timings::default(),
+            device: "cpu".into(),
+            crate_version: "0".into(),
+        };
+        std::fs::create_dir_all(c.dir("k", &key)).unwrap();
+        c.write_manifest(&m).unwrap();
+        let back = c.manifest("k", &key).expect("readable");
+        assert!(back.metrics["nan"].is_nan());
+        assert_eq!(back.metrics["one"], 1.0);
+    }
+
+    #[test]
     fn lock_is_exclusive_between_handles() {
         let d = tempfile::tempdir().unwrap();
         let c = Cache::new(d.path());

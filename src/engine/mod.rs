@@ -11,8 +11,9 @@ pub mod verify;
 pub use cache::{Cache, Manifest};
 pub use plan::{Plan, PlanOptions, PlanStatus};
 pub use registry::Registry;
-pub use run::{run, RunOptions, Summary};
+pub use run::{run, run_observed, Outcome as RunOutcome, RunEvent, RunOptions, Summary};
 pub use stage::{
-    normalised_params, typed_params, CheckCtx, DeviceChoice, InputRef, Interrupted, Outcome,
-    ParamError, Progress, PublishCtx, Resources, RunCtx, Stage, Status, Upstream, UpstreamInfo,
+    normalised_params, typed_params, CheckCtx, DeviceChoice, Figure, FigureCtx, InputRef,
+    Interrupted, Outcome, ParamError, Progress, PublishCtx, Resources, RunCtx, Stage, Status,
+    Upstream, UpstreamInfo,
 };

@@ -109,12 +109,40 @@ fn now() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// What the scheduler tells an observer of [`run_observed`].
+#[derive(Debug)]
+pub struct RunEvent<'a> {
+    /// The instance that just ended (ran, failed, was skipped, ...), or `None` at the
+    /// start and for the periodic tick (about once a second while instances run).
+    pub finished: Option<usize>,
+    /// How each instance has ended so far, by instance id (`None`: not yet).
+    pub outcomes: &'a [Option<Outcome>],
+    /// Instances running now.
+    pub running: &'a [usize],
+}
+
+/// How often an observer hears from a busy scheduler when nothing finishes.
+const TICK: Duration = Duration::from_secs(1);
+
 /// Run everything the plan marks `run`; publish what the cache already has.
 pub fn run(
     plan: &Plan,
     reg: &Registry,
     opts: &RunOptions,
     cancel: Arc<AtomicBool>,
+) -> Result<Summary> {
+    run_observed(plan, reg, opts, cancel, &mut |_| {})
+}
+
+/// [`run`], calling `observe` on the scheduler's thread when it starts, after every
+/// instance ends, and on a tick while work runs. The observer must be quick or
+/// rate-limit itself (the CLI rewrites the HTML report from it).
+pub fn run_observed(
+    plan: &Plan,
+    reg: &Registry,
+    opts: &RunOptions,
+    cancel: Arc<AtomicBool>,
+    observe: &mut dyn FnMut(&RunEvent),
 ) -> Result<Summary> {
     let t0 = Instant::now();
     let n = plan.items.len();
@@ -180,6 +208,17 @@ pub fn run(
     let mut stop = false;
     let mut n_running = 0usize;
     let mut last_tick = Instant::now();
+    let mut last_observed = Instant::now();
+    let running_ids = |r: &Running| {
+        let mut ids: Vec<usize> = r.keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    };
+    observe(&RunEvent {
+        finished: None,
+        outcomes: &outcomes,
+        running: &[],
+    });
 
     loop {
         if cancel.load(Ordering::Relaxed) {
@@ -307,9 +346,25 @@ pub fn run(
                         stop = true;
                     }
                 }
+                let ids = running_ids(&running.lock().unwrap());
+                observe(&RunEvent {
+                    finished: Some(i),
+                    outcomes: &outcomes,
+                    running: &ids,
+                });
+                last_observed = Instant::now();
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        if last_observed.elapsed() >= TICK {
+            let ids = running_ids(&running.lock().unwrap());
+            observe(&RunEvent {
+                finished: None,
+                outcomes: &outcomes,
+                running: &ids,
+            });
+            last_observed = Instant::now();
         }
         if let Some(b) = &bar {
             if last_tick.elapsed() > Duration::from_millis(200) {
@@ -785,5 +840,96 @@ mod tests {
                 "{bad}: {e} (want {want})"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod observer_tests {
+    use super::*;
+    use crate::engine::{typed_params, CheckCtx, ParamError, PlanOptions, Stage};
+    use serde_json::Value;
+
+    /// Reports its id; fails when its id is `fail_on`.
+    struct Toy;
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct ToyParams {
+        id: i64,
+        fail_on: i64,
+    }
+
+    impl Stage for Toy {
+        fn kind(&self) -> &'static str {
+            "toy"
+        }
+        fn version(&self) -> u32 {
+            1
+        }
+        fn about(&self) -> &'static str {
+            "test kind"
+        }
+        fn check(&self, params: &Value, _cx: &CheckCtx) -> Result<Value, ParamError> {
+            typed_params::<ToyParams>(params, |_| Ok(()))
+        }
+        fn run(&self, cx: &RunCtx) -> Result<super::super::stage::Outcome> {
+            let p: ToyParams = cx.params()?;
+            anyhow::ensure!(p.id != p.fail_on, "asked to fail");
+            Ok(super::super::stage::Outcome::ok().metric("id", p.id as f64))
+        }
+    }
+
+    #[test]
+    fn observer_hears_the_start_and_every_instance_once() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("p.yaml");
+        // a: 4 instances, id 3 fails; b fans out with a (the failed one's b is skipped).
+        std::fs::write(
+            &f,
+            "name: obs\nstages:\n  a:\n    kind: toy\n    matrix: {id: [0, 1, 2, 3]}\n    \
+             params: {id: '${id}', fail_on: 3}\n  b: {kind: toy, needs: [a], params: {id: 9, fail_on: -1}}\n",
+        )
+        .unwrap();
+        let mut reg = Registry::new();
+        reg.register(Toy);
+        let cache = Cache::new(d.path().join("cache"));
+        let plan = Plan::new(&f, &reg, cache, d.path(), &PlanOptions::default()).unwrap();
+        assert_eq!(plan.items.len(), 8);
+        let opts = RunOptions {
+            jobs: 2,
+            keep_going: true,
+            device: DeviceChoice::Cpu,
+            results_root: d.path().join("results"),
+            progress: false,
+            threads: None,
+        };
+        let mut heard: Vec<Option<usize>> = vec![];
+        let s = run_observed(
+            &plan,
+            &reg,
+            &opts,
+            Arc::new(AtomicBool::new(false)),
+            &mut |ev| {
+                if let Some(i) = ev.finished {
+                    // The outcome is recorded before the observer hears of it.
+                    assert!(ev.outcomes[i].is_some());
+                    assert!(!ev.running.contains(&i));
+                }
+                if ev.finished.is_some() || heard.is_empty() {
+                    heard.push(ev.finished);
+                }
+            },
+        )
+        .unwrap();
+        assert_eq!(heard[0], None, "the start comes first");
+        let mut done: Vec<usize> = heard[1..].iter().map(|i| i.unwrap()).collect();
+        done.sort_unstable();
+        // Each of the 7 instances that ran (6) or failed (1) is heard once; the skipped one is not.
+        let expected: Vec<usize> = (0..8)
+            .filter(|&i| !matches!(s.outcomes[i], Outcome::Skipped))
+            .collect();
+        assert_eq!(expected.len(), 7, "{}", s.line());
+        assert_eq!(done, expected);
+        assert_eq!((s.ran, s.failed, s.skipped), (6, 1, 1), "{}", s.line());
     }
 }

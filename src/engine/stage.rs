@@ -229,6 +229,22 @@ pub struct PublishCtx<'a> {
     pub results: &'a Path,
 }
 
+/// A picture of one instance, for the HTML report.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Figure {
+    /// An SVG document (its text is drawn by the browser).
+    Svg { title: String, svg: String },
+    /// A picture file of the instance directory (`grid.png`), shown as it is.
+    File { title: String, file: String },
+}
+
+/// What a stage kind may look at to draw an instance's figures.
+pub struct FigureCtx<'a> {
+    /// The instance directory (complete: its manifest exists).
+    pub dir: &'a Path,
+    pub manifest: &'a Manifest,
+}
+
 /// A stage kind.
 pub trait Stage: Send + Sync {
     /// The `kind:` name in YAML.
@@ -266,6 +282,11 @@ pub trait Stage: Send + Sync {
     /// Copy results out of the cache for people (tabulate writes `results/<pipeline>/`).
     fn publish(&self, _cx: &PublishCtx) -> anyhow::Result<()> {
         Ok(())
+    }
+    /// The figures of a finished instance for the report (plots as SVG, pictures it
+    /// wrote). None by default.
+    fn figures(&self, _cx: &FigureCtx) -> anyhow::Result<Vec<Figure>> {
+        Ok(vec![])
     }
 }
 

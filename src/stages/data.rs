@@ -9,7 +9,9 @@
 use crate::data::{
     self, Dataset, ImageFolderOptions, MnistOptions, MnistSplit, StackedMnistOptions,
 };
-use crate::engine::{normalised_params, CheckCtx, Outcome, ParamError, RunCtx, Stage};
+use crate::engine::{
+    normalised_params, CheckCtx, Figure, FigureCtx, Outcome, ParamError, RunCtx, Stage,
+};
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -296,7 +298,11 @@ impl Stage for Data {
             &cx.dir.join(CARD_FILE),
             serde_json::to_string_pretty(&card)?.as_bytes(),
         )?;
-        data::write_preview(&ds, &cx.dir.join(PREVIEW_FILE))?;
+        data::write_preview(
+            &ds,
+            &cx.dir.join(PREVIEW_FILE),
+            &format!("data: {}", cx.label),
+        )?;
         let s = data::stats(ds.data.values());
         let mut out = Outcome::ok()
             .metric("count", ds.len() as f64)
@@ -308,5 +314,9 @@ impl Stage for Data {
             out = out.metric("classes", c as f64);
         }
         Ok(out)
+    }
+
+    fn figures(&self, cx: &FigureCtx) -> Result<Vec<Figure>> {
+        Ok(super::sample::file_figure(cx, PREVIEW_FILE, "preview"))
     }
 }

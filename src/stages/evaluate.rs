@@ -49,9 +49,12 @@ use super::data::{CARD_FILE, DATA_FILE};
 use super::judge::JUDGE_FILE;
 use super::sample::SAMPLES_FILE;
 use crate::data::{load_dataset, DataTensor, GaussianMixture};
-use crate::engine::{normalised_params, CheckCtx, Outcome, ParamError, RunCtx, Stage, Status};
+use crate::engine::{
+    normalised_params, CheckCtx, Figure, FigureCtx, Outcome, ParamError, RunCtx, Stage, Status,
+};
 use crate::metrics::{self, judge::Judge};
 use crate::nn::{Cpu, NamedTensor, Rng};
+use crate::results::plots::{BarChart, Chart};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -510,7 +513,7 @@ impl Stage for Evaluate {
         let eval_s = t.elapsed().as_secs_f64();
 
         if let Some(hist) = &histogram {
-            write_histogram(hist, cx.dir)?;
+            write_histogram(hist, cx.dir, cx.label)?;
         }
         if p.save_features && needs_feats {
             let nt = |name: &str, v: &[f32]| NamedTensor {
@@ -550,6 +553,19 @@ impl Stage for Evaluate {
         }
         Ok(o)
     }
+
+    fn figures(&self, cx: &FigureCtx) -> Result<Vec<Figure>> {
+        let p = cx.dir.join("modes.csv");
+        if !p.exists() {
+            return Ok(vec![]);
+        }
+        let hist = read_histogram(&p)?;
+        let c = modes_chart(&hist, "");
+        Ok(vec![Figure::Svg {
+            title: c.title.clone(),
+            svg: c.svg(700, 300)?,
+        }])
+    }
 }
 
 fn read_mixture(dir: &Path) -> Result<Option<GaussianMixture>> {
@@ -560,30 +576,48 @@ fn read_mixture(dir: &Path) -> Result<Option<GaussianMixture>> {
     })
 }
 
-/// `modes.csv` (mode,count) and `modes.png` (one bar per mode; no text, no font).
-fn write_histogram(hist: &[u64], dir: &Path) -> Result<()> {
+/// Samples per mode as a bar chart, with the count a uniform generator would give.
+fn modes_chart(hist: &[u64], title_suffix: &str) -> BarChart {
+    let total: u64 = hist.iter().sum();
+    BarChart {
+        title: format!("samples per mode{title_suffix}"),
+        x_label: "mode (index)".into(),
+        y_label: "generated samples".into(),
+        name: format!("generated ({total} samples)"),
+        values: hist.iter().map(|&c| c as f64).collect(),
+        reference: (!hist.is_empty()).then(|| {
+            (
+                total as f64 / hist.len() as f64,
+                "uniform over modes".to_string(),
+            )
+        }),
+    }
+}
+
+/// `modes.csv` back as counts by mode.
+fn read_histogram(path: &Path) -> Result<Vec<u64>> {
+    let text = std::fs::read_to_string(path)?;
+    let mut hist = vec![];
+    for (i, line) in text.lines().enumerate().skip(1) {
+        let (m, c) = line
+            .split_once(',')
+            .with_context(|| format!("{}:{}: expected mode,count", path.display(), i + 1))?;
+        let (m, c): (usize, u64) = (m.trim().parse()?, c.trim().parse()?);
+        if hist.len() <= m {
+            hist.resize(m + 1, 0);
+        }
+        hist[m] = c;
+    }
+    Ok(hist)
+}
+
+/// `modes.csv` (mode,count) and `modes.png` (one bar per mode, axes, title, legend).
+fn write_histogram(hist: &[u64], dir: &Path, label: &str) -> Result<()> {
     let mut csv = String::from("mode,count\n");
     for (m, c) in hist.iter().enumerate() {
         csv.push_str(&format!("{m},{c}\n"));
     }
     crate::util::atomic_write(&dir.join("modes.csv"), csv.as_bytes())?;
-    use plotters::prelude::*;
-    let (w, h) = (800u32, 300u32);
-    let mut buf = vec![0u8; (w * h * 3) as usize];
-    {
-        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
-        root.fill(&WHITE)?;
-        let top = hist.iter().copied().max().unwrap_or(0).max(1) as f64;
-        let mut chart = ChartBuilder::on(&root)
-            .margin(10)
-            .build_cartesian_2d(0f64..hist.len() as f64, 0f64..top * 1.05)?;
-        chart.draw_series(hist.iter().enumerate().map(|(m, &c)| {
-            Rectangle::new([(m as f64, 0.0), (m as f64 + 0.9, c as f64)], BLUE.filled())
-        }))?;
-        root.present()?;
-    }
-    let img = image::RgbImage::from_raw(w, h, buf).context("plot buffer")?;
-    let mut png = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
+    let png = modes_chart(hist, &format!(": {label}")).png(800, 320)?;
     crate::util::atomic_write(&dir.join("modes.png"), &png)
 }

@@ -10,7 +10,9 @@
 
 use super::train::CHECKPOINT_FILE;
 use crate::data::{self, DataTensor, Dataset};
-use crate::engine::{typed_params, CheckCtx, Outcome, ParamError, RunCtx, Stage, Status};
+use crate::engine::{
+    typed_params, CheckCtx, Figure, FigureCtx, Outcome, ParamError, RunCtx, Stage, Status,
+};
 use crate::gan::{self, DataShape, TrainConfig};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -18,6 +20,7 @@ use serde_json::Value;
 use std::time::Instant;
 
 pub const SAMPLES_FILE: &str = "samples.safetensors";
+pub const GRID_FILE: &str = "grid.png";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -133,7 +136,11 @@ impl Stage for Sample {
                 .and_then(|m| serde_json::from_value(m.clone()).ok()),
         };
         data::save_dataset(&ds, &cx.dir.join(SAMPLES_FILE))?;
-        write_grid(&ds, &cx.dir.join("grid.png"))?;
+        write_grid(
+            &ds,
+            &cx.dir.join(GRID_FILE),
+            &format!("samples: {}", cx.label),
+        )?;
         let mut out = Outcome::ok()
             .metric("count", n as f64)
             .metric("samples_per_s", n as f64 / secs.max(1e-9));
@@ -142,12 +149,16 @@ impl Stage for Sample {
         }
         Ok(out)
     }
+
+    fn figures(&self, cx: &FigureCtx) -> Result<Vec<Figure>> {
+        Ok(file_figure(cx, GRID_FILE, "samples"))
+    }
 }
 
 /// The preview grid: one column per class for conditional image samples of at most 32
 /// classes (sample i has label i mod k, so rows of k are one sample per class), else the
 /// data preview (the first 64 images, or a scatter plot).
-fn write_grid(ds: &Dataset, path: &std::path::Path) -> Result<()> {
+fn write_grid(ds: &Dataset, path: &std::path::Path, title: &str) -> Result<()> {
     if let (DataTensor::Images { n, c, h, w, values }, Some(k)) = (&ds.data, ds.classes) {
         if ds.labels.is_some() && (1..=32).contains(&k) && *n >= k {
             let rows = (n / k).min(8);
@@ -156,6 +167,18 @@ fn write_grid(ds: &Dataset, path: &std::path::Path) -> Result<()> {
             return Ok(());
         }
     }
-    data::write_preview(ds, path)?;
+    data::write_preview(ds, path, title)?;
     Ok(())
+}
+
+/// A picture file of the instance, if it wrote one.
+pub(crate) fn file_figure(cx: &FigureCtx, file: &str, title: &str) -> Vec<Figure> {
+    if cx.dir.join(file).exists() {
+        vec![Figure::File {
+            title: title.to_string(),
+            file: file.to_string(),
+        }]
+    } else {
+        vec![]
+    }
 }

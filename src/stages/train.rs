@@ -7,7 +7,9 @@
 //!   from it and reproduces the uninterrupted run's losses exactly;
 //! - `log.parquet` / `log.csv`: step, d_loss, g_loss, r1, r2, d_real, d_fake, grad norms,
 //!   images/s;
-//! - `loss.png`: D loss (red) and G loss (blue) against steps.
+//! - `loss.png`: D and G loss against steps (axes, title, legend);
+//!
+//! and for the report ([`Stage::figures`]): losses, R1/R2 and gradient norms as SVG.
 //!
 //! NaN or infinite losses end the run with status `diverged` (a result, not a crash).
 //! `conditional: true` trains on the data's labels (an error on unlabelled data) and
@@ -16,15 +18,17 @@
 use super::data::DATA_FILE;
 use crate::data::{load_dataset, DataTensor};
 use crate::engine::{
-    normalised_params, CheckCtx, DeviceChoice, Outcome, ParamError, Resources, RunCtx, Stage,
-    Status,
+    normalised_params, CheckCtx, DeviceChoice, Figure, FigureCtx, Outcome, ParamError,
+    Resources, RunCtx, Stage, Status,
 };
 use crate::gan::{
     Arch, ClassLabels, NetConfig, StepLog, TrainConfig, TrainData, Trainer, Upsample, Variant,
 };
 use crate::nn::{Cpu, Dev};
-use crate::results::table::{frame_from_rows, write_table, Cell};
+use crate::results::plots::{Chart, LineChart, Series, XAxis};
+use crate::results::table::{frame_from_rows, read_parquet, write_table, Cell};
 use anyhow::{bail, Context, Result};
+use polars::prelude::{AnyValue, DataType};
 use serde_json::Value;
 use std::path::Path;
 use std::time::Instant;
@@ -180,6 +184,23 @@ impl Stage for Train {
             _ => train_on(cx, &cfg, data, labels, Cpu::default(), device),
         }
     }
+
+    fn figures(&self, cx: &FigureCtx) -> Result<Vec<Figure>> {
+        let log = cx.dir.join("log.parquet");
+        if !log.exists() {
+            return Ok(vec![]);
+        }
+        let rows = read_log(&log)?;
+        log_charts(&rows, "", 400)
+            .into_iter()
+            .map(|c| {
+                Ok(Figure::Svg {
+                    title: c.title.clone(),
+                    svg: c.svg(400, 270)?,
+                })
+            })
+            .collect()
+    }
 }
 
 /// CUDA device 0. dfdx's own RNG seed does not matter: every random number of the
@@ -251,7 +272,7 @@ fn train_on<D: Dev<f32>>(
     t.save_checkpoint(&ckpt)?;
     let _ = std::fs::remove_file(cx.dir.join(ROWS_FILE));
     write_log(&rows, cx.dir)?;
-    plot_losses(&rows, &cx.dir.join("loss.png"))?;
+    plot_losses(&rows, cx.label, &cx.dir.join("loss.png"))?;
 
     let done = t.step_count() - start_step;
     let ips = (done * cfg.batch as u64) as f64 / train_s.max(1e-9);
@@ -385,47 +406,110 @@ fn write_log(rows: &[LogRow], dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// D loss (red) and G loss (blue) against steps, as a PNG (no text: no font needed).
-fn plot_losses(rows: &[LogRow], path: &Path) -> Result<()> {
-    use plotters::prelude::*;
-    let finite: Vec<&LogRow> = rows
+/// The training log as charts against step: D and G loss, R1/R2 (where applied) and
+/// the gradient norms. At most `max_points` points per line (evenly thinned).
+pub fn log_charts(rows: &[LogRow], title_suffix: &str, max_points: usize) -> Vec<LineChart> {
+    let stride = rows.len().div_ceil(max_points.max(1)).max(1);
+    let kept: Vec<&LogRow> = rows
         .iter()
-        .filter(|r| r.log.d_loss.is_finite() && r.log.g_loss.is_finite())
+        .enumerate()
+        .filter(|(i, _)| i % stride == 0 || *i + 1 == rows.len())
+        .map(|(_, r)| r)
         .collect();
-    let (w, h) = (640u32, 360u32);
-    let mut buf = vec![0u8; (w * h * 3) as usize];
-    {
-        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
-        root.fill(&WHITE)?;
-        if !finite.is_empty() {
-            let x1 = finite.last().unwrap().log.step.max(1) as f64;
-            let lo = finite
-                .iter()
-                .map(|r| r.log.d_loss.min(r.log.g_loss))
-                .fold(f64::INFINITY, f64::min);
-            let hi = finite
-                .iter()
-                .map(|r| r.log.d_loss.max(r.log.g_loss))
-                .fold(f64::NEG_INFINITY, f64::max);
-            let pad = ((hi - lo) * 0.05).max(1e-3);
-            let mut chart = ChartBuilder::on(&root)
-                .margin(12)
-                .build_cartesian_2d(0f64..x1, (lo - pad)..(hi + pad))?;
-            chart.draw_series(LineSeries::new(
-                finite.iter().map(|r| (r.log.step as f64, r.log.d_loss)),
-                &RED,
-            ))?;
-            chart.draw_series(LineSeries::new(
-                finite.iter().map(|r| (r.log.step as f64, r.log.g_loss)),
-                &BLUE,
-            ))?;
-        }
-        root.present()?;
+    let series = |name: &str, f: &dyn Fn(&StepLog) -> Option<f64>| Series {
+        name: name.to_string(),
+        points: kept
+            .iter()
+            .filter_map(|r| f(&r.log).map(|v| (r.log.step as f64, v)))
+            .collect(),
+        err: vec![],
+    };
+    let chart = |title: &str, y: &str, series: Vec<Series>| LineChart {
+        title: format!("{title}{title_suffix}"),
+        x_label: "step (G updates)".into(),
+        y_label: y.into(),
+        x: XAxis::Linear,
+        series,
+        markers: false,
+    };
+    let mut out = vec![chart(
+        "D and G loss",
+        "loss (nats, penalties excluded)",
+        vec![
+            series("D loss", &|l| Some(l.d_loss)),
+            series("G loss", &|l| Some(l.g_loss)),
+        ],
+    )];
+    let pens: Vec<Series> = [series("R1: real", &|l| l.r1), series("R2: fake", &|l| l.r2)]
+        .into_iter()
+        .filter(|s| !s.points.is_empty())
+        .collect();
+    if !pens.is_empty() {
+        out.push(chart(
+            "R1 / R2 penalty",
+            "mean ||grad_x D||^2 (before gamma/2)",
+            pens,
+        ));
     }
-    let img = image::RgbImage::from_raw(w, h, buf).context("plot buffer")?;
-    let mut png = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
-    crate::util::atomic_write(path, &png)
+    out.push(chart(
+        "gradient norms",
+        "L2 norm of the parameter gradient",
+        vec![
+            series("D (loss + penalties)", &|l| Some(l.grad_norm_d)),
+            series("G", &|l| Some(l.grad_norm_g)),
+        ],
+    ));
+    out
+}
+
+/// D and G loss against steps, as a PNG with axes, title and legend.
+fn plot_losses(rows: &[LogRow], label: &str, path: &Path) -> Result<()> {
+    let chart = log_charts(rows, &format!(": {label}"), 2000).remove(0);
+    crate::util::atomic_write(path, &chart.png(720, 400)?)
+}
+
+/// The log rows back from `log.parquet`.
+pub fn read_log(path: &Path) -> Result<Vec<LogRow>> {
+    let df = read_parquet(path)?;
+    let col = |name: &str| -> Result<Vec<Option<f64>>> {
+        match df.column(name) {
+            Ok(c) => {
+                let c = c.cast(&DataType::Float64)?;
+                Ok((0..c.len())
+                    .map(|i| match c.get(i) {
+                        Ok(AnyValue::Float64(v)) => Some(v),
+                        _ => None,
+                    })
+                    .collect())
+            }
+            Err(_) => Ok(vec![None; df.height()]),
+        }
+    };
+    let (step, d, g) = (col("step")?, col("d_loss")?, col("g_loss")?);
+    let (r1, r2) = (col("r1")?, col("r2")?);
+    let (dr, df_) = (col("d_real")?, col("d_fake")?);
+    let (gd, gg, ips) = (
+        col("grad_norm_d")?,
+        col("grad_norm_g")?,
+        col("images_per_s")?,
+    );
+    let nan = |v: Option<f64>| v.unwrap_or(f64::NAN);
+    Ok((0..df.height())
+        .map(|i| LogRow {
+            log: StepLog {
+                step: step[i].unwrap_or(0.0) as u64,
+                d_loss: nan(d[i]),
+                g_loss: nan(g[i]),
+                r1: r1[i],
+                r2: r2[i],
+                d_real: nan(dr[i]),
+                d_fake: nan(df_[i]),
+                grad_norm_d: nan(gd[i]),
+                grad_norm_g: nan(gg[i]),
+            },
+            images_per_s: nan(ips[i]),
+        })
+        .collect())
 }
 
 /// Optional train params written out with their default value set back to unset, so
