@@ -137,6 +137,10 @@ pub(crate) struct DOut {
     pub(crate) fake: f64,
 }
 
+/// A D loss pass with its penalties: what it reports, the summed gradients, the penalty
+/// values.
+pub(crate) type DStep<D> = (DOut, Vec<T1<f32, D>>, Vec<(Penalty, f64)>);
+
 fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
 }
@@ -354,7 +358,7 @@ impl<D: Dev<f32>> Trainer<D> {
         both: &T4<f32, D>,
         side: &Side,
         penalty_weight: Option<f64>,
-    ) -> (DOut, Vec<T1<f32, D>>, Vec<(Penalty, f64)>) {
+    ) -> DStep<D> {
         let b = both.shape().0 / 2;
         let kind = self.cfg.loss;
         let on = penalty_weight.is_some();

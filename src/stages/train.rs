@@ -18,8 +18,8 @@
 use super::data::DATA_FILE;
 use crate::data::{load_dataset, DataTensor};
 use crate::engine::{
-    normalised_params, CheckCtx, DeviceChoice, Figure, FigureCtx, Outcome, ParamError,
-    Resources, RunCtx, Stage, Status,
+    normalised_params, CheckCtx, DeviceChoice, Figure, FigureCtx, Outcome, ParamError, Resources,
+    RunCtx, Stage, Status,
 };
 use crate::gan::{
     Arch, ClassLabels, NetConfig, StepLog, TrainConfig, TrainData, Trainer, Upsample, Variant,
@@ -546,7 +546,7 @@ fn normalise_net(n: &mut NetConfig, generator: bool) {
     unset_if(&mut n.max_width, 8 * n.width);
     let depth = match n.arch {
         Arch::Mlp => Some(3),
-        Arch::R3gan => Some(1),
+        Arch::R3gan => Some(2),
         Arch::Resnet if !generator => Some(2),
         _ => None,
     };
@@ -562,7 +562,7 @@ fn normalise_net(n: &mut NetConfig, generator: bool) {
         let e = if n.variant == Some(Variant::E) {
             2.0
         } else {
-            0.5
+            1.0
         };
         unset_if(&mut n.expansion, e);
     }
@@ -574,7 +574,8 @@ fn normalise_net(n: &mut NetConfig, generator: bool) {
     unset_if(&mut n.mod_hidden, 32);
     unset_if(&mut n.mapping_depth, 8);
     unset_if(&mut n.mapping_width, 512);
-    unset_if(&mut n.spectral_norm, false);
+    // SNGAN's resnet D is spectrally normalised by default; every other net is not
+    unset_if(&mut n.spectral_norm, !generator && n.arch == Arch::Resnet);
     unset_if(&mut n.noise, false);
     unset_if(&mut n.style_mixing, 0.0);
     if let Some(z) = n.z_dim {
@@ -649,22 +650,28 @@ mod tests {
             (
                 true,
                 json!({"arch": "r3gan", "variant": "E", "width": 4}),
-                json!({"depth": 1, "expansion": 2.0, "group_size": 16}),
+                json!({"depth": 2, "expansion": 2.0, "group_size": 16}),
                 img,
             ),
             (
                 false,
                 json!({"arch": "r3gan", "variant": "D", "width": 4}),
-                json!({"depth": 1, "expansion": 0.5}),
+                json!({"depth": 2, "expansion": 1.0}),
                 img,
             ),
+            (false, net("resnet"), json!({"spectral_norm": true}), img),
             (
                 true,
                 net("resnet"),
                 json!({"residual_scale": 1.0, "learn_residual_scale": false, "upsample": "nearest"}),
                 img,
             ),
-            (false, net("resnet"), json!({"depth": 2}), img),
+            (
+                false,
+                net("resnet"),
+                json!({"depth": 2, "spectral_norm": true}),
+                img,
+            ),
             (
                 true,
                 net("selfmod"),
