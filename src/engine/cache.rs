@@ -82,13 +82,26 @@ pub struct Manifest {
     pub status: Status,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    #[serde(default)]
+    /// A NaN or infinite metric is written as `null` (JSON has no NaN) and read back as NaN.
+    #[serde(default, deserialize_with = "metrics_with_nan")]
     pub metrics: BTreeMap<String, f64>,
     #[serde(default)]
     pub info: Map<String, Value>,
     pub timings: Timings,
     pub device: String,
     pub crate_version: String,
+}
+
+/// Metrics whose `null`s (how serde_json writes NaN and infinities) read back as NaN, so
+/// that an undefined metric (reverse KL over no high-quality sample) keeps its manifest
+/// readable.
+fn metrics_with_nan<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<BTreeMap<String, f64>, D::Error> {
+    let m: BTreeMap<String, Option<f64>> = Deserialize::deserialize(d)?;
+    Ok(m.into_iter()
+        .map(|(k, v)| (k, v.unwrap_or(f64::NAN)))
+        .collect())
 }
 
 /// The cache root and the paths inside it.
@@ -338,6 +351,40 @@ mod tests {
         // The key is blake3 of the canonical document, which a notebook can recompute.
         let doc = r#"{"inputs":["k1"],"kind":"train","params":{"a":1,"b":[1,2]},"version":1}"#;
         assert_eq!(a, blake3::hash(doc.as_bytes()).to_hex().to_string());
+    }
+
+    #[test]
+    fn a_nan_metric_keeps_the_manifest_readable() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Cache::new(d.path());
+        let key = "b".repeat(64);
+        std::fs::create_dir_all(c.dir("evaluate", &key)).unwrap();
+        let mut metrics = BTreeMap::new();
+        metrics.insert("reverse_kl".to_string(), f64::NAN);
+        metrics.insert("modes".to_string(), 3.0);
+        let m = Manifest {
+            kind: "evaluate".into(),
+            version: 1,
+            key: key.clone(),
+            stage: "s".into(),
+            label: "s".into(),
+            params: json!({}),
+            inputs: vec![],
+            outputs: BTreeMap::new(),
+            status: Status::Ok,
+            error: None,
+            metrics,
+            info: Map::new(),
+            timings: Timings::default(),
+            device: "cpu".into(),
+            crate_version: "0".into(),
+        };
+        c.write_manifest(&m).unwrap();
+        let text = std::fs::read_to_string(c.dir("evaluate", &key).join(MANIFEST)).unwrap();
+        assert!(text.contains("\"reverse_kl\": null"), "{text}");
+        let back = c.try_manifest("evaluate", &key).unwrap().unwrap();
+        assert!(back.metrics["reverse_kl"].is_nan());
+        assert_eq!(back.metrics["modes"], 3.0);
     }
 
     #[test]
