@@ -32,7 +32,7 @@ fn repo() -> PathBuf {
 /// Timings and memory are not numbers of the computation.
 fn is_timing(name: &str) -> bool {
     let last = name.rsplit('.').next().unwrap_or(name);
-    last.ends_with("_s") || last.contains("rss")
+    last.ends_with("_s") || last.contains("_s_") || last.contains("rss")
 }
 
 /// Element count, sum and sum of squares of every tensor in a safetensors file, by name.
