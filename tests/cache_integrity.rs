@@ -298,7 +298,7 @@ stages:
     kind: train
     needs: [digits]
     params:
-      generator: {{arch: r3gan, variant: E, width: 8, depth: 1, expansion: 2.0, group_size: 16}}
+      generator: {{arch: r3gan, variant: E, width: 8, depth: 2, expansion: 2.0, group_size: 16}}
       discriminator: {{arch: dcgan, width: 8, batch_norm: false}}
       loss: rpgan
       optimizer: {{lr: 1.0e-3}}
@@ -337,8 +337,8 @@ stages:
     for (from, to, changed) in [
         ("radius: 2.0", "radius: 2.5", "ring"),
         (
-            "depth: 1, expansion: 2.0",
-            "depth: 1, expansion: 0.5",
+            "depth: 2, expansion: 2.0",
+            "depth: 2, expansion: 0.5",
             "fit_img",
         ),
         ("batch_norm: false", "batch_norm: true", "fit_img"),

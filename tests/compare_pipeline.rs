@@ -287,7 +287,10 @@ fn compare_mistakes_are_rejected_at_plan_time() {
         "39:53",
         &[
             "`fid_judge` is not a column",
-            "modes, high_quality, reverse_kl, precision",
+            "modes",
+            "high_quality",
+            "reverse_kl",
+            "precision",
         ],
     );
     // A direction other than higher/lower.

@@ -45,6 +45,7 @@ stages:
       discriminator: {{arch: dcgan, width: 4}}
       loss: rpgan
       penalties: [r1, r2]
+      gamma: 0.1
       optimizer: {{lr: 2.0e-4, betas: [0.5, 0.99]}}
       batch: 8
       steps: 6
@@ -250,8 +251,10 @@ fn report_renders_in_headless_chromium() {
     }
     // Modes histograms of the evaluate instances.
     assert_eq!(dom.matches("data-title=\"samples per mode\"").count(), 5);
-    // Metric-by-axis plots: every ring metric against `objective`, error bars over seeds.
-    for m in ["modes", "high_quality", "reverse_kl", "precision", "recall"] {
+    // Metric-by-axis plots: every ring metric against `objective`, error bars over seeds
+    // (reverse_kl is left out: it is undefined, NaN, when a few-step run has no
+    // high-quality sample, and an all-NaN metric gets no chart).
+    for m in ["modes", "high_quality", "precision", "recall"] {
         assert!(
             dom.contains(&format!("data-metric=\"{m}\" data-axis=\"objective\"")),
             "{m} by objective"
