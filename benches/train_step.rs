@@ -260,7 +260,7 @@ fn main() -> ExitCode {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/torch_step.py");
     let torch = torch_version(&python);
     println!(
-        "train step: rpgan + R1 + R2 (FD-HVP), batch {BATCH}, {CH}x{RES}x{RES}, {threads} threads, \
+        "train step: rpgan + R1 + R2 (ablate: exact tangent-pass HVP), batch {BATCH}, {CH}x{RES}x{RES}, {threads} threads, \
          {steps} timed steps after 1 warm-up, best of {rounds} round(s), allocator {}",
         if cfg!(feature = "mimalloc") {
             "mimalloc"
