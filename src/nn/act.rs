@@ -95,15 +95,14 @@ pub fn gated_composed<E: Float, D: Dev<E>, T: Tape<E, D>>(
 }
 
 /// The values of a CPU tensor in logical order. `copy_into` copies the physical buffer, so
-/// the tensor is first made contiguous (`reshape_like` to its own shape is free when it
-/// already is, and keeps the tensor's identity).
+/// the tensor is first made contiguous (dfdx's `contiguous` is free when it already is,
+/// and keeps the tensor's identity).
 pub fn host<E: Float, S: Shape, T: Tape<E, Cpu>>(x: &Tensor<S, E, Cpu, T>) -> Vec<E>
 where
     Cpu: Device<E>,
 {
-    let s = *x.shape();
-    let c = x.retaped::<NoneTape>().reshape_like(&s);
-    let mut v = vec![E::default(); s.num_elements()];
+    let c = x.retaped::<NoneTape>().contiguous();
+    let mut v = vec![E::default(); x.shape().num_elements()];
     c.copy_into(&mut v);
     v
 }
@@ -125,7 +124,7 @@ where
         assert_eq!(s, *g.shape(), "gated product: shapes differ");
     }
     let a = E::of(a);
-    let (x, mut tape) = x.reshape_like(&s).split_tape();
+    let (x, mut tape) = x.contiguous().split_tape();
     let xv = host(&x);
     let (y, gv) = match gate {
         None => {

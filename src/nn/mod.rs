@@ -220,99 +220,60 @@ pub trait Dev<E: Float>: Device<E> {
     }
 }
 
-impl Dev<f32> for Cpu {
-    fn gated<T: Tape<f32, Self>>(
-        x: T4<f32, Self, T>,
-        gate: Option<&T4<f32, Self>>,
-        a: f64,
-    ) -> T4<f32, Self, T> {
-        act::gated_op(x, gate, a)
-    }
-    fn im2col<T: Tape<f32, Self>>(
-        x: T4<f32, Self, T>,
-        g: fused::Geom,
-        _: &ops::IdxCache<Self>,
-    ) -> T1<f32, Self, T> {
-        fused::im2col_op(x, g)
-    }
-    fn col2im<T: Tape<f32, Self>>(
-        cols: T1<f32, Self, T>,
-        g: fused::Geom,
-        _: &ops::IdxCache<Self>,
-    ) -> T4<f32, Self, T> {
-        fused::col2im_op(cols, g)
-    }
-    fn conv2d<T: Tape<f32, Self>>(
-        x: T4<f32, Self, T>,
-        w: T4<f32, Self, T>,
-        b: Option<T1<f32, Self, T>>,
-        stride: usize,
-        pad: usize,
-        groups: usize,
-        _: &ops::IdxCache<Self>,
-    ) -> T4<f32, Self, T> {
-        conv::conv2d_op(x, w, b, stride, pad, groups)
-    }
-    fn conv_transpose2d<T: Tape<f32, Self>>(
-        x: T4<f32, Self, T>,
-        w: T4<f32, Self, T>,
-        b: Option<T1<f32, Self, T>>,
-        stride: usize,
-        pad: usize,
-        groups: usize,
-        _: &ops::IdxCache<Self>,
-    ) -> T4<f32, Self, T> {
-        conv::conv_transpose2d_op(x, w, b, stride, pad, groups)
-    }
-    kernels::cpu_step_kernels!(f32);
+/// The CPU's fused kernels for one float type (f32 and f64 alike).
+macro_rules! cpu_dev {
+    ($E:ty) => {
+        impl Dev<$E> for Cpu {
+            fn gated<T: Tape<$E, Self>>(
+                x: T4<$E, Self, T>,
+                gate: Option<&T4<$E, Self>>,
+                a: f64,
+            ) -> T4<$E, Self, T> {
+                act::gated_op(x, gate, a)
+            }
+            fn im2col<T: Tape<$E, Self>>(
+                x: T4<$E, Self, T>,
+                g: fused::Geom,
+                _: &ops::IdxCache<Self>,
+            ) -> T1<$E, Self, T> {
+                fused::im2col_op(x, g)
+            }
+            fn col2im<T: Tape<$E, Self>>(
+                cols: T1<$E, Self, T>,
+                g: fused::Geom,
+                _: &ops::IdxCache<Self>,
+            ) -> T4<$E, Self, T> {
+                fused::col2im_op(cols, g)
+            }
+            fn conv2d<T: Tape<$E, Self>>(
+                x: T4<$E, Self, T>,
+                w: T4<$E, Self, T>,
+                b: Option<T1<$E, Self, T>>,
+                stride: usize,
+                pad: usize,
+                groups: usize,
+                _: &ops::IdxCache<Self>,
+            ) -> T4<$E, Self, T> {
+                conv::conv2d_op(x, w, b, stride, pad, groups)
+            }
+            fn conv_transpose2d<T: Tape<$E, Self>>(
+                x: T4<$E, Self, T>,
+                w: T4<$E, Self, T>,
+                b: Option<T1<$E, Self, T>>,
+                stride: usize,
+                pad: usize,
+                groups: usize,
+                _: &ops::IdxCache<Self>,
+            ) -> T4<$E, Self, T> {
+                conv::conv_transpose2d_op(x, w, b, stride, pad, groups)
+            }
+            kernels::cpu_step_kernels!($E);
+        }
+    };
 }
 
-impl Dev<f64> for Cpu {
-    fn gated<T: Tape<f64, Self>>(
-        x: T4<f64, Self, T>,
-        gate: Option<&T4<f64, Self>>,
-        a: f64,
-    ) -> T4<f64, Self, T> {
-        act::gated_op(x, gate, a)
-    }
-    fn im2col<T: Tape<f64, Self>>(
-        x: T4<f64, Self, T>,
-        g: fused::Geom,
-        _: &ops::IdxCache<Self>,
-    ) -> T1<f64, Self, T> {
-        fused::im2col_op(x, g)
-    }
-    fn col2im<T: Tape<f64, Self>>(
-        cols: T1<f64, Self, T>,
-        g: fused::Geom,
-        _: &ops::IdxCache<Self>,
-    ) -> T4<f64, Self, T> {
-        fused::col2im_op(cols, g)
-    }
-    fn conv2d<T: Tape<f64, Self>>(
-        x: T4<f64, Self, T>,
-        w: T4<f64, Self, T>,
-        b: Option<T1<f64, Self, T>>,
-        stride: usize,
-        pad: usize,
-        groups: usize,
-        _: &ops::IdxCache<Self>,
-    ) -> T4<f64, Self, T> {
-        conv::conv2d_op(x, w, b, stride, pad, groups)
-    }
-    fn conv_transpose2d<T: Tape<f64, Self>>(
-        x: T4<f64, Self, T>,
-        w: T4<f64, Self, T>,
-        b: Option<T1<f64, Self, T>>,
-        stride: usize,
-        pad: usize,
-        groups: usize,
-        _: &ops::IdxCache<Self>,
-    ) -> T4<f64, Self, T> {
-        conv::conv_transpose2d_op(x, w, b, stride, pad, groups)
-    }
-    kernels::cpu_step_kernels!(f64);
-}
+cpu_dev!(f32);
+cpu_dev!(f64);
 
 #[cfg(feature = "cuda")]
 impl Dev<f32> for dfdx::prelude::Cuda {}
