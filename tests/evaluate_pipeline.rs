@@ -22,6 +22,14 @@ fn query(dir: &Path, sql: &str) -> Vec<Value> {
 
 /// The artifact directory of the only instance of `kind` in the cache.
 fn artifact(dir: &Path, kind: &str) -> PathBuf {
+    let mut found = artifacts(dir, kind);
+    assert_eq!(found.len(), 1, "{kind}: {found:?}");
+    found.pop().unwrap()
+}
+
+/// The artifact directories of every instance of `kind` in the cache, with their
+/// manifests.
+fn artifacts(dir: &Path, kind: &str) -> Vec<PathBuf> {
     let mut found = vec![];
     for e in walk(&dir.join("results/cache")) {
         if e.file_name().unwrap() == "manifest.json" {
@@ -31,8 +39,7 @@ fn artifact(dir: &Path, kind: &str) -> PathBuf {
             }
         }
     }
-    assert_eq!(found.len(), 1, "{kind}: {found:?}");
-    found.pop().unwrap()
+    found
 }
 
 fn walk(d: &Path) -> Vec<PathBuf> {
@@ -226,24 +233,28 @@ fn mnist_judge_gan_evaluate() {
         "name: mnist-eval
 stages:
   data: {{kind: data, params: {{source: mnist, root: {root}, count: 4000}}}}
+  heldout: {{kind: data, params: {{source: mnist, root: {root}, count: 700, seed: 5}}}}
   judge: {{kind: judge, needs: [data], params: {{epochs: 3}}}}
   train:
     kind: train
     needs: [data]
+    matrix: {{steps: [3, 0]}}
     params:
       generator: {{arch: dcgan, width: 4}}
       discriminator: {{arch: dcgan, width: 4}}
       loss: ns
       optimizer: {{lr: 2.0e-4, betas: [0.5, 0.99]}}
       batch: 8
-      steps: 3
+      steps: ${{steps}}
       seed: 0
   sample: {{kind: sample, needs: [train], params: {{count: 600}}}}
+  real: {{kind: sample, needs: [heldout], params: {{count: 600, seed: 2}}}}
   evaluate:
     kind: evaluate
     needs: [sample, data, judge]
-    params: {{real_count: 500, mode_samples: 600, save_features: true}}
-  table: {{kind: tabulate, needs: [evaluate]}}
+    params: &ev {{real_count: 500, mode_samples: 600, save_features: true}}
+  evaluate_real: {{kind: evaluate, needs: [real, data, judge], params: *ev}}
+  table: {{kind: tabulate, needs: [evaluate, evaluate_real], params: {{aggregate_over: [steps]}}}}
 ",
         root = repo().join("datasets/mnist").display()
     );
@@ -254,17 +265,61 @@ stages:
     eprintln!("mnist pipeline: {:.1} s", t.elapsed().as_secs_f64());
     let rows = query(
         d,
-        "SELECT fid_judge, precision, recall, density, coverage, modes, reverse_kl, spectral, \
-         spectral_nyquist, \"judge.accuracy\" AS acc FROM \"table\"",
+        "SELECT fid_judge, precision, recall, density, coverage, modes, confident, reverse_kl, \
+         spectral, spectral_nyquist, \"judge.accuracy\" AS acc, \"train.steps\" AS steps, \
+         \"train.d_loss\" AS d_loss, \"train.images_per_s\" AS ips, stage FROM \"table\" \
+         ORDER BY stage, steps DESC",
     );
-    let r = &rows[0];
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    let (r, untrained, real) = (&rows[0], &rows[1], &rows[2]);
+    // steps: 0 is an untrained G: no losses, no speed.
+    assert_eq!(r["steps"], 3.0, "{r}");
+    assert!(r["d_loss"].is_number() && r["ips"].is_number(), "{r}");
+    assert_eq!(untrained["steps"], 0.0, "{untrained}");
+    assert!(
+        untrained["d_loss"].is_null() && untrained["ips"].is_null(),
+        "{untrained}"
+    );
+    // Rows of two stages: the aggregate keeps them apart.
+    let agg = query(d, "SELECT stage, n FROM table_agg ORDER BY stage");
+    assert_eq!(agg.len(), 2, "{agg:?}");
+    assert_eq!(
+        (&agg[0]["stage"], &agg[0]["n"]),
+        (&Value::from("evaluate"), &Value::from(2))
+    );
+    assert_eq!(
+        (&agg[1]["stage"], &agg[1]["n"]),
+        (&Value::from("evaluate_real"), &Value::from(1))
+    );
+    // The real reference row: held-out digits are judged like the data.
+    assert_eq!(real["stage"], "evaluate_real", "{real}");
+    let g = |r: &Value, k: &str| r[k].as_f64().unwrap_or_else(|| panic!("{k} missing: {r}"));
+    assert_eq!(g(real, "modes"), 10.0, "{real}");
+    // (a 93% judge after 3 epochs is sure, p >= 0.9, of about 3/4 of real digits)
+    assert!(g(real, "confident") > 0.5, "{real}");
+    assert!(
+        g(real, "confident") > g(untrained, "confident"),
+        "{real}\n{untrained}"
+    );
+    assert!(g(real, "precision") > 0.5, "{real}");
+    assert!(
+        g(real, "fid_judge") < g(r, "fid_judge") / 5.0,
+        "{real}\n{r}"
+    );
+    for row in &rows {
+        let c = g(row, "confident");
+        assert!((0.0..=1.0).contains(&c), "{row}");
+    }
     eprintln!("{r}");
     let f = |k: &str| r[k].as_f64().unwrap_or_else(|| panic!("{k} missing: {r}"));
     // 3200 training digits, 3 epochs (the 97% check on 8000 is metrics::judge's test).
     assert!(f("acc") > 0.9, "{r}");
     // An untrained generator: far from the data.
     assert!(f("fid_judge") > 1.0 && f("precision") < 0.5, "{r}");
-    assert!((1.0..=10.0).contains(&f("modes")), "{r}");
+    // The judge is sure of few of its blobs, if any: they cover few modes (the full
+    // histogram check is below).
+    assert!(f("modes") <= (f("confident") * 600.0).min(10.0), "{r}");
+    assert!(f("confident") < g(real, "confident"), "{r}");
     assert!(f("spectral") > 0.0 && f("spectral_nyquist") > 0.0, "{r}");
 
     let jd = artifact(d, "judge");
@@ -272,17 +327,73 @@ stages:
         serde_json::from_str(&std::fs::read_to_string(jd.join("card.json")).unwrap()).unwrap();
     assert_eq!(card["feature_dim"], 128);
     assert_eq!(card["accuracy"].as_f64(), Some(f("acc")));
-    let ev = artifact(d, "evaluate");
-    let (rs, _) = tensor(&ev.join("features.safetensors"), "real");
-    let (fs, _) = tensor(&ev.join("features.safetensors"), "fake");
-    assert_eq!((rs, fs), (vec![500, 128], vec![500, 128]));
-    assert_eq!(
-        std::fs::read_to_string(ev.join("modes.csv"))
-            .unwrap()
+    let evs = artifacts(d, "evaluate");
+    assert_eq!(evs.len(), 3);
+    for ev in &evs {
+        let (rs, _) = tensor(&ev.join("features.safetensors"), "real");
+        let (fs, _) = tensor(&ev.join("features.safetensors"), "fake");
+        assert_eq!((rs, fs), (vec![500, 128], vec![500, 128]));
+        // modes.csv holds the confident samples only: its counts add up to
+        // confident x mode_samples, and its non-empty modes are `modes`.
+        let m: Value =
+            serde_json::from_str(&std::fs::read_to_string(ev.join("metrics.json")).unwrap())
+                .unwrap();
+        let csv = std::fs::read_to_string(ev.join("modes.csv")).unwrap();
+        let counts: Vec<u64> = csv
             .lines()
-            .count(),
-        11
+            .skip(1)
+            .map(|l| l.rsplit(',').next().unwrap().trim().parse().unwrap())
+            .collect();
+        assert_eq!(counts.len(), 10, "{csv}");
+        let conf = m["metrics"]["confident"].as_f64().unwrap();
+        assert_eq!(
+            counts.iter().sum::<u64>(),
+            (conf * 600.0).round() as u64,
+            "{m}"
+        );
+        assert_eq!(
+            counts.iter().filter(|&&c| c > 0).count() as f64,
+            m["metrics"]["modes"].as_f64().unwrap()
+        );
+        assert_eq!(m["info"]["min_confidence"], 0.9);
+    }
+    // The reference sample: 600 distinct held-out images, unlabelled.
+    let heldout = artifacts(d, "data")
+        .into_iter()
+        .find(|p| {
+            let m: Value =
+                serde_json::from_str(&std::fs::read_to_string(p.join("manifest.json")).unwrap())
+                    .unwrap();
+            m["params"]["count"] == 700
+        })
+        .unwrap();
+    let (hs, hv) = tensor(&heldout.join("data.safetensors"), "images");
+    let item = hs[1] * hs[2] * hs[3];
+    let real = artifacts(d, "sample")
+        .into_iter()
+        .find(|p| {
+            let m: Value =
+                serde_json::from_str(&std::fs::read_to_string(p.join("manifest.json")).unwrap())
+                    .unwrap();
+            m["info"]["reference"] == "real data"
+        })
+        .expect("the real reference sample");
+    let bytes = std::fs::read(real.join("samples.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert!(
+        st.tensor("labels").is_err(),
+        "a reference sample carries no labels"
     );
+    let (ss, sv) = tensor(&real.join("samples.safetensors"), "images");
+    assert_eq!(ss, vec![600, hs[1], hs[2], hs[3]]);
+    let mut seen = std::collections::HashSet::new();
+    for s in sv.chunks_exact(item) {
+        let i = hv
+            .chunks_exact(item)
+            .position(|h| h == s)
+            .expect("every reference image is a held-out image");
+        assert!(seen.insert(i), "drawn without replacement");
+    }
 }
 
 /// i64 tensor `name` of a safetensors file.

@@ -301,7 +301,7 @@ pub struct TrainConfig {
     pub d_steps: usize,
     /// Batch size.
     pub batch: usize,
-    /// G steps.
+    /// G steps (0: the initial weights, an untrained G as a reference row).
     pub steps: u64,
     /// EMA of G as a per-step beta (instead of `ema_halflife_kimg`); it stands for the
     /// half-life `batch * ln 0.5 / ln beta` images and ramps up like it. `ema: 0` samples G
@@ -546,9 +546,6 @@ impl TrainConfig {
         }
         if !(1..=65536).contains(&self.batch) {
             bail!("batch must be in 1..=65536, got {}", self.batch);
-        }
-        if self.steps == 0 {
-            bail!("steps must be >= 1");
         }
         if let Some(e) = self.ema {
             if !(0.0..1.0).contains(&e) {

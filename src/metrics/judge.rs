@@ -312,14 +312,37 @@ impl<E: Float, D: Dev<E>> Judge<E, D> {
     /// channels, else `sum_j d_j K^(c-1-j)` over the per-channel predictions `d_j`.
     /// Returns the modes and their number (`K` or `K^c`).
     pub fn predict_modes(&self, images: &[f32], c: usize) -> Result<(Vec<usize>, usize)> {
+        let j = self.judge_modes(images, c)?;
+        Ok((j.modes, j.num_modes))
+    }
+
+    /// [`Judge::predict_modes`] with the judge's confidence in each mode: the smallest,
+    /// over the image's views, of the softmax probability of the predicted class (a
+    /// StackedMNIST sample is as sure as its least legible digit).
+    pub fn judge_modes(&self, images: &[f32], c: usize) -> Result<JudgedModes> {
         let v = self.views(c)?;
         let k = self.arch.classes;
-        let p = self.predict(images)?;
-        let modes = p
-            .chunks_exact(v)
-            .map(|ds| ds.iter().fold(0, |m, &d| m * k + d))
+        let per_view: Vec<(usize, f32)> = self
+            .logits(images)?
+            .chunks_exact(k)
+            .map(|row| {
+                let d = argmax(row);
+                (d, softmax_at(row, d))
+            })
             .collect();
-        Ok((modes, k.pow(v as u32)))
+        let (modes, confidence) = per_view
+            .chunks_exact(v)
+            .map(|ds| {
+                let mode = ds.iter().fold(0, |m, &(d, _)| m * k + d);
+                let conf = ds.iter().map(|&(_, p)| p).fold(1.0f32, f32::min);
+                (mode, conf)
+            })
+            .unzip();
+        Ok(JudgedModes {
+            modes,
+            confidence,
+            num_modes: k.pow(v as u32),
+        })
     }
 
     /// Named host tensors, prefixed `judge.`.
@@ -356,6 +379,12 @@ impl<E: Float, D: Dev<E>> Judge<E, D> {
     }
 }
 
+/// `softmax(row)[i]`, computed stably: `1 / sum_j exp(row_j - row_i)`.
+fn softmax_at(row: &[f32], i: usize) -> f32 {
+    let ri = row[i] as f64;
+    (1.0 / row.iter().map(|&r| (r as f64 - ri).exp()).sum::<f64>()) as f32
+}
+
 fn argmax(row: &[f32]) -> usize {
     let mut best = 0;
     for (i, &v) in row.iter().enumerate() {
@@ -367,6 +396,17 @@ fn argmax(row: &[f32]) -> usize {
 }
 
 /// Fisher-Yates shuffle with the crate's RNG.
+/// What [`Judge::judge_modes`] assigns to a batch of images.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JudgedModes {
+    /// The mode of every image.
+    pub modes: Vec<usize>,
+    /// The judge's confidence in it, in (0, 1].
+    pub confidence: Vec<f32>,
+    /// How many modes there are (`K` or `K^c`).
+    pub num_modes: usize,
+}
+
 pub fn shuffle<T>(v: &mut [T], rng: &mut Rng) {
     for i in (1..v.len()).rev() {
         let j = rng.below(i + 1);
@@ -485,6 +525,29 @@ mod tests {
         let p = j.predict(&x).unwrap();
         for (i, m) in modes.iter().enumerate() {
             assert_eq!(*m, 100 * p[3 * i] + 10 * p[3 * i + 1] + p[3 * i + 2]);
+        }
+        // Confidence: the least of the three channels' softmax probabilities of their
+        // predicted digit, recomputed here from the logits with a plain softmax.
+        let jm = j.judge_modes(&x, 3).unwrap();
+        assert_eq!(jm.modes, modes);
+        let logits = j.logits(&x).unwrap();
+        for i in 0..5 {
+            let want = (0..3)
+                .map(|ch| {
+                    let row = &logits[(3 * i + ch) * 10..(3 * i + ch + 1) * 10];
+                    let z: f64 = row.iter().map(|&r| (r as f64).exp()).sum();
+                    (row[p[3 * i + ch]] as f64).exp() / z
+                })
+                .fold(1.0f64, f64::min);
+            assert!(
+                (jm.confidence[i] as f64 - want).abs() < 1e-6,
+                "{i}: {} vs {want}",
+                jm.confidence[i]
+            );
+            assert!(
+                want >= 0.1 - 1e-9,
+                "the arg max of 10 classes has p >= 1/10"
+            );
         }
         assert!(
             j.views(2).is_ok()

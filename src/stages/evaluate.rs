@@ -15,6 +15,11 @@
 //! - `mode_samples` (26,000, the PacGAN/VEEGAN protocol): generated samples `modes`,
 //!   `reverse_kl` and `high_quality` are computed over, always exactly this many so
 //!   that runs compare; an error when the sample artifact holds fewer.
+//! - `min_confidence` (0.9): images only. `modes` and `reverse_kl` count only the
+//!   generated samples the judge classifies with at least this softmax probability (on
+//!   StackedMNIST, in each of the three digits), so that noise the judge labels at
+//!   random covers no modes; `confident` is the share of the `mode_samples` that pass.
+//!   0 counts every sample (the PacGAN/VEEGAN/R3GAN protocol).
 //! - `seed` (0): the draw of the real reference set.
 //! - `save_features` (false): also write `features.safetensors`.
 //!
@@ -25,8 +30,9 @@
 //!   Inception FID from papers. For 2-D points the features are the points themselves.
 //! - `precision`, `recall` (k = 3), `density`, `coverage` (k = 5), exact k-NN in the
 //!   same feature space.
-//! - Images: `modes` = classes (StackedMNIST: 1000 digit triples) the judge assigns to
-//!   at least one generated sample, `reverse_kl` = KL(generated modes || uniform).
+//! - Images: `modes` = classes (StackedMNIST: 1000 digit triples) the judge assigns,
+//!   confidently, to at least one generated sample, `reverse_kl` = KL(generated modes ||
+//!   uniform) over the confidently classified samples, `confident` = their share.
 //!   Points (Gaussian ring/grid, centres and sigma from the data card): `modes` =
 //!   centres with a sample within 3 sigma, `high_quality` = share of samples within
 //!   3 sigma of a centre, `reverse_kl` over the high-quality samples.
@@ -107,7 +113,7 @@ impl Metric {
             Recall => &["recall"],
             Density => &["density"],
             Coverage => &["coverage"],
-            Modes => &["modes"],
+            Modes => &["modes", "confident"],
             ReverseKl => &["reverse_kl"],
             HighQuality => &["high_quality"],
             ClassAccuracy => &["class_accuracy"],
@@ -138,10 +144,16 @@ pub struct EvaluateParams {
     pub fake_count: Option<usize>,
     #[serde(default = "default_mode_samples")]
     pub mode_samples: usize,
+    #[serde(default = "default_min_confidence")]
+    pub min_confidence: f64,
     #[serde(default)]
     pub seed: u64,
     #[serde(default)]
     pub save_features: bool,
+}
+
+fn default_min_confidence() -> f64 {
+    0.9
 }
 
 fn default_real_count() -> usize {
@@ -155,7 +167,8 @@ fn default_mode_samples() -> usize {
 /// this kind writes, and re-bless its golden file (`ABLATE_BLESS=1 cargo test --test golden`).
 /// 1: first version.
 /// 2: deterministic spectral sum over planes; classes assigned once for modes and class_accuracy.
-pub const VERSION: u32 = 2;
+/// 3: image modes and reverse_kl count confidently classified samples only (`min_confidence`).
+pub const VERSION: u32 = 3;
 
 pub struct Evaluate;
 
@@ -226,6 +239,15 @@ impl Stage for Evaluate {
                         ));
                     }
                 }
+            }
+            if !(0.0..1.0).contains(&p.min_confidence) {
+                return Err(ParamError::new(
+                    "min_confidence",
+                    format!(
+                        "{} is out of range [0, 1): a softmax probability (0 counts every sample)",
+                        p.min_confidence
+                    ),
+                ));
             }
             // The same work written differently gets the same key: the order of
             // `metrics` means nothing, and `fake_count` defaults to `real_count`.
@@ -423,7 +445,7 @@ impl Stage for Evaluate {
         } else {
             None
         };
-        let judged: Option<(Vec<usize>, usize)> = match &judge {
+        let judged: Option<metrics::judge::JudgedModes> = match &judge {
             Some(j) if needs_classes => {
                 let n_modes = if needs_modes { mode_x.len() / item } else { 0 };
                 let n_acc = if want(Metric::ClassAccuracy) {
@@ -432,7 +454,7 @@ impl Stage for Evaluate {
                     0
                 };
                 let n = n_modes.max(n_acc);
-                Some(j.predict_modes(&fake_all[..n * item], channels)?)
+                Some(j.judge_modes(&fake_all[..n * item], channels)?)
             }
             _ => None,
         };
@@ -452,16 +474,29 @@ impl Stage for Evaluate {
                 info.insert("num_modes".into(), Value::from(s.num_modes));
                 histogram = Some(s.counts);
             } else {
-                let (labels, k) = judged.as_ref().expect("judge loaded for modes");
-                let s = metrics::mode_stats(&labels[..mode_x.len() / item], *k)?;
+                let jm = judged.as_ref().expect("judge loaded for modes");
+                let n_modes = mode_x.len() / item;
+                let sure: Vec<usize> = jm.modes[..n_modes]
+                    .iter()
+                    .zip(&jm.confidence)
+                    .filter(|(_, &c)| c as f64 >= p.min_confidence)
+                    .map(|(&m, _)| m)
+                    .collect();
+                let hist = metrics::mode_histogram(&sure, jm.num_modes)?;
                 if want(Metric::Modes) {
-                    out.insert("modes".into(), s.covered as f64);
+                    out.insert(
+                        "modes".into(),
+                        hist.iter().filter(|&&n| n > 0).count() as f64,
+                    );
+                    out.insert("confident".into(), sure.len() as f64 / n_modes as f64);
                 }
                 if want(Metric::ReverseKl) {
-                    out.insert("reverse_kl".into(), s.reverse_kl);
+                    // NaN when no sample is confident: the distribution is undefined.
+                    out.insert("reverse_kl".into(), metrics::reverse_kl_from_counts(&hist));
                 }
-                info.insert("num_modes".into(), Value::from(*k));
-                histogram = Some(s.histogram);
+                info.insert("num_modes".into(), Value::from(jm.num_modes));
+                info.insert("min_confidence".into(), Value::from(p.min_confidence));
+                histogram = Some(hist);
             }
         }
         if want(Metric::ClassAccuracy) {
@@ -472,8 +507,9 @@ impl Stage for Evaluate {
             let predicted = if let Some((centres, _)) = &mixture {
                 metrics::nearest_centres(fake_x, centres, 2)?
             } else {
-                let (pred, k) = judged.as_ref().expect("judge loaded for class_accuracy");
-                if fake.classes.is_some_and(|c| c != *k) {
+                let jm = judged.as_ref().expect("judge loaded for class_accuracy");
+                let (pred, k) = (&jm.modes, jm.num_modes);
+                if fake.classes.is_some_and(|c| c != k) {
                     bail!(
                         "evaluate: class_accuracy: the judge tells {k} classes, the generator of `{}` was conditioned on {}",
                         sample.label,

@@ -7,11 +7,17 @@
 //! A conditional generator is sampled for labels balanced over its classes
 //! (`0, 1, ..., k-1, 0, ...`), and the file holds them as `labels` (i64 [N]); its grid
 //! has one column per class (up to 32 classes, 8 rows).
+//!
+//! `needs: [SOME_DATA_STAGE]` instead of a train stage makes a *reference*: `count`
+//! items of that data drawn without replacement (seeded by `seed`), written the same
+//! way without their labels, so that the real data goes through the same `evaluate`
+//! as a generator and its row shows the scale of every metric. Draw them from a data
+//! instance other than the one evaluate compares against (another seed or split).
 
 use super::train::CHECKPOINT_FILE;
 use crate::data::{self, DataTensor, Dataset};
 use crate::engine::{
-    typed_params, CheckCtx, Figure, FigureCtx, Outcome, ParamError, RunCtx, Stage, Status,
+    typed_params, CheckCtx, Figure, FigureCtx, InputRef, Outcome, ParamError, RunCtx, Stage, Status,
 };
 use crate::gan::{self, DataShape, TrainConfig};
 use anyhow::{Context, Result};
@@ -60,7 +66,7 @@ impl Stage for Sample {
         VERSION
     }
     fn about(&self) -> &'static str {
-        "draw samples from a trained generator (+ PNG grid; balanced labels when conditional)"
+        "draw samples from a trained generator (+ PNG grid; balanced labels when conditional), or real items of a data stage as a reference"
     }
     fn check(&self, params: &Value, _cx: &CheckCtx) -> Result<Value, ParamError> {
         typed_params::<SampleParams>(params, |p| {
@@ -76,6 +82,11 @@ impl Stage for Sample {
 
     fn run(&self, cx: &RunCtx) -> Result<Outcome> {
         let p: SampleParams = cx.params()?;
+        if !cx.inputs.iter().any(|i| i.kind == "train") {
+            if let Some(data) = cx.inputs.iter().find(|i| i.kind == "data") {
+                return real_samples(cx, &p, data);
+            }
+        }
         let train = cx.input("train")?;
         let cfg: TrainConfig = serde_json::from_value(train.manifest.params.clone())
             .context("reading the train instance's params")?;
@@ -153,6 +164,53 @@ impl Stage for Sample {
     fn figures(&self, cx: &FigureCtx) -> Result<Vec<Figure>> {
         Ok(file_figure(cx, GRID_FILE, "samples"))
     }
+}
+
+/// A reference "sample": `count` items of the data instance `data`, drawn without
+/// replacement, in a seeded order, without labels.
+fn real_samples(cx: &RunCtx, p: &SampleParams, data: &InputRef) -> Result<Outcome> {
+    let t = Instant::now();
+    let ds = data::load_dataset(&data.dir.join(super::data::DATA_FILE))
+        .with_context(|| format!("loading the data of `{}`", data.label))?;
+    if ds.len() < p.count {
+        anyhow::bail!(
+            "sample: count = {} real items asked of `{}`, which holds {}: lower count or make the data stage larger",
+            p.count,
+            data.label,
+            ds.len()
+        );
+    }
+    let mut idx: Vec<usize> = (0..ds.len()).collect();
+    crate::metrics::judge::shuffle(&mut idx, &mut crate::nn::Rng::derived(p.seed, 0x7265_6665));
+    let values: Vec<f32> = idx[..p.count]
+        .iter()
+        .flat_map(|&i| ds.data.item(i).iter().copied())
+        .collect();
+    let n = p.count;
+    let tensor = match ds.data {
+        DataTensor::Points { .. } => DataTensor::Points { n, values },
+        DataTensor::Images { c, h, w, .. } => DataTensor::Images { n, c, h, w, values },
+    };
+    let out_ds = Dataset {
+        data: tensor,
+        labels: None,
+        classes: None,
+        sources: vec![],
+        mixture: ds.mixture,
+    };
+    data::save_dataset(&out_ds, &cx.dir.join(SAMPLES_FILE))?;
+    write_grid(
+        &out_ds,
+        &cx.dir.join(GRID_FILE),
+        &format!("real data: {}", cx.label),
+    )?;
+    let secs = t.elapsed().as_secs_f64();
+    let mut out = Outcome::ok()
+        .metric("count", n as f64)
+        .metric("samples_per_s", n as f64 / secs.max(1e-9));
+    out.info
+        .insert("reference".into(), Value::from("real data"));
+    Ok(out)
 }
 
 /// The preview grid: one column per class for conditional image samples of at most 32

@@ -20,7 +20,10 @@
 //! `aggregate_over`. A baseline value is written as in the matrix or in the short
 //! form of instance labels (a map's `name`, or its values joined by `-`; lists joined
 //! by `+`). Axes, values and metrics are checked against the upstream instances at
-//! plan time. Published to `results/<pipeline>/<stage>{,_agg,_cmp}.{parquet,csv,md}`.
+//! plan time. A tabulate stage may need several stages (a study and its reference
+//! rows, e.g. real data through the same evaluate): their rows share the table, `_agg`
+//! groups by `stage` too, and `_cmp` leaves out rows that have none of the baseline's
+//! axes. Published to `results/<pipeline>/<stage>{,_agg,_cmp}.{parquet,csv,md}`.
 
 use crate::engine::{
     typed_params, CheckCtx, InputRef, Outcome, ParamError, PublishCtx, RunCtx, Stage, Status,
@@ -128,7 +131,8 @@ fn value_matches(v: &Value, want: &Value) -> bool {
 /// this kind writes, and re-bless its golden file (`ABLATE_BLESS=1 cargo test --test golden`).
 /// 1: first version.
 /// 2: `_agg` gained 95% intervals and `n`; `compare` writes `_cmp`.
-pub const VERSION: u32 = 2;
+/// 3: several upstream stages: `_agg` groups by stage, `_cmp` leaves out rows without the baseline axes.
+pub const VERSION: u32 = 3;
 
 pub struct Tabulate;
 
@@ -214,10 +218,17 @@ impl Stage for Tabulate {
         write_table(&mut df, cx.dir, "table")?;
         let mut out = Outcome::ok().metric("rows", df.height() as f64);
         if !p.aggregate_over.is_empty() {
-            let group: Vec<String> = matrix_cols
-                .iter()
-                .filter(|c| !is_axis(c, &p.aggregate_over))
-                .cloned()
+            // Rows of several stages (a study and its reference rows) never share a group.
+            let several_stages = cx.inputs.iter().any(|i| i.stage != cx.inputs[0].stage);
+            let group: Vec<String> = several_stages
+                .then(|| "stage".to_string())
+                .into_iter()
+                .chain(
+                    matrix_cols
+                        .iter()
+                        .filter(|c| !is_axis(c, &p.aggregate_over))
+                        .cloned(),
+                )
                 .collect();
             let skip: Vec<String> = matrix_cols
                 .iter()
@@ -229,10 +240,13 @@ impl Stage for Tabulate {
             out = out.metric("groups", agg.height() as f64);
         }
         if let Some(c) = &p.compare {
+            // Rows without any of the baseline's axes (reference rows of another stage,
+            // such as real data) are context in the tables, not arms of the comparison.
             let runs: Vec<Run> = cx
                 .inputs
                 .iter()
                 .zip(&rows)
+                .filter(|(input, _)| c.baseline.keys().any(|a| input.vars.contains_key(a)))
                 .map(|(input, row)| compare_run(c, &p.aggregate_over, input, row))
                 .collect();
             let spec = Spec {

@@ -272,7 +272,9 @@ fn train_on<D: Dev<f32>>(
     t.save_checkpoint(&ckpt)?;
     let _ = std::fs::remove_file(cx.dir.join(ROWS_FILE));
     write_log(&rows, cx.dir)?;
-    plot_losses(&rows, cx.label, &cx.dir.join("loss.png"))?;
+    if !rows.is_empty() {
+        plot_losses(&rows, cx.label, &cx.dir.join("loss.png"))?;
+    }
 
     let done = t.step_count() - start_step;
     let ips = (done * cfg.batch as u64) as f64 / train_s.max(1e-9);
@@ -282,12 +284,18 @@ fn train_on<D: Dev<f32>>(
     };
     let mut out = Outcome::ok()
         .metric("steps", t.step_count() as f64)
-        .metric("images_per_s", ips)
         .metric("params_g", pg as f64)
-        .metric("params_d", pd as f64)
-        .metric("d_loss", mean(|r| r.d_loss))
-        .metric("g_loss", mean(|r| r.g_loss))
-        .metric("d_gap", mean(|r| r.d_real - r.d_fake));
+        .metric("params_d", pd as f64);
+    // `steps: 0` (an untrained G, for reference rows) has no speed and no losses.
+    if done > 0 {
+        out = out.metric("images_per_s", ips);
+    }
+    if !tail.is_empty() {
+        out = out
+            .metric("d_loss", mean(|r| r.d_loss))
+            .metric("g_loss", mean(|r| r.g_loss))
+            .metric("d_gap", mean(|r| r.d_real - r.d_fake));
+    }
     // the last logged penalty values (R3GAN's failure signs: R1 / R2 blowing up)
     for (name, f) in [
         ("r1", (|r: &StepLog| r.r1) as fn(&StepLog) -> Option<f64>),
