@@ -26,7 +26,25 @@ fn tune_allocator() {
     };
 }
 
+/// Die quietly on a closed pipe (`ablate plan ... | head`), as Unix tools do, instead of
+/// panicking in `println!`: Rust ignores SIGPIPE by default.
+fn default_sigpipe() {
+    #[cfg(unix)]
+    {
+        extern "C" {
+            fn signal(signum: std::os::raw::c_int, handler: usize) -> usize;
+        }
+        const SIGPIPE: std::os::raw::c_int = 13; // Linux, macOS and the BSDs
+        const SIG_DFL: usize = 0;
+        // SAFETY: restores the default disposition of one signal before any thread starts
+        unsafe {
+            signal(SIGPIPE, SIG_DFL);
+        }
+    }
+}
+
 fn main() {
+    default_sigpipe();
     tune_allocator();
     std::process::exit(ablate::cli::main(ablate::stages::registry()));
 }

@@ -183,3 +183,47 @@ fn batch_norm_in_d_with_penalties_is_refused() {
         &["discriminator.batch_norm", "penalties"],
     );
 }
+
+#[test]
+fn min_confidence_out_of_range() {
+    check(
+        &format!(
+            "name: t\nstages:\n{OK_DATA}  sample: {{kind: sample, needs: [data]}}\n  \
+             ev:\n    kind: evaluate\n    needs: [sample, data]\n    params: {{min_confidence: 1.5}}\n"
+        ),
+        "10:30",
+        &["min_confidence", "[0, 1)"],
+    );
+}
+
+/// `ablate plan FILE | head -1`: the closed pipe ends ablate quietly, without a panic.
+#[cfg(unix)]
+#[test]
+fn closed_pipe_is_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let seeds: Vec<String> = (0..400).map(|s| s.to_string()).collect();
+    std::fs::write(
+        dir.path().join("p.yaml"),
+        format!(
+            "name: t\nstages:\n{OK_DATA}    matrix: {{seed: [{}]}}\n",
+            seeds.join(", ")
+        ),
+    )
+    .unwrap();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "'{}' plan p.yaml | head -1",
+            env!("CARGO_BIN_EXE_ablate")
+        ))
+        .current_dir(dir.path())
+        .env_remove("ABLATE_CACHE")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(stdout.starts_with("t: 400 instances"), "{stdout}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
