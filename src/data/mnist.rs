@@ -240,13 +240,20 @@ pub fn find_idx_file(root: &Path, names: &[String], what: &str) -> Result<PathBu
 /// both the `-idx3-ubyte` and the `.idx3-ubyte` spellings are accepted).
 pub fn mnist_files(root: &Path, split: MnistSplit) -> Result<(PathBuf, PathBuf)> {
     let p = split.prefix();
+    // The shipped datasets/mnist holds only t10k: say where the train split comes from.
+    let hint = match split {
+        MnistSplit::Train => {
+            " (ablate ships only t10k: datasets/README.md says how to add the train split)"
+        }
+        MnistSplit::T10k => "",
+    };
     let images = find_idx_file(
         root,
         &[
             format!("{p}-images-idx3-ubyte"),
             format!("{p}-images.idx3-ubyte"),
         ],
-        &format!("MNIST {p} images"),
+        &format!("MNIST {p} images{hint}"),
     )?;
     let labels = find_idx_file(
         root,
@@ -254,7 +261,7 @@ pub fn mnist_files(root: &Path, split: MnistSplit) -> Result<(PathBuf, PathBuf)>
             format!("{p}-labels-idx1-ubyte"),
             format!("{p}-labels.idx1-ubyte"),
         ],
-        &format!("MNIST {p} labels"),
+        &format!("MNIST {p} labels{hint}"),
     )?;
     Ok((images, labels))
 }
@@ -357,6 +364,26 @@ pub(crate) mod tests {
     /// The shipped MNIST folder (the t10k split).
     pub(crate) fn shipped_root() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/mnist")
+    }
+
+    #[test]
+    fn a_missing_train_split_says_where_to_get_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = mnist_files(dir.path(), MnistSplit::Train)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("MNIST train images (ablate ships only t10k"),
+            "{err}"
+        );
+        assert!(err.contains("datasets/README.md"), "{err}");
+        let err = mnist_files(dir.path(), MnistSplit::T10k)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("MNIST t10k images not found; tried"),
+            "{err}"
+        );
     }
 
     pub(crate) fn idx3(n: u32, rows: u32, cols: u32, pixels: &[u8]) -> Vec<u8> {
