@@ -227,3 +227,52 @@ fn closed_pipe_is_not_a_panic() {
     assert!(stdout.starts_with("t: 400 instances"), "{stdout}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// Every shipped pipeline validates and plans (from a copy of the repository's
+/// `pipelines/` and `datasets/`; MNIST's train split, which is not shipped, stands in
+/// as empty files: planning checks that the files are there, not what they hold).
+#[test]
+fn shipped_pipelines_plan() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("pipelines")).unwrap();
+    std::fs::create_dir_all(d.join("datasets/mnist")).unwrap();
+    for e in std::fs::read_dir(repo.join("datasets/mnist")).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_str().unwrap().to_string();
+        if name.starts_with("t10k") {
+            std::fs::copy(&p, d.join("datasets/mnist").join(&name)).unwrap();
+        }
+    }
+    for f in ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"] {
+        let p = d.join("datasets/mnist").join(f);
+        if !p.exists() {
+            std::fs::write(p, b"").unwrap();
+        }
+    }
+    let mut n = 0;
+    for e in std::fs::read_dir(repo.join("pipelines")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "yaml") {
+            let name = p.file_name().unwrap().to_str().unwrap().to_string();
+            std::fs::copy(&p, d.join("pipelines").join(&name)).unwrap();
+            let out = Command::new(env!("CARGO_BIN_EXE_ablate"))
+                .args(["plan", &format!("pipelines/{name}")])
+                .current_dir(d)
+                .env_remove("ABLATE_CACHE")
+                .env_remove("ABLATE_RESULTS")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let plan = String::from_utf8_lossy(&out.stdout);
+            assert!(plan.contains(" to run)"), "{name}: {plan}");
+            n += 1;
+        }
+    }
+    assert!(n >= 5, "{n} pipelines");
+}
