@@ -6,6 +6,15 @@ same parameter counts (printed, and checked by the Rust bench), and the same ste
 with the rpgan loss and R1 + R2 (gamma 0.1), then a G step, Adam betas (0, 0.99), EMA of
 G; batch 64. Images/s = batch * steps / seconds, as in ablate.
 
+`r3gan-e` is ablate's R3GAN as the official code (brownvc/R3GAN) builds it, layer for
+layer and with ablate's parameter names and shapes: 2 blocks per stage (1x1 to 2c,
+grouped 3x3 with 16 channels per group, bias-free 1x1 back, residual), bias-free 1x1
+transitions, [1, 3, 3, 1] FIR up/down-sampling as depthwise (transposed) convs with the
+outer-product kernel (stride 2, padding 1), G: generative basis in, bias-free 1x1 out (no
+tanh); D: bias-free 1x1 in, discriminative basis (depthwise 4x4, bias-free linear) out
+with no activation before it. Only the init differs (ablate's fix-up init is not copied;
+speed does not depend on it).
+
   /root/torchvenv/bin/python benches/torch_step.py --net resnet --width 32 [--steps 5]
       [--threads 2] [--penalty fd|double] [--json]
 
@@ -19,6 +28,7 @@ import argparse
 import copy
 import json
 import time
+from collections import OrderedDict
 
 import torch
 import torch.nn as nn
@@ -122,60 +132,127 @@ def resnet_d(w, extra=2):
 
 
 # ---------------------------------------------------------------- r3gan (variant E)
+# As ablate's r3gan_g / r3gan_d (src/gan/nets.rs), which follow the official R3GAN code
+# (brownvc/R3GAN, Networks.py): 2 blocks per stage, grouped-conv inverted bottleneck
+# blocks, [1, 3, 3, 1] FIR resampling, generative / discriminative basis. Module names
+# mirror ablate's parameter names (`stages.1.blocks.0.conv1.weight`, ...). The init is not
+# ablate's (fix-up etc.): the bench measures speed; the ops and shapes are the same.
+
+DEPTH = 2  # blocks per stage
+FIR = torch.tensor([1.0, 3.0, 3.0, 1.0])
+FIR2D = torch.outer(FIR, FIR) / FIR.sum() ** 2  # outer([1,3,3,1]) / 64
+
 
 def inner(c):
+    """Inner width and groups of a variant E block: 2c rounded up to groups of 16."""
     ci = max(round(c * 2.0), 1)
     gs = min(16, ci)
     ci = -(-ci // gs) * gs
     return ci, ci // gs
 
 
-def res_block(c):
-    ci, groups = inner(c)
-    body = [nn.Conv2d(c, ci, 1), nn.LeakyReLU(0.2), nn.Conv2d(ci, ci, 3, 1, 1, groups=groups),
-            nn.LeakyReLU(0.2), nn.Conv2d(ci, c, 1)]
-    return Residual(body, [])
+class R3Block(nn.Module):
+    """x + conv3(lrelu(conv2(lrelu(conv1(x))))): 1x1 to 2c, grouped 3x3, bias-free 1x1."""
+
+    def __init__(self, c):
+        super().__init__()
+        ci, groups = inner(c)
+        self.conv1 = nn.Conv2d(c, ci, 1)
+        self.conv2 = nn.Conv2d(ci, ci, 3, 1, 1, groups=groups)
+        self.conv3 = nn.Conv2d(ci, c, 1, bias=False)
+
+    def forward(self, x):
+        h = F.leaky_relu(self.conv1(x), 0.2)
+        h = F.leaky_relu(self.conv2(h), 0.2)
+        return x + self.conv3(h)
 
 
-class Basis(nn.Module):
-    """z -> per-channel coefficients (linear) times a learned c x 4 x 4 basis."""
+class FirUp(nn.Module):
+    """2x upsampling as upfirdn2d(up=2) with [1,3,3,1] (gain 4): a depthwise transposed
+    conv with outer([1,3,3,1]) / 16, stride 2, padding 1 (ablate's Layer::FirUp)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.register_buffer("k", (FIR2D * 4).expand(c, 1, 4, 4).contiguous(), persistent=False)
+
+    def forward(self, x):
+        return F.conv_transpose2d(x, self.k, stride=2, padding=1, groups=x.shape[1])
+
+
+class FirDown(nn.Module):
+    """2x downsampling as upfirdn2d(down=2) with [1,3,3,1]: a depthwise conv with
+    outer([1,3,3,1]) / 64, stride 2, padding 1 (ablate's Layer::FirDown)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.register_buffer("k", FIR2D.expand(c, 1, 4, 4).contiguous(), persistent=False)
+
+    def forward(self, x):
+        return F.conv2d(x, self.k, stride=2, padding=1, groups=x.shape[1])
+
+
+class GenBasis(nn.Module):
+    """Generative basis: a bias-free linear map z -> c scaling a learned (c, 4, 4) basis."""
 
     def __init__(self, z, c, h, w):
         super().__init__()
         self.basis = nn.Parameter(torch.randn(c, h, w))
-        self.fc = nn.Linear(z, c)
+        self.linear = nn.Linear(z, c, bias=False)
 
     def forward(self, z):
-        return self.fc(z)[:, :, None, None] * self.basis[None]
+        return self.linear(z)[:, :, None, None] * self.basis[None]
 
 
 def r3gan_g(w):
-    layers = [Basis(Z, chans(w, 4), 4, 4)]
-    r = 4
+    """basis, stage 0 (4x4): 2 blocks; stages 1..3: bias-free 1x1 transition (at the low
+    resolution), FIR up, 2 blocks; bias-free 1x1 to the image (no tanh)."""
+    stages, r, s = [], 4, 0
     while True:
         c = chans(w, r)
-        if r > 4:
-            layers += [nn.Conv2d(chans(w, r // 2), c, 1), Up("bilinear")]
-        layers.append(res_block(c))
+        st = nn.Sequential()
+        if s > 0:
+            cp = chans(w, r // 2)
+            if cp != c:
+                st.add_module("transition", nn.Conv2d(cp, c, 1, bias=False))
+            st.add_module("up", FirUp(c))
+        st.add_module("blocks", nn.Sequential(*[R3Block(c) for _ in range(DEPTH)]))
+        stages.append(st)
         if r == R:
             break
-        r *= 2
-    layers.append(nn.Conv2d(chans(w, R), C, 1))
-    return nn.Sequential(*layers)
+        r, s = 2 * r, s + 1
+    return nn.Sequential(OrderedDict(
+        basis=GenBasis(Z, chans(w, 4), 4, 4),
+        stages=nn.Sequential(*stages),
+        to_img=nn.Conv2d(chans(w, R), C, 1, bias=False),
+    ))
 
 
 def r3gan_d(w):
-    layers, r = [nn.Conv2d(C, chans(w, R), 1)], R
+    """bias-free 1x1 from the image; per stage 2 blocks, then (above 4x4) FIR down and a
+    bias-free 1x1 transition; the discriminative basis: bias-free depthwise 4x4 conv
+    (valid) and a bias-free linear to the score, no activation before it."""
+    stages, r = [], R
     while True:
         c = chans(w, r)
-        layers.append(res_block(c))
+        st = nn.Sequential()
+        st.add_module("blocks", nn.Sequential(*[R3Block(c) for _ in range(DEPTH)]))
+        if r > 4:
+            cn = chans(w, r // 2)
+            st.add_module("down", FirDown(c))
+            if cn != c:
+                st.add_module("transition", nn.Conv2d(c, cn, 1, bias=False))
+        stages.append(st)
         if r == 4:
             break
-        layers += [nn.AvgPool2d(2), nn.Conv2d(c, chans(w, r // 2), 1)]
         r //= 2
     c = chans(w, 4)
-    layers += [nn.LeakyReLU(0.2), nn.Conv2d(c, c, 4, groups=c, bias=False), nn.Flatten(), nn.Linear(c, 1)]
-    return nn.Sequential(*layers)
+    return nn.Sequential(OrderedDict(
+        from_img=nn.Conv2d(C, chans(w, R), 1, bias=False),
+        stages=nn.Sequential(*stages),
+        basis=nn.Conv2d(c, c, 4, groups=c, bias=False),
+        flatten=nn.Flatten(),
+        fc=nn.Linear(c, 1, bias=False),
+    ))
 
 
 NETS = {"dcgan": (dcgan_g, dcgan_d), "resnet": (resnet_g, resnet_d), "r3gan-e": (r3gan_g, r3gan_d)}
