@@ -13,6 +13,7 @@
 //! - [`mixture`]: modes covered and high-quality share for Gaussian mixtures.
 //! - [`spectral`]: radially averaged power spectra and a log-spectral distance.
 //! - [`judge`]: the CNN classifier whose features and predictions the above consume.
+//! - [`registry`]: the metrics the `evaluate` stage reports, each with what it needs.
 
 pub mod frechet;
 pub mod judge;
@@ -20,6 +21,7 @@ pub mod linalg;
 pub mod mixture;
 pub mod modes;
 pub mod prdc;
+pub mod registry;
 pub mod spectral;
 
 mod distance;

@@ -46,6 +46,10 @@
 //! - `cost`: `train_s`, `images_per_s`, `params_g`, `params_d`, `peak_rss_mib` of the
 //!   train instance upstream, copied from its manifest.
 //!
+//! The metrics themselves (what each applies to and needs, and its computation) are
+//! the registry in [`crate::metrics::registry`]; this stage loads the inputs, refuses
+//! what does not apply, and writes the files.
+//!
 //! Writes `metrics.json` (every number, the counts and the feature space),
 //! `modes.csv` + `modes.png` (samples per mode) where modes apply, and with
 //! `save_features: true` `features.safetensors` (`real`, `fake`: f32 [N, F]).
@@ -54,84 +58,25 @@
 use super::data::{CARD_FILE, DATA_FILE};
 use super::judge::JUDGE_FILE;
 use super::sample::SAMPLES_FILE;
-use crate::data::{load_dataset, DataTensor, GaussianMixture};
+use crate::data::{load_dataset, DataTensor, Dataset, GaussianMixture};
 use crate::engine::{
-    normalised_params, CheckCtx, Figure, FigureCtx, Outcome, ParamError, RunCtx, Stage, Status,
+    normalised_params, CheckCtx, Figure, FigureCtx, InputRef, Outcome, ParamError, RunCtx, Stage,
+    Status,
 };
-use crate::metrics::{self, judge::Judge};
+use crate::metrics::{self, judge::Judge, registry};
 use crate::nn::{Cpu, NamedTensor, Rng};
 use crate::results::plots::{BarChart, Chart};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
 pub const METRICS_FILE: &str = "metrics.json";
 pub const FEATURES_FILE: &str = "features.safetensors";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Metric {
-    FidJudge,
-    Precision,
-    Recall,
-    Density,
-    Coverage,
-    Modes,
-    ReverseKl,
-    HighQuality,
-    ClassAccuracy,
-    Spectral,
-    Cost,
-}
-
-impl Metric {
-    fn name(self) -> &'static str {
-        use Metric::*;
-        match self {
-            FidJudge => "fid_judge",
-            Precision => "precision",
-            Recall => "recall",
-            Density => "density",
-            Coverage => "coverage",
-            Modes => "modes",
-            ReverseKl => "reverse_kl",
-            HighQuality => "high_quality",
-            ClassAccuracy => "class_accuracy",
-            Spectral => "spectral",
-            Cost => "cost",
-        }
-    }
-    /// The columns (Outcome metrics) it adds to a run's row.
-    fn columns(self) -> &'static [&'static str] {
-        use Metric::*;
-        match self {
-            FidJudge => &["fid_judge"],
-            Precision => &["precision"],
-            Recall => &["recall"],
-            Density => &["density"],
-            Coverage => &["coverage"],
-            Modes => &["modes", "confident"],
-            ReverseKl => &["reverse_kl"],
-            HighQuality => &["high_quality"],
-            ClassAccuracy => &["class_accuracy"],
-            Spectral => &["spectral", "spectral_nyquist"],
-            Cost => &[
-                "train_s",
-                "images_per_s",
-                "params_g",
-                "params_d",
-                "peak_rss_mib",
-            ],
-        }
-    }
-    fn needs_features(self) -> bool {
-        use Metric::*;
-        matches!(self, FidJudge | Precision | Recall | Density | Coverage)
-    }
-}
+pub use crate::metrics::registry::Metric;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -185,25 +130,13 @@ impl Stage for Evaluate {
     /// The columns of the metrics asked for (every metric's when left to the data),
     /// and `eval_s`.
     fn reports(&self, params: &Value) -> Option<Vec<String>> {
-        use Metric::*;
         let p: EvaluateParams = serde_json::from_value(params.clone()).ok()?;
-        let all = [
-            FidJudge,
-            Precision,
-            Recall,
-            Density,
-            Coverage,
-            Modes,
-            ReverseKl,
-            HighQuality,
-            ClassAccuracy,
-            Spectral,
-            Cost,
-        ];
-        let metrics = p.metrics.unwrap_or_else(|| all.to_vec());
+        let metrics = p
+            .metrics
+            .unwrap_or_else(|| registry::METRICS.iter().map(|s| s.metric).collect());
         let mut out: Vec<String> = metrics
             .iter()
-            .flat_map(|m| m.columns().iter().map(|c| c.to_string()))
+            .flat_map(|m| m.spec().columns.iter().map(|c| c.to_string()))
             .collect();
         out.push("eval_s".into());
         Some(out)
@@ -265,7 +198,6 @@ impl Stage for Evaluate {
         let p: EvaluateParams = cx.params()?;
         let sample = cx.input("sample")?;
         let data = cx.input("data")?;
-        let judge_in = cx.inputs.iter().find(|i| i.kind == "judge");
         let fake = load_dataset(&sample.dir.join(SAMPLES_FILE))
             .with_context(|| format!("loading the samples of `{}`", sample.label))?;
         let real = load_dataset(&data.dir.join(DATA_FILE))
@@ -279,46 +211,14 @@ impl Stage for Evaluate {
                 real.data.shape()
             );
         }
-        let is_points = matches!(real.data, DataTensor::Points { .. });
-        let metrics: Vec<Metric> = match &p.metrics {
-            Some(m) => m.clone(),
-            None => {
-                use Metric::*;
-                let mut m = vec![
-                    FidJudge, Precision, Recall, Density, Coverage, Modes, ReverseKl,
-                ];
-                m.push(if is_points { HighQuality } else { Spectral });
-                if fake.labels.is_some() {
-                    m.push(ClassAccuracy);
-                }
-                if cx.ancestors.iter().any(|a| a.kind == "train") {
-                    m.push(Cost);
-                }
-                m
-            }
-        };
-        let want = |m: Metric| metrics.contains(&m);
-        for &m in &metrics {
-            if is_points && m == Metric::Spectral {
-                bail!(
-                    "evaluate: `spectral` applies to images, `{}` holds 2-D points",
-                    data.label
-                );
-            }
-            if m == Metric::ClassAccuracy && fake.labels.is_none() {
-                bail!(
-                    "evaluate: `class_accuracy` needs samples of a conditional generator \
-                     (`{}` holds no labels: train with conditional: true)",
-                    sample.label
-                );
-            }
-            if !is_points && m == Metric::HighQuality {
-                bail!(
-                    "evaluate: `high_quality` applies to 2-D Gaussian mixtures, `{}` holds images",
-                    data.label
-                );
-            }
-        }
+        let images = !matches!(real.data, DataTensor::Points { .. });
+        let train = cx.ancestors.iter().find(|a| a.kind == "train");
+        let metrics: Vec<Metric> = p
+            .metrics
+            .clone()
+            .unwrap_or_else(|| registry::defaults(images, fake.labels.is_some(), train.is_some()));
+        check_applies(&metrics, images, &fake, sample, data)?;
+        let specs: Vec<&registry::Spec> = metrics.iter().map(|m| m.spec()).collect();
 
         // Reference and generated sets.
         let item = real.data.item_len();
@@ -332,14 +232,8 @@ impl Stage for Evaluate {
             .flat_map(|&i| real.data.item(i).iter().copied())
             .collect();
         let n_fake = fake.len().min(p.fake_count.unwrap_or(p.real_count));
-        let fake_x = &fake.data.values()[..n_fake * item];
         let fake_all = fake.data.values();
-
-        let mut out: BTreeMap<String, f64> = BTreeMap::new();
-        let mut info = Map::new();
-        let t = Instant::now();
-        let needs_modes =
-            want(Metric::Modes) || want(Metric::ReverseKl) || want(Metric::HighQuality);
+        let needs_modes = specs.iter().any(|s| s.modes);
         if needs_modes && fake.len() < p.mode_samples {
             bail!(
                 "evaluate: modes/reverse_kl/high_quality are computed over mode_samples = {} \
@@ -350,91 +244,21 @@ impl Stage for Evaluate {
                 fake.len()
             );
         }
-        let mode_x = &fake_all[..p.mode_samples.min(fake.len()) * item];
+        let mode_set = &fake_all[..p.mode_samples.min(fake.len()) * item];
 
-        // Features: the judge's for images, the coordinates for points.
-        let needs_feats = metrics.iter().any(|m| m.needs_features());
-        let judge = if !is_points
-            && (needs_feats
-                || want(Metric::Modes)
-                || want(Metric::ReverseKl)
-                || want(Metric::ClassAccuracy))
-        {
-            let j = judge_in.with_context(|| {
-                "evaluate: fid_judge, precision/recall/density/coverage and modes on images \
-                 need a judge: add a `judge` stage to `needs`"
-            })?;
-            let (judge, _) = Judge::<f32, Cpu>::load(&j.dir.join(JUDGE_FILE), Cpu::default())?;
-            let [_, _, h, w] = real.data.shape()[..] else {
-                unreachable!()
-            };
-            if (judge.arch.height, judge.arch.width_px) != (h, w) {
-                bail!(
-                    "evaluate: judge `{}` takes {}x{} images, the data is {h}x{w}",
-                    j.label,
-                    judge.arch.height,
-                    judge.arch.width_px
-                );
-            }
-            info.insert("judge".into(), Value::from(j.label.clone()));
-            Some(judge)
+        // A judge for image metrics that read features or classes; a mixture for points.
+        let needs_features = specs.iter().any(|s| s.features);
+        let needs_classes = needs_modes || specs.iter().any(|s| s.labels);
+        let mut info = Map::new();
+        let judge = if images && (needs_features || needs_classes) {
+            Some(load_judge(cx, &real)?)
         } else {
             None
         };
-        let channels = real.data.shape().get(1).copied().unwrap_or(1);
-        let (real_f, fake_f, dim) = if !needs_feats {
-            (vec![], vec![], 0)
-        } else if let Some(j) = &judge {
-            let rf = j.features_per_channel(&real_x, channels)?;
-            let ff = j.features_per_channel(fake_x, channels)?;
-            let dim = rf.len() / n_real;
-            (rf, ff, dim)
-        } else {
-            (real_x.clone(), fake_x.to_vec(), 2)
-        };
-        info.insert(
-            "feature_space".into(),
-            Value::from(if judge.is_some() {
-                "judge penultimate layer (not Inception: not comparable with FID from papers)"
-            } else {
-                "raw 2-D coordinates"
-            }),
-        );
-        let features_s = t.elapsed().as_secs_f64();
-
-        if want(Metric::FidJudge) {
-            out.insert(
-                "fid_judge".into(),
-                metrics::frechet_distance_features(&real_f, &fake_f, dim)?,
-            );
+        if let Some((_, label)) = &judge {
+            info.insert("judge".into(), Value::from(label.clone()));
         }
-        if [
-            Metric::Precision,
-            Metric::Recall,
-            Metric::Density,
-            Metric::Coverage,
-        ]
-        .iter()
-        .any(|&m| want(m))
-        {
-            let r = metrics::prdc(&real_f, &fake_f, dim)?;
-            for (m, v) in [
-                (Metric::Precision, r.precision),
-                (Metric::Recall, r.recall),
-                (Metric::Density, r.density),
-                (Metric::Coverage, r.coverage),
-            ] {
-                if want(m) {
-                    out.insert(m.name().into(), v);
-                }
-            }
-        }
-        // Class assignments of the generated samples, made once for every metric that
-        // needs them: the mixture (points), or the judge's predictions over the longer of
-        // the prefixes that modes and class_accuracy read (images).
-        let needs_classes = needs_modes || want(Metric::ClassAccuracy);
-        // (centres [K, 2] flattened, sigma) of the points' mixture
-        let mixture: Option<(Vec<f32>, f64)> = if is_points && needs_classes {
+        let mixture = if !images && needs_classes {
             let mix = read_mixture(&data.dir)?.with_context(|| {
                 format!("evaluate: `{}` is not a Gaussian mixture (no centres in its card): modes and class_accuracy on points need one", data.label)
             })?;
@@ -445,131 +269,70 @@ impl Stage for Evaluate {
         } else {
             None
         };
-        let judged: Option<metrics::judge::JudgedModes> = match &judge {
-            Some(j) if needs_classes => {
-                let n_modes = if needs_modes { mode_x.len() / item } else { 0 };
-                let n_acc = if want(Metric::ClassAccuracy) {
-                    n_fake
-                } else {
-                    0
-                };
-                let n = n_modes.max(n_acc);
-                Some(j.judge_modes(&fake_all[..n * item], channels)?)
-            }
-            _ => None,
-        };
-        let mut histogram: Option<Vec<u64>> = None;
-        if needs_modes {
-            if let Some((centres, sigma)) = &mixture {
-                let s = metrics::mixture_stats(mode_x, centres, 2, *sigma)?;
-                if want(Metric::Modes) {
-                    out.insert("modes".into(), s.modes_covered as f64);
-                }
-                if want(Metric::ReverseKl) {
-                    out.insert("reverse_kl".into(), s.reverse_kl);
-                }
-                if want(Metric::HighQuality) {
-                    out.insert("high_quality".into(), s.high_quality);
-                }
-                info.insert("num_modes".into(), Value::from(s.num_modes));
-                histogram = Some(s.counts);
-            } else {
-                let jm = judged.as_ref().expect("judge loaded for modes");
-                let n_modes = mode_x.len() / item;
-                let sure: Vec<usize> = jm.modes[..n_modes]
-                    .iter()
-                    .zip(&jm.confidence)
-                    .filter(|(_, &c)| c as f64 >= p.min_confidence)
-                    .map(|(&m, _)| m)
-                    .collect();
-                let hist = metrics::mode_histogram(&sure, jm.num_modes)?;
-                if want(Metric::Modes) {
-                    out.insert(
-                        "modes".into(),
-                        hist.iter().filter(|&&n| n > 0).count() as f64,
-                    );
-                    out.insert("confident".into(), sure.len() as f64 / n_modes as f64);
-                }
-                if want(Metric::ReverseKl) {
-                    // NaN when no sample is confident: the distribution is undefined.
-                    out.insert("reverse_kl".into(), metrics::reverse_kl_from_counts(&hist));
-                }
-                info.insert("num_modes".into(), Value::from(jm.num_modes));
-                info.insert("min_confidence".into(), Value::from(p.min_confidence));
-                histogram = Some(hist);
-            }
+        let train_metrics = train.map(|t| (t.manifest.timings.wall_s, &t.manifest.metrics));
+        let shape = real.data.shape();
+        let mut inputs = registry::Inputs::new(
+            &real_x,
+            &fake_all[..n_fake * item],
+            mode_set,
+            &shape,
+            judge.as_ref().map(|(j, _)| j),
+            mixture,
+            fake.labels.as_deref().map(|l| (l, fake.classes)),
+            p.min_confidence,
+            train_metrics,
+        );
+
+        let t = Instant::now();
+        let mut report = registry::Report::default();
+        let mut features_s = 0.0;
+        if needs_features {
+            inputs.features()?;
+            features_s = t.elapsed().as_secs_f64();
         }
-        if want(Metric::ClassAccuracy) {
-            let wanted: Vec<usize> = fake.labels.as_ref().expect("checked above")[..n_fake]
-                .iter()
-                .map(|&y| y as usize)
-                .collect();
-            let predicted = if let Some((centres, _)) = &mixture {
-                metrics::nearest_centres(fake_x, centres, 2)?
-            } else {
-                let jm = judged.as_ref().expect("judge loaded for class_accuracy");
-                let (pred, k) = (&jm.modes, jm.num_modes);
-                if fake.classes.is_some_and(|c| c != k) {
-                    bail!(
-                        "evaluate: class_accuracy: the judge tells {k} classes, the generator of `{}` was conditioned on {}",
-                        sample.label,
-                        fake.classes.unwrap()
-                    );
-                }
-                pred[..n_fake].to_vec()
-            };
-            out.insert(
-                "class_accuracy".into(),
-                metrics::class_accuracy(&predicted, &wanted)?,
-            );
-        }
-        if want(Metric::Spectral) {
-            let [_, c, h, w] = real.data.shape()[..] else {
-                unreachable!()
-            };
-            let s = metrics::spectral_distance(&real_x, fake_x, c, h, w)?;
-            out.insert("spectral".into(), s.log_distance_high);
-            out.insert("spectral_nyquist".into(), s.nyquist_ratio);
-            info.insert("real_spectrum".into(), json!(s.real_spectrum));
-            info.insert("fake_spectrum".into(), json!(s.fake_spectrum));
-        }
-        if want(Metric::Cost) {
-            let train = cx
-                .ancestors
-                .iter()
-                .find(|a| a.kind == "train")
-                .context("evaluate: `cost` needs a train instance upstream")?;
-            out.insert("train_s".into(), train.manifest.timings.wall_s);
-            for k in ["images_per_s", "params_g", "params_d", "peak_rss_mib"] {
-                if let Some(v) = train.manifest.metrics.get(k) {
-                    out.insert(k.into(), *v);
-                }
-            }
+        for s in &specs {
+            s.compute(&mut inputs, &mut report)
+                .with_context(|| format!("evaluate: `{}` of `{}`", s.name, sample.label))?;
         }
         let eval_s = t.elapsed().as_secs_f64();
+        info.insert(
+            "feature_space".into(),
+            Value::from(if judge.is_some() {
+                "judge penultimate layer (not Inception: not comparable with FID from papers)"
+            } else {
+                "raw 2-D coordinates"
+            }),
+        );
+        info.extend(report.info);
 
-        if let Some(hist) = &histogram {
+        if let Some(hist) = &report.histogram {
             write_histogram(hist, cx.dir, cx.label)?;
         }
-        if p.save_features && needs_feats {
-            let nt = |name: &str, v: &[f32]| NamedTensor {
-                name: name.into(),
-                shape: vec![v.len() / dim, dim],
-                data: v.to_vec(),
-            };
-            let mut meta = HashMap::new();
-            meta.insert(
-                "feature_space".into(),
-                info["feature_space"].as_str().unwrap().to_string(),
-            );
-            crate::nn::save_safetensors(
-                &cx.dir.join(FEATURES_FILE),
-                &[nt("real", &real_f), nt("fake", &fake_f)],
-                meta,
-            )?;
-        }
+        let dim = if needs_features {
+            let (real_f, fake_f, dim) = inputs.features()?;
+            if p.save_features {
+                let nt = |name: &str, v: &[f32]| NamedTensor {
+                    name: name.into(),
+                    shape: vec![v.len() / dim, dim],
+                    data: v.to_vec(),
+                };
+                let mut meta = HashMap::new();
+                meta.insert(
+                    "feature_space".into(),
+                    info["feature_space"].as_str().unwrap().to_string(),
+                );
+                crate::nn::save_safetensors(
+                    &cx.dir.join(FEATURES_FILE),
+                    &[nt("real", real_f), nt("fake", fake_f)],
+                    meta,
+                )?;
+            }
+            dim
+        } else {
+            0
+        };
         let doc = json!({
-            "metrics": out,
+            "metrics": report.values,
             "counts": {"real": n_real, "fake": n_fake, "mode_samples": if needs_modes { p.mode_samples } else { 0 }, "feature_dim": dim},
             "info": info,
             "seconds": {"features": features_s, "total": eval_s},
@@ -579,7 +342,7 @@ impl Stage for Evaluate {
             serde_json::to_string_pretty(&doc)?.as_bytes(),
         )?;
         let mut o = Outcome::ok();
-        o.metrics = out;
+        o.metrics = report.values;
         o.metrics.insert("eval_s".into(), eval_s);
         o.info = info;
         o.info.remove("real_spectrum");
@@ -602,6 +365,64 @@ impl Stage for Evaluate {
             svg: c.svg(700, 300)?,
         }])
     }
+}
+
+/// Refuses metrics that do not apply to the data or the samples, saying why.
+fn check_applies(
+    metrics: &[Metric],
+    images: bool,
+    fake: &Dataset,
+    sample: &InputRef,
+    data: &InputRef,
+) -> Result<()> {
+    for &m in metrics {
+        if !m.applies_to(images) {
+            let (wants, holds) = if images {
+                ("2-D Gaussian mixtures", "images")
+            } else {
+                ("images", "2-D points")
+            };
+            bail!(
+                "evaluate: `{}` applies to {wants}, `{}` holds {holds}",
+                m.name(),
+                data.label
+            );
+        }
+        if m.spec().labels && fake.labels.is_none() {
+            bail!(
+                "evaluate: `{}` needs samples of a conditional generator \
+                 (`{}` holds no labels: train with conditional: true)",
+                m.name(),
+                sample.label
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The judge among the inputs, checked against the data's image size, and its label.
+fn load_judge(cx: &RunCtx, real: &Dataset) -> Result<(Judge<f32, Cpu>, String)> {
+    let j = cx
+        .inputs
+        .iter()
+        .find(|i| i.kind == "judge")
+        .with_context(|| {
+            "evaluate: fid_judge, precision/recall/density/coverage and modes on images \
+         need a judge: add a `judge` stage to `needs`"
+        })?;
+    let (judge, _) = Judge::<f32, Cpu>::load(&j.dir.join(JUDGE_FILE), Cpu::default())?;
+    let [_, _, h, w] = real.data.shape()[..] else {
+        unreachable!("images are [N, C, H, W]")
+    };
+    if (judge.arch.height, judge.arch.width_px) != (h, w) {
+        bail!(
+            "evaluate: judge `{}` takes {}x{} images, the data is {h}x{w}",
+            j.label,
+            judge.arch.height,
+            judge.arch.width_px
+        );
+    }
+    Ok((judge, j.label.clone()))
 }
 
 fn read_mixture(dir: &Path) -> Result<Option<GaussianMixture>> {
