@@ -356,6 +356,12 @@ stages:
             m["metrics"]["modes"].as_f64().unwrap()
         );
         assert_eq!(m["info"]["min_confidence"], 0.9);
+        // Every sample counted (the papers' protocol) covers at least as many modes.
+        let all = m["metrics"]["modes_all"].as_f64().unwrap();
+        assert!(
+            all >= m["metrics"]["modes"].as_f64().unwrap() && all <= 10.0,
+            "{m}"
+        );
     }
     // The reference sample: 600 distinct held-out images, unlabelled.
     let heldout = artifacts(d, "data")

@@ -79,8 +79,8 @@ pub const METRICS: &[Spec] = &[
     spec!(Recall, "recall", ["recall"], Any, features: true, modes: false, labels: false, train: false, recall),
     spec!(Density, "density", ["density"], Any, features: true, modes: false, labels: false, train: false, density),
     spec!(Coverage, "coverage", ["coverage"], Any, features: true, modes: false, labels: false, train: false, coverage),
-    spec!(Modes, "modes", ["modes", "confident"], Any, features: false, modes: true, labels: false, train: false, modes),
-    spec!(ReverseKl, "reverse_kl", ["reverse_kl"], Any, features: false, modes: true, labels: false, train: false, reverse_kl),
+    spec!(Modes, "modes", ["modes", "confident", "modes_all"], Any, features: false, modes: true, labels: false, train: false, modes),
+    spec!(ReverseKl, "reverse_kl", ["reverse_kl", "reverse_kl_all"], Any, features: false, modes: true, labels: false, train: false, reverse_kl),
     spec!(HighQuality, "high_quality", ["high_quality"], Points, features: false, modes: true, labels: false, train: false, high_quality),
     spec!(ClassAccuracy, "class_accuracy", ["class_accuracy"], Any, features: false, modes: false, labels: true, train: false, class_accuracy),
     spec!(Spectral, "spectral", ["spectral", "spectral_nyquist"], Images, features: false, modes: false, labels: false, train: false, spectral),
@@ -280,6 +280,8 @@ struct ModeCount {
     counted: f64,
     reverse_kl: f64,
     histogram: Vec<u64>,
+    /// Images: modes and reverse KL over every sample (the PacGAN/VEEGAN/R3GAN protocol).
+    all: Option<(usize, f64)>,
 }
 
 /// Modes and reverse KL over the samples within 3 sigma of a centre (points, whose
@@ -293,6 +295,7 @@ fn count_modes(x: &mut Inputs) -> Result<ModeCount> {
             counted: s.high_quality,
             reverse_kl: s.reverse_kl,
             histogram: s.counts,
+            all: None,
         });
     }
     let n = x.mode_set.len() / x.item();
@@ -305,12 +308,17 @@ fn count_modes(x: &mut Inputs) -> Result<ModeCount> {
         .map(|(&m, _)| m)
         .collect();
     let histogram = super::mode_histogram(&sure, jm.num_modes)?;
+    let every = super::mode_histogram(&jm.modes[..n], jm.num_modes)?;
     Ok(ModeCount {
         modes: histogram.iter().filter(|&&c| c > 0).count(),
         counted: sure.len() as f64 / n as f64,
         // NaN when no sample is counted: the distribution is undefined.
         reverse_kl: super::reverse_kl_from_counts(&histogram),
         histogram,
+        all: Some((
+            every.iter().filter(|&&c| c > 0).count(),
+            super::reverse_kl_from_counts(&every),
+        )),
     })
 }
 
@@ -334,17 +342,24 @@ fn mode_count<'x>(x: &'x mut Inputs, r: &mut Report) -> Result<&'x ModeCount> {
 fn modes(x: &mut Inputs, r: &mut Report) -> Result<()> {
     let images = x.mixture.is_none();
     let c = mode_count(x, r)?;
-    let (modes, counted) = (c.modes as f64, c.counted);
+    let (modes, counted, all) = (c.modes as f64, c.counted, c.all);
     r.values.insert("modes".into(), modes);
     if images {
         r.values.insert("confident".into(), counted);
+    }
+    if let Some((m, _)) = all {
+        r.values.insert("modes_all".into(), m as f64);
     }
     Ok(())
 }
 
 fn reverse_kl(x: &mut Inputs, r: &mut Report) -> Result<()> {
-    let v = mode_count(x, r)?.reverse_kl;
+    let c = mode_count(x, r)?;
+    let (v, all) = (c.reverse_kl, c.all);
     r.values.insert("reverse_kl".into(), v);
+    if let Some((_, kl)) = all {
+        r.values.insert("reverse_kl_all".into(), kl);
+    }
     Ok(())
 }
 

@@ -19,7 +19,8 @@
 //!   generated samples the judge classifies with at least this softmax probability (on
 //!   StackedMNIST, in each of the three digits), so that noise the judge labels at
 //!   random covers no modes; `confident` is the share of the `mode_samples` that pass.
-//!   0 counts every sample (the PacGAN/VEEGAN/R3GAN protocol).
+//!   0 counts every sample (the PacGAN/VEEGAN/R3GAN protocol), which `modes_all` and
+//!   `reverse_kl_all` report next to them whatever `min_confidence` is.
 //! - `seed` (0): the draw of the real reference set.
 //! - `save_features` (false): also write `features.safetensors`.
 //!
@@ -113,7 +114,8 @@ fn default_mode_samples() -> usize {
 /// 1: first version.
 /// 2: deterministic spectral sum over planes; classes assigned once for modes and class_accuracy.
 /// 3: image modes and reverse_kl count confidently classified samples only (`min_confidence`).
-pub const VERSION: u32 = 3;
+/// 4: images also report `modes_all` and `reverse_kl_all` over every sample.
+pub const VERSION: u32 = 4;
 
 pub struct Evaluate;
 
