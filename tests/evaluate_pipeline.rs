@@ -364,25 +364,18 @@ stages:
         );
     }
     // The reference sample: 600 distinct held-out images, unlabelled.
+    let manifest = |p: &PathBuf| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(p.join("manifest.json")).unwrap()).unwrap()
+    };
     let heldout = artifacts(d, "data")
         .into_iter()
-        .find(|p| {
-            let m: Value =
-                serde_json::from_str(&std::fs::read_to_string(p.join("manifest.json")).unwrap())
-                    .unwrap();
-            m["params"]["count"] == 700
-        })
+        .find(|p| manifest(p)["params"]["count"] == 700)
         .unwrap();
     let (hs, hv) = tensor(&heldout.join("data.safetensors"), "images");
     let item = hs[1] * hs[2] * hs[3];
     let real = artifacts(d, "sample")
         .into_iter()
-        .find(|p| {
-            let m: Value =
-                serde_json::from_str(&std::fs::read_to_string(p.join("manifest.json")).unwrap())
-                    .unwrap();
-            m["info"]["reference"] == "real data"
-        })
+        .find(|p| manifest(p)["info"]["reference"] == "real data")
         .expect("the real reference sample");
     let bytes = std::fs::read(real.join("samples.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
