@@ -147,14 +147,38 @@ pub fn squeue(jobs: &BTreeSet<String>) -> Result<BTreeMap<String, String>> {
         }
         bail!("squeue failed: {}", stderr.trim());
     }
-    for line in String::from_utf8_lossy(&o.stdout).lines() {
+    Ok(parse_squeue(&String::from_utf8_lossy(&o.stdout), jobs))
+}
+
+/// `squeue -r -o '%i|%T'` lines as the state of each of `jobs`. An array whose tasks
+/// never started is one record for all of them: `57` (e.g. cancelled while pending) or
+/// `57_[3-9%2]`, which stands for every task not listed on its own.
+fn parse_squeue(text: &str, jobs: &BTreeSet<String>) -> BTreeMap<String, String> {
+    let mut exact = BTreeMap::new();
+    let mut whole: BTreeMap<String, String> = BTreeMap::new();
+    for line in text.lines() {
         if let Some((id, state)) = line.trim().split_once('|') {
             // `CANCELLED by 0` -> `CANCELLED`
-            let state = state.split_whitespace().next().unwrap_or("");
-            out.insert(id.to_string(), state.to_string());
+            let state = state.split_whitespace().next().unwrap_or("").to_string();
+            match id.split_once('_') {
+                Some((base, task)) if task.starts_with('[') => {
+                    whole.insert(base.to_string(), state);
+                }
+                Some(_) => {
+                    exact.insert(id.to_string(), state);
+                }
+                None => {
+                    whole.insert(id.to_string(), state);
+                }
+            }
         }
     }
-    Ok(out)
+    jobs.iter()
+        .filter_map(|j| {
+            let st = exact.get(j).or_else(|| whole.get(base_id(j)))?;
+            Some((j.clone(), st.clone()))
+        })
+        .collect()
 }
 
 /// The last `n` lines of a log (empty when it cannot be read).
@@ -627,6 +651,31 @@ mod tests {
         assert_eq!(base_id("123_4"), "123");
         assert_eq!(base_id("77"), "77");
         assert_eq!(sh("/a b/it's"), r"'/a b/it'\''s'");
+    }
+
+    #[test]
+    fn squeue_lines_give_each_task_its_state() {
+        let jobs: BTreeSet<String> = ["5_0", "5_1", "5_2", "7_0", "7_1", "9_0", "11_4", "12_0"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let text = "5_0|RUNNING\n5_1|COMPLETED\n5_[2-3%1]|PENDING\n7|CANCELLED by 0\n\
+                    11_4|OUT_OF_MEMORY\n12_0|NODE_FAIL\n";
+        let got = parse_squeue(text, &jobs);
+        let want: BTreeMap<String, String> = [
+            ("5_0", "RUNNING"),
+            ("5_1", "COMPLETED"),
+            ("5_2", "PENDING"),
+            ("7_0", "CANCELLED"),
+            ("7_1", "CANCELLED"),
+            ("11_4", "OUT_OF_MEMORY"),
+            ("12_0", "NODE_FAIL"),
+        ]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+        // 9_0: unknown to the controller, so absent
+        assert_eq!(got, want);
     }
 
     #[test]
