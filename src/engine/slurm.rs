@@ -31,7 +31,8 @@ use super::instance::{record_failure, Frozen};
 use super::plan::Plan;
 use super::registry::Registry;
 use super::run::{Executor, Outcome, RunOptions};
-use super::stage::{PublishCtx, Status};
+use super::stage::{PublishCtx, Resources, Status};
+use crate::pipeline::StageResources;
 use crate::util::atomic_write;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -191,6 +192,30 @@ fn log_tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// The sbatch options of a stage's instances, and their CPUs: the stage's YAML
+/// `resources:` over its kind's defaults; what neither sets is left to the cluster
+/// (CPUs: 1).
+pub fn sbatch_options(yaml: &StageResources, kind: &Resources) -> (Vec<String>, usize) {
+    let mut o = vec![];
+    let cpus = yaml.cpus.or(kind.cpus).unwrap_or(1);
+    o.push(format!("--cpus-per-task={cpus}"));
+    if let Some(mb) = yaml.mem_mb.or(kind.mem_mb) {
+        o.push(format!("--mem={mb}M"));
+    }
+    if let Some(min) = yaml.time_min.or(kind.time_min) {
+        o.push(format!("--time={min}"));
+    }
+    let gpus = yaml.gpus.unwrap_or(u32::from(kind.gpu));
+    if gpus > 0 {
+        o.push(format!("--gres=gpu:{gpus}"));
+    }
+    if let Some(p) = &yaml.partition {
+        o.push(format!("--partition={p}"));
+    }
+    o.extend(yaml.extra.iter().cloned());
+    (o, cpus)
+}
+
 /// Quote for a POSIX shell.
 fn sh(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
@@ -282,33 +307,15 @@ impl<'a> SlurmExecutor<'a> {
         &self.plan.items[i].key
     }
 
-    /// The sbatch options of a stage: its YAML `resources:` over its kind's defaults.
+    /// The sbatch options of instance `i` and its CPUs.
     fn sbatch_options(&self, i: usize) -> (Vec<String>, usize) {
         let inst = &self.plan.ex.instances[i];
-        let yaml = &self.plan.ex.pipeline.stages[inst.stage].resources;
         let kind = self
             .reg
             .get(&inst.kind)
             .unwrap()
             .resources(&self.plan.items[i].params, self.opts.device);
-        let mut o = vec![];
-        let cpus = yaml.cpus.or(kind.cpus).unwrap_or(1);
-        o.push(format!("--cpus-per-task={cpus}"));
-        if let Some(mb) = yaml.mem_mb.or(kind.mem_mb) {
-            o.push(format!("--mem={mb}M"));
-        }
-        if let Some(min) = yaml.time_min.or(kind.time_min) {
-            o.push(format!("--time={min}"));
-        }
-        let gpus = yaml.gpus.unwrap_or(u32::from(kind.gpu));
-        if gpus > 0 {
-            o.push(format!("--gres=gpu:{gpus}"));
-        }
-        if let Some(p) = &yaml.partition {
-            o.push(format!("--partition={p}"));
-        }
-        o.extend(yaml.extra.iter().cloned());
-        (o, cpus)
+        sbatch_options(&self.plan.ex.pipeline.stages[inst.stage].resources, &kind)
     }
 
     /// Submit instances of one stage as one job array; their job ids.
@@ -676,6 +683,49 @@ mod tests {
         .collect();
         // 9_0: unknown to the controller, so absent
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn yaml_resources_override_kind_defaults() {
+        let train = Resources {
+            gpu: true,
+            ..Resources::cluster(4, 8192, 1440)
+        };
+        let none = StageResources::default();
+        let (o, cpus) = sbatch_options(&none, &train);
+        assert_eq!(
+            o,
+            [
+                "--cpus-per-task=4",
+                "--mem=8192M",
+                "--time=1440",
+                "--gres=gpu:1"
+            ]
+        );
+        assert_eq!(cpus, 4);
+        let yaml = StageResources {
+            cpus: Some(2),
+            gpus: Some(0),
+            mem_mb: Some(500),
+            time_min: None,
+            partition: Some("short".into()),
+            extra: vec!["--qos=low".into()],
+        };
+        let (o, cpus) = sbatch_options(&yaml, &train);
+        assert_eq!(
+            o,
+            [
+                "--cpus-per-task=2",
+                "--mem=500M",
+                "--time=1440",
+                "--partition=short",
+                "--qos=low"
+            ]
+        );
+        assert_eq!(cpus, 2);
+        // a kind without defaults: the cluster's, one CPU
+        let (o, cpus) = sbatch_options(&none, &Resources::default());
+        assert_eq!((o, cpus), (vec!["--cpus-per-task=1".to_string()], 1));
     }
 
     #[test]
