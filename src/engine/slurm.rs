@@ -27,6 +27,7 @@
 //!   running instead of submitting them twice.
 //! - Ctrl-C: `scancel` of every job this coordinator submitted or re-attached to.
 
+use super::cache::MANIFEST;
 use super::instance::{record_failure, Frozen};
 use super::plan::Plan;
 use super::registry::Registry;
@@ -130,9 +131,8 @@ fn base_id(job: &str) -> &str {
 /// `squeue` for these jobs: state by job id (`123_4`), including ended jobs the
 /// controller still remembers. One call, whatever the number of jobs.
 pub fn squeue(jobs: &BTreeSet<String>) -> Result<BTreeMap<String, String>> {
-    let mut out = BTreeMap::new();
     if jobs.is_empty() {
-        return Ok(out);
+        return Ok(BTreeMap::new());
     }
     let ids: BTreeSet<&str> = jobs.iter().map(|j| base_id(j)).collect();
     let ids: Vec<&str> = ids.into_iter().collect();
@@ -144,7 +144,7 @@ pub fn squeue(jobs: &BTreeSet<String>) -> Result<BTreeMap<String, String>> {
     if !o.status.success() {
         // Every id unknown to the controller (ended long ago): nothing to report.
         if stderr.contains("Invalid job id") {
-            return Ok(out);
+            return Ok(BTreeMap::new());
         }
         bail!("squeue failed: {}", stderr.trim());
     }
@@ -326,7 +326,17 @@ impl<'a> SlurmExecutor<'a> {
         let (options, cpus) = self.sbatch_options(ids[0]);
         let mut keys = vec![];
         for &i in ids {
-            Frozen::from_plan(self.plan, i, self.opts.device, cpus).save(&cache)?;
+            let f = Frozen::from_plan(self.plan, i, self.opts.device, cpus);
+            // The manifest left by an earlier attempt (failed, forced, or with changed
+            // outputs) must not pass for this job's result: the job's own manifest, or
+            // the failed one written when it ends without one, replaces it.
+            let old = cache.dir(&f.kind, &f.key).join(MANIFEST);
+            match std::fs::remove_file(&old) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("removing {}", old.display())),
+            }
+            f.save(&cache)?;
             keys.push(self.key(i).to_string());
         }
         let dir = self.cache_root.join("slurm");
