@@ -28,6 +28,7 @@ const AFTER: &str = "Examples:
   ablate plan pipelines/quickstart.yaml          what would run, and why
   ablate run pipelines/quickstart.yaml -j 2      run it (cached work is skipped)
   ablate run pipelines/quickstart.yaml --force train   redo train and everything after it
+  ablate run study.yaml --executor slurm         each ready instance as a Slurm job (shared cache)
   ablate query 'SELECT * FROM ring_table_agg' -p pipelines/quickstart.yaml
   ablate report pipelines/quickstart.yaml        results/quickstart/report.html (ablate run keeps it current)
   ablate dag pipelines/r3gan-roadmap.yaml --format dot | dot -Tsvg > dag.svg
@@ -66,7 +67,7 @@ enum Cmd {
     Run {
         /// The pipeline YAML file.
         file: PathBuf,
-        /// Instances run at once (default: number of cores).
+        /// Instances run at once (default: number of cores; local executor).
         #[arg(short, long)]
         jobs: Option<usize>,
         /// Threads of each running instance (default: the cores shared among the jobs, so

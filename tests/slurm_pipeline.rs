@@ -329,8 +329,8 @@ fn a_cancelled_job_is_reported_and_a_rerun_recovers_it() {
     let _node = NODE.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    // ~5 s of training per seed at 1 CPU: long enough to cancel seed 0 while it runs.
-    std::fs::write(d.join("p.yaml"), short("slurm-cancel", "[0, 1]", 30000)).unwrap();
+    // ~2 s of training per seed at 1 CPU: long enough to cancel seed 0 while it runs.
+    std::fs::write(d.join("p.yaml"), short("slurm-cancel", "[0, 1]", 15000)).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_ablate"))
         .args(["run", "p.yaml", "--executor", "slurm", "--keep-going"])
         .current_dir(d)
@@ -389,8 +389,8 @@ fn a_killed_run_reattaches_to_its_jobs_without_submitting_twice() {
     let _node = NODE.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    // Three ~4 s trainings at 1 CPU each: with 2 CPUs on the node, one waits in the queue.
-    std::fs::write(d.join("p.yaml"), short("slurm-attach", "[0, 1, 2]", 25000)).unwrap();
+    // Three ~2 s trainings at 1 CPU each: with 2 CPUs on the node, one waits in the queue.
+    std::fs::write(d.join("p.yaml"), short("slurm-attach", "[0, 1, 2]", 15000)).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_ablate"))
         .args(["run", "p.yaml", "--executor", "slurm"])
         .current_dir(d)
