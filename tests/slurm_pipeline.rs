@@ -491,3 +491,93 @@ fn ctrl_c_cancels_the_submitted_jobs() {
         "{p:?}"
     );
 }
+
+#[test]
+fn a_job_that_dies_without_a_result_leaves_its_state_and_log_in_a_failed_manifest() {
+    if !need_slurm("a_job_that_dies_without_a_result_leaves_its_state_and_log_in_a_failed_manifest")
+    {
+        return;
+    }
+    let _node = NODE.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::write(d.join("p.yaml"), short("slurm-dead", "[0]", 10)).unwrap();
+    // the nodes cannot run the binary: the job fails before ablate starts
+    let missing = d.join("no-such-ablate");
+    let (code, _, err) = ablate(
+        d,
+        &[
+            "run",
+            "p.yaml",
+            "--executor",
+            "slurm",
+            "--slurm-binary",
+            missing.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("ran 0, cached 0, failed 1, skipped 2"),
+        "{err}"
+    );
+    let m: Value = {
+        let dir = std::fs::read_dir(d.join("cache/data"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.is_dir())
+            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap()
+    };
+    assert_eq!(m["status"], "failed");
+    let error = m["error"].as_str().unwrap();
+    // its Slurm state and the tail of its log (bash saying what it could not run)
+    assert!(error.contains("_0 FAILED without a result"), "{error}");
+    assert!(
+        error.contains("no-such-ablate: No such file or directory"),
+        "{error}"
+    );
+    assert!(
+        err.contains("no-such-ablate: No such file or directory"),
+        "{err}"
+    );
+    let p = plan(d);
+    assert!(
+        p["ring"].1.starts_with("last attempt failed: slurm job "),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn max_jobs_caps_the_jobs_in_flight() {
+    if !need_slurm("max_jobs_caps_the_jobs_in_flight") {
+        return;
+    }
+    let _node = NODE.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::write(d.join("p.yaml"), short("slurm-cap", "[0, 1, 2]", 10)).unwrap();
+    let (code, _, err) = ablate(
+        d,
+        &["run", "p.yaml", "--executor", "slurm", "--max-jobs", "2"],
+    );
+    assert_eq!(code, 0, "{err}");
+    // three ready trainings under a cap of 2: an array of 2, then one of 1
+    let mut arrays: Vec<String> = std::fs::read_dir(d.join("cache/slurm/batch"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("slurm-cap-train-"))
+        .map(|p| {
+            let s = std::fs::read_to_string(p).unwrap();
+            s.lines()
+                .find(|l| l.starts_with("#SBATCH --array="))
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    arrays.sort();
+    assert_eq!(
+        arrays,
+        ["#SBATCH --array=0-0", "#SBATCH --array=0-1"],
+        "{err}"
+    );
+}
