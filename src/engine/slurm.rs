@@ -84,6 +84,24 @@ const ACTIVE: &[&str] = &[
     "RESV_DEL_HOLD",
 ];
 
+/// The job id of a state file record whose `sbatch` had not answered yet:
+/// `?<batch token>_<task>`.
+const SUBMITTING: &str = "?";
+
+/// Every array ablate submits carries `--comment=ablate:<batch token>`.
+const COMMENT: &str = "ablate:";
+
+/// `squeue -o '%i|%k'` lines: the array job id of each batch token in a comment.
+fn submitted_by_comment(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| {
+            let (id, comment) = l.trim().split_once('|')?;
+            let token = comment.strip_prefix(COMMENT)?;
+            Some((token.to_string(), base_id(id).to_string()))
+        })
+        .collect()
+}
+
 /// One job in the state file.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct JobRecord {
@@ -268,6 +286,32 @@ impl<'a> SlurmExecutor<'a> {
         let state_path = JobState::path(&cache_root, &plan.ex.pipeline.name);
         let mut state = JobState::load(&state_path);
         let mut attachable = BTreeMap::new();
+        if state.jobs.values().any(|r| r.job.starts_with(SUBMITTING)) {
+            // A coordinator killed while sbatch ran: find what it submitted by comment.
+            let o = Command::new("squeue")
+                .args(["-h", "-r", "-t", "all", "--me", "-o", "%i|%k"])
+                .output()
+                .context("running squeue")?;
+            let found = submitted_by_comment(&String::from_utf8_lossy(&o.stdout));
+            let logs = cache_root.join("slurm").join("logs");
+            state.jobs.retain(|_, r| {
+                let Some((token, task)) = r
+                    .job
+                    .strip_prefix(SUBMITTING)
+                    .and_then(|t| t.rsplit_once('_'))
+                else {
+                    return true;
+                };
+                match found.get(token) {
+                    Some(base) => {
+                        r.job = format!("{base}_{task}");
+                        r.log = logs.join(format!("{}.log", r.job));
+                        true
+                    }
+                    None => false, // never submitted
+                }
+            });
+        }
         if !state.jobs.is_empty() {
             let jobs: BTreeSet<String> = state.jobs.values().map(|r| r.job.clone()).collect();
             let states = squeue(&jobs)?;
@@ -347,10 +391,8 @@ impl<'a> SlurmExecutor<'a> {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis())
             .unwrap_or(0);
-        let script = dir.join("batch").join(format!(
-            "{pipeline}-{}-{stamp}-{}.sh",
-            inst.stage_name, self.batches
-        ));
+        let token = format!("{pipeline}-{}-{stamp}-{}", inst.stage_name, self.batches);
+        let script = dir.join("batch").join(format!("{token}.sh"));
         let mut text = String::from("#!/bin/bash\n");
         text.push_str(&format!(
             "# ablate: {} instance(s) of stage `{}` of pipeline `{pipeline}`\n",
@@ -362,6 +404,7 @@ impl<'a> SlurmExecutor<'a> {
             inst.stage_name
         ));
         text.push_str(&format!("#SBATCH --array=0-{}\n", ids.len() - 1));
+        text.push_str(&format!("#SBATCH --comment={COMMENT}{token}\n"));
         text.push_str(&format!(
             "#SBATCH --output={}\n",
             logs.join("%A_%a.log").display()
@@ -378,12 +421,31 @@ impl<'a> SlurmExecutor<'a> {
             inst.kind
         ));
         atomic_write(&script, text.as_bytes())?;
+        // Recorded before sbatch runs: a coordinator killed between the two finds the
+        // array by its comment on restart instead of submitting it again.
+        for (t, &i) in ids.iter().enumerate() {
+            let inst = &self.plan.ex.instances[i];
+            self.state.jobs.insert(
+                self.plan.items[i].key.clone(),
+                JobRecord {
+                    job: format!("{SUBMITTING}{token}_{t}"),
+                    kind: inst.kind.clone(),
+                    label: inst.label.clone(),
+                    log: PathBuf::new(),
+                },
+            );
+        }
+        self.state.save(&self.state_path)?;
         let o = Command::new("sbatch")
             .arg("--parsable")
             .arg(&script)
             .output()
             .context("running sbatch")?;
         if !o.status.success() {
+            for &i in ids {
+                self.state.jobs.remove(&self.plan.items[i].key);
+            }
+            self.state.save(&self.state_path)?;
             bail!(
                 "sbatch {} failed: {}",
                 script.display(),
@@ -736,6 +798,16 @@ mod tests {
         // a kind without defaults: the cluster's, one CPU
         let (o, cpus) = sbatch_options(&none, &Resources::default());
         assert_eq!((o, cpus), (vec!["--cpus-per-task=1".to_string()], 1));
+    }
+
+    #[test]
+    fn arrays_are_found_by_their_comment() {
+        let text = "41_0|ablate:p-train-17-1\n41_[1-2]|ablate:p-train-17-1\n42|(null)\n\
+                    43_0|someone else\n44|ablate:p-table-18-2\n";
+        let found = submitted_by_comment(text);
+        assert_eq!(found.len(), 2);
+        assert_eq!(found["p-train-17-1"], "41");
+        assert_eq!(found["p-table-18-2"], "44");
     }
 
     #[test]
