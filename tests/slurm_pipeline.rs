@@ -167,7 +167,8 @@ fn table_without_timings(path: &Path) -> BTreeMap<String, Vec<String>> {
         .collect()
 }
 
-/// The state file's jobs: instance label -> job id (`123_4`).
+/// The state file's jobs: instance label -> job id (`123_4`); records of an `sbatch`
+/// that has not answered yet (`?<batch>_<task>`) are left out.
 fn state_jobs(dir: &Path, pipeline: &str) -> BTreeMap<String, String> {
     let p = dir.join(format!("cache/slurm/jobs/{pipeline}.json"));
     let Ok(text) = std::fs::read_to_string(p) else {
@@ -184,6 +185,7 @@ fn state_jobs(dir: &Path, pipeline: &str) -> BTreeMap<String, String> {
                 r["job"].as_str().unwrap().to_string(),
             )
         })
+        .filter(|(_, job)| !job.starts_with('?'))
         .collect()
 }
 
