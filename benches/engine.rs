@@ -89,6 +89,7 @@ fn main() {
         results_root: root.join("results"),
         progress: false,
         threads: None,
+        executor: Default::default(),
     };
     let cache = Cache::new(root.join("cache1k"));
     let t = Instant::now();

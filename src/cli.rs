@@ -4,7 +4,8 @@
 //! registry of their own stage kinds.
 
 use crate::engine::{
-    self, Cache, DeviceChoice, Plan, PlanOptions, PlanStatus, Registry, RunOptions,
+    self, Cache, DeviceChoice, ExecutorChoice, Plan, PlanOptions, PlanStatus, Registry, RunOptions,
+    RunOutcome, SlurmOptions,
 };
 use crate::pipeline::{Pipeline, SpecError};
 use crate::results::report::{Reporter, Snapshot};
@@ -27,6 +28,7 @@ const AFTER: &str = "Examples:
   ablate plan pipelines/quickstart.yaml          what would run, and why
   ablate run pipelines/quickstart.yaml -j 2      run it (cached work is skipped)
   ablate run pipelines/quickstart.yaml --force train   redo train and everything after it
+  ablate run study.yaml --executor slurm         each ready instance as a Slurm job (shared cache)
   ablate query 'SELECT * FROM ring_table_agg' -p pipelines/quickstart.yaml
   ablate report pipelines/quickstart.yaml        results/quickstart/report.html (ablate run keeps it current)
   ablate dag pipelines/r3gan-roadmap.yaml --format dot | dot -Tsvg > dag.svg
@@ -65,7 +67,7 @@ enum Cmd {
     Run {
         /// The pipeline YAML file.
         file: PathBuf,
-        /// Instances run at once (default: number of cores).
+        /// Instances run at once (default: number of cores; local executor).
         #[arg(short, long)]
         jobs: Option<usize>,
         /// Threads of each running instance (default: the cores shared among the jobs, so
@@ -84,6 +86,33 @@ enum Cmd {
         /// Do not write results/<pipeline>/report.html while running.
         #[arg(long)]
         no_report: bool,
+        /// Where instances are computed: `local` (threads here) or `slurm` (one sbatch job
+        /// per instance, on nodes that share the cache directory and this binary's path).
+        #[arg(long, value_enum, env = "ABLATE_EXECUTOR", default_value = "local")]
+        executor: ExecutorArg,
+        /// With `--executor slurm`: jobs in flight at once (the cluster's submit limit).
+        #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+        max_jobs: u64,
+        /// With `--executor slurm`: seconds between two `squeue` polls.
+        #[arg(
+            long,
+            env = "ABLATE_SLURM_POLL",
+            default_value_t = 5.0,
+            value_name = "SECONDS"
+        )]
+        slurm_poll: f64,
+        /// With `--executor slurm`: the ablate binary the nodes run (default: this one,
+        /// which must then exist at the same path on the nodes).
+        #[arg(long, env = "ABLATE_SLURM_BINARY", value_name = "PATH")]
+        slurm_binary: Option<PathBuf>,
+    },
+    /// Compute one instance from its frozen spec in the cache (what a Slurm job runs).
+    #[command(hide = true)]
+    Exec {
+        /// Its stage kind.
+        kind: String,
+        /// Its key.
+        key: String,
     },
     /// Dry run: every instance, its key, and whether it is cached or will run (and why).
     Plan {
@@ -157,6 +186,12 @@ enum DeviceArg {
     Cpu,
     Cuda,
     Auto,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq)]
+enum ExecutorArg {
+    Local,
+    Slurm,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -262,6 +297,10 @@ fn dispatch(cli: &Cli, reg: &Registry) -> Result<i32, Exit> {
             keep_going,
             device,
             no_report,
+            executor,
+            max_jobs,
+            slurm_poll,
+            slurm_binary,
         } => {
             let plan = plan_with_force(file, reg, cache, force)?;
             let (cached, to_run) = plan.counts();
@@ -288,6 +327,23 @@ fn dispatch(cli: &Cli, reg: &Registry) -> Result<i32, Exit> {
                 results_root: cli.results_dir.clone(),
                 progress,
                 threads: threads.map(|t| t as usize),
+                executor: match executor {
+                    ExecutorArg::Local => ExecutorChoice::Local,
+                    ExecutorArg::Slurm => {
+                        if !(slurm_poll.is_finite() && *slurm_poll > 0.0) {
+                            return Err(Exit(2, format!("--slurm-poll {slurm_poll}: must be > 0")));
+                        }
+                        let mut so = SlurmOptions {
+                            max_jobs: *max_jobs as usize,
+                            poll: std::time::Duration::from_secs_f64(*slurm_poll),
+                            ..Default::default()
+                        };
+                        if let Some(b) = slurm_binary {
+                            so.binary = b.clone();
+                        }
+                        ExecutorChoice::Slurm(so)
+                    }
+                },
             };
             let cancel = install_ctrlc();
             let device_name = format!("{device:?}").to_lowercase();
@@ -396,6 +452,18 @@ fn dispatch(cli: &Cli, reg: &Registry) -> Result<i32, Exit> {
         }
         Cmd::Gc { files, dry_run } => gc(&cache, files, reg, *dry_run),
         Cmd::Verify { files, drop } => verify(&cache, files, reg, *drop),
+        Cmd::Exec { kind, key } => {
+            let out = engine::instance::exec(reg, &cache, kind, key, install_ctrlc());
+            Ok(match out {
+                RunOutcome::Ran(_) | RunOutcome::Cached => 0,
+                RunOutcome::Interrupted => 130,
+                RunOutcome::Failed(e) => {
+                    eprintln!("failed: {e}");
+                    1
+                }
+                _ => 1,
+            })
+        }
         Cmd::Kinds => {
             for s in reg.iter() {
                 println!("{:<10} v{}  {}", s.kind(), s.version(), s.about());

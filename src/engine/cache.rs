@@ -6,6 +6,7 @@
 //! <kind>/<key>/manifest.json   written last, by atomic rename: the only mark of completion
 //! <kind>/<key>.lock        held while a process computes the instance
 //! index/<pipeline>/<hash of label>   the key an instance label had last time (for plan's "why")
+//! slurm/                   the Slurm executor's frozen instances, scripts, logs and job ids
 //! ```
 
 use super::stage::Status;
@@ -285,7 +286,8 @@ impl Cache {
         for kd in rd {
             let kd = kd?;
             let kind = kd.file_name().to_string_lossy().to_string();
-            if kind == "index" || !kd.file_type()?.is_dir() {
+            // `index/` and the Slurm executor's `slurm/` hold no instances
+            if kind == "index" || kind == "slurm" || !kd.file_type()?.is_dir() {
                 continue;
             }
             for e in std::fs::read_dir(kd.path())? {

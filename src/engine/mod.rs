@@ -1,17 +1,23 @@
-//! The engine: keys, cache, plan and scheduler. It knows stage kinds only through
+//! The engine: keys, cache, plan, scheduler and executors (local threads, Slurm). It knows stage kinds only through
 //! the [`Stage`] trait and never imports anything about GANs.
 
 pub mod cache;
+pub mod instance;
 pub mod plan;
 pub mod registry;
 pub mod run;
+pub mod slurm;
 pub mod stage;
 pub mod verify;
 
 pub use cache::{Cache, Manifest};
 pub use plan::{Plan, PlanOptions, PlanStatus};
 pub use registry::Registry;
-pub use run::{run, run_observed, Outcome as RunOutcome, RunEvent, RunOptions, Summary};
+pub use run::{
+    run, run_observed, Executor, ExecutorChoice, Outcome as RunOutcome, RunEvent, RunOptions,
+    Summary,
+};
+pub use slurm::SlurmOptions;
 pub use stage::{
     normalised_params, typed_params, CheckCtx, DeviceChoice, Figure, FigureCtx, InputRef,
     Interrupted, Outcome, ParamError, Progress, PublishCtx, Resources, RunCtx, Stage, Status,

@@ -1,28 +1,43 @@
-//! The scheduler: runs a plan's instances in dependency order, each on a thread and a
-//! rayon pool of its own.
+//! The scheduler: runs a plan's instances in dependency order through an [`Executor`].
 //!
-//! A coordinator loop keeps the ready set, starts instances while `--jobs` and the
-//! resource slots allow (one GPU slot, the machine's CPUs), and collects results over a
-//! channel. Every instance gets a thread budget (its stage's `resources: {cpus: N}`, else
-//! `--threads`, else the cores shared among the instances that run at once) and its
-//! `Stage::run` runs inside a rayon pool of that size, so parallel kernels in the stage
-//! use its share and no more. A failure marks every descendant skipped; without
-//! `--keep-going` nothing new starts after it. Ctrl-C sets a flag: nothing new starts, running stages stop
-//! at their next check, and no manifest is written for unfinished work.
+//! The coordinator loop (here) owns the schedule: the ready set, what a failure skips
+//! downstream, `--keep-going`, Ctrl-C, the observer and the summary. An executor owns
+//! how a ready instance is computed and how its end is noticed:
+//!
+//! - [`LocalExecutor`] (default) runs each instance on a thread and a rayon pool of its
+//!   own, starting instances while `--jobs` and the resource slots allow (one GPU slot,
+//!   the machine's CPUs). Every instance gets a thread budget (its stage's `resources:
+//!   {cpus: N}`, else `--threads`, else the cores shared among the instances that run at
+//!   once), so parallel kernels in the stage use its share and no more.
+//! - [`super::slurm::SlurmExecutor`] submits ready instances to a Slurm cluster with
+//!   `sbatch` (one job array per stage) and polls the queue.
+//!
+//! Both compute an instance the same way ([`super::instance`]). A failure marks every
+//! descendant skipped; without `--keep-going` nothing new starts after it. Ctrl-C sets
+//! a flag: nothing new starts, the executor stops what runs (local stages at their next
+//! check; cluster jobs are cancelled), and no manifest is written for unfinished work.
 
-use super::cache::{Cache, InputRecord, Manifest, Timings, MANIFEST};
+use super::instance::Frozen;
 use super::plan::{Plan, PlanStatus};
 use super::registry::Registry;
-use super::stage::{DeviceChoice, InputRef, Interrupted, Progress, PublishCtx, RunCtx, Status};
-use anyhow::{Context, Result};
+use super::slurm::{SlurmExecutor, SlurmOptions};
+use super::stage::{DeviceChoice, Progress, PublishCtx, Status};
+use anyhow::Result;
 use std::collections::{BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-/// Instances in flight: label and progress by instance id.
-type Running = HashMap<usize, (String, Arc<Progress>)>;
+/// Where instances are computed.
+#[derive(Debug, Clone, Default)]
+pub enum ExecutorChoice {
+    /// On this machine, in threads of this process.
+    #[default]
+    Local,
+    /// On a Slurm cluster, one job (array task) per instance.
+    Slurm(SlurmOptions),
+}
 
 /// How to run.
 #[derive(Debug, Clone)]
@@ -37,6 +52,7 @@ pub struct RunOptions {
     /// Threads per running instance unless its stage sets `resources: {cpus: N}`
     /// (`None`: the cores divided among the `jobs` instances that may run at once).
     pub threads: Option<usize>,
+    pub executor: ExecutorChoice,
 }
 
 /// The machine's cores (as Rust sees them: cgroup and affinity limits included).
@@ -61,6 +77,21 @@ pub enum Outcome {
     Skipped,
     Interrupted,
     NotStarted,
+}
+
+impl Outcome {
+    /// One word for logs.
+    pub fn word(&self) -> &'static str {
+        match self {
+            Outcome::Cached => "cached",
+            Outcome::Ran(Status::Diverged) => "diverged",
+            Outcome::Ran(_) => "done",
+            Outcome::Failed(_) => "failed",
+            Outcome::Skipped => "skipped",
+            Outcome::Interrupted => "interrupted",
+            Outcome::NotStarted => "not started",
+        }
+    }
 }
 
 /// What `run` reports at the end.
@@ -102,13 +133,6 @@ impl Summary {
     }
 }
 
-fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
-
 /// What the scheduler tells an observer of [`run_observed`].
 #[derive(Debug)]
 pub struct RunEvent<'a> {
@@ -123,6 +147,30 @@ pub struct RunEvent<'a> {
 
 /// How often an observer hears from a busy scheduler when nothing finishes.
 const TICK: Duration = Duration::from_secs(1);
+
+/// How ready instances get computed. The scheduler calls `start` with the ready set
+/// whenever it may start more, `wait` while anything is in flight, and `cancel` once
+/// on Ctrl-C; every instance `start` took comes back from `wait` or `cancel` exactly once.
+pub trait Executor {
+    /// Take what it can of `ready` (instance ids, in order) and return the ids taken.
+    /// A failure to start one is reported later by `wait`, as its outcome.
+    fn start(&mut self, ready: &BTreeSet<usize>) -> Vec<usize>;
+    /// Wait up to `timeout` for instances to end; their outcomes.
+    fn wait(&mut self, timeout: Duration) -> Vec<(usize, Outcome)>;
+    /// Instances taken and not yet returned.
+    fn in_flight(&self) -> usize;
+    /// Instances computing now (not queued), in id order.
+    fn running(&self) -> Vec<usize>;
+    /// One line for the progress bar: what runs, how far.
+    fn message(&self) -> String {
+        String::new()
+    }
+    /// Ctrl-C: stop everything in flight. Outcomes it already knows are returned; the
+    /// rest come from `wait`.
+    fn cancel(&mut self) -> Vec<(usize, Outcome)> {
+        vec![]
+    }
+}
 
 /// Run everything the plan marks `run`; publish what the cache already has.
 pub fn run(
@@ -141,6 +189,32 @@ pub fn run_observed(
     plan: &Plan,
     reg: &Registry,
     opts: &RunOptions,
+    cancel: Arc<AtomicBool>,
+    observe: &mut dyn FnMut(&RunEvent),
+) -> Result<Summary> {
+    let to_run = plan
+        .items
+        .iter()
+        .filter(|i| i.status == PlanStatus::Run)
+        .count();
+    match &opts.executor {
+        ExecutorChoice::Local => {
+            let mut ex = LocalExecutor::new(plan, reg, opts, cancel.clone(), to_run);
+            schedule(plan, reg, opts, &mut ex, cancel, observe)
+        }
+        ExecutorChoice::Slurm(so) => {
+            let mut ex = SlurmExecutor::new(plan, reg, opts, so.clone())?;
+            schedule(plan, reg, opts, &mut ex, cancel, observe)
+        }
+    }
+}
+
+/// The coordinator loop: dependency order, failures, Ctrl-C, observer, summary.
+pub fn schedule(
+    plan: &Plan,
+    reg: &Registry,
+    opts: &RunOptions,
+    ex: &mut dyn Executor,
     cancel: Arc<AtomicBool>,
     observe: &mut dyn FnMut(&RunEvent),
 ) -> Result<Summary> {
@@ -184,36 +258,11 @@ pub fn run_observed(
         }
     }
     let to_run = outcomes.iter().filter(|o| o.is_none()).count();
-    // CPU budgets: a stage's `resources.cpus`, else --threads, else a share of the cores;
-    // instances start while their budgets fit the capacity (one always may start)
-    let cores = cores();
-    let threads = opts
-        .threads
-        .unwrap_or_else(|| default_threads(cores, opts.jobs.max(1), to_run))
-        .max(1);
-    let capacity = cores.max(threads * opts.jobs.max(1));
-    let budget = |i: usize| {
-        let inst = &plan.ex.instances[i];
-        plan.ex.pipeline.stages[inst.stage]
-            .resources
-            .cpus
-            .unwrap_or(threads)
-    };
-    let mut cpus_busy = 0usize;
-
-    let (tx, rx) = mpsc::channel::<(usize, Outcome)>();
-    let running: Arc<Mutex<Running>> = Arc::default();
     let bar = progress_bar(opts.progress, to_run as u64);
-    let mut gpu_busy = false;
     let mut stop = false;
-    let mut n_running = 0usize;
+    let mut cancelled = false;
     let mut last_tick = Instant::now();
     let mut last_observed = Instant::now();
-    let running_ids = |r: &Running| {
-        let mut ids: Vec<usize> = r.keys().copied().collect();
-        ids.sort_unstable();
-        ids
-    };
     observe(&RunEvent {
         finished: None,
         outcomes: &outcomes,
@@ -221,155 +270,87 @@ pub fn run_observed(
     });
 
     loop {
+        let mut ended = vec![];
         if cancel.load(Ordering::Relaxed) {
             stop = true;
+            if !cancelled {
+                cancelled = true;
+                ended = ex.cancel();
+            }
         }
-        // Dispatch while slots allow.
-        while !stop && n_running < opts.jobs.max(1) {
-            let pick = ready.iter().copied().find(|&i| {
-                let inst = &plan.ex.instances[i];
-                let res = reg
-                    .get(&inst.kind)
-                    .unwrap()
-                    .resources(&plan.items[i].params, opts.device);
-                !(res.gpu && gpu_busy) && (n_running == 0 || cpus_busy + budget(i) <= capacity)
-            });
-            let Some(i) = pick else { break };
-            ready.remove(&i);
+        if !stop && !ready.is_empty() {
+            for i in ex.start(&ready) {
+                ready.remove(&i);
+            }
+        }
+        if ended.is_empty() {
+            if ex.in_flight() == 0 {
+                break;
+            }
+            ended = ex.wait(Duration::from_millis(100));
+        }
+        for (i, out) in ended {
             let inst = &plan.ex.instances[i];
-            let res = reg
-                .get(&inst.kind)
-                .unwrap()
-                .resources(&plan.items[i].params, opts.device);
-            gpu_busy |= res.gpu;
-            n_running += 1;
-            let cpus = budget(i);
-            cpus_busy += cpus;
-            let prog = Arc::new(Progress::default());
-            running
-                .lock()
-                .unwrap()
-                .insert(i, (inst.label.clone(), prog.clone()));
-            let job = Job {
-                plan,
-                reg,
-                opts,
-                idx: i,
-                threads: cpus,
-                cancel: cancel.clone(),
-                progress: prog,
+            if let Some(b) = &bar {
+                b.inc(1);
             }
-            .prepare();
-            let tx = tx.clone();
-            let gpu = res.gpu;
-            match job {
-                // a plain thread per instance: it only waits on the instance's own pool
-                // (a rayon worker waiting there would run other instances nested in it)
-                Ok(job) => {
-                    let spawned = std::thread::Builder::new()
-                        .name(format!("ablate-job-{i}"))
-                        .spawn({
-                            let tx = tx.clone();
-                            move || {
-                                let out = job.execute();
-                                let _ = tx.send((i, out));
-                            }
-                        });
-                    if let Err(e) = spawned {
-                        let _ = tx.send((i, Outcome::Failed(format!("starting a thread: {e}"))));
+            match &out {
+                Outcome::Ran(Status::Diverged) => tracing::warn!("{} diverged", inst.label),
+                Outcome::Ran(_) | Outcome::Cached => tracing::info!("done {}", inst.label),
+                Outcome::Failed(e) => {
+                    let first = e.lines().next().unwrap_or("");
+                    match &bar {
+                        Some(b) => b.suspend(|| tracing::error!("{} failed: {first}", inst.label)),
+                        None => tracing::error!("{} failed: {first}", inst.label),
                     }
                 }
-                Err(e) => {
-                    let _ = tx.send((i, Outcome::Failed(format!("{e:#}"))));
+                _ => {}
+            }
+            let success = matches!(out, Outcome::Ran(_) | Outcome::Cached);
+            let interrupted = out == Outcome::Interrupted;
+            outcomes[i] = Some(out);
+            if interrupted {
+                // Its descendants stay unstarted: they count as interrupted too.
+            } else if success {
+                for &d in &dependents[i] {
+                    waiting[d] -= 1;
+                    if waiting[d] == 0 && outcomes[d].is_none() {
+                        ready.insert(d);
+                    }
+                }
+            } else {
+                // Everything downstream of a failure is skipped.
+                let mut stack = dependents[i].clone();
+                while let Some(d) = stack.pop() {
+                    if outcomes[d].is_none() {
+                        outcomes[d] = Some(Outcome::Skipped);
+                        ready.remove(&d);
+                        stack.extend(dependents[d].iter().copied());
+                    }
+                }
+                if matches!(outcomes[i], Some(Outcome::Failed(_))) && !opts.keep_going {
+                    stop = true;
                 }
             }
-            if gpu {
-                tracing::debug!("{} holds the GPU slot", inst.label);
-            }
-        }
-        if n_running == 0 {
-            break;
-        }
-        match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok((i, out)) => {
-                n_running -= 1;
-                cpus_busy -= budget(i);
-                running.lock().unwrap().remove(&i);
-                let inst = &plan.ex.instances[i];
-                let res = reg
-                    .get(&inst.kind)
-                    .unwrap()
-                    .resources(&plan.items[i].params, opts.device);
-                if res.gpu {
-                    gpu_busy = false;
-                }
-                if let Some(b) = &bar {
-                    b.inc(1);
-                }
-                match &out {
-                    Outcome::Ran(Status::Diverged) => tracing::warn!("{} diverged", inst.label),
-                    Outcome::Ran(_) | Outcome::Cached => tracing::info!("done {}", inst.label),
-                    Outcome::Failed(e) => {
-                        let first = e.lines().next().unwrap_or("");
-                        match &bar {
-                            Some(b) => {
-                                b.suspend(|| tracing::error!("{} failed: {first}", inst.label))
-                            }
-                            None => tracing::error!("{} failed: {first}", inst.label),
-                        }
-                    }
-                    _ => {}
-                }
-                let success = matches!(out, Outcome::Ran(_) | Outcome::Cached);
-                let interrupted = out == Outcome::Interrupted;
-                outcomes[i] = Some(out);
-                if interrupted {
-                    // Its descendants stay unstarted: they count as interrupted too.
-                } else if success {
-                    for &d in &dependents[i] {
-                        waiting[d] -= 1;
-                        if waiting[d] == 0 && outcomes[d].is_none() {
-                            ready.insert(d);
-                        }
-                    }
-                } else {
-                    // Everything downstream of a failure is skipped.
-                    let mut stack = dependents[i].clone();
-                    while let Some(d) = stack.pop() {
-                        if outcomes[d].is_none() {
-                            outcomes[d] = Some(Outcome::Skipped);
-                            ready.remove(&d);
-                            stack.extend(dependents[d].iter().copied());
-                        }
-                    }
-                    if matches!(outcomes[i], Some(Outcome::Failed(_))) && !opts.keep_going {
-                        stop = true;
-                    }
-                }
-                let ids = running_ids(&running.lock().unwrap());
-                observe(&RunEvent {
-                    finished: Some(i),
-                    outcomes: &outcomes,
-                    running: &ids,
-                });
-                last_observed = Instant::now();
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            observe(&RunEvent {
+                finished: Some(i),
+                outcomes: &outcomes,
+                running: &ex.running(),
+            });
+            last_observed = Instant::now();
         }
         if last_observed.elapsed() >= TICK {
-            let ids = running_ids(&running.lock().unwrap());
             observe(&RunEvent {
                 finished: None,
                 outcomes: &outcomes,
-                running: &ids,
+                running: &ex.running(),
             });
             last_observed = Instant::now();
         }
         if let Some(b) = &bar {
             if last_tick.elapsed() > Duration::from_millis(200) {
                 last_tick = Instant::now();
-                b.set_message(running_message(&running.lock().unwrap()));
+                b.set_message(ex.message());
             }
         }
     }
@@ -426,251 +407,193 @@ fn progress_bar(on: bool, len: u64) -> Option<indicatif::ProgressBar> {
     Some(b)
 }
 
-fn running_message(running: &Running) -> String {
-    let mut parts: Vec<(usize, String)> = running
-        .iter()
-        .map(|(i, (label, p))| {
-            let total = p.total.load(Ordering::Relaxed);
-            let done = p.done.load(Ordering::Relaxed);
-            let s = if total > 0 {
-                format!("{label} {:.0}%", 100.0 * done as f64 / total as f64)
-            } else {
-                label.clone()
-            };
-            (*i, s)
-        })
-        .collect();
-    parts.sort();
-    parts
-        .into_iter()
-        .map(|(_, s)| s)
-        .collect::<Vec<_>>()
-        .join("  ")
-}
+/// Instances in flight: label and progress by instance id.
+type Running = HashMap<usize, (String, Arc<Progress>)>;
 
-/// One instance on its way to the pool.
-struct Job<'a> {
+/// Runs instances in threads of this process, within `--jobs`, the cores and one GPU slot.
+pub struct LocalExecutor<'a> {
     plan: &'a Plan,
     reg: &'a Registry,
     opts: &'a RunOptions,
-    idx: usize,
-    /// Thread budget of the instance.
-    threads: usize,
     cancel: Arc<AtomicBool>,
-    progress: Arc<Progress>,
+    /// `--threads`, else the cores' share.
+    threads: usize,
+    /// CPUs the running instances may hold together.
+    capacity: usize,
+    cpus_busy: usize,
+    gpu_busy: bool,
+    running: Arc<Mutex<Running>>,
+    tx: mpsc::Sender<(usize, Outcome)>,
+    rx: mpsc::Receiver<(usize, Outcome)>,
 }
 
-/// Everything an instance needs, owned, so it can move to a worker thread.
-struct Ready {
-    stage: Arc<dyn super::stage::Stage>,
-    cache: Cache,
-    pipeline: String,
-    stage_name: String,
-    label: String,
-    kind: String,
-    key: String,
-    forced: bool,
-    params: serde_json::Value,
-    vars: serde_json::Map<String, serde_json::Value>,
-    inputs: Vec<InputRef>,
-    ancestors: Vec<InputRef>,
-    device: DeviceChoice,
-    results: PathBuf,
-    threads: usize,
-    cancel: Arc<AtomicBool>,
-    progress: Arc<Progress>,
-}
-
-impl Job<'_> {
-    fn input_ref(&self, u: usize) -> Result<InputRef> {
-        let inst = &self.plan.ex.instances[u];
-        let key = &self.plan.items[u].key;
-        let dir = self.plan.cache.dir(&inst.kind, key);
-        let manifest = self.plan.cache.manifest(&inst.kind, key).with_context(|| {
-            format!("input {} has no manifest in {}", inst.label, dir.display())
-        })?;
-        Ok(InputRef {
-            stage: inst.stage_name.clone(),
-            kind: inst.kind.clone(),
-            label: inst.label.clone(),
-            key: key.clone(),
-            dir,
-            vars: inst.vars.clone(),
-            manifest,
-        })
+impl<'a> LocalExecutor<'a> {
+    pub fn new(
+        plan: &'a Plan,
+        reg: &'a Registry,
+        opts: &'a RunOptions,
+        cancel: Arc<AtomicBool>,
+        to_run: usize,
+    ) -> Self {
+        // CPU budgets: a stage's `resources.cpus`, else --threads, else a share of the
+        // cores; instances start while their budgets fit the capacity (one always may start)
+        let cores = cores();
+        let threads = opts
+            .threads
+            .unwrap_or_else(|| default_threads(cores, opts.jobs.max(1), to_run))
+            .max(1);
+        let (tx, rx) = mpsc::channel();
+        LocalExecutor {
+            plan,
+            reg,
+            opts,
+            cancel,
+            threads,
+            capacity: cores.max(threads * opts.jobs.max(1)),
+            cpus_busy: 0,
+            gpu_busy: false,
+            running: Arc::default(),
+            tx,
+            rx,
+        }
     }
 
-    fn prepare(self) -> Result<Ready> {
-        let inst = &self.plan.ex.instances[self.idx];
-        let it = &self.plan.items[self.idx];
-        let inputs = inst
-            .inputs
+    fn budget(&self, i: usize) -> usize {
+        let inst = &self.plan.ex.instances[i];
+        self.plan.ex.pipeline.stages[inst.stage]
+            .resources
+            .cpus
+            .unwrap_or(self.threads)
+    }
+
+    fn gpu(&self, i: usize) -> bool {
+        let inst = &self.plan.ex.instances[i];
+        self.reg
+            .get(&inst.kind)
+            .unwrap()
+            .resources(&self.plan.items[i].params, self.opts.device)
+            .gpu
+    }
+
+    fn launch(&mut self, i: usize) {
+        let inst = &self.plan.ex.instances[i];
+        let gpu = self.gpu(i);
+        self.gpu_busy |= gpu;
+        let cpus = self.budget(i);
+        self.cpus_busy += cpus;
+        if gpu {
+            tracing::debug!("{} holds the GPU slot", inst.label);
+        }
+        let prog = Arc::new(Progress::default());
+        self.running
+            .lock()
+            .unwrap()
+            .insert(i, (inst.label.clone(), prog.clone()));
+        let task = Frozen::from_plan(self.plan, i, self.opts.device, cpus).prepare(
+            self.reg,
+            &self.plan.cache,
+            Some(self.plan.results_dir(&self.opts.results_root)),
+            self.cancel.clone(),
+            prog,
+        );
+        let tx = self.tx.clone();
+        match task {
+            // a plain thread per instance: it only waits on the instance's own pool
+            // (a rayon worker waiting there would run other instances nested in it)
+            Ok(task) => {
+                let spawned = std::thread::Builder::new()
+                    .name(format!("ablate-job-{i}"))
+                    .spawn({
+                        let tx = tx.clone();
+                        move || {
+                            let out = task.execute();
+                            let _ = tx.send((i, out));
+                        }
+                    });
+                if let Err(e) = spawned {
+                    let _ = tx.send((i, Outcome::Failed(format!("starting a thread: {e}"))));
+                }
+            }
+            Err(e) => {
+                let _ = tx.send((i, Outcome::Failed(format!("{e:#}"))));
+            }
+        }
+    }
+
+    fn ended(&mut self, i: usize) {
+        self.cpus_busy -= self.budget(i);
+        self.running.lock().unwrap().remove(&i);
+        if self.gpu(i) {
+            self.gpu_busy = false;
+        }
+    }
+}
+
+impl Executor for LocalExecutor<'_> {
+    fn start(&mut self, ready: &BTreeSet<usize>) -> Vec<usize> {
+        let mut taken = vec![];
+        let mut left: Vec<usize> = ready.iter().copied().collect();
+        loop {
+            let n_running = self.in_flight();
+            if n_running >= self.opts.jobs.max(1) {
+                break;
+            }
+            let pick = left.iter().position(|&i| {
+                !(self.gpu(i) && self.gpu_busy)
+                    && (n_running == 0 || self.cpus_busy + self.budget(i) <= self.capacity)
+            });
+            let Some(p) = pick else { break };
+            let i = left.remove(p);
+            self.launch(i);
+            taken.push(i);
+        }
+        taken
+    }
+
+    fn wait(&mut self, timeout: Duration) -> Vec<(usize, Outcome)> {
+        let mut out = vec![];
+        match self.rx.recv_timeout(timeout) {
+            Ok(x) => out.push(x),
+            Err(_) => return out,
+        }
+        out.extend(self.rx.try_iter());
+        for (i, _) in &out {
+            self.ended(*i);
+        }
+        out
+    }
+
+    fn in_flight(&self) -> usize {
+        self.running.lock().unwrap().len()
+    }
+
+    fn running(&self) -> Vec<usize> {
+        let mut ids: Vec<usize> = self.running.lock().unwrap().keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    fn message(&self) -> String {
+        let running = self.running.lock().unwrap();
+        let mut parts: Vec<(usize, String)> = running
             .iter()
-            .map(|&u| self.input_ref(u))
-            .collect::<Result<Vec<_>>>()?;
-        // Every instance upstream, each once, nearest first.
-        let mut seen = BTreeSet::new();
-        let mut queue: std::collections::VecDeque<usize> = inst.inputs.iter().copied().collect();
-        let mut ancestors = vec![];
-        while let Some(u) = queue.pop_front() {
-            if seen.insert(u) {
-                ancestors.push(self.input_ref(u)?);
-                queue.extend(self.plan.ex.instances[u].inputs.iter().copied());
-            }
-        }
-        Ok(Ready {
-            stage: self.reg.get(&inst.kind).unwrap().clone(),
-            cache: self.plan.cache.clone(),
-            pipeline: self.plan.ex.pipeline.name.clone(),
-            stage_name: inst.stage_name.clone(),
-            label: inst.label.clone(),
-            kind: inst.kind.clone(),
-            key: it.key.clone(),
-            forced: it.forced,
-            params: it.params.clone(),
-            vars: inst.vars.clone(),
-            inputs,
-            ancestors,
-            device: self.opts.device,
-            results: self.plan.results_dir(&self.opts.results_root),
-            threads: self.threads,
-            cancel: self.cancel,
-            progress: self.progress,
-        })
-    }
-}
-
-impl Ready {
-    fn execute(self) -> Outcome {
-        match self.try_execute() {
-            Ok(o) => o,
-            Err(e) => Outcome::Failed(format!("{e:#}")),
-        }
-    }
-
-    fn try_execute(&self) -> Result<Outcome> {
-        let dir = self.cache.dir(&self.kind, &self.key);
-        let _lock = self.cache.lock(&self.kind, &self.key)?;
-        let mut clear = self.forced;
-        if let Some(m) = self.cache.manifest(&self.kind, &self.key) {
-            let changed = self.cache.changed_output(&m);
-            if m.status != Status::Failed && !self.forced && changed.is_none() {
-                // Another process finished it while we waited for the lock.
-                self.publish(&dir)?;
-                return Ok(Outcome::Cached);
-            }
-            if let Some(why) = changed.filter(|_| m.status != Status::Failed) {
-                // Nothing of a changed instance is reused (no resuming from its files).
-                tracing::warn!("{}: {why}: recomputing it", self.label);
-                clear = true;
-            }
-        }
-        let _ = std::fs::remove_file(dir.join(MANIFEST));
-        if clear && dir.exists() {
-            std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
-        }
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        tracing::info!("running {} ({})", self.label, &self.key[..12]);
-        let started = now();
-        let t = Instant::now();
-        let cx = RunCtx {
-            pipeline: &self.pipeline,
-            stage: &self.stage_name,
-            label: &self.label,
-            key: &self.key,
-            params: &self.params,
-            vars: &self.vars,
-            inputs: self.inputs.clone(),
-            ancestors: self.ancestors.clone(),
-            dir: &dir,
-            device: self.device,
-            cancel: &self.cancel,
-            progress: self.progress.clone(),
-        };
-        // the instance's own pool: rayon-parallel work inside the stage uses its budget
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(self.threads)
-            .thread_name(|i| format!("ablate-work-{i}"))
-            .build()
-            .context("starting the instance's thread pool")?;
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            pool.install(|| self.stage.run(&cx))
-        }))
-        .unwrap_or_else(|p| {
-            let msg = p
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "panic".into());
-            Err(anyhow::anyhow!("stage panicked: {msg}"))
-        });
-        let wall = t.elapsed().as_secs_f64();
-        let timings = Timings {
-            started,
-            finished: now(),
-            wall_s: wall,
-        };
-        let (status, error, metrics, info) = match result {
-            Ok(o) => (o.status, None, o.metrics, o.info),
-            Err(e)
-                if e.downcast_ref::<Interrupted>().is_some()
-                    || self.cancel.load(Ordering::Relaxed) =>
-            {
-                return Ok(Outcome::Interrupted)
-            }
-            Err(e) => (
-                Status::Failed,
-                Some(format!("{e:#}")),
-                Default::default(),
-                Default::default(),
-            ),
-        };
-        let device = info
-            .get("device")
-            .and_then(|d| d.as_str())
-            .unwrap_or("cpu")
-            .to_string();
-        let m = Manifest {
-            kind: self.kind.clone(),
-            version: self.stage.version(),
-            key: self.key.clone(),
-            stage: self.stage_name.clone(),
-            label: self.label.clone(),
-            params: self.params.clone(),
-            inputs: self
-                .inputs
-                .iter()
-                .map(|i| InputRecord {
-                    stage: i.stage.clone(),
-                    key: i.key.clone(),
-                })
-                .collect(),
-            outputs: Cache::record_outputs(&dir)?,
-            status,
-            error: error.clone(),
-            metrics,
-            info,
-            timings,
-            device,
-            crate_version: env!("CARGO_PKG_VERSION").to_string(),
-        };
-        self.cache.write_manifest(&m)?;
-        self.cache
-            .remember(&self.pipeline, &self.label, &self.kind, &self.key)?;
-        if let Some(e) = error {
-            return Ok(Outcome::Failed(e));
-        }
-        self.publish(&dir)?;
-        Ok(Outcome::Ran(status))
-    }
-
-    fn publish(&self, dir: &Path) -> Result<()> {
-        self.stage.publish(&PublishCtx {
-            pipeline: &self.pipeline,
-            stage: &self.stage_name,
-            dir,
-            results: &self.results,
-        })
+            .map(|(i, (label, p))| {
+                let total = p.total.load(Ordering::Relaxed);
+                let done = p.done.load(Ordering::Relaxed);
+                let s = if total > 0 {
+                    format!("{label} {:.0}%", 100.0 * done as f64 / total as f64)
+                } else {
+                    label.clone()
+                };
+                (*i, s)
+            })
+            .collect();
+        parts.sort();
+        parts
+            .into_iter()
+            .map(|(_, s)| s)
+            .collect::<Vec<_>>()
+            .join("  ")
     }
 }
 
@@ -679,7 +602,9 @@ mod tests {
     use super::*;
     use crate::engine::plan::PlanOptions;
     use crate::engine::stage::{CheckCtx, ParamError, Stage};
+    use crate::engine::{Cache, RunCtx};
     use serde_json::Value;
+    use std::path::Path;
 
     /// Records the size of the rayon pool it runs in.
     struct Threads;
@@ -749,6 +674,7 @@ mod tests {
             results_root: dir.path().join("results"),
             progress: false,
             threads: Some(2),
+            executor: Default::default(),
         };
         let s = run(&p, &reg, &opts, Arc::default()).unwrap();
         assert!(s.ok(), "{}", s.line());
@@ -814,11 +740,15 @@ mod tests {
                 "`resources.cpus` must be a whole number >= 1",
             ),
             (
-                "gpus: 1",
+                "disk: 1",
                 5,
                 17,
-                "unknown resource in stage `a`: `gpus` (expected one of: cpus)",
+                "unknown resource in stage `a`: `disk` (expected one of: cpus, gpus, mem, time, partition, extra)",
             ),
+            ("mem: lots", 5, 22, "`resources.mem` must be a size such as 512M, 4G"),
+            ("time: 1:2:3:4", 5, 23, "`resources.time` must be minutes or a Slurm time"),
+            ("gpus: -1", 5, 23, "`resources.gpus` must be a whole number >= 0"),
+            ("extra: [qos]", 5, 24, "`resources.extra` must be a list of sbatch options"),
         ] {
             let y =
                 format!("name: t\nstages:\n  a:\n    kind: threads\n    resources: {{{bad}}}\n");
@@ -847,6 +777,7 @@ mod tests {
 mod observer_tests {
     use super::*;
     use crate::engine::{typed_params, CheckCtx, ParamError, PlanOptions, Stage};
+    use crate::engine::{Cache, RunCtx};
     use serde_json::Value;
 
     /// Reports its id; fails when its id is `fail_on`.
@@ -902,6 +833,7 @@ mod observer_tests {
             results_root: d.path().join("results"),
             progress: false,
             threads: None,
+            executor: Default::default(),
         };
         let mut heard: Vec<Option<usize>> = vec![];
         let s = run_observed(
@@ -931,5 +863,128 @@ mod observer_tests {
         assert_eq!(expected.len(), 7, "{}", s.line());
         assert_eq!(done, expected);
         assert_eq!((s.ran, s.failed, s.skipped), (6, 1, 1), "{}", s.line());
+    }
+
+    /// An executor that computes nothing: it takes what the scheduler offers, at most
+    /// `cap` at a time, and ends instances in the order taken, failing `fail`.
+    struct Fake {
+        cap: usize,
+        fail: Option<usize>,
+        flight: Vec<usize>,
+        /// instances in the order taken
+        taken: Vec<usize>,
+        cancelled: bool,
+    }
+
+    impl Executor for Fake {
+        fn start(&mut self, ready: &BTreeSet<usize>) -> Vec<usize> {
+            let room = self.cap - self.flight.len();
+            let t: Vec<usize> = ready.iter().copied().take(room).collect();
+            self.flight.extend(&t);
+            self.taken.extend(&t);
+            t
+        }
+        fn wait(&mut self, _: Duration) -> Vec<(usize, Outcome)> {
+            if self.flight.is_empty() {
+                return vec![];
+            }
+            let i = self.flight.remove(0);
+            let o = if Some(i) == self.fail {
+                Outcome::Failed("fake failure".into())
+            } else {
+                Outcome::Ran(Status::Ok)
+            };
+            vec![(i, o)]
+        }
+        fn in_flight(&self) -> usize {
+            self.flight.len()
+        }
+        fn running(&self) -> Vec<usize> {
+            self.flight.clone()
+        }
+        fn cancel(&mut self) -> Vec<(usize, Outcome)> {
+            self.cancelled = true;
+            self.flight
+                .drain(..)
+                .map(|i| (i, Outcome::Interrupted))
+                .collect()
+        }
+    }
+
+    #[test]
+    fn the_schedule_is_the_same_whatever_computes_it() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("p.yaml");
+        std::fs::write(
+            &f,
+            "name: fake\nstages:\n  a:\n    kind: toy\n    matrix: {id: [0, 1, 2]}\n    \
+             params: {id: '${id}', fail_on: -1}\n  b: {kind: toy, needs: [a], params: {id: 9, fail_on: -1}}\n",
+        )
+        .unwrap();
+        let mut reg = Registry::new();
+        reg.register(Toy);
+        let plan = Plan::new(
+            &f,
+            &reg,
+            Cache::new(d.path().join("cache")),
+            d.path(),
+            &PlanOptions::default(),
+        )
+        .unwrap();
+        let a: Vec<usize> = plan.ex.by_stage[0].clone();
+        let b: Vec<usize> = plan.ex.by_stage[1].clone();
+        let opts = RunOptions {
+            jobs: 1,
+            keep_going: true,
+            device: DeviceChoice::Cpu,
+            results_root: d.path().join("results"),
+            progress: false,
+            threads: None,
+            executor: Default::default(),
+        };
+        let run_fake = |cap: usize, fail: Option<usize>, keep_going: bool, cancel: bool| {
+            let mut ex = Fake {
+                cap,
+                fail,
+                flight: vec![],
+                taken: vec![],
+                cancelled: false,
+            };
+            let opts = RunOptions {
+                keep_going,
+                ..opts.clone()
+            };
+            let s = schedule(
+                &plan,
+                &reg,
+                &opts,
+                &mut ex,
+                Arc::new(AtomicBool::new(cancel)),
+                &mut |_| {},
+            )
+            .unwrap();
+            (s, ex)
+        };
+        // Each b instance is taken only after its own a ended (cap 1: strictly in turn).
+        let (s, ex) = run_fake(1, None, true, false);
+        assert_eq!((s.ran, s.failed), (6, 0), "{}", s.line());
+        for (&ai, &bi) in a.iter().zip(&b) {
+            let pos = |i| ex.taken.iter().position(|&x| x == i).unwrap();
+            assert!(pos(ai) < pos(bi), "{:?}", ex.taken);
+        }
+        // A failure skips its own descendant; --keep-going finishes the rest.
+        let (s, ex) = run_fake(3, Some(a[1]), true, false);
+        assert_eq!((s.ran, s.failed, s.skipped), (4, 1, 1), "{}", s.line());
+        assert_eq!(s.outcomes[b[1]], Outcome::Skipped);
+        assert!(!ex.taken.contains(&b[1]));
+        // Without it nothing new is taken after the failure (a[0] ended first, so its b
+        // was taken before a[1] failed).
+        let (s, ex) = run_fake(3, Some(a[1]), false, false);
+        assert_eq!(ex.taken, [a[0], a[1], a[2], b[0]], "{}", s.line());
+        assert_eq!(s.not_started, 1, "{}", s.line());
+        // Ctrl-C before anything: the executor is told once, nothing is taken.
+        let (s, ex) = run_fake(3, None, true, true);
+        assert!(ex.cancelled && ex.taken.is_empty());
+        assert_eq!(s.interrupted, 6, "{}", s.line());
     }
 }

@@ -80,11 +80,32 @@ pub struct Upstream {
     pub ancestors: Vec<UpstreamInfo>,
 }
 
-/// Scheduler resources an instance holds while it runs.
+/// What an instance of a kind uses while it runs, by default: the local scheduler reads
+/// `gpu`; a cluster executor asks for all of it (a stage's `resources:` in YAML overrides
+/// each field; `None`: the cluster's own default).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Resources {
-    /// Takes the (single) GPU slot.
+    /// Takes the (single) GPU slot locally; one GPU per instance on a cluster.
     pub gpu: bool,
+    /// CPUs per instance on a cluster (locally the thread budget comes from `--threads`
+    /// or the cores' share, so that defaults never change a local run).
+    pub cpus: Option<usize>,
+    /// Memory per instance, MiB.
+    pub mem_mb: Option<u64>,
+    /// Wall-clock limit, minutes.
+    pub time_min: Option<u64>,
+}
+
+impl Resources {
+    /// A kind's cluster defaults: CPUs, memory (MiB) and time (minutes), no GPU.
+    pub fn cluster(cpus: usize, mem_mb: u64, time_min: u64) -> Resources {
+        Resources {
+            gpu: false,
+            cpus: Some(cpus),
+            mem_mb: Some(mem_mb),
+            time_min: Some(time_min),
+        }
+    }
 }
 
 /// The device the user asked for (`--device`); stages map it to their backend.
@@ -273,7 +294,8 @@ pub trait Stage: Send + Sync {
     fn reports(&self, _params: &Value) -> Option<Vec<String>> {
         None
     }
-    /// Which scheduler slots an instance holds.
+    /// What an instance uses: the local GPU slot, and the defaults a cluster executor
+    /// asks for (CPUs, memory, time) when the stage's `resources:` leaves them unset.
     fn resources(&self, _params: &Value, _device: DeviceChoice) -> Resources {
         Resources::default()
     }

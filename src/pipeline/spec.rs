@@ -37,16 +37,71 @@ pub struct StageSpec {
 
 /// A stage's `resources:` block: what each of its instances may use while it runs. It
 /// changes how an instance is scheduled, never its result, so it stays out of the cache
-/// key. Only `cpus` for now; an executor for a cluster would add `gpus`, `mem`, `time`
-/// and `partition` here.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// key. `cpus` is also the local thread budget; the rest only matter to a cluster
+/// executor (`--executor slurm`), where anything unset falls back to the kind's default
+/// (`Stage::resources`) and then to the cluster's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StageResources {
-    /// Threads of the instance's own rayon pool (`None`: the scheduler's share).
+    /// Threads of the instance's own rayon pool (`None`: the scheduler's share); on a
+    /// cluster, `--cpus-per-task`.
     pub cpus: Option<usize>,
+    /// GPUs per instance on a cluster (`--gres=gpu:N`).
+    pub gpus: Option<u32>,
+    /// Memory per instance in MiB (`mem: 4G`, `500M`, or a number of MiB).
+    pub mem_mb: Option<u64>,
+    /// Wall-clock limit in minutes (`time: 90`, `"1:30:00"`, `"2-00:00:00"`).
+    pub time_min: Option<u64>,
+    /// Cluster partition (`--partition`).
+    pub partition: Option<String>,
+    /// More `sbatch` arguments, passed as they are (`extra: ["--qos=short"]`).
+    pub extra: Vec<String>,
 }
 
 /// The keys `resources:` accepts.
-pub const RESOURCE_KEYS: &[&str] = &["cpus"];
+pub const RESOURCE_KEYS: &[&str] = &["cpus", "gpus", "mem", "time", "partition", "extra"];
+
+/// A memory size as Slurm writes it (`512M`, `4G`, `1T`, or a bare number of MiB) in MiB.
+pub fn parse_mem_mb(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, ""),
+    };
+    let n: u64 = num.parse().ok()?;
+    let mb = match unit.to_ascii_uppercase().trim_end_matches(['B', 'I']) {
+        "" | "M" => n,
+        "K" => n.div_ceil(1024),
+        "G" => n.checked_mul(1024)?,
+        "T" => n.checked_mul(1024 * 1024)?,
+        _ => return None,
+    };
+    (mb > 0).then_some(mb)
+}
+
+/// A time limit in one of Slurm's forms (`minutes`, `minutes:seconds`,
+/// `hours:minutes:seconds`, `days-hours`, `days-hours:minutes`,
+/// `days-hours:minutes:seconds`), in whole minutes (seconds rounded up).
+pub fn parse_time_min(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (days, rest) = match s.split_once('-') {
+        Some((d, r)) => (Some(d.parse::<u64>().ok()?), r),
+        None => (None, s),
+    };
+    let parts: Vec<u64> = rest
+        .split(':')
+        .map(|p| p.parse::<u64>().ok())
+        .collect::<Option<_>>()?;
+    let secs = match (days, parts.as_slice()) {
+        (None, [m]) => m * 60,
+        (None, [m, s]) => m * 60 + s,
+        (None, [h, m, s]) => h * 3600 + m * 60 + s,
+        (Some(d), [h]) => d * 86400 + h * 3600,
+        (Some(d), [h, m]) => d * 86400 + h * 3600 + m * 60,
+        (Some(d), [h, m, s]) => d * 86400 + h * 3600 + m * 60 + s,
+        _ => return None,
+    };
+    (secs > 0).then_some(secs.div_ceil(60))
+}
 
 /// A stage's `matrix:` block.
 #[derive(Debug, Clone, Default)]
@@ -374,15 +429,74 @@ impl Cx {
             &format!("resource in stage `{stage}`:"),
         )?;
         let mut out = StageResources::default();
+        let bad = |key: &str, want: &str, v: &Value| {
+            self.err_value(
+                &format!("{path}.{key}"),
+                format!("stage `{stage}`: `resources.{key}` must be {want}, got {v}"),
+            )
+        };
         if let Some(v) = m.get("cpus") {
             match v.as_u64() {
                 Some(n) if n >= 1 => out.cpus = Some(n as usize),
-                _ => {
-                    return Err(self.err_value(
-                        &format!("{path}.cpus"),
-                        format!(
-                            "stage `{stage}`: `resources.cpus` must be a whole number >= 1, got {v}"
-                        ),
+                _ => return Err(bad("cpus", "a whole number >= 1", v)),
+            }
+        }
+        if let Some(v) = m.get("gpus") {
+            match v.as_u64().and_then(|n| u32::try_from(n).ok()) {
+                Some(n) => out.gpus = Some(n),
+                _ => return Err(bad("gpus", "a whole number >= 0", v)),
+            }
+        }
+        if let Some(v) = m.get("mem") {
+            let mb = match v {
+                Value::Number(n) => n.as_u64().filter(|&n| n > 0),
+                Value::String(s) => parse_mem_mb(s),
+                _ => None,
+            };
+            match mb {
+                Some(mb) => out.mem_mb = Some(mb),
+                None => return Err(bad("mem", "a size such as 512M, 4G or a number of MiB", v)),
+            }
+        }
+        if let Some(v) = m.get("time") {
+            let min = match v {
+                Value::Number(n) => n.as_u64().filter(|&n| n > 0),
+                Value::String(s) => parse_time_min(s),
+                _ => None,
+            };
+            match min {
+                Some(min) => out.time_min = Some(min),
+                None => {
+                    return Err(bad(
+                        "time",
+                        "minutes or a Slurm time such as \"1:30:00\" or \"2-00:00:00\"",
+                        v,
+                    ))
+                }
+            }
+        }
+        if let Some(v) = m.get("partition") {
+            match v
+                .as_str()
+                .filter(|s| !s.is_empty() && !s.contains(char::is_whitespace))
+            {
+                Some(s) => out.partition = Some(s.to_string()),
+                None => return Err(bad("partition", "a partition name", v)),
+            }
+        }
+        if let Some(v) = m.get("extra") {
+            let list = v.as_array().and_then(|a| {
+                a.iter()
+                    .map(|x| x.as_str().filter(|s| s.starts_with('-')).map(String::from))
+                    .collect::<Option<Vec<_>>>()
+            });
+            match list {
+                Some(l) => out.extra = l,
+                None => {
+                    return Err(bad(
+                        "extra",
+                        "a list of sbatch options such as [\"--qos=short\"]",
+                        v,
                     ))
                 }
             }
@@ -460,5 +574,57 @@ impl Cx {
             return Err(self.err(path, format!("stage `{stage}`: matrix has no axes")));
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod resource_tests {
+    use super::*;
+
+    #[test]
+    fn memory_sizes_in_mib() {
+        assert_eq!(parse_mem_mb("512"), Some(512));
+        assert_eq!(parse_mem_mb("512M"), Some(512));
+        assert_eq!(parse_mem_mb("4G"), Some(4096));
+        assert_eq!(parse_mem_mb("4gb"), Some(4096));
+        assert_eq!(parse_mem_mb("1T"), Some(1 << 20));
+        assert_eq!(parse_mem_mb("1536K"), Some(2)); // rounded up
+        for bad in ["", "0", "0G", "G", "4X", "-1G", "1.5G"] {
+            assert_eq!(parse_mem_mb(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn slurm_time_forms_in_minutes() {
+        assert_eq!(parse_time_min("90"), Some(90));
+        assert_eq!(parse_time_min("1:30"), Some(2)); // 1 min 30 s, rounded up
+        assert_eq!(parse_time_min("1:30:00"), Some(90));
+        assert_eq!(parse_time_min("2-00"), Some(2 * 24 * 60));
+        assert_eq!(parse_time_min("1-02:03"), Some(24 * 60 + 2 * 60 + 3));
+        assert_eq!(parse_time_min("1-00:00:01"), Some(24 * 60 + 1));
+        for bad in ["", "0", "0:00", "1:2:3:4", "a", "1-", "-5", "1-2:3:4:5"] {
+            assert_eq!(parse_time_min(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn resources_block_parses_every_key() {
+        let p = Pipeline::parse(
+            Path::new("p.yaml"),
+            "name: t\nstages:\n  a:\n    kind: k\n    resources: {cpus: 2, gpus: 1, mem: 6G, \
+             time: \"2:00:00\", partition: gpu, extra: [\"--qos=short\"]}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            p.stages[0].resources,
+            StageResources {
+                cpus: Some(2),
+                gpus: Some(1),
+                mem_mb: Some(6144),
+                time_min: Some(120),
+                partition: Some("gpu".into()),
+                extra: vec!["--qos=short".into()],
+            }
+        );
     }
 }

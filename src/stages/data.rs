@@ -10,7 +10,8 @@ use crate::data::{
     self, Dataset, ImageFolderOptions, MnistOptions, MnistSplit, StackedMnistOptions,
 };
 use crate::engine::{
-    normalised_params, CheckCtx, Figure, FigureCtx, Outcome, ParamError, RunCtx, Stage,
+    normalised_params, CheckCtx, DeviceChoice, Figure, FigureCtx, Outcome, ParamError, Resources,
+    RunCtx, Stage,
 };
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
@@ -277,6 +278,10 @@ impl Stage for Data {
     }
     fn version(&self) -> u32 {
         VERSION
+    }
+    /// On a cluster: datasets are read or generated once: a few cores, a few GB.
+    fn resources(&self, _params: &Value, _device: DeviceChoice) -> Resources {
+        Resources::cluster(2, 4096, 60)
     }
     fn about(&self) -> &'static str {
         "load or generate a dataset (mnist, stacked_mnist, gaussian_ring, gaussian_grid, image_folder)"

@@ -61,8 +61,8 @@ use super::judge::JUDGE_FILE;
 use super::sample::SAMPLES_FILE;
 use crate::data::{load_dataset, DataTensor, Dataset, GaussianMixture};
 use crate::engine::{
-    normalised_params, CheckCtx, Figure, FigureCtx, InputRef, Outcome, ParamError, RunCtx, Stage,
-    Status,
+    normalised_params, CheckCtx, DeviceChoice, Figure, FigureCtx, InputRef, Outcome,
+    ParamError, Resources, RunCtx, Stage, Status,
 };
 use crate::metrics::{self, judge::Judge, registry};
 use crate::nn::{Cpu, NamedTensor, Rng};
@@ -125,6 +125,10 @@ impl Stage for Evaluate {
     }
     fn version(&self) -> u32 {
         VERSION
+    }
+    /// On a cluster: judge passes over the samples and exact k-NN (PRDC) on the CPU.
+    fn resources(&self, _params: &Value, _device: DeviceChoice) -> Resources {
+        Resources::cluster(4, 8192, 60)
     }
     fn about(&self) -> &'static str {
         "metrics of samples against data: fid_judge, precision/recall, density/coverage, modes, reverse_kl, high_quality, class_accuracy, spectral, cost"

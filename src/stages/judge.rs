@@ -34,7 +34,9 @@
 
 use super::data::DATA_FILE;
 use crate::data::{load_dataset, DataTensor};
-use crate::engine::{typed_params, CheckCtx, Outcome, ParamError, RunCtx, Stage};
+use crate::engine::{
+    typed_params, CheckCtx, DeviceChoice, Outcome, ParamError, Resources, RunCtx, Stage,
+};
 use crate::metrics::judge::{distinct_rows, shuffle, FitOptions, Judge as Net, JudgeArch};
 use crate::nn::{Cpu, Rng};
 use anyhow::{bail, Result};
@@ -116,6 +118,10 @@ impl Stage for Judge {
     }
     fn version(&self) -> u32 {
         VERSION
+    }
+    /// On a cluster: a small CNN trained on CPU or GPU.
+    fn resources(&self, _params: &Value, _device: DeviceChoice) -> Resources {
+        Resources::cluster(4, 4096, 120)
     }
     fn about(&self) -> &'static str {
         "train the evaluator CNN on labelled images (features for fid_judge/prdc, labels for modes)"

@@ -17,7 +17,8 @@
 use super::train::CHECKPOINT_FILE;
 use crate::data::{self, DataTensor, Dataset};
 use crate::engine::{
-    typed_params, CheckCtx, Figure, FigureCtx, InputRef, Outcome, ParamError, RunCtx, Stage, Status,
+    typed_params, CheckCtx, DeviceChoice, Figure, FigureCtx, InputRef, Outcome, ParamError,
+    Resources, RunCtx, Stage, Status,
 };
 use crate::gan::{self, DataShape, TrainConfig};
 use anyhow::{Context, Result};
@@ -64,6 +65,10 @@ impl Stage for Sample {
     }
     fn version(&self) -> u32 {
         VERSION
+    }
+    /// On a cluster: a forward pass of G.
+    fn resources(&self, _params: &Value, _device: DeviceChoice) -> Resources {
+        Resources::cluster(2, 4096, 60)
     }
     fn about(&self) -> &'static str {
         "draw samples from a trained generator (+ PNG grid; balanced labels when conditional), or real items of a data stage as a reference"

@@ -26,8 +26,8 @@
 //! axes. Published to `results/<pipeline>/<stage>{,_agg,_cmp}.{parquet,csv,md}`.
 
 use crate::engine::{
-    typed_params, CheckCtx, InputRef, Outcome, ParamError, PublishCtx, RunCtx, Stage, Status,
-    Upstream,
+    typed_params, CheckCtx, DeviceChoice, InputRef, Outcome, ParamError, PublishCtx, Resources,
+    RunCtx, Stage, Status, Upstream,
 };
 use crate::pipeline::short_value;
 use crate::results::compare::{compare, Direction, Run, Spec};
@@ -144,6 +144,10 @@ impl Stage for Tabulate {
     }
     fn version(&self) -> u32 {
         VERSION
+    }
+    /// On a cluster: reads manifests and writes tables.
+    fn resources(&self, _params: &Value, _device: DeviceChoice) -> Resources {
+        Resources::cluster(1, 2048, 30)
     }
     fn about(&self) -> &'static str {
         "gather every upstream instance into one table (+ aggregates over seeds, paired comparisons)"

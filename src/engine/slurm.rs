@@ -1,0 +1,843 @@
+//! The Slurm executor (`ablate run --executor slurm`): ablate plans and decides what is
+//! ready on the machine it runs on (the coordinator); each ready instance becomes a Slurm
+//! job computed on a node by the same binary (`ablate exec KIND KEY`, reading the
+//! instance's frozen spec from the cache). A node needs the binary and the shared cache
+//! directory, nothing else.
+//!
+//! What it keeps under `<cache>/slurm/`:
+//! ```text
+//! spec/<kind>-<key>.json      the frozen instance `ablate exec` computes
+//! batch/<pipeline>-<stage>-<n>.sh   each sbatch script as submitted (resubmittable by hand)
+//! logs/<job>_<task>.log       a job's stdout and stderr
+//! jobs/<pipeline>.json        job id of every instance in flight (the state file)
+//! ```
+//!
+//! - Submission: the ready instances of one stage go as one job array (`sbatch
+//!   --array=0-N`), at most `--max-jobs` jobs in flight. Resources: the stage's
+//!   `resources:` in YAML, else its kind's defaults ([`super::Stage::resources`]), else
+//!   the cluster's.
+//! - Tracking: one `squeue` call per poll for every job in flight (`-t all` also lists
+//!   jobs that ended within the controller's `MinJobAge`). A job that has left the queue
+//!   is judged by its instance's manifest: completion is the manifest's atomic rename,
+//!   as locally, so nothing depends on `flock` across nodes. A job that ended without a
+//!   manifest (OUT_OF_MEMORY, TIMEOUT, NODE_FAIL, CANCELLED, a node that cannot start
+//!   the binary) gets a `failed` manifest with its Slurm state and the tail of its log.
+//! - Re-attach: job ids go to the state file as they are submitted; a coordinator
+//!   started again (after a crash, or `kill -9`) re-attaches to jobs still queued or
+//!   running instead of submitting them twice.
+//! - Ctrl-C: `scancel` of every job this coordinator submitted or re-attached to.
+
+use super::cache::MANIFEST;
+use super::instance::{record_failure, Frozen};
+use super::plan::Plan;
+use super::registry::Registry;
+use super::run::{Executor, Outcome, RunOptions};
+use super::stage::{PublishCtx, Resources, Status};
+use crate::pipeline::StageResources;
+use crate::util::atomic_write;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// How to use the cluster.
+#[derive(Debug, Clone)]
+pub struct SlurmOptions {
+    /// Jobs (array tasks) in flight at once: a cluster's submit limit.
+    pub max_jobs: usize,
+    /// Time between two `squeue` calls.
+    pub poll: Duration,
+    /// How long a job that left the queue may take to show its manifest (NFS caches
+    /// directory entries for up to a minute) before it counts as failed.
+    pub grace: Duration,
+    /// The binary the nodes run (default: this one; it must be at the same path there).
+    pub binary: PathBuf,
+}
+
+impl Default for SlurmOptions {
+    fn default() -> Self {
+        SlurmOptions {
+            max_jobs: 256,
+            poll: Duration::from_secs(5),
+            grace: Duration::from_secs(60),
+            binary: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("ablate")),
+        }
+    }
+}
+
+/// Slurm job states in which a job may still compute (or will).
+const ACTIVE: &[&str] = &[
+    "PENDING",
+    "CONFIGURING",
+    "RUNNING",
+    "COMPLETING",
+    "SUSPENDED",
+    "REQUEUED",
+    "REQUEUE_FED",
+    "REQUEUE_HOLD",
+    "RESIZING",
+    "SIGNALING",
+    "STAGE_OUT",
+    "STOPPED",
+    "RESV_DEL_HOLD",
+];
+
+/// The job id of a state file record whose `sbatch` had not answered yet:
+/// `?<batch token>_<task>`.
+const SUBMITTING: &str = "?";
+
+/// Every array ablate submits carries `--comment=ablate:<batch token>`.
+const COMMENT: &str = "ablate:";
+
+/// `squeue -o '%i|%k'` lines: the array job id of each batch token in a comment.
+fn submitted_by_comment(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| {
+            let (id, comment) = l.trim().split_once('|')?;
+            let token = comment.strip_prefix(COMMENT)?;
+            Some((token.to_string(), base_id(id).to_string()))
+        })
+        .collect()
+}
+
+/// One job in the state file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct JobRecord {
+    /// `<array job id>_<task>`.
+    pub job: String,
+    pub kind: String,
+    pub label: String,
+    pub log: PathBuf,
+}
+
+/// `jobs/<pipeline>.json`: the job of every instance key in flight.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct JobState {
+    pub jobs: BTreeMap<String, JobRecord>,
+}
+
+impl JobState {
+    pub fn path(cache_root: &Path, pipeline: &str) -> PathBuf {
+        cache_root
+            .join("slurm")
+            .join("jobs")
+            .join(format!("{pipeline}.json"))
+    }
+
+    pub fn load(path: &Path) -> JobState {
+        match std::fs::read_to_string(path) {
+            Ok(t) => serde_json::from_str(&t).unwrap_or_else(|e| {
+                tracing::warn!("ignoring unreadable {}: {e}", path.display());
+                JobState::default()
+            }),
+            Err(_) => JobState::default(),
+        }
+    }
+
+    fn save(&self, path: &Path) -> Result<()> {
+        atomic_write(path, serde_json::to_string_pretty(self)?.as_bytes())
+    }
+}
+
+/// The array job id of `123_4` (or of a plain `123`).
+fn base_id(job: &str) -> &str {
+    job.split('_').next().unwrap_or(job)
+}
+
+/// `squeue` for these jobs: state by job id (`123_4`), including ended jobs the
+/// controller still remembers. One call, whatever the number of jobs.
+pub fn squeue(jobs: &BTreeSet<String>) -> Result<BTreeMap<String, String>> {
+    if jobs.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let ids: BTreeSet<&str> = jobs.iter().map(|j| base_id(j)).collect();
+    let ids: Vec<&str> = ids.into_iter().collect();
+    let o = Command::new("squeue")
+        .args(["-h", "-r", "-t", "all", "-o", "%i|%T", "-j", &ids.join(",")])
+        .output()
+        .context("running squeue (is Slurm installed here?)")?;
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    if !o.status.success() {
+        // Every id unknown to the controller (ended long ago): nothing to report.
+        if stderr.contains("Invalid job id") {
+            return Ok(BTreeMap::new());
+        }
+        bail!("squeue failed: {}", stderr.trim());
+    }
+    Ok(parse_squeue(&String::from_utf8_lossy(&o.stdout), jobs))
+}
+
+/// `squeue -r -o '%i|%T'` lines as the state of each of `jobs`. An array whose tasks
+/// never started is one record for all of them: `57` (e.g. cancelled while pending) or
+/// `57_[3-9%2]`, which stands for every task not listed on its own.
+fn parse_squeue(text: &str, jobs: &BTreeSet<String>) -> BTreeMap<String, String> {
+    let mut exact = BTreeMap::new();
+    let mut whole: BTreeMap<String, String> = BTreeMap::new();
+    for line in text.lines() {
+        if let Some((id, state)) = line.trim().split_once('|') {
+            // `CANCELLED by 0` -> `CANCELLED`
+            let state = state.split_whitespace().next().unwrap_or("").to_string();
+            match id.split_once('_') {
+                Some((base, task)) if task.starts_with('[') => {
+                    whole.insert(base.to_string(), state);
+                }
+                Some(_) => {
+                    exact.insert(id.to_string(), state);
+                }
+                None => {
+                    whole.insert(id.to_string(), state);
+                }
+            }
+        }
+    }
+    jobs.iter()
+        .filter_map(|j| {
+            let st = exact.get(j).or_else(|| whole.get(base_id(j)))?;
+            Some((j.clone(), st.clone()))
+        })
+        .collect()
+}
+
+/// The last `n` lines of a log (empty when it cannot be read).
+fn log_tail(path: &Path, n: usize) -> String {
+    let Ok(bytes) = std::fs::read(path) else {
+        return String::new();
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// The sbatch options of a stage's instances, and their CPUs: the stage's YAML
+/// `resources:` over its kind's defaults; what neither sets is left to the cluster
+/// (CPUs: 1).
+pub fn sbatch_options(yaml: &StageResources, kind: &Resources) -> (Vec<String>, usize) {
+    let mut o = vec![];
+    let cpus = yaml.cpus.or(kind.cpus).unwrap_or(1);
+    o.push(format!("--cpus-per-task={cpus}"));
+    if let Some(mb) = yaml.mem_mb.or(kind.mem_mb) {
+        o.push(format!("--mem={mb}M"));
+    }
+    if let Some(min) = yaml.time_min.or(kind.time_min) {
+        o.push(format!("--time={min}"));
+    }
+    let gpus = yaml.gpus.unwrap_or(u32::from(kind.gpu));
+    if gpus > 0 {
+        o.push(format!("--gres=gpu:{gpus}"));
+    }
+    if let Some(p) = &yaml.partition {
+        o.push(format!("--partition={p}"));
+    }
+    o.extend(yaml.extra.iter().cloned());
+    (o, cpus)
+}
+
+/// Quote for a POSIX shell.
+fn sh(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// An instance in flight.
+struct Flight {
+    job: String,
+    log: PathBuf,
+    state: String,
+    /// When the job was first seen gone from the queue without a manifest.
+    gone_since: Option<Instant>,
+}
+
+/// Submits ready instances to Slurm and follows them (see the module doc).
+pub struct SlurmExecutor<'a> {
+    plan: &'a Plan,
+    reg: &'a Registry,
+    opts: &'a RunOptions,
+    so: SlurmOptions,
+    /// Absolute cache root (the nodes get this path).
+    cache_root: PathBuf,
+    /// Working directory of the jobs (relative paths in params resolve against it).
+    workdir: PathBuf,
+    state_path: PathBuf,
+    state: JobState,
+    /// Jobs of the state file that were queued or running when we started.
+    attachable: BTreeMap<String, String>,
+    flights: BTreeMap<usize, Flight>,
+    done: Vec<(usize, Outcome)>,
+    last_poll: Option<Instant>,
+    batches: usize,
+}
+
+impl<'a> SlurmExecutor<'a> {
+    /// Load the state file and ask Slurm (one call) which of its jobs are still alive.
+    pub fn new(
+        plan: &'a Plan,
+        reg: &'a Registry,
+        opts: &'a RunOptions,
+        so: SlurmOptions,
+    ) -> Result<Self> {
+        let which = Command::new("sbatch").arg("--version").output();
+        if !which.is_ok_and(|o| o.status.success()) {
+            bail!("--executor slurm: `sbatch` is not available on this machine (install Slurm's client commands, or run where they are)");
+        }
+        let cache_root = std::path::absolute(&plan.cache.root)
+            .with_context(|| format!("resolving {}", plan.cache.root.display()))?;
+        let workdir = std::env::current_dir().context("the working directory")?;
+        let state_path = JobState::path(&cache_root, &plan.ex.pipeline.name);
+        let mut state = JobState::load(&state_path);
+        let mut attachable = BTreeMap::new();
+        if state.jobs.values().any(|r| r.job.starts_with(SUBMITTING)) {
+            // A coordinator killed while sbatch ran: find what it submitted by comment.
+            let o = Command::new("squeue")
+                .args(["-h", "-r", "-t", "all", "--me", "-o", "%i|%k"])
+                .output()
+                .context("running squeue")?;
+            let found = submitted_by_comment(&String::from_utf8_lossy(&o.stdout));
+            let logs = cache_root.join("slurm").join("logs");
+            state.jobs.retain(|_, r| {
+                let Some((token, task)) = r
+                    .job
+                    .strip_prefix(SUBMITTING)
+                    .and_then(|t| t.rsplit_once('_'))
+                else {
+                    return true;
+                };
+                match found.get(token) {
+                    Some(base) => {
+                        r.job = format!("{base}_{task}");
+                        r.log = logs.join(format!("{}.log", r.job));
+                        true
+                    }
+                    None => false, // never submitted
+                }
+            });
+        }
+        if !state.jobs.is_empty() {
+            let jobs: BTreeSet<String> = state.jobs.values().map(|r| r.job.clone()).collect();
+            let states = squeue(&jobs)?;
+            state.jobs.retain(|key, r| match states.get(&r.job) {
+                Some(st) if ACTIVE.contains(&st.as_str()) => {
+                    attachable.insert(key.clone(), st.clone());
+                    true
+                }
+                // Ended (or forgotten by the controller): the manifest says how, and the
+                // plan has read it already.
+                _ => false,
+            });
+            state.save(&state_path)?;
+        }
+        Ok(SlurmExecutor {
+            plan,
+            reg,
+            opts,
+            so,
+            cache_root,
+            workdir,
+            state_path,
+            state,
+            attachable,
+            flights: BTreeMap::new(),
+            done: vec![],
+            last_poll: None,
+            batches: 0,
+        })
+    }
+
+    fn cache(&self) -> super::Cache {
+        super::Cache::new(&self.cache_root)
+    }
+
+    fn key(&self, i: usize) -> &str {
+        &self.plan.items[i].key
+    }
+
+    /// The sbatch options of instance `i` and its CPUs.
+    fn sbatch_options(&self, i: usize) -> (Vec<String>, usize) {
+        let inst = &self.plan.ex.instances[i];
+        let kind = self
+            .reg
+            .get(&inst.kind)
+            .unwrap()
+            .resources(&self.plan.items[i].params, self.opts.device);
+        sbatch_options(&self.plan.ex.pipeline.stages[inst.stage].resources, &kind)
+    }
+
+    /// Submit instances of one stage as one job array; their job ids.
+    fn submit(&mut self, ids: &[usize]) -> Result<Vec<String>> {
+        let cache = self.cache();
+        let inst = &self.plan.ex.instances[ids[0]];
+        let pipeline = &self.plan.ex.pipeline.name;
+        let (options, cpus) = self.sbatch_options(ids[0]);
+        let mut keys = vec![];
+        for &i in ids {
+            let f = Frozen::from_plan(self.plan, i, self.opts.device, cpus);
+            // The manifest left by an earlier attempt (failed, forced, or with changed
+            // outputs) must not pass for this job's result: the job's own manifest, or
+            // the failed one written when it ends without one, replaces it.
+            let old = cache.dir(&f.kind, &f.key).join(MANIFEST);
+            match std::fs::remove_file(&old) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("removing {}", old.display())),
+            }
+            f.save(&cache)?;
+            keys.push(self.key(i).to_string());
+        }
+        let dir = self.cache_root.join("slurm");
+        let logs = dir.join("logs");
+        std::fs::create_dir_all(&logs)?;
+        self.batches += 1;
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        let token = format!("{pipeline}-{}-{stamp}-{}", inst.stage_name, self.batches);
+        let script = dir.join("batch").join(format!("{token}.sh"));
+        let mut text = String::from("#!/bin/bash\n");
+        text.push_str(&format!(
+            "# ablate: {} instance(s) of stage `{}` of pipeline `{pipeline}`\n",
+            ids.len(),
+            inst.stage_name
+        ));
+        text.push_str(&format!(
+            "#SBATCH --job-name=ablate-{pipeline}-{}\n",
+            inst.stage_name
+        ));
+        text.push_str(&format!("#SBATCH --array=0-{}\n", ids.len() - 1));
+        text.push_str(&format!("#SBATCH --comment={COMMENT}{token}\n"));
+        text.push_str(&format!(
+            "#SBATCH --output={}\n",
+            logs.join("%A_%a.log").display()
+        ));
+        text.push_str(&format!("#SBATCH --chdir={}\n", self.workdir.display()));
+        for o in &options {
+            text.push_str(&format!("#SBATCH {o}\n"));
+        }
+        text.push_str(&format!("KEYS=({})\n", keys.join(" ")));
+        text.push_str(&format!(
+            "exec {} --cache-dir {} exec {} \"${{KEYS[$SLURM_ARRAY_TASK_ID]}}\"\n",
+            sh(&self.so.binary.to_string_lossy()),
+            sh(&self.cache_root.to_string_lossy()),
+            inst.kind
+        ));
+        atomic_write(&script, text.as_bytes())?;
+        // Recorded before sbatch runs: a coordinator killed between the two finds the
+        // array by its comment on restart instead of submitting it again.
+        for (t, &i) in ids.iter().enumerate() {
+            let inst = &self.plan.ex.instances[i];
+            self.state.jobs.insert(
+                self.plan.items[i].key.clone(),
+                JobRecord {
+                    job: format!("{SUBMITTING}{token}_{t}"),
+                    kind: inst.kind.clone(),
+                    label: inst.label.clone(),
+                    log: PathBuf::new(),
+                },
+            );
+        }
+        self.state.save(&self.state_path)?;
+        let o = Command::new("sbatch")
+            .arg("--parsable")
+            .arg(&script)
+            .output()
+            .context("running sbatch")?;
+        if !o.status.success() {
+            for &i in ids {
+                self.state.jobs.remove(&self.plan.items[i].key);
+            }
+            self.state.save(&self.state_path)?;
+            bail!(
+                "sbatch {} failed: {}",
+                script.display(),
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+        }
+        // `--parsable`: `<job id>` or `<job id>;<cluster>`
+        let out = String::from_utf8_lossy(&o.stdout);
+        let base = out.trim().split(';').next().unwrap_or("").to_string();
+        if base.is_empty() || !base.chars().all(|c| c.is_ascii_digit()) {
+            bail!("sbatch printed no job id: {out:?}");
+        }
+        let jobs: Vec<String> = (0..ids.len()).map(|t| format!("{base}_{t}")).collect();
+        for (&i, job) in ids.iter().zip(&jobs) {
+            let log = logs.join(format!("{job}.log"));
+            let inst = &self.plan.ex.instances[i];
+            self.state.jobs.insert(
+                self.plan.items[i].key.clone(),
+                JobRecord {
+                    job: job.clone(),
+                    kind: inst.kind.clone(),
+                    label: inst.label.clone(),
+                    log: log.clone(),
+                },
+            );
+            self.flights.insert(
+                i,
+                Flight {
+                    job: job.clone(),
+                    log,
+                    state: "PENDING".into(),
+                    gone_since: None,
+                },
+            );
+        }
+        self.state.save(&self.state_path)?;
+        tracing::info!(
+            "submitted {} instance(s) of {} as job {base} ({})",
+            ids.len(),
+            inst.stage_name,
+            options.join(" ")
+        );
+        Ok(jobs)
+    }
+
+    /// A finished instance's outcome from its manifest; `None` when there is none (yet).
+    fn judge(&self, i: usize, f: &Flight) -> Option<Outcome> {
+        let inst = &self.plan.ex.instances[i];
+        let m = self.plan.cache.manifest(&inst.kind, self.key(i))?;
+        Some(match m.status {
+            Status::Failed => Outcome::Failed(format!(
+                "{}\n(slurm job {} {}; log {})",
+                m.error.as_deref().unwrap_or("failed"),
+                f.job,
+                f.state,
+                f.log.display()
+            )),
+            st => {
+                if let Err(e) = self.publish(i) {
+                    return Some(Outcome::Failed(format!("publishing: {e:#}")));
+                }
+                Outcome::Ran(st)
+            }
+        })
+    }
+
+    fn publish(&self, i: usize) -> Result<()> {
+        let inst = &self.plan.ex.instances[i];
+        self.reg.get(&inst.kind).unwrap().publish(&PublishCtx {
+            pipeline: &self.plan.ex.pipeline.name,
+            stage: &inst.stage_name,
+            dir: &self.plan.cache.dir(&inst.kind, self.key(i)),
+            results: &self.plan.results_dir(&self.opts.results_root),
+        })
+    }
+
+    /// A job that ended without a manifest: record why as a `failed` manifest.
+    fn failed_without_manifest(&self, i: usize, f: &Flight) -> Outcome {
+        let state = if f.state.is_empty() || ACTIVE.contains(&f.state.as_str()) {
+            "ENDED (state no longer known to squeue)"
+        } else {
+            f.state.as_str()
+        };
+        let tail = log_tail(&f.log, 15);
+        let mut msg = format!(
+            "slurm job {} {state} without a result (log {})",
+            f.job,
+            f.log.display()
+        );
+        if !tail.is_empty() {
+            msg.push_str(&format!("\nlast lines of its log:\n{tail}"));
+        }
+        let spec = Frozen::from_plan(self.plan, i, self.opts.device, 1);
+        if let Err(e) = record_failure(&self.plan.cache, self.reg, &spec, &msg, "slurm") {
+            tracing::warn!("{}: writing its failed manifest: {e:#}", spec.label);
+        }
+        Outcome::Failed(msg)
+    }
+
+    fn forget(&mut self, ended: &[(usize, Outcome)]) {
+        if ended.is_empty() {
+            return;
+        }
+        for (i, _) in ended {
+            self.flights.remove(i);
+            let key = self.plan.items[*i].key.clone();
+            self.state.jobs.remove(&key);
+        }
+        if let Err(e) = self.state.save(&self.state_path) {
+            tracing::warn!("{}: {e:#}", self.state_path.display());
+        }
+    }
+
+    /// One `squeue` for every job in flight; the instances that ended.
+    fn poll(&mut self) -> Vec<(usize, Outcome)> {
+        let jobs: BTreeSet<String> = self.flights.values().map(|f| f.job.clone()).collect();
+        let states = match squeue(&jobs) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("{e:#} (retrying)");
+                return vec![];
+            }
+        };
+        let mut ended = vec![];
+        let ids: Vec<usize> = self.flights.keys().copied().collect();
+        for i in ids {
+            let f = self.flights.get_mut(&i).unwrap();
+            let now_state = states.get(&f.job).cloned();
+            let active = now_state.as_deref().is_some_and(|s| ACTIVE.contains(&s));
+            if let Some(s) = now_state {
+                f.state = s;
+            }
+            if active {
+                continue;
+            }
+            let f = &self.flights[&i];
+            if let Some(o) = self.judge(i, f) {
+                ended.push((i, o));
+                continue;
+            }
+            // No manifest. A job that completed has written one that NFS may not show
+            // yet: give it a grace period. Any other end is final.
+            let completed = f.state == "COMPLETED" || !states.contains_key(&f.job);
+            let f = self.flights.get_mut(&i).unwrap();
+            let since = *f.gone_since.get_or_insert_with(Instant::now);
+            if completed && since.elapsed() < self.so.grace {
+                continue;
+            }
+            let f = &self.flights[&i];
+            ended.push((i, self.failed_without_manifest(i, f)));
+        }
+        for (i, o) in &ended {
+            if let Outcome::Failed(_) = o {
+                let f = &self.flights[i];
+                tracing::debug!("{} ended as {}", self.plan.ex.instances[*i].label, f.state);
+            }
+        }
+        self.forget(&ended);
+        ended
+    }
+}
+
+impl Executor for SlurmExecutor<'_> {
+    fn start(&mut self, ready: &BTreeSet<usize>) -> Vec<usize> {
+        let mut room = self.so.max_jobs.max(1).saturating_sub(self.flights.len());
+        let mut taken = vec![];
+        // one array per stage (and per set of sbatch options, which may differ by params)
+        let mut by_stage: BTreeMap<(usize, Vec<String>), Vec<usize>> = BTreeMap::new();
+        for &i in ready {
+            if room == 0 {
+                break;
+            }
+            room -= 1;
+            taken.push(i);
+            let key = self.key(i).to_string();
+            if let Some(st) = self.attachable.remove(&key) {
+                let r = &self.state.jobs[&key];
+                tracing::info!("re-attached {} to slurm job {} ({st})", r.label, r.job);
+                self.flights.insert(
+                    i,
+                    Flight {
+                        job: r.job.clone(),
+                        log: r.log.clone(),
+                        state: st,
+                        gone_since: None,
+                    },
+                );
+                continue;
+            }
+            by_stage
+                .entry((self.plan.ex.instances[i].stage, self.sbatch_options(i).0))
+                .or_default()
+                .push(i);
+        }
+        for ids in by_stage.into_values() {
+            if let Err(e) = self.submit(&ids) {
+                for i in ids {
+                    self.done.push((i, Outcome::Failed(format!("{e:#}"))));
+                }
+            }
+        }
+        taken
+    }
+
+    fn wait(&mut self, timeout: Duration) -> Vec<(usize, Outcome)> {
+        if !self.done.is_empty() {
+            return std::mem::take(&mut self.done);
+        }
+        let due = match self.last_poll {
+            None => Duration::ZERO,
+            Some(t) => self.so.poll.saturating_sub(t.elapsed()),
+        };
+        if due > timeout {
+            std::thread::sleep(timeout);
+            return vec![];
+        }
+        std::thread::sleep(due);
+        self.last_poll = Some(Instant::now());
+        self.poll()
+    }
+
+    fn in_flight(&self) -> usize {
+        self.flights.len() + self.done.len()
+    }
+
+    fn running(&self) -> Vec<usize> {
+        self.flights
+            .iter()
+            .filter(|(_, f)| f.state == "RUNNING")
+            .map(|(&i, _)| i)
+            .collect()
+    }
+
+    fn message(&self) -> String {
+        let running = self.running().len();
+        format!(
+            "slurm: {running} running, {} queued",
+            self.flights.len() - running
+        )
+    }
+
+    fn cancel(&mut self) -> Vec<(usize, Outcome)> {
+        let mut out = std::mem::take(&mut self.done);
+        if self.flights.is_empty() {
+            return out;
+        }
+        let jobs: Vec<String> = self.flights.values().map(|f| f.job.clone()).collect();
+        match Command::new("scancel").args(&jobs).output() {
+            Ok(o) if o.status.success() => {
+                eprintln!("cancelled {} slurm job(s): {}", jobs.len(), jobs.join(" "))
+            }
+            Ok(o) => tracing::warn!(
+                "scancel {}: {}",
+                jobs.join(" "),
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+            Err(e) => tracing::warn!("scancel: {e}"),
+        }
+        let ids: Vec<usize> = self.flights.keys().copied().collect();
+        let mut ended = vec![];
+        for i in ids {
+            // One may have finished just before: its manifest says so.
+            let f = &self.flights[&i];
+            let o = match self.judge(i, f) {
+                Some(o @ Outcome::Ran(_)) => o,
+                _ => Outcome::Interrupted,
+            };
+            ended.push((i, o));
+        }
+        self.forget(&ended);
+        out.extend(ended);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_ids_and_quoting() {
+        assert_eq!(base_id("123_4"), "123");
+        assert_eq!(base_id("77"), "77");
+        assert_eq!(sh("/a b/it's"), r"'/a b/it'\''s'");
+    }
+
+    #[test]
+    fn squeue_lines_give_each_task_its_state() {
+        let jobs: BTreeSet<String> = ["5_0", "5_1", "5_2", "7_0", "7_1", "9_0", "11_4", "12_0"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let text = "5_0|RUNNING\n5_1|COMPLETED\n5_[2-3%1]|PENDING\n7|CANCELLED by 0\n\
+                    11_4|OUT_OF_MEMORY\n12_0|NODE_FAIL\n";
+        let got = parse_squeue(text, &jobs);
+        let want: BTreeMap<String, String> = [
+            ("5_0", "RUNNING"),
+            ("5_1", "COMPLETED"),
+            ("5_2", "PENDING"),
+            ("7_0", "CANCELLED"),
+            ("7_1", "CANCELLED"),
+            ("11_4", "OUT_OF_MEMORY"),
+            ("12_0", "NODE_FAIL"),
+        ]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+        // 9_0: unknown to the controller, so absent
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn yaml_resources_override_kind_defaults() {
+        let train = Resources {
+            gpu: true,
+            ..Resources::cluster(4, 8192, 1440)
+        };
+        let none = StageResources::default();
+        let (o, cpus) = sbatch_options(&none, &train);
+        assert_eq!(
+            o,
+            [
+                "--cpus-per-task=4",
+                "--mem=8192M",
+                "--time=1440",
+                "--gres=gpu:1"
+            ]
+        );
+        assert_eq!(cpus, 4);
+        let yaml = StageResources {
+            cpus: Some(2),
+            gpus: Some(0),
+            mem_mb: Some(500),
+            time_min: None,
+            partition: Some("short".into()),
+            extra: vec!["--qos=low".into()],
+        };
+        let (o, cpus) = sbatch_options(&yaml, &train);
+        assert_eq!(
+            o,
+            [
+                "--cpus-per-task=2",
+                "--mem=500M",
+                "--time=1440",
+                "--partition=short",
+                "--qos=low"
+            ]
+        );
+        assert_eq!(cpus, 2);
+        // a kind without defaults: the cluster's, one CPU
+        let (o, cpus) = sbatch_options(&none, &Resources::default());
+        assert_eq!((o, cpus), (vec!["--cpus-per-task=1".to_string()], 1));
+    }
+
+    #[test]
+    fn arrays_are_found_by_their_comment() {
+        let text = "41_0|ablate:p-train-17-1\n41_[1-2]|ablate:p-train-17-1\n42|(null)\n\
+                    43_0|someone else\n44|ablate:p-table-18-2\n";
+        let found = submitted_by_comment(text);
+        assert_eq!(found.len(), 2);
+        assert_eq!(found["p-train-17-1"], "41");
+        assert_eq!(found["p-table-18-2"], "44");
+    }
+
+    #[test]
+    fn log_tail_keeps_the_last_lines() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x.log");
+        std::fs::write(&p, "1\n2\n3\n4\n").unwrap();
+        assert_eq!(log_tail(&p, 2), "3\n4");
+        assert_eq!(log_tail(&p, 10), "1\n2\n3\n4");
+        assert_eq!(log_tail(&d.path().join("none"), 3), "");
+    }
+
+    #[test]
+    fn state_file_round_trips() {
+        let d = tempfile::tempdir().unwrap();
+        let p = JobState::path(d.path(), "pipe");
+        assert_eq!(JobState::load(&p), JobState::default());
+        let mut s = JobState::default();
+        s.jobs.insert(
+            "k".repeat(64),
+            JobRecord {
+                job: "12_3".into(),
+                kind: "train".into(),
+                label: "train[seed=1]".into(),
+                log: d.path().join("12_3.log"),
+            },
+        );
+        s.save(&p).unwrap();
+        assert_eq!(JobState::load(&p), s);
+        std::fs::write(&p, "{not json").unwrap();
+        assert_eq!(JobState::load(&p), JobState::default());
+    }
+}
