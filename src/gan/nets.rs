@@ -20,7 +20,7 @@
 use anyhow::{bail, Result};
 
 use super::config::{Arch, NetConfig, Upsample, Variant};
-use crate::nn::{Dev, Float, Layer, Net, NetBuilder, UpMode};
+use crate::nn::{ConvConfig, Dev, Float, Layer, LinearConfig, Net, NetBuilder, UpMode};
 
 const SQRT2: f64 = std::f64::consts::SQRT_2;
 const LRELU: f64 = 0.2;
@@ -102,7 +102,7 @@ pub fn generator<E: Float, D: Dev<E>>(
             let (mut l, inp) = concat_label(&mut nb, cfg, cond, z);
             let (body, w) = mlp(&mut nb, cfg, inp);
             l.extend(body);
-            l.push(nb.linear("out", w, 2, true, 1.0));
+            l.push(nb.linear("out", w, 2, LinearConfig::default()));
             l
         }
         (Arch::Mlp, _) => bail!("generator arch mlp is for 2-D points only"),
@@ -168,7 +168,7 @@ fn score<E: Float, D: Dev<E>>(
     feat: usize,
     bias: bool,
 ) -> Layer {
-    let fc = nb.linear(name, feat, 1, bias, 1.0);
+    let fc = nb.linear(name, feat, 1, LinearConfig::default().bias(bias));
     match cond {
         None => fc,
         Some(c) => Layer::Project {
@@ -232,7 +232,12 @@ fn mlp<E: Float, D: Dev<E>>(
     let mut l = vec![];
     let mut c = inp;
     for i in 0..depth {
-        l.push(nb.linear(&format!("layers.{i}"), c, cfg.width, true, SQRT2));
+        l.push(nb.linear(
+            &format!("layers.{i}"),
+            c,
+            cfg.width,
+            LinearConfig::default().gain(SQRT2),
+        ));
         l.push(Layer::LeakyRelu(LRELU));
         c = cfg.width;
     }
@@ -251,7 +256,12 @@ fn dcgan_g<E: Float, D: Dev<E>>(
     let bn = cfg.batch_norm.unwrap_or(true) || !matches!(norm, GNorm::Bn);
     let c0 = chans(cfg, res, base);
     let mut l = vec![
-        nb.linear("fc", z, c0 * base * base, !bn, SQRT2),
+        nb.linear(
+            "fc",
+            z,
+            c0 * base * base,
+            LinearConfig::default().bias(!bn).gain(SQRT2),
+        ),
         Layer::Reshape([c0, base, base]),
     ];
     if bn {
@@ -261,14 +271,26 @@ fn dcgan_g<E: Float, D: Dev<E>>(
     let mut r = base;
     for i in 0..n {
         let (ci, co) = (chans(cfg, res, r), chans(cfg, res, 2 * r));
-        l.push(nb.conv_t(&format!("blocks.{i}.conv"), ci, co, 4, 2, 1, !bn, SQRT2));
+        l.push(nb.conv_t(
+            &format!("blocks.{i}.conv"),
+            ci,
+            co,
+            4,
+            ConvConfig::default().stride(2).pad(1).bias(!bn).gain(SQRT2),
+        ));
         if bn {
             l.push(g_norm(nb, norm, &format!("blocks.{i}.bn"), co));
         }
         l.push(Layer::Relu);
         r *= 2;
     }
-    l.push(nb.conv("to_img", chans(cfg, res, res), c_img, 3, 1, 1, 1, true, 1.0));
+    l.push(nb.conv(
+        "to_img",
+        chans(cfg, res, res),
+        c_img,
+        3,
+        ConvConfig::default().pad(1),
+    ));
     l.push(Layer::Tanh);
     Ok(l)
 }
@@ -288,17 +310,19 @@ fn dcgan_d<E: Float, D: Dev<E>>(
     for i in 0..n {
         let co = chans(cfg, res, r / 2);
         let use_bn = bn && i > 0;
-        l.push(nb.conv(
-            &format!("blocks.{i}.conv"),
-            ci,
-            co,
-            4,
-            2,
-            1,
-            1,
-            !use_bn,
-            SQRT2,
-        ));
+        l.push(
+            nb.conv(
+                &format!("blocks.{i}.conv"),
+                ci,
+                co,
+                4,
+                ConvConfig::default()
+                    .stride(2)
+                    .pad(1)
+                    .bias(!use_bn)
+                    .gain(SQRT2),
+            ),
+        );
         if use_bn {
             l.push(nb.batch_norm(&format!("blocks.{i}.bn"), co));
         }
@@ -353,11 +377,7 @@ fn r3gan_block<E: Float, D: Dev<E>>(
                 c,
                 c,
                 3,
-                1,
-                1,
-                1,
-                true,
-                lrelu_gain(),
+                ConvConfig::default().pad(1).gain(lrelu_gain()),
             ),
             Layer::LeakyRelu(LRELU),
         ];
@@ -365,11 +385,29 @@ fn r3gan_block<E: Float, D: Dev<E>>(
     let (ci, groups) = inner(cfg, c, variant);
     let g = lrelu_gain() * (n_blocks as f64).powf(-0.25);
     let body = vec![
-        nb.conv(&format!("{name}.conv1"), c, ci, 1, 1, 0, 1, true, g),
+        nb.conv(
+            &format!("{name}.conv1"),
+            c,
+            ci,
+            1,
+            ConvConfig::default().gain(g),
+        ),
         Layer::LeakyRelu(LRELU),
-        nb.conv(&format!("{name}.conv2"), ci, ci, 3, 1, 1, groups, true, g),
+        nb.conv(
+            &format!("{name}.conv2"),
+            ci,
+            ci,
+            3,
+            ConvConfig::default().pad(1).groups(groups).gain(g),
+        ),
         Layer::LeakyRelu(LRELU),
-        nb.conv(&format!("{name}.conv3"), ci, c, 1, 1, 0, 1, false, 0.0),
+        nb.conv(
+            &format!("{name}.conv3"),
+            ci,
+            c,
+            1,
+            ConvConfig::default().bias(false).gain(0.0),
+        ),
     ];
     vec![Layer::Residual { body, skip: vec![] }]
 }
@@ -409,12 +447,18 @@ fn r3gan_g<E: Float, D: Dev<E>>(
             let name = format!("stages.{s}.transition");
             if residual {
                 if cp != c {
-                    l.push(nb.conv(&name, cp, c, 1, 1, 0, 1, false, 1.0));
+                    l.push(nb.conv(&name, cp, c, 1, ConvConfig::default().bias(false)));
                 }
                 l.push(Layer::FirUp);
             } else {
                 l.push(Layer::FirUp);
-                l.push(nb.conv(&name, cp, c, 3, 1, 1, 1, true, lrelu_gain()));
+                l.push(nb.conv(
+                    &name,
+                    cp,
+                    c,
+                    3,
+                    ConvConfig::default().pad(1).gain(lrelu_gain()),
+                ));
                 l.push(Layer::LeakyRelu(LRELU));
             }
         }
@@ -431,11 +475,7 @@ fn r3gan_g<E: Float, D: Dev<E>>(
         chans(cfg, res, res),
         c_img,
         1,
-        1,
-        0,
-        1,
-        false,
-        1.0,
+        ConvConfig::default().bias(false),
     ));
     Ok(l)
 }
@@ -461,10 +501,22 @@ fn r3gan_d<E: Float, D: Dev<E>>(
     let n_blocks = (n + 1) * depth;
     let c_full = chans(cfg, res, res);
     let mut l = if residual {
-        vec![nb.conv("from_img", c_img, c_full, 1, 1, 0, 1, false, 1.0)]
+        vec![nb.conv(
+            "from_img",
+            c_img,
+            c_full,
+            1,
+            ConvConfig::default().bias(false),
+        )]
     } else {
         vec![
-            nb.conv("from_img", c_img, c_full, 1, 1, 0, 1, true, lrelu_gain()),
+            nb.conv(
+                "from_img",
+                c_img,
+                c_full,
+                1,
+                ConvConfig::default().gain(lrelu_gain()),
+            ),
             Layer::LeakyRelu(LRELU),
         ]
     };
@@ -481,17 +533,29 @@ fn r3gan_d<E: Float, D: Dev<E>>(
             l.push(Layer::FirDown);
             if residual {
                 if cn != c {
-                    l.push(nb.conv(&name, c, cn, 1, 1, 0, 1, false, 1.0));
+                    l.push(nb.conv(&name, c, cn, 1, ConvConfig::default().bias(false)));
                 }
             } else {
-                l.push(nb.conv(&name, c, cn, 3, 1, 1, 1, true, lrelu_gain()));
+                l.push(nb.conv(
+                    &name,
+                    c,
+                    cn,
+                    3,
+                    ConvConfig::default().pad(1).gain(lrelu_gain()),
+                ));
                 l.push(Layer::LeakyRelu(LRELU));
             }
             r /= 2;
         }
     }
     let c = chans(cfg, res, base);
-    l.push(nb.conv("basis", c, c, base, 1, 0, c, false, 1.0));
+    l.push(nb.conv(
+        "basis",
+        c,
+        c,
+        base,
+        ConvConfig::default().groups(c).bias(false),
+    ));
     l.push(score(nb, cond, "fc", c, !residual));
     Ok(l)
 }
@@ -529,9 +593,19 @@ fn g_norm<E: Float, D: Dev<E>>(
             // layers start small so the net starts close to plain BN
             let mut mlp = |part: &str| {
                 vec![
-                    nb.linear(&format!("{name}.{part}.fc1"), z, hidden, true, SQRT2),
+                    nb.linear(
+                        &format!("{name}.{part}.fc1"),
+                        z,
+                        hidden,
+                        LinearConfig::default().gain(SQRT2),
+                    ),
                     Layer::Relu,
-                    nb.linear(&format!("{name}.{part}.fc2"), hidden, c, true, 0.1),
+                    nb.linear(
+                        &format!("{name}.{part}.fc2"),
+                        hidden,
+                        c,
+                        LinearConfig::default().gain(0.1),
+                    ),
                 ]
             };
             let gain = mlp("gain");
@@ -574,7 +648,7 @@ fn resnet_g<E: Float, D: Dev<E>>(
     };
     let c0 = chans(cfg, res, base);
     let mut l = vec![
-        nb.linear("fc", z, c0 * base * base, true, 1.0),
+        nb.linear("fc", z, c0 * base * base, LinearConfig::default()),
         Layer::Reshape([c0, base, base]),
     ];
     let mut r = base;
@@ -585,15 +659,33 @@ fn resnet_g<E: Float, D: Dev<E>>(
             g_norm(nb, norm, &format!("{name}.bn1"), ci),
             Layer::Relu,
             Layer::Up(up),
-            nb.conv(&format!("{name}.conv1"), ci, co, 3, 1, 1, 1, true, SQRT2),
+            nb.conv(
+                &format!("{name}.conv1"),
+                ci,
+                co,
+                3,
+                ConvConfig::default().pad(1).gain(SQRT2),
+            ),
             g_norm(nb, norm, &format!("{name}.bn2"), co),
             Layer::Relu,
-            nb.conv(&format!("{name}.conv2"), co, co, 3, 1, 1, 1, true, SQRT2),
+            nb.conv(
+                &format!("{name}.conv2"),
+                co,
+                co,
+                3,
+                ConvConfig::default().pad(1).gain(SQRT2),
+            ),
         ];
         body.extend(res_scale(nb, cfg, &name));
         let skip = vec![
             Layer::Up(up),
-            nb.conv(&format!("{name}.shortcut"), ci, co, 1, 1, 0, 1, true, 1.0),
+            nb.conv(
+                &format!("{name}.shortcut"),
+                ci,
+                co,
+                1,
+                ConvConfig::default(),
+            ),
         ];
         l.push(Layer::Residual { body, skip });
         r *= 2;
@@ -601,7 +693,7 @@ fn resnet_g<E: Float, D: Dev<E>>(
     let c = chans(cfg, res, res);
     l.push(g_norm(nb, norm, "out_bn", c));
     l.push(Layer::Relu);
-    l.push(nb.conv("to_img", c, c_img, 3, 1, 1, 1, true, 1.0));
+    l.push(nb.conv("to_img", c, c_img, 3, ConvConfig::default().pad(1)));
     l.push(Layer::Tanh);
     Ok(l)
 }
@@ -631,16 +723,34 @@ fn resnet_d<E: Float, D: Dev<E>>(
         if i > 0 {
             body.push(Layer::Relu);
         }
-        body.push(nb.conv(&format!("{name}.conv1"), ci, co, 3, 1, 1, 1, true, SQRT2));
+        body.push(nb.conv(
+            &format!("{name}.conv1"),
+            ci,
+            co,
+            3,
+            ConvConfig::default().pad(1).gain(SQRT2),
+        ));
         body.push(Layer::Relu);
-        body.push(nb.conv(&format!("{name}.conv2"), co, co, 3, 1, 1, 1, true, SQRT2));
+        body.push(nb.conv(
+            &format!("{name}.conv2"),
+            co,
+            co,
+            3,
+            ConvConfig::default().pad(1).gain(SQRT2),
+        ));
         if down {
             body.push(Layer::AvgPool2);
         }
         body.extend(res_scale(nb, cfg, &name));
         let mut skip = vec![];
         if down || ci != co {
-            let sc = nb.conv(&format!("{name}.shortcut"), ci, co, 1, 1, 0, 1, true, 1.0);
+            let sc = nb.conv(
+                &format!("{name}.shortcut"),
+                ci,
+                co,
+                1,
+                ConvConfig::default(),
+            );
             if i == 0 {
                 skip = vec![Layer::AvgPool2, sc];
             } else if down {
@@ -715,8 +825,8 @@ fn stylegan_g<E: Float, D: Dev<E>>(
         }
         styles += 1;
         let name = format!("stages.{s}.adain{k}");
-        let gain = vec![nb.linear(&format!("{name}.gain"), wd, c, true, 1.0)];
-        let bias = vec![nb.linear(&format!("{name}.bias"), wd, c, true, 1.0)];
+        let gain = vec![nb.linear(&format!("{name}.gain"), wd, c, LinearConfig::default())];
+        let bias = vec![nb.linear(&format!("{name}.bias"), wd, c, LinearConfig::default())];
         l.push(nb.cond_norm(&name, c, false, slot, gain, bias));
     };
     let c0 = chans(cfg, res, base);
@@ -729,18 +839,42 @@ fn stylegan_g<E: Float, D: Dev<E>>(
         nb.const_input("const", c0, base, base),
     ];
     post(nb, &mut l, 0, 0, c0, false);
-    l.push(nb.conv("stages.0.conv1", c0, c0, 3, 1, 1, 1, true, SQRT2));
+    l.push(nb.conv(
+        "stages.0.conv1",
+        c0,
+        c0,
+        3,
+        ConvConfig::default().pad(1).gain(SQRT2),
+    ));
     post(nb, &mut l, 0, 1, c0, true);
     let mut r = base;
     for s in 1..=n {
         let (cp, c) = (chans(cfg, res, r), chans(cfg, res, 2 * r));
         l.push(Layer::Up(UpMode::Bilinear));
-        l.push(nb.conv(&format!("stages.{s}.conv0"), cp, c, 3, 1, 1, 1, true, SQRT2));
+        l.push(nb.conv(
+            &format!("stages.{s}.conv0"),
+            cp,
+            c,
+            3,
+            ConvConfig::default().pad(1).gain(SQRT2),
+        ));
         post(nb, &mut l, s, 0, c, true);
-        l.push(nb.conv(&format!("stages.{s}.conv1"), c, c, 3, 1, 1, 1, true, SQRT2));
+        l.push(nb.conv(
+            &format!("stages.{s}.conv1"),
+            c,
+            c,
+            3,
+            ConvConfig::default().pad(1).gain(SQRT2),
+        ));
         post(nb, &mut l, s, 1, c, true);
         r *= 2;
     }
-    l.push(nb.conv("to_img", chans(cfg, res, res), c_img, 1, 1, 0, 1, true, 1.0));
+    l.push(nb.conv(
+        "to_img",
+        chans(cfg, res, res),
+        c_img,
+        1,
+        ConvConfig::default(),
+    ));
     Ok(l)
 }

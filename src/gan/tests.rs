@@ -5,7 +5,7 @@ use dfdx::prelude::*;
 use super::losses::{penalty, penalty_value};
 use super::nets::{self, DataShape};
 use super::*;
-use crate::nn::{Cpu, Layer, Net, NetBuilder, Rng, Side, T1, T4};
+use crate::nn::{Cpu, Layer, LinearConfig, Net, NetBuilder, Rng, Side, T1, T4};
 
 pub(super) fn net_cfg(arch: Arch, variant: Option<Variant>, width: usize) -> NetConfig {
     NetConfig {
@@ -206,9 +206,9 @@ fn penalty_zero_for_constant_d_and_closed_form_for_linear_d() {
     // constant D: the last layer's weight is zero, its bias not
     let mut nb = NetBuilder::<f64, Cpu>::new(dev.clone(), 1);
     let l = vec![
-        nb.linear("a", 2, 4, true, 1.0),
+        nb.linear("a", 2, 4, LinearConfig::default()),
         Layer::Tanh,
-        nb.linear("b", 4, 1, true, 0.0),
+        nb.linear("b", 4, 1, LinearConfig::default().gain(0.0)),
     ];
     let mut d = nb.finish(l, [2, 1, 1]);
     d.params.tensors[3] = dev.tensor_from_vec(vec![0.7], (1,));
@@ -217,7 +217,7 @@ fn penalty_zero_for_constant_d_and_closed_form_for_linear_d() {
     assert!(g.iter().all(|t| t.as_vec().iter().all(|&v| v == 0.0)));
     // linear D(x) = w.x + b: R = ||w||^2, dR/dw = 2w, dR/db = 0
     let mut nb = NetBuilder::<f64, Cpu>::new(dev.clone(), 2);
-    let l = vec![nb.linear("fc", 2, 1, true, 1.0)];
+    let l = vec![nb.linear("fc", 2, 1, LinearConfig::default())];
     let d = nb.finish(l, [2, 1, 1]);
     let w = d.params.tensors[0].as_vec();
     let (v, g) = penalty(&d, &x, &Side::default(), 1e-3, true);

@@ -8,7 +8,10 @@
 //! - [`ops`]: functional layers (linear, conv2d via im2col gather, transposed conv via dense
 //!   matmul + col2im gather, 2x up/down sampling, batch norm, activations, softplus);
 //! - [`conv`]: the CPU's convolutions as whole-batch GEMMs (custom ops on the `gemm` crate);
-//! - [`layers`]: a small run-time layer graph ([`Layer`], [`Net`]) with named parameters;
+//! - [`layer`]: what a network is made of, one [`Layer`] per operation;
+//! - [`net`]: a network ([`Net`]) and its forward, recording and tangent passes;
+//! - [`builder`]: [`NetBuilder`], which allocates named, initialised parameters;
+//! - [`state`]: spectral-norm and batch-norm state, checkpoint I/O and EMA of a [`Net`];
 //! - [`cond`]: instance norm and per-channel modulation (AdaIN, conditional BN);
 //! - [`params`]: the parameter list, Adam, and safetensors I/O;
 //! - [`fused`], [`kernels`]: parallel CPU custom ops behind [`Dev`]'s methods;
@@ -18,14 +21,17 @@
 //! `(batch, features, 1, 1)`.
 
 pub mod act;
+pub mod builder;
 pub mod cond;
 pub mod conv;
 pub mod fused;
 pub mod kernels;
-pub mod layers;
+pub mod layer;
+pub mod net;
 pub mod ops;
 pub mod params;
 pub mod rng;
+pub mod state;
 
 #[cfg(test)]
 mod conv_tests;
@@ -34,9 +40,12 @@ mod kernel_tests;
 #[cfg(test)]
 mod tests;
 
-pub use layers::{Layer, Linearisation, Mix, Net, NetBuilder, Norm, Side, SnState, UpMode};
+pub use builder::{ConvConfig, LinearConfig, NetBuilder};
+pub use layer::{Layer, Norm, UpMode};
+pub use net::{Linearisation, Mix, Net, Side};
 pub use params::{load_safetensors, save_safetensors, Adam, AdamConfig, NamedTensor, ParamStore};
 pub use rng::Rng;
+pub use state::{BnStats, SnState};
 
 use dfdx::prelude::*;
 
