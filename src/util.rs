@@ -17,13 +17,6 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     atomic_write_with(path, |f| f.write_all(bytes).map_err(Into::into))
 }
 
-/// [`atomic_write`] without flushing to disk first: still all-or-nothing for
-/// readers and after a crash of the process, but not after a power cut. For hints
-/// (the plan's history index), where an fsync per instance would cost more than the work.
-pub fn atomic_write_nosync(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_renamed(path, false, |f| f.write_all(bytes).map_err(Into::into))
-}
-
 /// [`atomic_write`] for writers that stream into a file.
 pub fn atomic_write_with(
     path: &Path,

@@ -174,7 +174,7 @@ pub struct Trainer<D: Dev<f32> = Cpu> {
 impl Trainer<Cpu> {
     /// Build on the CPU. `seed` drives initialisation, batches and latents.
     pub fn new(cfg: TrainConfig, data: TrainData, seed: u64) -> Result<Self> {
-        Self::with_device(cfg, data, seed, Cpu::default())
+        Self::build(cfg, data, None, seed, Cpu::default())
     }
 }
 
@@ -193,11 +193,6 @@ fn add_scaled<D: Dev<f32>>(acc: &mut [T1<f32, D>], g: Vec<T1<f32, D>>, s: f64) {
 }
 
 impl<D: Dev<f32>> Trainer<D> {
-    /// Build on a given device (unlabelled data: an unconditional config).
-    pub fn with_device(cfg: TrainConfig, data: TrainData, seed: u64, dev: D) -> Result<Self> {
-        Self::build(cfg, data, None, seed, dev)
-    }
-
     /// Build on a given device with the data's labels, if it has any. They are used only
     /// when the config is `conditional`, which needs them.
     pub fn build(
@@ -285,10 +280,6 @@ impl<D: Dev<f32>> Trainer<D> {
     /// Latent size.
     pub fn z_dim(&self) -> usize {
         self.z_dim
-    }
-    /// Shape of one sample (`[2, 1, 1]` for points).
-    pub fn sample_shape(&self) -> [usize; 3] {
-        self.data.row().1
     }
 
     /// Classes of a conditional run.
