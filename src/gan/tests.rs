@@ -5,6 +5,7 @@ use dfdx::prelude::*;
 use super::losses::{penalty, penalty_value};
 use super::nets::{self, DataShape};
 use super::*;
+use crate::data::DataTensor;
 use crate::nn::{Cpu, Layer, LinearConfig, Net, NetBuilder, Rng, Side, T1, T4};
 
 pub(super) fn net_cfg(arch: Arch, variant: Option<Variant>, width: usize) -> NetConfig {
@@ -346,7 +347,10 @@ fn ring_rpgan_r1_r2_covers_modes_and_is_deterministic() {
         .map(|s| s.parse().unwrap())
         .unwrap_or(3000);
     let cfg = ring_cfg(steps);
-    let td = TrainData::Points { data, n: 4000 };
+    let td = DataTensor::Points {
+        values: data,
+        n: 4000,
+    };
     let mut t = Trainer::new(cfg.clone(), td.clone(), 0).unwrap();
     let mut logs = vec![];
     for _ in 0..steps {
@@ -386,8 +390,8 @@ pub(super) fn check_resume(yaml: &str) {
         .iter()
         .map(|v| v.tanh() as f32)
         .collect();
-    let td = TrainData::Images {
-        data,
+    let td = DataTensor::Images {
+        values: data,
         n: 64,
         c: 1,
         h: 16,
@@ -784,7 +788,15 @@ fn trainer_applies_schedules() {
     });
     cfg.validate().unwrap();
     let (data, _) = ring(256, 1);
-    let mut t = Trainer::new(cfg.clone(), TrainData::Points { data, n: 256 }, 1).unwrap();
+    let mut t = Trainer::new(
+        cfg.clone(),
+        DataTensor::Points {
+            values: data,
+            n: 256,
+        },
+        1,
+    )
+    .unwrap();
     for step in 0..3u64 {
         t.step();
         let want = cfg.hyper_at(step).lr_g;
@@ -855,8 +867,8 @@ fn d_step_reuses_the_loss_pass_exactly() {
         .iter()
         .map(|v| v.tanh() as f32)
         .collect();
-    let td = TrainData::Images {
-        data,
+    let td = DataTensor::Images {
+        values: data,
         n: 32,
         c: 3,
         h: 8,

@@ -10,69 +10,17 @@ use super::config::{Penalty, TrainConfig};
 use super::losses::{d_loss, g_loss, mean_sq_norm, pass, penalty, tangent_grads};
 use super::nets::{self, DataShape};
 use super::sample::Samples;
+use crate::data::DataTensor;
 use crate::nn::params::sum_sq;
 use crate::nn::{
     load_safetensors, save_safetensors, Adam, AdamConfig, Dev, Mix, Net, Rng, Side, T1, T4,
 };
 
-/// Training data, values in [-1, 1] for images.
-#[derive(Clone, Debug, PartialEq)]
-pub enum TrainData {
-    /// `[n, c, h, w]` row-major, `h == w`.
-    Images {
-        /// Values.
-        data: Vec<f32>,
-        /// Count.
-        n: usize,
-        /// Channels.
-        c: usize,
-        /// Height.
-        h: usize,
-        /// Width.
-        w: usize,
-    },
-    /// `[n, 2]` row-major.
-    Points {
-        /// Values.
-        data: Vec<f32>,
-        /// Count.
-        n: usize,
-    },
-}
-
-impl TrainData {
-    /// The shape networks are built for.
-    pub fn shape(&self) -> Result<DataShape> {
-        match self {
-            TrainData::Points { .. } => Ok(DataShape::Points),
-            TrainData::Images { c, h, w, .. } => {
-                if h != w {
-                    bail!("images must be square, got {h}x{w}");
-                }
-                Ok(DataShape::Image { c: *c, res: *h })
-            }
-        }
-    }
-    /// Number of examples.
-    pub fn len(&self) -> usize {
-        match self {
-            TrainData::Images { n, .. } | TrainData::Points { n, .. } => *n,
-        }
-    }
-    /// True when empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    fn row(&self) -> (usize, [usize; 3]) {
-        match self {
-            TrainData::Images { c, h, w, .. } => (c * h * w, [*c, *h, *w]),
-            TrainData::Points { .. } => (2, [2, 1, 1]),
-        }
-    }
-    fn data(&self) -> &[f32] {
-        match self {
-            TrainData::Images { data, .. } | TrainData::Points { data, .. } => data,
-        }
+/// `[c, h, w]` of one example of `data` (`[2, 1, 1]` for a point).
+fn item_dims(data: &DataTensor) -> [usize; 3] {
+    match data {
+        DataTensor::Images { c, h, w, .. } => [*c, *h, *w],
+        DataTensor::Points { .. } => [2, 1, 1],
     }
 }
 
@@ -159,7 +107,7 @@ pub struct Trainer<D: Dev<f32> = Cpu> {
     pub opt_g: Adam<f32, D>,
     /// Adam of D.
     pub opt_d: Adam<f32, D>,
-    data: TrainData,
+    data: DataTensor,
     /// Labels of the data and the class count, for conditional training only.
     labels: Option<ClassLabels>,
     shape: DataShape,
@@ -173,7 +121,7 @@ pub struct Trainer<D: Dev<f32> = Cpu> {
 
 impl Trainer<Cpu> {
     /// Build on the CPU. `seed` drives initialisation, batches and latents.
-    pub fn new(cfg: TrainConfig, data: TrainData, seed: u64) -> Result<Self> {
+    pub fn new(cfg: TrainConfig, data: DataTensor, seed: u64) -> Result<Self> {
         Self::build(cfg, data, None, seed, Cpu::default())
     }
 }
@@ -197,13 +145,14 @@ impl<D: Dev<f32>> Trainer<D> {
     /// when the config is `conditional`, which needs them.
     pub fn build(
         cfg: TrainConfig,
-        data: TrainData,
+        data: DataTensor,
         labels: Option<ClassLabels>,
         seed: u64,
         dev: D,
     ) -> Result<Self> {
         cfg.validate()?;
-        if data.is_empty() {
+        data.check()?;
+        if data.n() == 0 {
             bail!("no training data");
         }
         let labels = match (cfg.conditional == Some(true), labels) {
@@ -212,8 +161,8 @@ impl<D: Dev<f32>> Trainer<D> {
                 bail!("conditional: true needs labelled data (this data stage has no labels)")
             }
             (true, Some(l)) => {
-                if l.labels.len() != data.len() {
-                    bail!("{} labels for {} examples", l.labels.len(), data.len());
+                if l.labels.len() != data.n() {
+                    bail!("{} labels for {} examples", l.labels.len(), data.n());
                 }
                 if l.classes == 0 {
                     bail!("conditional training needs at least one class");
@@ -225,15 +174,7 @@ impl<D: Dev<f32>> Trainer<D> {
             }
         };
         let classes = labels.as_ref().map(|l| l.classes);
-        let (row, _) = data.row();
-        if data.data().len() != data.len() * row {
-            bail!(
-                "training data has {} values, expected {} x {row}",
-                data.data().len(),
-                data.len()
-            );
-        }
-        let shape = data.shape()?;
+        let shape = DataShape::of(&data)?;
         let g = nets::generator::<f32, D>(
             &cfg.generator,
             shape,
@@ -289,13 +230,13 @@ impl<D: Dev<f32>> Trainer<D> {
 
     /// `b` random examples and, when conditional, their labels.
     fn real_batch(&mut self, b: usize) -> (T4<f32, D>, Side) {
-        let (row, [c, h, w]) = self.data.row();
-        let n = self.data.len();
-        let mut v = Vec::with_capacity(b * row);
+        let [c, h, w] = item_dims(&self.data);
+        let n = self.data.n();
+        let mut v = Vec::with_capacity(b * self.data.item_len());
         let mut ys = self.labels.as_ref().map(|_| Vec::with_capacity(b));
         for _ in 0..b {
             let i = self.rng.below(n);
-            v.extend_from_slice(&self.data.data()[i * row..(i + 1) * row]);
+            v.extend_from_slice(self.data.item(i));
             if let (Some(ys), Some(l)) = (&mut ys, &self.labels) {
                 ys.push(l.labels[i]);
             }

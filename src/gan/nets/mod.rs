@@ -27,6 +27,7 @@
 use anyhow::{bail, Result};
 
 use super::config::{Arch, NetConfig};
+use crate::data::DataTensor;
 use crate::nn::{Dev, Float, Layer, LinearConfig, Net, NetBuilder};
 
 mod dcgan;
@@ -53,6 +54,21 @@ pub enum DataShape {
         /// Height = width.
         res: usize,
     },
+}
+
+impl DataShape {
+    /// The shape of a dataset's examples (images must be square).
+    pub fn of(data: &DataTensor) -> Result<Self> {
+        match *data {
+            DataTensor::Points { .. } => Ok(DataShape::Points),
+            DataTensor::Images { c, h, w, .. } => {
+                if h != w {
+                    bail!("images must be square, got {h}x{w}");
+                }
+                Ok(DataShape::Image { c, res: h })
+            }
+        }
+    }
 }
 
 /// (base, number of 2x stages) for a resolution.
