@@ -243,6 +243,43 @@ pub fn matmul<E: GemmFloat>(
     }
 }
 
+/// A block operand of [`grouped_matmul`]: stored as the product reads it (`N`) or
+/// transposed (`T`, BLAS's convention).
+#[derive(Clone, Copy)]
+enum Op<'a, E> {
+    N(&'a [E]),
+    T(&'a [E]),
+}
+
+impl<'a, E> Op<'a, E> {
+    /// The slice and the view of block `gi` of a `(rows x cols)` operand.
+    fn block(self, gi: usize, rows: usize, cols: usize) -> (&'a [E], View) {
+        match self {
+            Op::N(v) => (v, View::rows(gi * rows * cols, cols)),
+            Op::T(v) => (v, View::rows_t(gi * rows * cols, rows)),
+        }
+    }
+}
+
+/// `groups` independent products `dst_g (m x n) = [dst_g +] lhs_g (m x k) @ rhs_g (k x n)`,
+/// block `g` of each buffer starting at `g` times the block's size: the grouped GEMMs of
+/// both convolutions and of their backward passes.
+fn grouped_matmul<E: GemmFloat>(
+    groups: usize,
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [E],
+    accumulate: bool,
+    lhs: Op<'_, E>,
+    rhs: Op<'_, E>,
+) {
+    for gi in 0..groups {
+        let (l, lv) = lhs.block(gi, m, k);
+        let (r, rv) = rhs.block(gi, k, n);
+        let dv = View::rows(gi * m * n, n);
+        matmul((m, n, k), dst, dv, accumulate, l, lv, r, rv);
+    }
+}
+
 /// One kernel tap `(ki, kj)`: the output rows `ylo..yhi` and columns `xlo..xhi` whose
 /// input pixel lies inside the image.
 #[derive(Clone, Copy, Debug)]
@@ -622,18 +659,15 @@ where
             let mut cols = Scratch::take(gc.cols_len());
             im2col_cb(&xv[b0 * xs..(b0 + bc) * xs], &gc, &mut cols);
             let mut yt = Scratch::take(cout * n);
-            for gi in 0..groups {
-                matmul(
-                    (og, n, kk),
-                    &mut yt,
-                    View::rows(gi * og * n, n),
-                    false,
-                    &wv,
-                    View::rows(gi * og * kk, kk),
-                    &cols,
-                    View::rows(gi * kk * n, n),
-                );
-            }
+            // yt_g (og x n) = W_g (og x kk) @ cols_g (kk x n)
+            grouped_matmul(
+                groups,
+                (og, n, kk),
+                &mut yt,
+                false,
+                Op::N(&wv),
+                Op::N(&cols),
+            );
             from_cb(
                 &yt,
                 (bc, cout, p),
@@ -667,32 +701,17 @@ where
             let mut cols = Scratch::take(gc.cols_len());
             im2col_cb(&xv[b0 * xs..(b0 + bc) * xs], &gc, &mut cols);
             let gw = grads.get_or_alloc_mut(&wg)?;
-            for gi in 0..groups {
-                // dW_g (og x kk) += dyt_g (og x n) @ cols_g^T (n x kk)
-                matmul(
-                    (og, kk, n),
-                    gw,
-                    View::rows(gi * og * kk, kk),
-                    true,
-                    &dyt,
-                    View::rows(gi * og * n, n),
-                    &cols,
-                    View::rows_t(gi * kk * n, n),
-                );
-            }
-            for gi in 0..groups {
-                // dcols_g (kk x n) = W_g^T (kk x og) @ dyt_g (og x n), over cols
-                matmul(
-                    (kk, n, og),
-                    &mut cols,
-                    View::rows(gi * kk * n, n),
-                    false,
-                    &wv,
-                    View::rows_t(gi * og * kk, kk),
-                    &dyt,
-                    View::rows(gi * og * n, n),
-                );
-            }
+            // dW_g (og x kk) += dyt_g (og x n) @ cols_g^T (n x kk)
+            grouped_matmul(groups, (og, kk, n), gw, true, Op::N(&dyt), Op::T(&cols));
+            // dcols_g (kk x n) = W_g^T (kk x og) @ dyt_g (og x n), over cols
+            grouped_matmul(
+                groups,
+                (kk, n, og),
+                &mut cols,
+                false,
+                Op::T(&wv),
+                Op::N(&dyt),
+            );
             let gx = grads.get_or_alloc_mut(&xg)?;
             col2im_cb(&cols, &gc, &mut gx[b0 * xs..(b0 + bc) * xs], Init::Add);
         }
@@ -763,19 +782,15 @@ where
             let mut xt = Scratch::take(cin * n);
             to_cb(&xv[b0 * xs..(b0 + bc) * xs], (bc, cin, p), &mut xt);
             let mut cols = Scratch::take(gc.cols_len());
-            for gi in 0..groups {
-                // cols_g (okk x n) = W_g^T (okk x cig) @ xt_g (cig x n)
-                matmul(
-                    (okk, n, cig),
-                    &mut cols,
-                    View::rows(gi * okk * n, n),
-                    false,
-                    &wv,
-                    View::rows_t(gi * cig * okk, okk),
-                    &xt,
-                    View::rows(gi * cig * n, n),
-                );
-            }
+            // cols_g (okk x n) = W_g^T (okk x cig) @ xt_g (cig x n)
+            grouped_matmul(
+                groups,
+                (okk, n, cig),
+                &mut cols,
+                false,
+                Op::T(&wv),
+                Op::N(&xt),
+            );
             col2im_cb(
                 &cols,
                 &gc,
@@ -809,32 +824,17 @@ where
             let mut xt = Scratch::take(cin * n);
             to_cb(&xv[b0 * xs..(b0 + bc) * xs], (bc, cin, p), &mut xt);
             let gw = grads.get_or_alloc_mut(&wg)?;
-            for gi in 0..groups {
-                // dW_g (cig x okk) += xt_g (cig x n) @ dcols_g^T (n x okk)
-                matmul(
-                    (cig, okk, n),
-                    gw,
-                    View::rows(gi * cig * okk, okk),
-                    true,
-                    &xt,
-                    View::rows(gi * cig * n, n),
-                    &dcols,
-                    View::rows_t(gi * okk * n, n),
-                );
-            }
-            for gi in 0..groups {
-                // dxt_g (cig x n) = W_g (cig x okk) @ dcols_g (okk x n), over xt
-                matmul(
-                    (cig, n, okk),
-                    &mut xt,
-                    View::rows(gi * cig * n, n),
-                    false,
-                    &wv,
-                    View::rows(gi * cig * okk, okk),
-                    &dcols,
-                    View::rows(gi * okk * n, n),
-                );
-            }
+            // dW_g (cig x okk) += xt_g (cig x n) @ dcols_g^T (n x okk)
+            grouped_matmul(groups, (cig, okk, n), gw, true, Op::N(&xt), Op::T(&dcols));
+            // dxt_g (cig x n) = W_g (cig x okk) @ dcols_g (okk x n), over xt
+            grouped_matmul(
+                groups,
+                (cig, n, okk),
+                &mut xt,
+                false,
+                Op::N(&wv),
+                Op::N(&dcols),
+            );
             let gx = grads.get_or_alloc_mut(&xg)?;
             from_cb(
                 &xt,
