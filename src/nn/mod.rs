@@ -7,7 +7,8 @@
 //!
 //! - [`ops`]: functional layers (linear, conv2d via im2col gather, transposed conv via dense
 //!   matmul + col2im gather, 2x up/down sampling, batch norm, activations, softplus);
-//! - [`conv`]: the CPU's convolutions as whole-batch GEMMs (custom ops on the `gemm` crate);
+//! - [`conv`]: the CPU's convolutions as whole-batch GEMMs (custom ops on [`gemm`]);
+//! - [`gemm`]: strided and grouped matrix products on the `gemm` crate, scratch buffers;
 //! - [`layer`]: what a network is made of, one [`Layer`] per operation;
 //! - [`net`]: a network ([`Net`]) and its forward, recording and tangent passes;
 //! - [`builder`]: [`NetBuilder`], which allocates named, initialised parameters;
@@ -25,6 +26,7 @@ pub mod builder;
 pub mod cond;
 pub mod conv;
 pub mod fused;
+pub mod gemm;
 pub mod kernels;
 pub mod layer;
 pub mod net;
