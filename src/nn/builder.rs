@@ -259,13 +259,19 @@ impl<E: Float, D: Dev<E>> NetBuilder<E, D> {
     }
     /// Linear `inp -> out`, weight N(0, gain^2 / inp), bias 0 (see [`LinearConfig`]).
     pub fn linear(&mut self, name: &str, inp: usize, out: usize, cfg: LinearConfig) -> Layer {
-        let v = self.normal(inp * out, cfg.gain / (inp as f64).sqrt());
-        let w = self
-            .params
-            .push(&self.dev, format!("{name}.weight"), vec![out, inp], v);
-        self.maybe_sn(w, out);
+        let w = self.weight(name, vec![out, inp], cfg.gain / (inp as f64).sqrt(), out);
         let b = cfg.bias.then(|| self.bias(name, out));
         Layer::Linear { w, b }
+    }
+    /// A weight `{name}.weight` of `shape`, N(0, std^2), spectrally normalised over `rows`
+    /// output rows when `spectral_norm` is on.
+    fn weight(&mut self, name: &str, shape: Vec<usize>, std: f64, rows: usize) -> usize {
+        let v = self.normal(shape.iter().product(), std);
+        let w = self
+            .params
+            .push(&self.dev, format!("{name}.weight"), shape, v);
+        self.maybe_sn(w, rows);
+        w
     }
     /// A zero bias `{name}.bias` of length `n`.
     fn bias(&mut self, name: &str, n: usize) -> usize {
@@ -294,14 +300,8 @@ impl<E: Float, D: Dev<E>> NetBuilder<E, D> {
             "{name}: groups {groups} do not divide {cin}->{cout}"
         );
         let fan_in = cin / groups * k * k;
-        let v = self.normal(cout * fan_in, gain / (fan_in as f64).sqrt());
-        let w = self.params.push(
-            &self.dev,
-            format!("{name}.weight"),
-            vec![cout, cin / groups, k, k],
-            v,
-        );
-        self.maybe_sn(w, cout);
+        let std = gain / (fan_in as f64).sqrt();
+        let w = self.weight(name, vec![cout, cin / groups, k, k], std, cout);
         let b = bias.then(|| self.bias(name, cout));
         Layer::Conv {
             w,
@@ -330,14 +330,7 @@ impl<E: Float, D: Dev<E>> NetBuilder<E, D> {
         } = cfg;
         assert_eq!(groups, 1, "{name}: grouped transposed conv");
         let fan_in = (cin * k * k) as f64 / (stride * stride) as f64;
-        let v = self.normal(cin * cout * k * k, gain / fan_in.sqrt());
-        let w = self.params.push(
-            &self.dev,
-            format!("{name}.weight"),
-            vec![cin, cout, k, k],
-            v,
-        );
-        self.maybe_sn(w, cin);
+        let w = self.weight(name, vec![cin, cout, k, k], gain / fan_in.sqrt(), cin);
         let b = bias.then(|| self.bias(name, cout));
         Layer::ConvT { w, b, stride, pad }
     }

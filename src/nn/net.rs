@@ -348,6 +348,28 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
         }
     }
 
+    /// A fully connected layer on the flattened input: `x (B, i)` times the flat weight
+    /// `wt` of parameter `w`'s shape `(o, i)`, transposed, plus `b`; output `(B, o, 1, 1)`.
+    fn fully_connected<T: Tape<E, D>>(
+        &self,
+        x: T4<E, D, T>,
+        w: usize,
+        wt: T1<E, D, T>,
+        b: Option<T1<E, D, T>>,
+    ) -> T4<E, D, T> {
+        let (bsz, c, h, wd) = *x.shape();
+        let s = &self.params.shapes[w];
+        let (o, i) = (s[0], s[1]);
+        assert_eq!(
+            i,
+            c * h * wd,
+            "linear {}: input {c}x{h}x{wd}",
+            self.params.names[w]
+        );
+        let y = ops::linear(x.reshape_like(&(bsz, i)), wt.reshape_like(&(o, i)), b);
+        y.reshape_like(&(bsz, o, 1, 1))
+    }
+
     fn apply<T: Tape<E, D> + 'static>(
         &self,
         l: &Layer,
@@ -361,19 +383,9 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
         );
         match l {
             Layer::Linear { w, b } => {
-                let (bsz, c, h, wd) = *x.shape();
-                let s = &self.params.shapes[*w];
-                let (o, i) = (s[0], s[1]);
-                assert_eq!(
-                    i,
-                    c * h * wd,
-                    "linear {}: input {c}x{h}x{wd}",
-                    self.params.names[*w]
-                );
-                let wt = self.weight::<T>(*w, train).reshape_like(&(o, i));
+                let wt = self.weight::<T>(*w, train);
                 let b = b.filter(|_| !st.tangent).map(|b| self.p::<T>(b));
-                let y = ops::linear(x.reshape_like(&(bsz, i)), wt, b);
-                y.reshape_like(&(bsz, o, 1, 1))
+                self.fully_connected(x, *w, wt, b)
             }
             Layer::Conv {
                 w,
@@ -424,19 +436,9 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
             Layer::FirDown => ops::downsample_fir2x(x, &self.cache),
             Layer::PixelNorm => ops::pixel_norm(x, 1e-8),
             Layer::ScaledLinear { w, b, w_mul, b_mul } => {
-                let (bsz, c, h, wd) = *x.shape();
-                let s = &self.params.shapes[*w];
-                let (o, i) = (s[0], s[1]);
-                assert_eq!(
-                    i,
-                    c * h * wd,
-                    "linear {}: input {c}x{h}x{wd}",
-                    self.params.names[*w]
-                );
-                let wt = self.p::<T>(*w).reshape_like(&(o, i)) * E::of(*w_mul);
+                let wt = self.p::<T>(*w) * E::of(*w_mul);
                 let bt = (!st.tangent).then(|| self.p::<T>(*b) * E::of(*b_mul));
-                let y = ops::linear(x.reshape_like(&(bsz, i)), wt, bt);
-                y.reshape_like(&(bsz, o, 1, 1))
+                self.fully_connected(x, *w, wt, bt)
             }
             Layer::BasisScale { basis } => {
                 let (bsz, c, h, wd) = *x.shape();
