@@ -46,11 +46,11 @@ where
         ("bn_eval", true) => kernels::batch_norm_eval_op(x, gamma, beta, &rm, &rv, 1e-5),
         ("bn_eval", false) => ops::batch_norm_eval_composed(x, gamma, beta, &rm, &rv, 1e-5),
         ("pool", true) => kernels::avg_pool2x2_op(x),
-        ("pool", false) => ops::avg_pool2x2_composed(x),
+        ("pool", false) => resample::avg_pool2x2_composed(x),
         ("nearest", true) => kernels::upsample_nearest2x_op(x),
-        ("nearest", false) => ops::upsample_nearest2x_composed(x, &cache),
+        ("nearest", false) => resample::upsample_nearest2x_composed(x, &cache),
         ("bilinear", true) => kernels::upsample_bilinear2x_op(x),
-        ("bilinear", false) => ops::upsample_bilinear2x_composed(x, &cache),
+        ("bilinear", false) => resample::upsample_bilinear2x_composed(x, &cache),
         _ => unreachable!(),
     }
 }

@@ -343,10 +343,10 @@ where
 }
 
 /// The two taps `(index, weight)` of every output position of a 2x bilinear up-sampling
-/// along an axis of `size` (see [`super::ops::bilinear_taps`]).
+/// along an axis of `size` (see [`super::resample::bilinear_taps`]).
 fn taps<E: Float>(size: usize) -> Vec<[(usize, E); 2]> {
     (0..2 * size)
-        .map(|o| super::ops::bilinear_taps(o, size).map(|(i, wt)| (i, E::of(wt))))
+        .map(|o| super::resample::bilinear_taps(o, size).map(|(i, wt)| (i, E::of(wt))))
         .collect()
 }
 

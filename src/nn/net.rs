@@ -14,6 +14,7 @@ use dfdx::prelude::*;
 use super::layer::{piecewise_linear, Layer, Norm, UpMode};
 use super::ops::{self, IdxCache};
 use super::params::ParamStore;
+use super::resample;
 use super::state::{BnStats, SnState};
 use super::{Dev, Float, Rng, T1, T4};
 
@@ -425,15 +426,15 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
             Layer::Relu => self.act(x, 0.0, st),
             Layer::Tanh => x.tanh(),
             Layer::Scale(s) => x * E::of(*s),
-            Layer::Up(UpMode::Nearest) => ops::upsample_nearest2x(x, &self.cache),
-            Layer::Up(UpMode::Bilinear) => ops::upsample_bilinear2x(x, &self.cache),
-            Layer::AvgPool2 => ops::avg_pool2x2(x),
+            Layer::Up(UpMode::Nearest) => resample::upsample_nearest2x(x, &self.cache),
+            Layer::Up(UpMode::Bilinear) => resample::upsample_bilinear2x(x, &self.cache),
+            Layer::AvgPool2 => resample::avg_pool2x2(x),
             Layer::Reshape([c, h, w]) => {
                 let bsz = x.shape().0;
                 x.reshape_like(&(bsz, *c, *h, *w))
             }
-            Layer::FirUp => ops::upsample_fir2x(x, &self.cache),
-            Layer::FirDown => ops::downsample_fir2x(x, &self.cache),
+            Layer::FirUp => resample::upsample_fir2x(x, &self.cache),
+            Layer::FirDown => resample::downsample_fir2x(x, &self.cache),
             Layer::PixelNorm => ops::pixel_norm(x, 1e-8),
             Layer::ScaledLinear { w, b, w_mul, b_mul } => {
                 let wt = self.p::<T>(*w) * E::of(*w_mul);

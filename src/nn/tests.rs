@@ -217,29 +217,29 @@ fn upsampling_and_pooling() {
     let cache = IdxCache::default();
     // values: nearest copies, bilinear of a constant is the constant, pool averages
     let x: T4<F, Cpu> = dev.tensor_from_vec(vec![1.0, 2.0, 3.0, 4.0], (1, 1, 2, 2));
-    let n = ops::upsample_nearest2x(x.clone(), &cache).as_vec();
+    let n = resample::upsample_nearest2x(x.clone(), &cache).as_vec();
     assert_eq!(&n[..4], &[1.0, 1.0, 2.0, 2.0]);
-    let b = ops::upsample_bilinear2x(x.clone(), &cache).as_vec();
+    let b = resample::upsample_bilinear2x(x.clone(), &cache).as_vec();
     // PyTorch F.interpolate(scale_factor=2, mode="bilinear", align_corners=False) first row
     let want = [1.0, 1.25, 1.75, 2.0];
     for (a, w) in b[..4].iter().zip(want) {
         assert!((a - w).abs() < 1e-12, "{b:?}");
     }
     let c: T4<F, Cpu> = dev.tensor_from_vec(vec![0.5; 9], (1, 1, 3, 3));
-    assert!(ops::upsample_bilinear2x(c, &cache)
+    assert!(resample::upsample_bilinear2x(c, &cache)
         .as_vec()
         .iter()
         .all(|v| (v - 0.5).abs() < 1e-12));
-    assert_eq!(ops::avg_pool2x2(x).as_vec(), vec![2.5]);
+    assert_eq!(resample::avg_pool2x2(x).as_vec(), vec![2.5]);
     for kind in 0..3 {
         let cache = IdxCache::default();
         gradcheck(&[2 * 3 * 3 * 4], 11 + kind, move |v| {
             let x = r4(v.into_iter().next().unwrap(), [2, 3, 3, 4]);
             match kind {
-                0 => project(ops::upsample_nearest2x(x, &cache), 1),
-                1 => project(ops::upsample_bilinear2x(x, &cache), 2),
+                0 => project(resample::upsample_nearest2x(x, &cache), 1),
+                1 => project(resample::upsample_bilinear2x(x, &cache), 2),
                 _ => project(
-                    ops::avg_pool2x2(
+                    resample::avg_pool2x2(
                         x.reshape_like(&(2, 3, 6, 2))
                             .permute::<_, Axes4<0, 1, 3, 2>>(),
                     ),
@@ -973,7 +973,7 @@ fn fir_resampling() {
     // 1.5] * 0.75, and row 1 is (3 [1, 2] + [3, 4]) / 4 = [1.5, 2.5] upsampled:
     // [1.125, 1.75, 2.25, 1.875]
     let x: T4<F, Cpu> = dev.tensor_from_vec(vec![1.0, 2.0, 3.0, 4.0], (1, 1, 2, 2));
-    let up = ops::upsample_fir2x(x.clone(), &cache).as_vec();
+    let up = resample::upsample_fir2x(x.clone(), &cache).as_vec();
     let want_r0 = [0.5625, 0.9375, 1.3125, 1.125];
     let want_r1 = [1.125, 1.75, 2.25, 1.875];
     for (a, b) in up[..8].iter().zip(want_r0.iter().chain(&want_r1)) {
@@ -985,7 +985,7 @@ fn fir_resampling() {
     let row = [1.0, 2.0, 3.0, 4.0];
     let img: Vec<F> = (0..4).flat_map(|_| row).collect();
     let x4: T4<F, Cpu> = dev.tensor_from_vec(img, (1, 1, 4, 4));
-    let dn = ops::downsample_fir2x(x4, &cache).as_vec();
+    let dn = resample::downsample_fir2x(x4, &cache).as_vec();
     let want = [1.5 * 0.875, 2.875 * 0.875, 1.5 * 0.875, 2.875 * 0.875];
     for (a, b) in dn.iter().zip(want) {
         assert!((a - b).abs() < 1e-12, "{dn:?}");
@@ -1001,8 +1001,8 @@ fn fir_resampling() {
     let xv = rng.normals(b * c * h * w);
     let x: T4<F, Cpu> = dev.tensor_from_vec(xv.clone(), (b, c, h, w));
     let planes: T4<F, Cpu> = x.clone().reshape_like(&(b * c, 1, h, w));
-    let up = ops::upsample_fir2x(x.clone(), &cache).as_vec();
-    let dn = ops::downsample_fir2x(x, &cache).as_vec();
+    let up = resample::upsample_fir2x(x.clone(), &cache).as_vec();
+    let dn = resample::downsample_fir2x(x, &cache).as_vec();
     let kt: T4<F, Cpu> = dev.tensor_from_vec(k2.iter().map(|v| 4.0 * v).collect(), (1, 1, 4, 4));
     let kd: T4<F, Cpu> = dev.tensor_from_vec(k2.clone(), (1, 1, 4, 4));
     let up_t = ops::conv_transpose2d(planes.clone(), kt, None, 2, 1, &cache).as_vec();
@@ -1027,8 +1027,8 @@ fn fir_resampling() {
     // a constant image stays constant in the interior (up: all but the outer ring, which
     // sees 3/4 of it; down: all but the outer ring, 7/8 of it)
     let cst: T4<F, Cpu> = dev.tensor_from_vec(vec![0.5; 36], (1, 1, 6, 6));
-    let up = ops::upsample_fir2x(cst.clone(), &cache).as_vec();
-    let dn = ops::downsample_fir2x(cst, &cache).as_vec();
+    let up = resample::upsample_fir2x(cst.clone(), &cache).as_vec();
+    let dn = resample::downsample_fir2x(cst, &cache).as_vec();
     for (v, n, edge) in [(up, 12usize, 0.75), (dn, 3, 0.875)] {
         for i in 0..n {
             for j in 0..n {
@@ -1043,8 +1043,8 @@ fn fir_resampling() {
         gradcheck(&[2 * 3 * 4 * 6], 41 + kind, move |v| {
             let x = r4(v.into_iter().next().unwrap(), [2, 3, 4, 6]);
             match kind {
-                0 => project(ops::upsample_fir2x(x, &cache), 5),
-                _ => project(ops::downsample_fir2x(x, &cache), 6),
+                0 => project(resample::upsample_fir2x(x, &cache), 5),
+                _ => project(resample::downsample_fir2x(x, &cache), 6),
             }
         });
     }
