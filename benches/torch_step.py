@@ -1,7 +1,7 @@
 """The training step of benches/train_step.rs in PyTorch on the CPU, for comparison.
 
 The same nets as ablate's `dcgan`, `resnet` and `r3gan` (variant E) at 3x32x32 for a base
-width W (src/gan/nets.rs; channels at resolution r are min(W * 32 / r, 8 W)), with the
+width W (src/gan/nets/; channels at resolution r are min(W * 32 / r, 8 W)), with the
 same parameter counts (printed, and checked by the Rust bench), and the same step: D step
 with the rpgan loss and R1 + R2 (gamma 0.1), then a G step, Adam betas (0, 0.99), EMA of
 G; batch 64. Images/s = batch * steps / seconds, as in ablate.

@@ -28,7 +28,8 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use ablate::gan::{TrainConfig, TrainData, Trainer};
+use ablate::data::DataTensor;
+use ablate::gan::{TrainConfig, Trainer};
 use ablate::nn::Rng;
 
 #[cfg(feature = "mimalloc")]
@@ -122,8 +123,8 @@ fn child(name: &str, width: usize, steps: usize) {
     let data: Vec<f32> = (0..n * CH * RES * RES)
         .map(|_| (rng.uniform() * 2.0 - 1.0) as f32)
         .collect();
-    let data = TrainData::Images {
-        data,
+    let data = DataTensor::Images {
+        values: data,
         n,
         c: CH,
         h: RES,

@@ -3,13 +3,7 @@
 use anyhow::{Context, Result};
 use serde_json::Value;
 use std::io::Write;
-use std::path::{Path, PathBuf};
-
-/// The temporary name `atomic_write` uses next to `path`.
-pub fn tmp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().and_then(|s| s.to_str()).unwrap_or("out");
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
-}
+use std::path::Path;
 
 /// Write a file so that readers see either the old content or the whole new one:
 /// write a temporary file in the same directory, flush it to disk, rename it.
@@ -17,45 +11,34 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     atomic_write_with(path, |f| f.write_all(bytes).map_err(Into::into))
 }
 
-/// [`atomic_write`] without flushing to disk first: still all-or-nothing for
-/// readers and after a crash of the process, but not after a power cut. For hints
-/// (the plan's history index), where an fsync per instance would cost more than the work.
-pub fn atomic_write_nosync(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_renamed(path, false, |f| f.write_all(bytes).map_err(Into::into))
-}
-
-/// [`atomic_write`] for writers that stream into a file.
+/// [`atomic_write`] for writers that stream into a file. The temporary file is
+/// `.{name}.tmp-XXXXXX` next to `path` (unique, see [`is_tmp_name`]); it is removed when
+/// `fill` or the write fails, and renamed over `path` once flushed to disk.
 pub fn atomic_write_with(
     path: &Path,
     fill: impl FnOnce(&mut std::fs::File) -> Result<()>,
 ) -> Result<()> {
-    write_renamed(path, true, fill)
-}
-
-fn write_renamed(
-    path: &Path,
-    sync: bool,
-    fill: impl FnOnce(&mut std::fs::File) -> Result<()>,
-) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let tmp = tmp_path(path);
-    let res = (|| {
-        let mut f =
-            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        fill(&mut f)?;
-        if sync {
-            f.sync_all()?;
-        }
-        drop(f);
-        std::fs::rename(&tmp, path)
-            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} is not a file path", path.display()))?
+        .to_string_lossy();
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}.tmp-"))
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a temporary file for {}", path.display()))?;
+    fill(tmp.as_file_mut())?;
+    tmp.as_file()
+        .sync_all()
+        .with_context(|| format!("writing {}", path.display()))?;
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("renaming a temporary file to {}", path.display()))?;
+    Ok(())
 }
 
 /// Is this one of [`atomic_write`]'s temporary files?
@@ -154,6 +137,27 @@ mod tests {
             canonical_json(&a),
             r#"{"a":{"x":"s","y":[1,{"c":3,"d":2}]},"b":1}"#
         );
+    }
+
+    #[test]
+    fn atomic_write_temporary_is_recognised_and_removed_on_failure() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("checkpoint.safetensors");
+        let seen = std::cell::RefCell::new(vec![]);
+        let err = atomic_write_with(&p, |_| {
+            for e in std::fs::read_dir(d.path()).unwrap() {
+                seen.borrow_mut()
+                    .push(e.unwrap().file_name().into_string().unwrap());
+            }
+            anyhow::bail!("fill failed")
+        });
+        assert_eq!(err.unwrap_err().to_string(), "fill failed");
+        let seen = seen.into_inner();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert!(seen[0].starts_with(".checkpoint.safetensors.tmp-"));
+        assert!(is_tmp_name(&seen[0]));
+        assert!(!is_tmp_name("checkpoint.safetensors"));
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
     }
 
     #[test]

@@ -16,9 +16,7 @@ pub mod stacked;
 pub mod tensor_file;
 
 use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -274,36 +272,12 @@ pub fn card(ds: &Dataset) -> Value {
     card
 }
 
-static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// Writes `bytes` to `path` atomically: a temporary file in the same
-/// directory, synced, then renamed over `path`. Readers never see a partial file.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| DataError::Invalid(format!("{} is not a file path", path.display())))?
-        .to_string_lossy();
-    let tmp = dir.join(format!(
-        ".{name}.tmp-{}-{}",
-        std::process::id(),
-        TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(DataError::io(path, e));
-    }
-    Ok(())
+/// Writes a whole file atomically ([`crate::util::atomic_write`]), with an error naming it.
+pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    crate::util::atomic_write(path, bytes).map_err(|e| match e.downcast::<std::io::Error>() {
+        Ok(io) => DataError::io(path, io),
+        Err(e) => DataError::Invalid(format!("{e:#}")),
+    })
 }
 
 /// Reads a whole file, with an error naming it.
@@ -378,16 +352,5 @@ mod tests {
             blake3::hash(b"abc").to_hex().to_string()
         );
         assert_eq!(c["sources"][0]["bytes"], 3);
-    }
-
-    #[test]
-    fn write_atomic_replaces_and_leaves_no_temp() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("a.bin");
-        write_atomic(&p, b"one").unwrap();
-        write_atomic(&p, b"two").unwrap();
-        assert_eq!(fs::read(&p).unwrap(), b"two");
-        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
-        assert_eq!(names.len(), 1);
     }
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use image::{ImageFormat, Rgb, RgbImage};
 
-use super::{write_atomic, DataError, DataTensor, Dataset, Result};
+use super::{write_file, DataError, DataTensor, Dataset, Result};
 
 /// Padding between and around grid cells, in pixels.
 pub const GRID_PADDING: u32 = 2;
@@ -83,7 +83,7 @@ fn save_png(path: &Path, img: &RgbImage) -> Result<()> {
     let mut buf = Vec::new();
     img.write_to(&mut Cursor::new(&mut buf), ImageFormat::Png)
         .map_err(|e| DataError::image(path, e))?;
-    write_atomic(path, &buf)
+    write_file(path, &buf)
 }
 
 /// Writes [`grid_image`] as a PNG.
@@ -222,7 +222,7 @@ pub fn write_preview(ds: &Dataset, path: &Path, title: &str) -> Result<()> {
             let png = chart
                 .png(512, 512)
                 .map_err(|e| DataError::Invalid(format!("{}: {e:#}", path.display())))?;
-            write_atomic(path, &png)
+            write_file(path, &png)
         }
     }
 }

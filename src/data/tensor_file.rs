@@ -10,7 +10,7 @@ use std::path::Path;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
 use super::{
-    read_file, write_atomic, DataError, DataTensor, Dataset, GaussianMixture, Result, SourceFile,
+    read_file, write_file, DataError, DataTensor, Dataset, GaussianMixture, Result, SourceFile,
 };
 
 /// Value of the `format` metadata key.
@@ -63,7 +63,7 @@ pub fn to_safetensors_bytes(ds: &Dataset) -> Result<Vec<u8>> {
 /// Writes a dataset as a safetensors file, atomically (temp file + rename).
 pub fn save_dataset(ds: &Dataset, path: &Path) -> Result<()> {
     let bytes = to_safetensors_bytes(ds)?;
-    write_atomic(path, &bytes)
+    write_file(path, &bytes)
 }
 
 fn le_f32(path: &Path, view: &TensorView<'_>, name: &str) -> Result<Vec<f32>> {

@@ -7,6 +7,7 @@ use dfdx::prelude::*;
 use super::nets::{self, DataShape};
 use super::tests::{check_resume, count, net_cfg};
 use super::*;
+use crate::data::DataTensor;
 use crate::nn::{Cpu, Layer, Mix, Net, Rng, Side, T4};
 
 const K: usize = 10;
@@ -424,8 +425,8 @@ fn conditional_config_checks() {
     .contains("batch_norm"));
     // conditional training needs labels
     let c = cfg("{arch: dcgan, width: 4}", "conditional: true").unwrap();
-    let td = TrainData::Images {
-        data: vec![0.0; 2 * 16 * 16],
+    let td = DataTensor::Images {
+        values: vec![0.0; 2 * 16 * 16],
         n: 2,
         c: 1,
         h: 16,
@@ -481,7 +482,7 @@ fn conditional_ring_puts_each_class_on_its_mode() {
         labels: ys,
         classes: 8,
     };
-    let td = TrainData::Points { data, n };
+    let td = DataTensor::Points { values: data, n };
     let mut t = Trainer::build(cfg, td, Some(labels), 0, Cpu::default()).unwrap();
     for _ in 0..steps {
         assert!(t.step().is_finite());

@@ -1,7 +1,8 @@
 //! GAN networks, losses, penalties and the training loop (on [`crate::nn`]).
 //!
 //! Entry points: [`TrainConfig`] (the `train` stage params, `validate()`), [`Trainer`]
-//! (`new`, `step`, `save_checkpoint`, `load_checkpoint`, `sample`), [`TrainData`].
+//! (`new`, `step`, `save_checkpoint`, `load_checkpoint`, `sample`) on a
+//! [`crate::data::DataTensor`].
 
 pub mod config;
 pub mod losses;
@@ -17,4 +18,4 @@ mod tests;
 pub use config::{Arch, LossKind, NetConfig, OptimConfig, Penalty, TrainConfig, Upsample, Variant};
 pub use nets::DataShape;
 pub use sample::{balanced_labels, sample_checkpoint, sample_net, Samples};
-pub use trainer::{ClassLabels, StepLog, TrainData, Trainer};
+pub use trainer::{ClassLabels, StepLog, Trainer};

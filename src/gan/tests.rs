@@ -5,7 +5,8 @@ use dfdx::prelude::*;
 use super::losses::{penalty, penalty_value};
 use super::nets::{self, DataShape};
 use super::*;
-use crate::nn::{Cpu, Layer, Net, NetBuilder, Rng, Side, T1, T4};
+use crate::data::DataTensor;
+use crate::nn::{Cpu, Layer, LinearConfig, Net, NetBuilder, Rng, Side, T1, T4};
 
 pub(super) fn net_cfg(arch: Arch, variant: Option<Variant>, width: usize) -> NetConfig {
     NetConfig {
@@ -206,9 +207,9 @@ fn penalty_zero_for_constant_d_and_closed_form_for_linear_d() {
     // constant D: the last layer's weight is zero, its bias not
     let mut nb = NetBuilder::<f64, Cpu>::new(dev.clone(), 1);
     let l = vec![
-        nb.linear("a", 2, 4, true, 1.0),
+        nb.linear("a", 2, 4, LinearConfig::default()),
         Layer::Tanh,
-        nb.linear("b", 4, 1, true, 0.0),
+        nb.linear("b", 4, 1, LinearConfig::default().gain(0.0)),
     ];
     let mut d = nb.finish(l, [2, 1, 1]);
     d.params.tensors[3] = dev.tensor_from_vec(vec![0.7], (1,));
@@ -217,7 +218,7 @@ fn penalty_zero_for_constant_d_and_closed_form_for_linear_d() {
     assert!(g.iter().all(|t| t.as_vec().iter().all(|&v| v == 0.0)));
     // linear D(x) = w.x + b: R = ||w||^2, dR/dw = 2w, dR/db = 0
     let mut nb = NetBuilder::<f64, Cpu>::new(dev.clone(), 2);
-    let l = vec![nb.linear("fc", 2, 1, true, 1.0)];
+    let l = vec![nb.linear("fc", 2, 1, LinearConfig::default())];
     let d = nb.finish(l, [2, 1, 1]);
     let w = d.params.tensors[0].as_vec();
     let (v, g) = penalty(&d, &x, &Side::default(), 1e-3, true);
@@ -346,7 +347,10 @@ fn ring_rpgan_r1_r2_covers_modes_and_is_deterministic() {
         .map(|s| s.parse().unwrap())
         .unwrap_or(3000);
     let cfg = ring_cfg(steps);
-    let td = TrainData::Points { data, n: 4000 };
+    let td = DataTensor::Points {
+        values: data,
+        n: 4000,
+    };
     let mut t = Trainer::new(cfg.clone(), td.clone(), 0).unwrap();
     let mut logs = vec![];
     for _ in 0..steps {
@@ -386,8 +390,8 @@ pub(super) fn check_resume(yaml: &str) {
         .iter()
         .map(|v| v.tanh() as f32)
         .collect();
-    let td = TrainData::Images {
-        data,
+    let td = DataTensor::Images {
+        values: data,
         n: 64,
         c: 1,
         h: 16,
@@ -784,7 +788,15 @@ fn trainer_applies_schedules() {
     });
     cfg.validate().unwrap();
     let (data, _) = ring(256, 1);
-    let mut t = Trainer::new(cfg.clone(), TrainData::Points { data, n: 256 }, 1).unwrap();
+    let mut t = Trainer::new(
+        cfg.clone(),
+        DataTensor::Points {
+            values: data,
+            n: 256,
+        },
+        1,
+    )
+    .unwrap();
     for step in 0..3u64 {
         t.step();
         let want = cfg.hyper_at(step).lr_g;
@@ -855,8 +867,8 @@ fn d_step_reuses_the_loss_pass_exactly() {
         .iter()
         .map(|v| v.tanh() as f32)
         .collect();
-    let td = TrainData::Images {
-        data,
+    let td = DataTensor::Images {
+        values: data,
         n: 32,
         c: 3,
         h: 8,

@@ -1,78 +1,24 @@
 //! The training loop as a library: seeded, checkpointable, bit-identical on resume.
+//! Checkpoint I/O lives in [`checkpoint`].
 
-use std::collections::HashMap;
-use std::path::Path;
+mod checkpoint;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Result};
 use dfdx::prelude::*;
 
 use super::config::{Penalty, TrainConfig};
 use super::losses::{d_loss, g_loss, mean_sq_norm, pass, penalty, tangent_grads};
 use super::nets::{self, DataShape};
 use super::sample::Samples;
+use crate::data::DataTensor;
 use crate::nn::params::sum_sq;
-use crate::nn::{
-    load_safetensors, save_safetensors, Adam, AdamConfig, Dev, Mix, Net, Rng, Side, T1, T4,
-};
+use crate::nn::{Adam, AdamConfig, Dev, Mix, Net, Rng, Side, T1, T4};
 
-/// Training data, values in [-1, 1] for images.
-#[derive(Clone, Debug, PartialEq)]
-pub enum TrainData {
-    /// `[n, c, h, w]` row-major, `h == w`.
-    Images {
-        /// Values.
-        data: Vec<f32>,
-        /// Count.
-        n: usize,
-        /// Channels.
-        c: usize,
-        /// Height.
-        h: usize,
-        /// Width.
-        w: usize,
-    },
-    /// `[n, 2]` row-major.
-    Points {
-        /// Values.
-        data: Vec<f32>,
-        /// Count.
-        n: usize,
-    },
-}
-
-impl TrainData {
-    /// The shape networks are built for.
-    pub fn shape(&self) -> Result<DataShape> {
-        match self {
-            TrainData::Points { .. } => Ok(DataShape::Points),
-            TrainData::Images { c, h, w, .. } => {
-                if h != w {
-                    bail!("images must be square, got {h}x{w}");
-                }
-                Ok(DataShape::Image { c: *c, res: *h })
-            }
-        }
-    }
-    /// Number of examples.
-    pub fn len(&self) -> usize {
-        match self {
-            TrainData::Images { n, .. } | TrainData::Points { n, .. } => *n,
-        }
-    }
-    /// True when empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    fn row(&self) -> (usize, [usize; 3]) {
-        match self {
-            TrainData::Images { c, h, w, .. } => (c * h * w, [*c, *h, *w]),
-            TrainData::Points { .. } => (2, [2, 1, 1]),
-        }
-    }
-    fn data(&self) -> &[f32] {
-        match self {
-            TrainData::Images { data, .. } | TrainData::Points { data, .. } => data,
-        }
+/// `[c, h, w]` of one example of `data` (`[2, 1, 1]` for a point).
+fn item_dims(data: &DataTensor) -> [usize; 3] {
+    match data {
+        DataTensor::Images { c, h, w, .. } => [*c, *h, *w],
+        DataTensor::Points { .. } => [2, 1, 1],
     }
 }
 
@@ -128,8 +74,6 @@ impl StepLog {
     }
 }
 
-const CKPT_FORMAT: &str = "ablate-checkpoint-v1";
-
 /// What a D loss pass reports: the loss and the mean outputs on real and fake.
 pub(crate) struct DOut {
     pub(crate) loss: f64,
@@ -159,7 +103,7 @@ pub struct Trainer<D: Dev<f32> = Cpu> {
     pub opt_g: Adam<f32, D>,
     /// Adam of D.
     pub opt_d: Adam<f32, D>,
-    data: TrainData,
+    data: DataTensor,
     /// Labels of the data and the class count, for conditional training only.
     labels: Option<ClassLabels>,
     shape: DataShape,
@@ -173,8 +117,8 @@ pub struct Trainer<D: Dev<f32> = Cpu> {
 
 impl Trainer<Cpu> {
     /// Build on the CPU. `seed` drives initialisation, batches and latents.
-    pub fn new(cfg: TrainConfig, data: TrainData, seed: u64) -> Result<Self> {
-        Self::with_device(cfg, data, seed, Cpu::default())
+    pub fn new(cfg: TrainConfig, data: DataTensor, seed: u64) -> Result<Self> {
+        Self::build(cfg, data, None, seed, Cpu::default())
     }
 }
 
@@ -193,22 +137,18 @@ fn add_scaled<D: Dev<f32>>(acc: &mut [T1<f32, D>], g: Vec<T1<f32, D>>, s: f64) {
 }
 
 impl<D: Dev<f32>> Trainer<D> {
-    /// Build on a given device (unlabelled data: an unconditional config).
-    pub fn with_device(cfg: TrainConfig, data: TrainData, seed: u64, dev: D) -> Result<Self> {
-        Self::build(cfg, data, None, seed, dev)
-    }
-
     /// Build on a given device with the data's labels, if it has any. They are used only
     /// when the config is `conditional`, which needs them.
     pub fn build(
         cfg: TrainConfig,
-        data: TrainData,
+        data: DataTensor,
         labels: Option<ClassLabels>,
         seed: u64,
         dev: D,
     ) -> Result<Self> {
         cfg.validate()?;
-        if data.is_empty() {
+        data.check()?;
+        if data.n() == 0 {
             bail!("no training data");
         }
         let labels = match (cfg.conditional == Some(true), labels) {
@@ -217,8 +157,8 @@ impl<D: Dev<f32>> Trainer<D> {
                 bail!("conditional: true needs labelled data (this data stage has no labels)")
             }
             (true, Some(l)) => {
-                if l.labels.len() != data.len() {
-                    bail!("{} labels for {} examples", l.labels.len(), data.len());
+                if l.labels.len() != data.n() {
+                    bail!("{} labels for {} examples", l.labels.len(), data.n());
                 }
                 if l.classes == 0 {
                     bail!("conditional training needs at least one class");
@@ -230,15 +170,7 @@ impl<D: Dev<f32>> Trainer<D> {
             }
         };
         let classes = labels.as_ref().map(|l| l.classes);
-        let (row, _) = data.row();
-        if data.data().len() != data.len() * row {
-            bail!(
-                "training data has {} values, expected {} x {row}",
-                data.data().len(),
-                data.len()
-            );
-        }
-        let shape = data.shape()?;
+        let shape = DataShape::of(&data)?;
         let g = nets::generator::<f32, D>(
             &cfg.generator,
             shape,
@@ -286,10 +218,6 @@ impl<D: Dev<f32>> Trainer<D> {
     pub fn z_dim(&self) -> usize {
         self.z_dim
     }
-    /// Shape of one sample (`[2, 1, 1]` for points).
-    pub fn sample_shape(&self) -> [usize; 3] {
-        self.data.row().1
-    }
 
     /// Classes of a conditional run.
     pub fn classes(&self) -> Option<usize> {
@@ -298,13 +226,13 @@ impl<D: Dev<f32>> Trainer<D> {
 
     /// `b` random examples and, when conditional, their labels.
     fn real_batch(&mut self, b: usize) -> (T4<f32, D>, Side) {
-        let (row, [c, h, w]) = self.data.row();
-        let n = self.data.len();
-        let mut v = Vec::with_capacity(b * row);
+        let [c, h, w] = item_dims(&self.data);
+        let n = self.data.n();
+        let mut v = Vec::with_capacity(b * self.data.item_len());
         let mut ys = self.labels.as_ref().map(|_| Vec::with_capacity(b));
         for _ in 0..b {
             let i = self.rng.below(n);
-            v.extend_from_slice(&self.data.data()[i * row..(i + 1) * row]);
+            v.extend_from_slice(self.data.item(i));
             if let (Some(ys), Some(l)) = (&mut ys, &self.labels) {
                 ys.push(l.labels[i]);
             }
@@ -611,98 +539,5 @@ impl<D: Dev<f32>> Trainer<D> {
     pub fn sample_labelled(&self, n: usize, seed: u64, use_ema: bool) -> Samples {
         let net = if use_ema { &self.g_ema } else { &self.g };
         super::sample::sample_net(net, &self.dev, self.z_dim, self.shape, n, seed)
-    }
-
-    fn config_json(&self) -> String {
-        serde_json::to_string(&self.cfg).unwrap_or_default()
-    }
-
-    /// Write G, G_ema, D, both Adam states, step, seed and RNG state as safetensors
-    /// (temp file + rename).
-    pub fn save_checkpoint(&self, path: &Path) -> Result<()> {
-        let mut ts = vec![];
-        for (prefix, net) in [("G.", &self.g), ("G_ema.", &self.g_ema), ("D.", &self.d)] {
-            for mut t in net.to_named() {
-                t.name = format!("{prefix}{}", t.name);
-                ts.push(t);
-            }
-        }
-        ts.extend(self.opt_g.to_named(&self.g.params, "opt_G."));
-        ts.extend(self.opt_d.to_named(&self.d.params, "opt_D."));
-        let s = self.rng.state();
-        let mut meta: HashMap<String, String> = [
-            ("format", CKPT_FORMAT.to_string()),
-            ("step", self.step.to_string()),
-            ("d_iters", self.d_iters.to_string()),
-            ("seed", self.seed.to_string()),
-            ("rng", format!("{},{},{},{}", s[0], s[1], s[2], s[3])),
-            ("opt_G.t", self.opt_g.t.to_string()),
-            ("opt_D.t", self.opt_d.t.to_string()),
-            ("config", self.config_json()),
-            (
-                "config_hash",
-                blake3::hash(self.config_json().as_bytes())
-                    .to_hex()
-                    .to_string(),
-            ),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-        if let Some(k) = self.classes() {
-            meta.insert("classes".into(), k.to_string());
-        }
-        save_safetensors(path, &ts, meta)
-    }
-
-    /// Restore a checkpoint written by [`Trainer::save_checkpoint`] for the same config and
-    /// seed; training then continues exactly as the uninterrupted run would.
-    pub fn load_checkpoint(&mut self, path: &Path) -> Result<()> {
-        let (map, meta) = load_safetensors::<f32>(path)?;
-        let get = |k: &str| {
-            meta.get(k)
-                .ok_or_else(|| anyhow!("{}: metadata lacks {k:?}", path.display()))
-        };
-        if get("format")? != CKPT_FORMAT {
-            bail!("{}: not an {CKPT_FORMAT} file", path.display());
-        }
-        if *get("config")? != self.config_json() {
-            bail!(
-                "{}: checkpoint was written for another config",
-                path.display()
-            );
-        }
-        let seed: u64 = get("seed")?.parse()?;
-        if seed != self.seed {
-            bail!(
-                "{}: checkpoint seed {seed}, trainer seed {}",
-                path.display(),
-                self.seed
-            );
-        }
-        let p = |k: &str| -> Result<u64> {
-            get(k)?
-                .parse::<u64>()
-                .with_context(|| format!("metadata {k}"))
-        };
-        let rng: Vec<u64> = get("rng")?
-            .split(',')
-            .map(|s| s.parse::<u64>())
-            .collect::<Result<_, _>>()
-            .context("metadata rng")?;
-        if rng.len() != 4 {
-            bail!("metadata rng must hold 4 numbers");
-        }
-        self.g.load_named(&map, "G.")?;
-        self.g_ema.load_named(&map, "G_ema.")?;
-        self.d.load_named(&map, "D.")?;
-        self.opt_g
-            .load_named(&self.g.params, &map, "opt_G.", p("opt_G.t")?)?;
-        self.opt_d
-            .load_named(&self.d.params, &map, "opt_D.", p("opt_D.t")?)?;
-        self.step = p("step")?;
-        self.d_iters = p("d_iters")?;
-        self.rng = Rng::from_state([rng[0], rng[1], rng[2], rng[3]]);
-        Ok(())
     }
 }

@@ -31,7 +31,10 @@ use anyhow::{bail, Context, Result};
 use dfdx::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::nn::{self, Adam, AdamConfig, Dev, Float, Layer, Net, NetBuilder, Rng, T1, T4};
+use crate::nn::{
+    self, Adam, AdamConfig, ConvConfig, Dev, Float, Layer, LinearConfig, Net, NetBuilder, Rng, T1,
+    T4,
+};
 
 const LRELU: f64 = 0.2;
 const SQRT2: f64 = std::f64::consts::SQRT_2;
@@ -119,7 +122,13 @@ impl<E: Float, D: Dev<E>> Judge<E, D> {
         let blocks = arch.blocks();
         for i in 0..blocks {
             let out = arch.width << i.min(2);
-            layers.push(nb.conv(&format!("blocks.{i}.conv"), c, out, 3, 1, 1, 1, true, SQRT2));
+            layers.push(nb.conv(
+                &format!("blocks.{i}.conv"),
+                c,
+                out,
+                3,
+                ConvConfig::default().pad(1).gain(SQRT2),
+            ));
             layers.push(Layer::LeakyRelu(LRELU));
             if h % 2 == 0 && w % 2 == 0 && h.min(w) >= 8 {
                 layers.push(Layer::AvgPool2);
@@ -128,9 +137,14 @@ impl<E: Float, D: Dev<E>> Judge<E, D> {
             }
             c = out;
         }
-        layers.push(nb.linear("features", c * h * w, arch.features, true, SQRT2));
+        layers.push(nb.linear(
+            "features",
+            c * h * w,
+            arch.features,
+            LinearConfig::default().gain(SQRT2),
+        ));
         layers.push(Layer::LeakyRelu(LRELU));
-        layers.push(nb.linear("head", arch.features, arch.classes, true, 1.0));
+        layers.push(nb.linear("head", arch.features, arch.classes, LinearConfig::default()));
         let net = nb.finish(layers, [arch.in_channels, arch.height, arch.width_px]);
         Ok(Judge { arch, net })
     }

@@ -40,7 +40,8 @@
 //!
 //! ## Buffers, chunks and determinism
 //!
-//! Working matrices come from a small thread-local pool ([`Scratch`]), so a training step
+//! Working matrices come from a small thread-local pool ([`Scratch`], in [`super::gemm`]
+//! with the strided GEMM wrappers), so a training step
 //! allocates only the op outputs. The batch is cut into chunks so that no working matrix
 //! exceeds [`CHUNK_MAX`] values (bounding the pool); the chunking depends only on the
 //! shapes. Every value is reduced in a fixed order: gemm splits the output among threads
@@ -51,14 +52,11 @@
 //! [`Dev::conv2d`]: super::Dev::conv2d
 //! [`Dev::conv_transpose2d`]: super::Dev::conv_transpose2d
 
-use std::cell::RefCell;
-use std::thread::LocalKey;
-
 use dfdx::prelude::*;
-use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::fused::Geom;
+use super::gemm::{grouped_matmul, GemmFloat, Op, Scratch};
 use super::{Float, T1, T4};
 
 /// Largest working matrix (values) an op builds for one batch chunk, unless one sample
@@ -67,181 +65,6 @@ pub const CHUNK_MAX: usize = 1 << 21;
 
 /// Serial copy kernels below this many values (rayon's overhead is not worth it).
 const PAR_MIN: usize = 1 << 14;
-
-/// GEMMs with fewer multiply-adds run on the calling thread.
-const GEMM_PAR_MIN: usize = 1 << 18;
-
-/// Buffers a thread keeps for reuse.
-const POOL_MAX: usize = 6;
-
-/// Element types the gemm crate multiplies (f32 and f64), each with its scratch pool.
-pub trait GemmFloat: Float {
-    /// This thread's pool of reusable buffers.
-    fn pool() -> &'static LocalKey<RefCell<Vec<Vec<Self>>>>;
-}
-
-thread_local! {
-    static POOL_F32: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
-    static POOL_F64: RefCell<Vec<Vec<f64>>> = const { RefCell::new(Vec::new()) };
-}
-
-impl GemmFloat for f32 {
-    fn pool() -> &'static LocalKey<RefCell<Vec<Vec<Self>>>> {
-        &POOL_F32
-    }
-}
-
-impl GemmFloat for f64 {
-    fn pool() -> &'static LocalKey<RefCell<Vec<Vec<Self>>>> {
-        &POOL_F64
-    }
-}
-
-/// A working buffer taken from the thread's pool and given back on drop. Its contents on
-/// taking are unspecified (callers overwrite them). Taking moves the buffer out of the
-/// pool, so a nested op (a task rayon runs on this thread while gemm waits) simply gets
-/// another buffer.
-pub struct Scratch<E: GemmFloat>(Vec<E>);
-
-impl<E: GemmFloat> Scratch<E> {
-    /// A buffer of `len` values.
-    pub fn take(len: usize) -> Self {
-        let mut v = E::pool().with(|p| p.borrow_mut().pop()).unwrap_or_default();
-        if v.len() < len {
-            v.resize(len, E::default());
-        } else {
-            v.truncate(len);
-        }
-        Scratch(v)
-    }
-}
-
-impl<E: GemmFloat> std::ops::Deref for Scratch<E> {
-    type Target = [E];
-    fn deref(&self) -> &[E] {
-        &self.0
-    }
-}
-
-impl<E: GemmFloat> std::ops::DerefMut for Scratch<E> {
-    fn deref_mut(&mut self) -> &mut [E] {
-        &mut self.0
-    }
-}
-
-impl<E: GemmFloat> Drop for Scratch<E> {
-    fn drop(&mut self) {
-        let v = std::mem::take(&mut self.0);
-        // `try_with`: the pool may already be gone while the thread exits
-        let _ = E::pool().try_with(|p| {
-            let mut p = p.borrow_mut();
-            if p.len() < POOL_MAX {
-                p.push(v);
-            }
-        });
-    }
-}
-
-/// A strided matrix view into a slice: element `(i, j)` at `off + i * rs + j * cs`.
-#[derive(Clone, Copy, Debug)]
-pub struct View {
-    /// Offset of element `(0, 0)`.
-    pub off: usize,
-    /// Row stride.
-    pub rs: usize,
-    /// Column stride.
-    pub cs: usize,
-}
-
-impl View {
-    /// Row-major with `cols` columns, starting at `off`.
-    pub fn rows(off: usize, cols: usize) -> Self {
-        View {
-            off,
-            rs: cols,
-            cs: 1,
-        }
-    }
-    /// The transpose of [`View::rows`]: element `(i, j)` at `off + j * cols + i`.
-    pub fn rows_t(off: usize, cols: usize) -> Self {
-        View {
-            off,
-            rs: 1,
-            cs: cols,
-        }
-    }
-    fn check(&self, len: usize, r: usize, c: usize, what: &str) {
-        if r > 0 && c > 0 {
-            let last = self.off + (r - 1) * self.rs + (c - 1) * self.cs;
-            assert!(
-                last < len,
-                "gemm: {what} view {self:?} ({r}x{c}) past {len}"
-            );
-        }
-    }
-}
-
-/// `dst (m x n) = [dst +] lhs (m x k) @ rhs (k x n)` on strided views (bounds checked),
-/// on the current rayon pool's threads when large enough.
-#[allow(clippy::too_many_arguments)]
-pub fn matmul<E: GemmFloat>(
-    (m, n, k): (usize, usize, usize),
-    dst: &mut [E],
-    dv: View,
-    accumulate: bool,
-    lhs: &[E],
-    lv: View,
-    rhs: &[E],
-    rv: View,
-) {
-    dv.check(dst.len(), m, n, "dst");
-    lv.check(lhs.len(), m, k, "lhs");
-    rv.check(rhs.len(), k, n, "rhs");
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            for i in 0..m {
-                for j in 0..n {
-                    dst[dv.off + i * dv.rs + j * dv.cs] = E::default();
-                }
-            }
-        }
-        return;
-    }
-    let threads = rayon::current_num_threads();
-    let par = if threads > 1 && m * n * k >= GEMM_PAR_MIN {
-        Parallelism::Rayon(threads)
-    } else {
-        Parallelism::None
-    };
-    // SAFETY: every view was checked to lie inside its slice; `dst` is borrowed mutably
-    // and so overlaps neither operand; gemm::gemm supports f32 and f64 (GemmFloat).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr().add(dv.off),
-            dv.cs as isize,
-            dv.rs as isize,
-            accumulate,
-            lhs.as_ptr().add(lv.off),
-            lv.cs as isize,
-            lv.rs as isize,
-            rhs.as_ptr().add(rv.off),
-            rv.cs as isize,
-            rv.rs as isize,
-            E::of(1.0),
-            E::of(1.0),
-            false,
-            false,
-            false,
-            par,
-        )
-    }
-}
 
 /// One kernel tap `(ki, kj)`: the output rows `ylo..yhi` and columns `xlo..xhi` whose
 /// input pixel lies inside the image.
@@ -622,18 +445,15 @@ where
             let mut cols = Scratch::take(gc.cols_len());
             im2col_cb(&xv[b0 * xs..(b0 + bc) * xs], &gc, &mut cols);
             let mut yt = Scratch::take(cout * n);
-            for gi in 0..groups {
-                matmul(
-                    (og, n, kk),
-                    &mut yt,
-                    View::rows(gi * og * n, n),
-                    false,
-                    &wv,
-                    View::rows(gi * og * kk, kk),
-                    &cols,
-                    View::rows(gi * kk * n, n),
-                );
-            }
+            // yt_g (og x n) = W_g (og x kk) @ cols_g (kk x n)
+            grouped_matmul(
+                groups,
+                (og, n, kk),
+                &mut yt,
+                false,
+                Op::N(&wv),
+                Op::N(&cols),
+            );
             from_cb(
                 &yt,
                 (bc, cout, p),
@@ -667,32 +487,17 @@ where
             let mut cols = Scratch::take(gc.cols_len());
             im2col_cb(&xv[b0 * xs..(b0 + bc) * xs], &gc, &mut cols);
             let gw = grads.get_or_alloc_mut(&wg)?;
-            for gi in 0..groups {
-                // dW_g (og x kk) += dyt_g (og x n) @ cols_g^T (n x kk)
-                matmul(
-                    (og, kk, n),
-                    gw,
-                    View::rows(gi * og * kk, kk),
-                    true,
-                    &dyt,
-                    View::rows(gi * og * n, n),
-                    &cols,
-                    View::rows_t(gi * kk * n, n),
-                );
-            }
-            for gi in 0..groups {
-                // dcols_g (kk x n) = W_g^T (kk x og) @ dyt_g (og x n), over cols
-                matmul(
-                    (kk, n, og),
-                    &mut cols,
-                    View::rows(gi * kk * n, n),
-                    false,
-                    &wv,
-                    View::rows_t(gi * og * kk, kk),
-                    &dyt,
-                    View::rows(gi * og * n, n),
-                );
-            }
+            // dW_g (og x kk) += dyt_g (og x n) @ cols_g^T (n x kk)
+            grouped_matmul(groups, (og, kk, n), gw, true, Op::N(&dyt), Op::T(&cols));
+            // dcols_g (kk x n) = W_g^T (kk x og) @ dyt_g (og x n), over cols
+            grouped_matmul(
+                groups,
+                (kk, n, og),
+                &mut cols,
+                false,
+                Op::T(&wv),
+                Op::N(&dyt),
+            );
             let gx = grads.get_or_alloc_mut(&xg)?;
             col2im_cb(&cols, &gc, &mut gx[b0 * xs..(b0 + bc) * xs], Init::Add);
         }
@@ -763,19 +568,15 @@ where
             let mut xt = Scratch::take(cin * n);
             to_cb(&xv[b0 * xs..(b0 + bc) * xs], (bc, cin, p), &mut xt);
             let mut cols = Scratch::take(gc.cols_len());
-            for gi in 0..groups {
-                // cols_g (okk x n) = W_g^T (okk x cig) @ xt_g (cig x n)
-                matmul(
-                    (okk, n, cig),
-                    &mut cols,
-                    View::rows(gi * okk * n, n),
-                    false,
-                    &wv,
-                    View::rows_t(gi * cig * okk, okk),
-                    &xt,
-                    View::rows(gi * cig * n, n),
-                );
-            }
+            // cols_g (okk x n) = W_g^T (okk x cig) @ xt_g (cig x n)
+            grouped_matmul(
+                groups,
+                (okk, n, cig),
+                &mut cols,
+                false,
+                Op::T(&wv),
+                Op::N(&xt),
+            );
             col2im_cb(
                 &cols,
                 &gc,
@@ -809,32 +610,17 @@ where
             let mut xt = Scratch::take(cin * n);
             to_cb(&xv[b0 * xs..(b0 + bc) * xs], (bc, cin, p), &mut xt);
             let gw = grads.get_or_alloc_mut(&wg)?;
-            for gi in 0..groups {
-                // dW_g (cig x okk) += xt_g (cig x n) @ dcols_g^T (n x okk)
-                matmul(
-                    (cig, okk, n),
-                    gw,
-                    View::rows(gi * cig * okk, okk),
-                    true,
-                    &xt,
-                    View::rows(gi * cig * n, n),
-                    &dcols,
-                    View::rows_t(gi * okk * n, n),
-                );
-            }
-            for gi in 0..groups {
-                // dxt_g (cig x n) = W_g (cig x okk) @ dcols_g (okk x n), over xt
-                matmul(
-                    (cig, n, okk),
-                    &mut xt,
-                    View::rows(gi * cig * n, n),
-                    false,
-                    &wv,
-                    View::rows(gi * cig * okk, okk),
-                    &dcols,
-                    View::rows(gi * okk * n, n),
-                );
-            }
+            // dW_g (cig x okk) += xt_g (cig x n) @ dcols_g^T (n x okk)
+            grouped_matmul(groups, (cig, okk, n), gw, true, Op::N(&xt), Op::T(&dcols));
+            // dxt_g (cig x n) = W_g (cig x okk) @ dcols_g (okk x n), over xt
+            grouped_matmul(
+                groups,
+                (cig, n, okk),
+                &mut xt,
+                false,
+                Op::N(&wv),
+                Op::N(&dcols),
+            );
             let gx = grads.get_or_alloc_mut(&xg)?;
             from_cb(
                 &xt,

@@ -7,6 +7,7 @@
 use dfdx::prelude::*;
 
 use super::conv::{self, CHUNK_MAX_TEST};
+use super::gemm::GemmFloat;
 use super::ops::{self, IdxCache};
 use super::{Rng, T1, T4};
 
@@ -83,7 +84,7 @@ impl Case {
 }
 
 /// The op under test (`fast`: the GEMM custom op; else the composed dfdx path).
-fn run<E: conv::GemmFloat, T: Tape<E, Cpu>>(
+fn run<E: GemmFloat, T: Tape<E, Cpu>>(
     c: &Case,
     fast: bool,
     x: T4<E, Cpu, T>,
@@ -106,7 +107,7 @@ where
 /// Values, and gradients of `sum(y * r)` for a fixed random `r`, of x, w and b.
 type Out<E> = (Vec<E>, Vec<E>, Vec<E>, Vec<E>);
 
-fn forward_backward<E: conv::GemmFloat>(c: &Case, fast: bool, vals: &[Vec<E>; 3]) -> Out<E>
+fn forward_backward<E: GemmFloat>(c: &Case, fast: bool, vals: &[Vec<E>; 3]) -> Out<E>
 where
     Cpu: super::Dev<E>,
     <Cpu as Storage<E>>::Vec: std::ops::DerefMut<Target = Vec<E>>,

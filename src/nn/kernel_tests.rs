@@ -46,11 +46,11 @@ where
         ("bn_eval", true) => kernels::batch_norm_eval_op(x, gamma, beta, &rm, &rv, 1e-5),
         ("bn_eval", false) => ops::batch_norm_eval_composed(x, gamma, beta, &rm, &rv, 1e-5),
         ("pool", true) => kernels::avg_pool2x2_op(x),
-        ("pool", false) => ops::avg_pool2x2_composed(x),
+        ("pool", false) => resample::avg_pool2x2_composed(x),
         ("nearest", true) => kernels::upsample_nearest2x_op(x),
-        ("nearest", false) => ops::upsample_nearest2x_composed(x, &cache),
+        ("nearest", false) => resample::upsample_nearest2x_composed(x, &cache),
         ("bilinear", true) => kernels::upsample_bilinear2x_op(x),
-        ("bilinear", false) => ops::upsample_bilinear2x_composed(x, &cache),
+        ("bilinear", false) => resample::upsample_bilinear2x_composed(x, &cache),
         _ => unreachable!(),
     }
 }
@@ -257,7 +257,8 @@ fn adam_and_ema_match_composed() {
 /// dfdx's matrix products) give bit-identical losses and weights on 1 and 3 threads.
 #[test]
 fn training_steps_identical_across_threads() {
-    use crate::gan::{TrainConfig, TrainData, Trainer};
+    use crate::data::DataTensor;
+    use crate::gan::{TrainConfig, Trainer};
     let pool = |n| {
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
@@ -287,8 +288,8 @@ fn training_steps_identical_across_threads() {
             pool(threads).install(|| {
                 let mut rng = Rng::new(1);
                 let n = 32;
-                let data = TrainData::Images {
-                    data: (0..n * 3 * 32 * 32)
+                let data = DataTensor::Images {
+                    values: (0..n * 3 * 32 * 32)
                         .map(|_| rng.uniform() as f32 * 2.0 - 1.0)
                         .collect(),
                     n,

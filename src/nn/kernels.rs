@@ -111,6 +111,45 @@ where
     Cpu: Device<E>,
     <Cpu as Storage<E>>::Vec: std::ops::DerefMut<Target = Vec<E>>,
 {
+    let (y, mean, var) = batch_norm_op(x, gamma, beta, eps, None);
+    let to_e = |v: Vec<f64>| v.into_iter().map(E::of).collect();
+    (y, to_e(mean), to_e(var))
+}
+
+/// Batch norm in evaluation mode as one op: `y = (x - rm) / sqrt(rv + eps) * gamma + beta`
+/// with constant running statistics (backward: `dx = dy * gamma * inv`).
+pub fn batch_norm_eval_op<E: Float, T: Tape<E, Cpu>>(
+    x: T4<E, Cpu, T>,
+    gamma: T1<E, Cpu, T>,
+    beta: T1<E, Cpu, T>,
+    running_mean: &[f64],
+    running_var: &[f64],
+    eps: f64,
+) -> T4<E, Cpu, T>
+where
+    Cpu: Device<E>,
+    <Cpu as Storage<E>>::Vec: std::ops::DerefMut<Target = Vec<E>>,
+{
+    let c = x.shape().1;
+    assert_eq!(running_mean.len(), c, "batch_norm: running mean size");
+    assert_eq!(running_var.len(), c, "batch_norm: running var size");
+    batch_norm_op(x, gamma, beta, eps, Some((running_mean, running_var))).0
+}
+
+/// Both batch norms: normalise with the batch's statistics (`running: None`, returned as
+/// f64 mean and biased variance) or with the given running ones, then scale and shift
+/// per channel. The backward pass differs only in `dx`: batch statistics depend on `x`.
+fn batch_norm_op<E: Float, T: Tape<E, Cpu>>(
+    x: T4<E, Cpu, T>,
+    gamma: T1<E, Cpu, T>,
+    beta: T1<E, Cpu, T>,
+    eps: f64,
+    running: Option<(&[f64], &[f64])>,
+) -> (T4<E, Cpu, T>, Vec<f64>, Vec<f64>)
+where
+    Cpu: Device<E>,
+    <Cpu as Storage<E>>::Vec: std::ops::DerefMut<Target = Vec<E>>,
+{
     let s = *x.shape();
     let (b, c, h, w) = s;
     let hw = h * w;
@@ -125,17 +164,24 @@ where
     let xv = x.as_vec();
     let gv = gamma.as_vec();
     let bv = beta.as_vec();
-    let mean: Vec<f64> = channel_sum(&xv, (b, c, hw), |_, _, v| v.f64())
-        .into_iter()
-        .map(|s| s / n)
-        .collect();
-    let var: Vec<f64> = channel_sum(&xv, (b, c, hw), |ch, _, v| {
-        let d = v.f64() - mean[ch];
-        d * d
-    })
-    .into_iter()
-    .map(|s| s / n)
-    .collect();
+    let (mean, var) = match running {
+        Some((rm, rv)) => (rm.to_vec(), rv.to_vec()),
+        None => {
+            let mean: Vec<f64> = channel_sum(&xv, (b, c, hw), |_, _, v| v.f64())
+                .into_iter()
+                .map(|s| s / n)
+                .collect();
+            let var: Vec<f64> = channel_sum(&xv, (b, c, hw), |ch, _, v| {
+                let d = v.f64() - mean[ch];
+                d * d
+            })
+            .into_iter()
+            .map(|s| s / n)
+            .collect();
+            (mean, var)
+        }
+    };
+    let batch_stats = running.is_none();
     let inv: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
     // y = x * scale + shift per channel
     let scale: Vec<E> = (0..c).map(|ch| E::of(inv[ch] * gv[ch].f64())).collect();
@@ -151,8 +197,7 @@ where
         }
     });
     let out: T4<E, Cpu> = dev.tensor_from_vec(y, s);
-    let mean_e: Vec<E> = mean.iter().map(|&m| E::of(m)).collect();
-    let var_e: Vec<E> = var.iter().map(|&v| E::of(v)).collect();
+    let stats = (mean.clone(), var);
     let (xg, gg, bg, og) = (x.ghost(), gamma.ghost(), beta.ghost(), out.ghost());
     let mut tape = tx.merge(tg).merge(tb);
     tape.add_backward_op(move |grads| {
@@ -164,6 +209,12 @@ where
             let mut dx = vec![E::default(); dy.len()];
             planes(dy, hw, &mut dx, hw, |i, d, out| {
                 let ch = i % c;
+                if !batch_stats {
+                    for (o, &dv) in out.iter_mut().zip(d) {
+                        *o = dv * scale[ch];
+                    }
+                    return;
+                }
                 let k = gv[ch].f64() * inv[ch];
                 let (m1, m2) = (sdy[ch] / n, sdyx[ch] / n);
                 let xs = &xv[i * hw..(i + 1) * hw];
@@ -180,79 +231,7 @@ where
         add_into(grads.get_or_alloc_mut(&bg)?, &dbeta);
         Ok(())
     });
-    (out.put_tape(tape), mean_e, var_e)
-}
-
-/// Batch norm in evaluation mode as one op: `y = (x - rm) / sqrt(rv + eps) * gamma + beta`
-/// with constant running statistics.
-pub fn batch_norm_eval_op<E: Float, T: Tape<E, Cpu>>(
-    x: T4<E, Cpu, T>,
-    gamma: T1<E, Cpu, T>,
-    beta: T1<E, Cpu, T>,
-    running_mean: &[f64],
-    running_var: &[f64],
-    eps: f64,
-) -> T4<E, Cpu, T>
-where
-    Cpu: Device<E>,
-    <Cpu as Storage<E>>::Vec: std::ops::DerefMut<Target = Vec<E>>,
-{
-    let s = *x.shape();
-    let (b, c, h, w) = s;
-    let hw = h * w;
-    assert_eq!(gamma.shape().0, c, "batch_norm: gamma has the wrong size");
-    assert_eq!(beta.shape().0, c, "batch_norm: beta has the wrong size");
-    assert_eq!(running_mean.len(), c, "batch_norm: running mean size");
-    assert_eq!(running_var.len(), c, "batch_norm: running var size");
-    // the kernels index memory in logical order: make permuted / broadcast inputs dense
-    let (x, tx) = x.contiguous().split_tape();
-    let (gamma, tg) = gamma.contiguous().split_tape();
-    let (beta, tb) = beta.contiguous().split_tape();
-    let dev = x.device().clone();
-    let xv = x.as_vec();
-    let gv = gamma.as_vec();
-    let bv = beta.as_vec();
-    let rm: Vec<f64> = running_mean.to_vec();
-    let inv: Vec<f64> = running_var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
-    let scale: Vec<E> = (0..c).map(|ch| E::of(inv[ch] * gv[ch].f64())).collect();
-    let shift: Vec<E> = (0..c)
-        .map(|ch| E::of(bv[ch].f64() - rm[ch] * inv[ch] * gv[ch].f64()))
-        .collect();
-    let mut y = vec![E::default(); xv.len()];
-    planes(&xv, hw, &mut y, hw, |i, src, dst| {
-        let ch = i % c;
-        let (a, bb) = (scale[ch], shift[ch]);
-        for (d, &v) in dst.iter_mut().zip(src) {
-            *d = v * a + bb;
-        }
-    });
-    let out: T4<E, Cpu> = dev.tensor_from_vec(y, s);
-    let (xg, gg, bg, og) = (x.ghost(), gamma.ghost(), beta.ghost(), out.ghost());
-    let mut tape = tx.merge(tg).merge(tb);
-    tape.add_backward_op(move |grads| {
-        let (dx, dgamma, dbeta) = {
-            let dy: &[E] = grads.get_or_alloc_mut(&og)?;
-            let sdy = channel_sum(dy, (b, c, hw), |_, _, d| d.f64());
-            let sdyx = channel_sum(dy, (b, c, hw), |ch, i, d| {
-                d.f64() * (xv[i].f64() - rm[ch]) * inv[ch]
-            });
-            let mut dx = vec![E::default(); dy.len()];
-            planes(dy, hw, &mut dx, hw, |i, d, out| {
-                let k = scale[i % c];
-                for (o, &dv) in out.iter_mut().zip(d) {
-                    *o = dv * k;
-                }
-            });
-            let dgamma: Vec<E> = sdyx.iter().map(|&v| E::of(v)).collect();
-            let dbeta: Vec<E> = sdy.iter().map(|&v| E::of(v)).collect();
-            (dx, dgamma, dbeta)
-        };
-        add_into(grads.get_or_alloc_mut(&xg)?, &dx);
-        add_into(grads.get_or_alloc_mut(&gg)?, &dgamma);
-        add_into(grads.get_or_alloc_mut(&bg)?, &dbeta);
-        Ok(())
-    });
-    out.put_tape(tape)
+    (out.put_tape(tape), stats.0, stats.1)
 }
 
 // ---------------------------------------------------------------- resampling
@@ -364,10 +343,10 @@ where
 }
 
 /// The two taps `(index, weight)` of every output position of a 2x bilinear up-sampling
-/// along an axis of `size` (see [`super::ops::bilinear_taps`]).
+/// along an axis of `size` (see [`super::resample::bilinear_taps`]).
 fn taps<E: Float>(size: usize) -> Vec<[(usize, E); 2]> {
     (0..2 * size)
-        .map(|o| super::ops::bilinear_taps(o, size).map(|(i, wt)| (i, E::of(wt))))
+        .map(|o| super::resample::bilinear_taps(o, size).map(|(i, wt)| (i, E::of(wt))))
         .collect()
 }
 

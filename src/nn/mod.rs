@@ -6,9 +6,14 @@
 //! broadcast, reductions, upscale2d), which also run on the CUDA backend:
 //!
 //! - [`ops`]: functional layers (linear, conv2d via im2col gather, transposed conv via dense
-//!   matmul + col2im gather, 2x up/down sampling, batch norm, activations, softplus);
-//! - [`conv`]: the CPU's convolutions as whole-batch GEMMs (custom ops on the `gemm` crate);
-//! - [`layers`]: a small run-time layer graph ([`Layer`], [`Net`]) with named parameters;
+//!   matmul + col2im gather, batch norm, activations, softplus, pixel norm);
+//! - [`resample`]: 2x up/down sampling (nearest, bilinear, average pooling, FIR);
+//! - [`conv`]: the CPU's convolutions as whole-batch GEMMs (custom ops on [`gemm`]);
+//! - [`gemm`]: strided and grouped matrix products on the `gemm` crate, scratch buffers;
+//! - [`layer`]: what a network is made of, one [`Layer`] per operation;
+//! - [`net`]: a network ([`Net`]) and its forward, recording and tangent passes;
+//! - [`builder`]: [`NetBuilder`], which allocates named, initialised parameters;
+//! - [`state`]: spectral-norm and batch-norm state, checkpoint I/O and EMA of a [`Net`];
 //! - [`cond`]: instance norm and per-channel modulation (AdaIN, conditional BN);
 //! - [`params`]: the parameter list, Adam, and safetensors I/O;
 //! - [`fused`], [`kernels`]: parallel CPU custom ops behind [`Dev`]'s methods;
@@ -18,14 +23,19 @@
 //! `(batch, features, 1, 1)`.
 
 pub mod act;
+pub mod builder;
 pub mod cond;
 pub mod conv;
 pub mod fused;
+pub mod gemm;
 pub mod kernels;
-pub mod layers;
+pub mod layer;
+pub mod net;
 pub mod ops;
 pub mod params;
+pub mod resample;
 pub mod rng;
+pub mod state;
 
 #[cfg(test)]
 mod conv_tests;
@@ -34,9 +44,12 @@ mod kernel_tests;
 #[cfg(test)]
 mod tests;
 
-pub use layers::{Layer, Linearisation, Mix, Net, NetBuilder, Norm, Side, SnState, UpMode};
+pub use builder::{ConvConfig, LinearConfig, NetBuilder};
+pub use layer::{Layer, Norm, UpMode};
+pub use net::{Linearisation, Mix, Net, Side};
 pub use params::{load_safetensors, save_safetensors, Adam, AdamConfig, NamedTensor, ParamStore};
 pub use rng::Rng;
+pub use state::{BnStats, SnState};
 
 use dfdx::prelude::*;
 
@@ -182,23 +195,23 @@ pub trait Dev<E: Float>: Device<E> {
     ) -> T4<E, Self, T> {
         ops::batch_norm_eval_composed(x, gamma, beta, running_mean, running_var, eps)
     }
-    /// [`ops::avg_pool2x2`].
+    /// [`resample::avg_pool2x2`].
     fn avg_pool2x2<T: Tape<E, Self>>(x: T4<E, Self, T>) -> T4<E, Self, T> {
-        ops::avg_pool2x2_composed(x)
+        resample::avg_pool2x2_composed(x)
     }
-    /// [`ops::upsample_nearest2x`].
+    /// [`resample::upsample_nearest2x`].
     fn upsample_nearest2x<T: Tape<E, Self>>(
         x: T4<E, Self, T>,
         cache: &ops::IdxCache<Self>,
     ) -> T4<E, Self, T> {
-        ops::upsample_nearest2x_composed(x, cache)
+        resample::upsample_nearest2x_composed(x, cache)
     }
-    /// [`ops::upsample_bilinear2x`].
+    /// [`resample::upsample_bilinear2x`].
     fn upsample_bilinear2x<T: Tape<E, Self>>(
         x: T4<E, Self, T>,
         cache: &ops::IdxCache<Self>,
     ) -> T4<E, Self, T> {
-        ops::upsample_bilinear2x_composed(x, cache)
+        resample::upsample_bilinear2x_composed(x, cache)
     }
     /// One Adam update of parameter `p` with gradient `g` and moments `m`, `v`, in place
     /// where the device allows (`buf`: scratch kept by the caller between calls).

@@ -274,7 +274,7 @@ pub struct NamedTensor<E> {
     pub data: Vec<E>,
 }
 
-/// Write tensors + string metadata as safetensors, atomically (temp file + rename).
+/// Write tensors + string metadata as safetensors, atomically ([`crate::util::atomic_write`]).
 pub fn save_safetensors<E: Float>(
     path: &Path,
     tensors: &[NamedTensor<E>],
@@ -295,20 +295,7 @@ pub fn save_safetensors<E: Float>(
         .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
     let mut buf = safetensors::serialize(views, Some(metadata))?;
     crate::util::sort_safetensors_metadata(&mut buf);
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
-    if let Some(d) = dir {
-        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-    }
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    {
-        use std::io::Write;
-        let mut f =
-            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(&buf)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
-    Ok(())
+    crate::util::atomic_write(path, &buf)
 }
 
 /// Tensors by name.

@@ -217,29 +217,29 @@ fn upsampling_and_pooling() {
     let cache = IdxCache::default();
     // values: nearest copies, bilinear of a constant is the constant, pool averages
     let x: T4<F, Cpu> = dev.tensor_from_vec(vec![1.0, 2.0, 3.0, 4.0], (1, 1, 2, 2));
-    let n = ops::upsample_nearest2x(x.clone(), &cache).as_vec();
+    let n = resample::upsample_nearest2x(x.clone(), &cache).as_vec();
     assert_eq!(&n[..4], &[1.0, 1.0, 2.0, 2.0]);
-    let b = ops::upsample_bilinear2x(x.clone(), &cache).as_vec();
+    let b = resample::upsample_bilinear2x(x.clone(), &cache).as_vec();
     // PyTorch F.interpolate(scale_factor=2, mode="bilinear", align_corners=False) first row
     let want = [1.0, 1.25, 1.75, 2.0];
     for (a, w) in b[..4].iter().zip(want) {
         assert!((a - w).abs() < 1e-12, "{b:?}");
     }
     let c: T4<F, Cpu> = dev.tensor_from_vec(vec![0.5; 9], (1, 1, 3, 3));
-    assert!(ops::upsample_bilinear2x(c, &cache)
+    assert!(resample::upsample_bilinear2x(c, &cache)
         .as_vec()
         .iter()
         .all(|v| (v - 0.5).abs() < 1e-12));
-    assert_eq!(ops::avg_pool2x2(x).as_vec(), vec![2.5]);
+    assert_eq!(resample::avg_pool2x2(x).as_vec(), vec![2.5]);
     for kind in 0..3 {
         let cache = IdxCache::default();
         gradcheck(&[2 * 3 * 3 * 4], 11 + kind, move |v| {
             let x = r4(v.into_iter().next().unwrap(), [2, 3, 3, 4]);
             match kind {
-                0 => project(ops::upsample_nearest2x(x, &cache), 1),
-                1 => project(ops::upsample_bilinear2x(x, &cache), 2),
+                0 => project(resample::upsample_nearest2x(x, &cache), 1),
+                1 => project(resample::upsample_bilinear2x(x, &cache), 2),
                 _ => project(
-                    ops::avg_pool2x2(
+                    resample::avg_pool2x2(
                         x.reshape_like(&(2, 3, 6, 2))
                             .permute::<_, Axes4<0, 1, 3, 2>>(),
                     ),
@@ -325,22 +325,22 @@ fn net_param_grads() {
     let dev = dev();
     let mut nb = NetBuilder::<F, Cpu>::new(dev.clone(), 5);
     let body = vec![
-        nb.conv("blk.conv1", 4, 8, 1, 1, 0, 1, true, 1.0),
+        nb.conv("blk.conv1", 4, 8, 1, ConvConfig::default()),
         Layer::LeakyRelu(0.2),
-        nb.conv("blk.conv2", 8, 8, 3, 1, 1, 2, true, 1.0),
+        nb.conv("blk.conv2", 8, 8, 3, ConvConfig::default().pad(1).groups(2)),
         Layer::Tanh,
-        nb.conv("blk.conv3", 8, 4, 1, 1, 0, 1, true, 1.0),
+        nb.conv("blk.conv3", 8, 4, 1, ConvConfig::default()),
     ];
-    let layers = vec![
-        nb.basis("basis", 3, 4, 2, 2),
+    let mut layers = nb.gen_basis("basis", 3, 4, 2, 2);
+    layers.extend([
         Layer::Residual { body, skip: vec![] },
         Layer::Up(UpMode::Bilinear),
         nb.batch_norm("bn", 4),
-        nb.conv_t("up", 4, 2, 4, 2, 1, true, 1.0),
+        nb.conv_t("up", 4, 2, 4, ConvConfig::default().stride(2).pad(1)),
         Layer::AvgPool2,
         Layer::Scale(0.5),
-        nb.linear("fc", 2 * 4 * 4, 1, true, 1.0),
-    ];
+        nb.linear("fc", 2 * 4 * 4, 1, LinearConfig::default()),
+    ]);
     let net = nb.finish(layers, [3, 1, 1]);
     assert_eq!(net.out_shape, [1, 1, 1]);
     let mut rng = Rng::new(9);
@@ -416,7 +416,10 @@ fn safetensors_roundtrip_and_mismatch() {
     let path = dir.path().join("x.safetensors");
     let dev = dev();
     let mut nb = NetBuilder::<F, Cpu>::new(dev.clone(), 1);
-    let l = vec![nb.linear("fc", 3, 2, true, 1.0), nb.batch_norm("bn", 2)];
+    let l = vec![
+        nb.linear("fc", 3, 2, LinearConfig::default()),
+        nb.batch_norm("bn", 2),
+    ];
     let net = nb.finish(l, [3, 1, 1]);
     let mut named = net.to_named();
     for t in &mut named {
@@ -429,7 +432,10 @@ fn safetensors_roundtrip_and_mismatch() {
     let (map, meta) = load_safetensors::<F>(&path).unwrap();
     assert_eq!(meta["step"], "7");
     let mut n2 = NetBuilder::<F, Cpu>::new(dev.clone(), 2);
-    let l = vec![n2.linear("fc", 3, 2, true, 1.0), n2.batch_norm("bn", 2)];
+    let l = vec![
+        n2.linear("fc", 3, 2, LinearConfig::default()),
+        n2.batch_norm("bn", 2),
+    ];
     let mut n2 = n2.finish(l, [3, 1, 1]);
     n2.load_named(&map, "G.").unwrap();
     assert_eq!(
@@ -438,7 +444,7 @@ fn safetensors_roundtrip_and_mismatch() {
     );
     // wrong shape -> first mismatch named
     let mut n3 = NetBuilder::<F, Cpu>::new(dev.clone(), 2);
-    let l = vec![n3.linear("fc", 4, 2, true, 1.0)];
+    let l = vec![n3.linear("fc", 4, 2, LinearConfig::default())];
     let mut n3 = n3.finish(l, [4, 1, 1]);
     let e = n3.load_named(&map, "G.").unwrap_err().to_string();
     assert!(e.contains("G.fc.weight") && e.contains("shape"), "{e}");
@@ -511,15 +517,18 @@ fn cond_layers_param_grads() {
     let dev = dev();
     let mut nb = NetBuilder::<F, Cpu>::new(dev.clone(), 7);
     let slot = nb.ctx_slot();
-    let map = vec![nb.linear("map", 3, 4, true, 1.0), Layer::LeakyRelu(0.2)];
-    let g1 = vec![nb.linear("in.gain", 4, 2, true, 1.0)];
-    let b1 = vec![nb.linear("in.bias", 4, 2, true, 1.0)];
-    let g2 = vec![
-        nb.linear("bn.gain.fc1", 4, 3, true, 1.0),
-        Layer::Relu,
-        nb.linear("bn.gain.fc2", 3, 2, true, 1.0),
+    let map = vec![
+        nb.linear("map", 3, 4, LinearConfig::default()),
+        Layer::LeakyRelu(0.2),
     ];
-    let b2 = vec![nb.linear("bn.bias", 4, 2, true, 1.0)];
+    let g1 = vec![nb.linear("in.gain", 4, 2, LinearConfig::default())];
+    let b1 = vec![nb.linear("in.bias", 4, 2, LinearConfig::default())];
+    let g2 = vec![
+        nb.linear("bn.gain.fc1", 4, 3, LinearConfig::default()),
+        Layer::Relu,
+        nb.linear("bn.gain.fc2", 3, 2, LinearConfig::default()),
+    ];
+    let b2 = vec![nb.linear("bn.bias", 4, 2, LinearConfig::default())];
     let mut layers = vec![
         Layer::SetCtx {
             slot,
@@ -529,20 +538,20 @@ fn cond_layers_param_grads() {
         nb.const_input("const", 2, 3, 3),
         nb.cond_norm("in", 2, false, slot, g1, b1),
         // no bias: the batch norm after it would cancel it
-        nb.conv("c1", 2, 2, 3, 1, 1, 1, false, 1.0),
+        nb.conv("c1", 2, 2, 3, ConvConfig::default().pad(1).bias(false)),
         nb.cond_norm("bn", 2, true, slot, g2, b2),
         Layer::Tanh,
     ];
     let body = vec![
-        nb.conv("res.conv", 2, 2, 3, 1, 1, 1, true, 1.0),
+        nb.conv("res.conv", 2, 2, 3, ConvConfig::default().pad(1)),
         nb.param_scale("res.alpha", 0.7),
     ];
     layers.push(Layer::Residual { body, skip: vec![] });
     nb.spectral_norm = true;
-    layers.push(nb.conv("sn_conv", 2, 3, 3, 1, 1, 1, true, 1.0));
+    layers.push(nb.conv("sn_conv", 2, 3, 3, ConvConfig::default().pad(1)));
     layers.push(Layer::Tanh);
     layers.push(Layer::SumPool);
-    layers.push(nb.linear("sn_fc", 3, 1, true, 1.0));
+    layers.push(nb.linear("sn_fc", 3, 1, LinearConfig::default()));
     let net = nb.finish(layers, [3, 1, 1]);
     assert_eq!(net.out_shape, [1, 1, 1]);
     assert_eq!(net.sn.lock().unwrap().len(), 2);
@@ -572,14 +581,14 @@ fn label_layers_param_grads() {
     let mut layers = vec![
         Layer::ConcatCtx { slot, body: emb },
         nb.modulation(slot, scale, shift),
-        nb.linear("fc", 4, 2 * 3 * 3, true, 1.0),
+        nb.linear("fc", 4, 2 * 3 * 3, LinearConfig::default()),
         Layer::Reshape([2, 3, 3]),
         nb.noise("noise", 2),
         nb.cond_norm("bn", 2, true, slot, gain, bias),
         Layer::Tanh,
     ];
     let embed = nb.embedding("proj.embed", k, 18, 0.3);
-    let head = vec![nb.linear("proj.fc", 18, 1, true, 1.0)];
+    let head = vec![nb.linear("proj.fc", 18, 1, LinearConfig::default())];
     layers.push(Layer::Project { slot, embed, head });
     let mut net = nb.finish(layers, [2, 1, 1]);
     assert_eq!((net.out_shape, net.classes()), ([1, 1, 1], Some(3)));
@@ -609,11 +618,14 @@ fn style_mixing_param_grads() {
     let dev = dev();
     let mut nb = NetBuilder::<F, Cpu>::new(dev.clone(), 8);
     let (slot, from) = (nb.ctx_slot(), nb.ctx_slot());
-    let map = vec![nb.linear("map", 3, 4, true, 1.0), Layer::LeakyRelu(0.2)];
-    let g1 = vec![nb.linear("a1.gain", 4, 2, true, 1.0)];
-    let b1 = vec![nb.linear("a1.bias", 4, 2, true, 1.0)];
-    let g2 = vec![nb.linear("a2.gain", 4, 2, true, 1.0)];
-    let b2 = vec![nb.linear("a2.bias", 4, 2, true, 1.0)];
+    let map = vec![
+        nb.linear("map", 3, 4, LinearConfig::default()),
+        Layer::LeakyRelu(0.2),
+    ];
+    let g1 = vec![nb.linear("a1.gain", 4, 2, LinearConfig::default())];
+    let b1 = vec![nb.linear("a1.bias", 4, 2, LinearConfig::default())];
+    let g2 = vec![nb.linear("a2.gain", 4, 2, LinearConfig::default())];
+    let b2 = vec![nb.linear("a2.bias", 4, 2, LinearConfig::default())];
     let mut layers = vec![
         Layer::SetCtx {
             slot,
@@ -623,12 +635,12 @@ fn style_mixing_param_grads() {
         nb.const_input("const", 2, 3, 3),
         nb.cond_norm("a1", 2, false, slot, g1, b1),
         // no bias: the instance norm after it would cancel it
-        nb.conv("c", 2, 2, 3, 1, 1, 1, false, 1.0),
+        nb.conv("c", 2, 2, 3, ConvConfig::default().pad(1).bias(false)),
     ];
     layers.push(nb.mix_point(slot, from));
     layers.push(nb.cond_norm("a2", 2, false, slot, g2, b2));
     // (a sum over each plane would see only a2's bias: instance norm centres the planes)
-    layers.push(nb.linear("fc", 2 * 3 * 3, 1, true, 1.0));
+    layers.push(nb.linear("fc", 2 * 3 * 3, 1, LinearConfig::default()));
     let net = nb.finish(layers, [3, 1, 1]);
     assert_eq!(net.mix_points, 1);
     let x: T4<F, Cpu> = dev.tensor_from_vec(Rng::new(2).normals(4 * 3), (4, 3, 1, 1));
@@ -766,7 +778,7 @@ fn spectral_norm_power_iteration() {
     let dev = dev();
     let mut nb = NetBuilder::<F, Cpu>::new(dev.clone(), 3);
     nb.spectral_norm = true;
-    let layers = vec![nb.linear("fc", 10, 6, false, 1.0)];
+    let layers = vec![nb.linear("fc", 10, 6, LinearConfig::default().bias(false))];
     let mut net = nb.finish(layers, [10, 1, 1]);
     let x: T4<F, Cpu> = dev.zeros_like(&(1, 10, 1, 1));
     for _ in 0..200 {
@@ -816,7 +828,7 @@ fn spectral_norm_power_iteration() {
     let mut fresh = {
         let mut nb = NetBuilder::<F, Cpu>::new(dev.clone(), 99);
         nb.spectral_norm = true;
-        let layers = vec![nb.linear("fc", 10, 6, false, 1.0)];
+        let layers = vec![nb.linear("fc", 10, 6, LinearConfig::default().bias(false))];
         nb.finish(layers, [10, 1, 1])
     };
     fresh.load_named(&map, "").unwrap();
@@ -961,7 +973,7 @@ fn fir_resampling() {
     // 1.5] * 0.75, and row 1 is (3 [1, 2] + [3, 4]) / 4 = [1.5, 2.5] upsampled:
     // [1.125, 1.75, 2.25, 1.875]
     let x: T4<F, Cpu> = dev.tensor_from_vec(vec![1.0, 2.0, 3.0, 4.0], (1, 1, 2, 2));
-    let up = ops::upsample_fir2x(x.clone(), &cache).as_vec();
+    let up = resample::upsample_fir2x(x.clone(), &cache).as_vec();
     let want_r0 = [0.5625, 0.9375, 1.3125, 1.125];
     let want_r1 = [1.125, 1.75, 2.25, 1.875];
     for (a, b) in up[..8].iter().zip(want_r0.iter().chain(&want_r1)) {
@@ -973,7 +985,7 @@ fn fir_resampling() {
     let row = [1.0, 2.0, 3.0, 4.0];
     let img: Vec<F> = (0..4).flat_map(|_| row).collect();
     let x4: T4<F, Cpu> = dev.tensor_from_vec(img, (1, 1, 4, 4));
-    let dn = ops::downsample_fir2x(x4, &cache).as_vec();
+    let dn = resample::downsample_fir2x(x4, &cache).as_vec();
     let want = [1.5 * 0.875, 2.875 * 0.875, 1.5 * 0.875, 2.875 * 0.875];
     for (a, b) in dn.iter().zip(want) {
         assert!((a - b).abs() < 1e-12, "{dn:?}");
@@ -989,8 +1001,8 @@ fn fir_resampling() {
     let xv = rng.normals(b * c * h * w);
     let x: T4<F, Cpu> = dev.tensor_from_vec(xv.clone(), (b, c, h, w));
     let planes: T4<F, Cpu> = x.clone().reshape_like(&(b * c, 1, h, w));
-    let up = ops::upsample_fir2x(x.clone(), &cache).as_vec();
-    let dn = ops::downsample_fir2x(x, &cache).as_vec();
+    let up = resample::upsample_fir2x(x.clone(), &cache).as_vec();
+    let dn = resample::downsample_fir2x(x, &cache).as_vec();
     let kt: T4<F, Cpu> = dev.tensor_from_vec(k2.iter().map(|v| 4.0 * v).collect(), (1, 1, 4, 4));
     let kd: T4<F, Cpu> = dev.tensor_from_vec(k2.clone(), (1, 1, 4, 4));
     let up_t = ops::conv_transpose2d(planes.clone(), kt, None, 2, 1, &cache).as_vec();
@@ -1015,8 +1027,8 @@ fn fir_resampling() {
     // a constant image stays constant in the interior (up: all but the outer ring, which
     // sees 3/4 of it; down: all but the outer ring, 7/8 of it)
     let cst: T4<F, Cpu> = dev.tensor_from_vec(vec![0.5; 36], (1, 1, 6, 6));
-    let up = ops::upsample_fir2x(cst.clone(), &cache).as_vec();
-    let dn = ops::downsample_fir2x(cst, &cache).as_vec();
+    let up = resample::upsample_fir2x(cst.clone(), &cache).as_vec();
+    let dn = resample::downsample_fir2x(cst, &cache).as_vec();
     for (v, n, edge) in [(up, 12usize, 0.75), (dn, 3, 0.875)] {
         for i in 0..n {
             for j in 0..n {
@@ -1031,8 +1043,8 @@ fn fir_resampling() {
         gradcheck(&[2 * 3 * 4 * 6], 41 + kind, move |v| {
             let x = r4(v.into_iter().next().unwrap(), [2, 3, 4, 6]);
             match kind {
-                0 => project(ops::upsample_fir2x(x, &cache), 5),
-                _ => project(ops::downsample_fir2x(x, &cache), 6),
+                0 => project(resample::upsample_fir2x(x, &cache), 5),
+                _ => project(resample::downsample_fir2x(x, &cache), 6),
             }
         });
     }
@@ -1074,10 +1086,10 @@ fn official_layers_values_and_param_grads() {
     layers.extend(nb.gen_basis("basis", 4, 2, 2, 2));
     layers.extend([
         Layer::FirUp,
-        nb.conv("c", 2, 2, 3, 1, 1, 1, true, 1.0),
+        nb.conv("c", 2, 2, 3, ConvConfig::default().pad(1)),
         Layer::Tanh,
         Layer::FirDown,
-        nb.linear("fc", 2 * 2 * 2, 1, true, 1.0),
+        nb.linear("fc", 2 * 2 * 2, 1, LinearConfig::default()),
     ]);
     let mut net = nb.finish(layers, [3, 1, 1]);
     assert_eq!(net.out_shape, [1, 1, 1]);

@@ -33,13 +33,6 @@ pub enum Source {
     ImageFolder,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Split {
-    Train,
-    T10k,
-}
-
 /// Params of `kind: data`. Which keys apply depends on `source`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -50,7 +43,7 @@ pub struct DataParams {
     pub root: Option<String>,
     /// MNIST split: `t10k` (shipped) or `train`.
     #[serde(default = "default_split")]
-    pub split: Split,
+    pub split: MnistSplit,
     /// Image side length (28 native for MNIST; 32 pads 2 px per side).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolution: Option<usize>,
@@ -77,8 +70,8 @@ pub struct DataParams {
 /// Side length of `image_folder` images when `resolution` is not given.
 const DEFAULT_FOLDER_RESOLUTION: usize = 32;
 
-fn default_split() -> Split {
-    Split::T10k
+fn default_split() -> MnistSplit {
+    MnistSplit::T10k
 }
 
 impl DataParams {
@@ -104,11 +97,7 @@ impl DataParams {
             (Some(r), true) => {
                 let root = cx.existing_path("root", r)?;
                 if matches!(self.source, Mnist | StackedMnist) {
-                    let split = match self.split {
-                        Split::Train => MnistSplit::Train,
-                        Split::T10k => MnistSplit::T10k,
-                    };
-                    data::mnist::mnist_files(&root, split)
+                    data::mnist::mnist_files(&root, self.split)
                         .map_err(|e| ParamError::new("root", e.to_string()))?;
                 }
             }
@@ -215,10 +204,7 @@ impl DataParams {
 
     /// Build the dataset.
     pub fn load(&self) -> Result<Dataset> {
-        let split = match self.split {
-            Split::Train => MnistSplit::Train,
-            Split::T10k => MnistSplit::T10k,
-        };
+        let split = self.split;
         let root = || Path::new(self.root.as_deref().unwrap_or(".")).to_path_buf();
         Ok(match self.source {
             Source::Mnist => {

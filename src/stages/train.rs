@@ -21,9 +21,7 @@ use crate::engine::{
     normalised_params, CheckCtx, DeviceChoice, Figure, FigureCtx, Outcome, ParamError, Resources,
     RunCtx, Stage, Status,
 };
-use crate::gan::{
-    Arch, ClassLabels, NetConfig, StepLog, TrainConfig, TrainData, Trainer, Upsample, Variant,
-};
+use crate::gan::{Arch, ClassLabels, NetConfig, StepLog, TrainConfig, Trainer, Upsample, Variant};
 use crate::nn::{Cpu, Dev};
 use crate::results::plots::{Chart, LineChart, Series, XAxis};
 use crate::results::table::{frame_from_rows, read_parquet, write_table, Cell};
@@ -80,7 +78,7 @@ pub fn resolve_device(param: Option<&str>, cli: DeviceChoice) -> Result<&'static
 }
 
 /// The data artifact as training data, with its class labels where it has them.
-pub fn train_data(dir: &Path) -> Result<(TrainData, Option<ClassLabels>)> {
+pub fn train_data(dir: &Path) -> Result<(DataTensor, Option<ClassLabels>)> {
     let path = dir.join(DATA_FILE);
     let ds = load_dataset(&path).with_context(|| format!("loading {}", path.display()))?;
     let labels = match (&ds.labels, ds.classes) {
@@ -95,17 +93,7 @@ pub fn train_data(dir: &Path) -> Result<(TrainData, Option<ClassLabels>)> {
         }),
         (None, _) => None,
     };
-    let data = match ds.data {
-        DataTensor::Images { n, c, h, w, values } => TrainData::Images {
-            data: values,
-            n,
-            c,
-            h,
-            w,
-        },
-        DataTensor::Points { n, values } => TrainData::Points { data: values, n },
-    };
-    Ok((data, labels))
+    Ok((ds.data, labels))
 }
 
 fn peak_rss_mib() -> Option<f64> {
@@ -217,7 +205,7 @@ fn open_cuda() -> Result<dfdx::prelude::Cuda> {
 fn train_on<D: Dev<f32>>(
     cx: &RunCtx,
     cfg: &TrainConfig,
-    data: TrainData,
+    data: DataTensor,
     labels: Option<ClassLabels>,
     dev: D,
     device: &'static str,

@@ -1,0 +1,226 @@
+//! Strided GEMMs on the `gemm` crate for the CPU convolutions ([`super::conv`]): a
+//! bounds-checked [`matmul`] on row/column-strided [`View`]s, its per-group form
+//! [`grouped_matmul`], and the thread-local buffer pool ([`Scratch`]) their working
+//! matrices come from.
+//!
+//! Determinism: gemm splits the output among threads but runs each output's depth loop
+//! in one thread in the same order, whatever the thread count.
+
+use std::cell::RefCell;
+use std::thread::LocalKey;
+
+use gemm::Parallelism;
+
+use super::Float;
+
+/// GEMMs with fewer multiply-adds run on the calling thread.
+const GEMM_PAR_MIN: usize = 1 << 18;
+
+/// Buffers a thread keeps for reuse.
+const POOL_MAX: usize = 6;
+
+/// Element types the gemm crate multiplies (f32 and f64), each with its scratch pool.
+pub trait GemmFloat: Float {
+    /// This thread's pool of reusable buffers.
+    fn pool() -> &'static LocalKey<RefCell<Vec<Vec<Self>>>>;
+}
+
+thread_local! {
+    static POOL_F32: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
+    static POOL_F64: RefCell<Vec<Vec<f64>>> = const { RefCell::new(Vec::new()) };
+}
+
+impl GemmFloat for f32 {
+    fn pool() -> &'static LocalKey<RefCell<Vec<Vec<Self>>>> {
+        &POOL_F32
+    }
+}
+
+impl GemmFloat for f64 {
+    fn pool() -> &'static LocalKey<RefCell<Vec<Vec<Self>>>> {
+        &POOL_F64
+    }
+}
+
+/// A working buffer taken from the thread's pool and given back on drop. Its contents on
+/// taking are unspecified (callers overwrite them). Taking moves the buffer out of the
+/// pool, so a nested op (a task rayon runs on this thread while gemm waits) simply gets
+/// another buffer.
+pub struct Scratch<E: GemmFloat>(Vec<E>);
+
+impl<E: GemmFloat> Scratch<E> {
+    /// A buffer of `len` values.
+    pub fn take(len: usize) -> Self {
+        let mut v = E::pool().with(|p| p.borrow_mut().pop()).unwrap_or_default();
+        if v.len() < len {
+            v.resize(len, E::default());
+        } else {
+            v.truncate(len);
+        }
+        Scratch(v)
+    }
+}
+
+impl<E: GemmFloat> std::ops::Deref for Scratch<E> {
+    type Target = [E];
+    fn deref(&self) -> &[E] {
+        &self.0
+    }
+}
+
+impl<E: GemmFloat> std::ops::DerefMut for Scratch<E> {
+    fn deref_mut(&mut self) -> &mut [E] {
+        &mut self.0
+    }
+}
+
+impl<E: GemmFloat> Drop for Scratch<E> {
+    fn drop(&mut self) {
+        let v = std::mem::take(&mut self.0);
+        // `try_with`: the pool may already be gone while the thread exits
+        let _ = E::pool().try_with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() < POOL_MAX {
+                p.push(v);
+            }
+        });
+    }
+}
+
+/// A strided matrix view into a slice: element `(i, j)` at `off + i * rs + j * cs`.
+#[derive(Clone, Copy, Debug)]
+pub struct View {
+    /// Offset of element `(0, 0)`.
+    pub off: usize,
+    /// Row stride.
+    pub rs: usize,
+    /// Column stride.
+    pub cs: usize,
+}
+
+impl View {
+    /// Row-major with `cols` columns, starting at `off`.
+    pub fn rows(off: usize, cols: usize) -> Self {
+        View {
+            off,
+            rs: cols,
+            cs: 1,
+        }
+    }
+    /// The transpose of [`View::rows`]: element `(i, j)` at `off + j * cols + i`.
+    pub fn rows_t(off: usize, cols: usize) -> Self {
+        View {
+            off,
+            rs: 1,
+            cs: cols,
+        }
+    }
+    fn check(&self, len: usize, r: usize, c: usize, what: &str) {
+        if r > 0 && c > 0 {
+            let last = self.off + (r - 1) * self.rs + (c - 1) * self.cs;
+            assert!(
+                last < len,
+                "gemm: {what} view {self:?} ({r}x{c}) past {len}"
+            );
+        }
+    }
+}
+
+/// `dst (m x n) = [dst +] lhs (m x k) @ rhs (k x n)` on strided views (bounds checked),
+/// on the current rayon pool's threads when large enough.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul<E: GemmFloat>(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [E],
+    dv: View,
+    accumulate: bool,
+    lhs: &[E],
+    lv: View,
+    rhs: &[E],
+    rv: View,
+) {
+    dv.check(dst.len(), m, n, "dst");
+    lv.check(lhs.len(), m, k, "lhs");
+    rv.check(rhs.len(), k, n, "rhs");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                for j in 0..n {
+                    dst[dv.off + i * dv.rs + j * dv.cs] = E::default();
+                }
+            }
+        }
+        return;
+    }
+    let threads = rayon::current_num_threads();
+    let par = if threads > 1 && m * n * k >= GEMM_PAR_MIN {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    };
+    // SAFETY: every view was checked to lie inside its slice; `dst` is borrowed mutably
+    // and so overlaps neither operand; gemm::gemm supports f32 and f64 (GemmFloat).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr().add(dv.off),
+            dv.cs as isize,
+            dv.rs as isize,
+            accumulate,
+            lhs.as_ptr().add(lv.off),
+            lv.cs as isize,
+            lv.rs as isize,
+            rhs.as_ptr().add(rv.off),
+            rv.cs as isize,
+            rv.rs as isize,
+            E::of(1.0),
+            E::of(1.0),
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+/// A block operand of [`grouped_matmul`]: stored as the product reads it (`N`) or
+/// transposed (`T`, BLAS's convention).
+#[derive(Clone, Copy)]
+pub(super) enum Op<'a, E> {
+    N(&'a [E]),
+    T(&'a [E]),
+}
+
+impl<'a, E> Op<'a, E> {
+    /// The slice and the view of block `gi` of a `(rows x cols)` operand.
+    fn block(self, gi: usize, rows: usize, cols: usize) -> (&'a [E], View) {
+        match self {
+            Op::N(v) => (v, View::rows(gi * rows * cols, cols)),
+            Op::T(v) => (v, View::rows_t(gi * rows * cols, rows)),
+        }
+    }
+}
+
+/// `groups` independent products `dst_g (m x n) = [dst_g +] lhs_g (m x k) @ rhs_g (k x n)`,
+/// block `g` of each buffer starting at `g` times the block's size: the grouped GEMMs of
+/// both convolutions and of their backward passes.
+pub(super) fn grouped_matmul<E: GemmFloat>(
+    groups: usize,
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [E],
+    accumulate: bool,
+    lhs: Op<'_, E>,
+    rhs: Op<'_, E>,
+) {
+    for gi in 0..groups {
+        let (l, lv) = lhs.block(gi, m, k);
+        let (r, rv) = rhs.block(gi, k, n);
+        let dv = View::rows(gi * m * n, n);
+        matmul((m, n, k), dst, dv, accumulate, l, lv, r, rv);
+    }
+}
