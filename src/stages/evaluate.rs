@@ -61,8 +61,8 @@ use super::judge::JUDGE_FILE;
 use super::sample::SAMPLES_FILE;
 use crate::data::{load_dataset, DataTensor, Dataset, GaussianMixture};
 use crate::engine::{
-    normalised_params, CheckCtx, DeviceChoice, Figure, FigureCtx, InputRef, Outcome,
-    ParamError, Resources, RunCtx, Stage, Status,
+    normalised_params, CheckCtx, DeviceChoice, Figure, FigureCtx, InputRef, Outcome, ParamError,
+    Resources, RunCtx, Stage, Status,
 };
 use crate::metrics::{self, judge::Judge, registry};
 use crate::nn::{Cpu, NamedTensor, Rng};
