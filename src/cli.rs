@@ -439,8 +439,10 @@ fn dispatch(cli: &Cli, reg: &Registry) -> Result<i32, Exit> {
             let p = Pipeline::load(file)?;
             let dir = cli.results_dir.join(&p.name);
             if !print_tables(&p, &dir, *format, *all)? {
+                // Nothing failed: there is nothing to show yet (usage, as the README's
+                // exit codes have it).
                 return Err(Exit(
-                    1,
+                    2,
                     format!(
                         "{} has no tables yet in {} (run it first)",
                         p.name,

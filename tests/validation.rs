@@ -276,3 +276,28 @@ fn shipped_pipelines_plan() {
     }
     assert!(n >= 5, "{n} pipelines");
 }
+
+/// `show` before the pipeline ran: nothing failed, so the usage code 2, and a message
+/// that says what to do.
+#[test]
+fn show_without_tables_is_usage_not_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.yaml"),
+        format!("name: t\nstages:\n{OK_DATA}"),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ablate"))
+        .args(["show", "p.yaml"])
+        .current_dir(dir.path())
+        .env_remove("ABLATE_CACHE")
+        .env_remove("ABLATE_RESULTS")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("has no tables yet") && err.contains("run it first"),
+        "{err}"
+    );
+}
