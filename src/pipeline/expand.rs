@@ -520,6 +520,54 @@ mod tests {
         );
     }
 
+    /// A hand-worked join: `needs: [train, data, judge, opt]` where train fans out
+    /// over {obj, seed}, data is a singleton, judge over {seed} and opt over {lr}.
+    #[test]
+    fn fan_out_joins_on_shared_values_and_broadcasts_the_rest() {
+        let inst = |id: usize, stage: usize, vars: Value| Instance {
+            id,
+            stage,
+            stage_name: format!("s{stage}"),
+            kind: "k".into(),
+            label: String::new(),
+            vars: m(vars),
+            params: Value::Null,
+            inputs: vec![],
+        };
+        let instances = vec![
+            inst(0, 0, json!({"obj": "a", "seed": 0})),
+            inst(1, 0, json!({"obj": "a", "seed": 1})),
+            inst(2, 0, json!({"obj": "b", "seed": 0})),
+            inst(3, 1, json!({})),
+            inst(4, 2, json!({"seed": 0})),
+            inst(5, 2, json!({"seed": 1})),
+            inst(6, 2, json!({"seed": 2})), // no train instance has seed 2: never joined
+            inst(7, 3, json!({"lr": 1})),
+            inst(8, 3, json!({"lr": 2})),
+        ];
+        let by_stage = vec![vec![0, 1, 2], vec![3], vec![4, 5, 6], vec![7, 8]];
+        let joined = join_inputs(&[0, 1, 2, 3], &by_stage, &instances);
+        let got: Vec<(Value, Vec<usize>)> = joined
+            .into_iter()
+            .map(|(v, i)| (Value::Object(v), i))
+            .collect();
+        // Every train instance meets data, the judge of its own seed, and each lr.
+        assert_eq!(
+            got,
+            vec![
+                (json!({"obj": "a", "seed": 0, "lr": 1}), vec![0, 3, 4, 7]),
+                (json!({"obj": "a", "seed": 0, "lr": 2}), vec![0, 3, 4, 8]),
+                (json!({"obj": "a", "seed": 1, "lr": 1}), vec![1, 3, 5, 7]),
+                (json!({"obj": "a", "seed": 1, "lr": 2}), vec![1, 3, 5, 8]),
+                (json!({"obj": "b", "seed": 0, "lr": 1}), vec![2, 3, 4, 7]),
+                (json!({"obj": "b", "seed": 0, "lr": 2}), vec![2, 3, 4, 8]),
+            ]
+        );
+        // A stage with no instances joins to nothing.
+        let empty = vec![vec![0, 1, 2], vec![]];
+        assert!(join_inputs(&[0, 1], &empty, &instances).is_empty());
+    }
+
     #[test]
     fn refs_are_found_and_resolved() {
         assert_eq!(
