@@ -25,15 +25,17 @@
 //!
 //! `conv2d`, weight `W (Cout, Cin/G, kh, kw)` seen as `(Cout, kk)` with `kk = Cin/G*kh*kw`:
 //! - forward: `yt_g = W_g @ cols_g`, then `y = from_cb(yt) + bias` (bias fused in the copy);
-//! - weight grad: `dW_g += dyt_g @ cols_g^T` (cols recomputed from `x`, accumulated in
-//!   place into the gradient);
+//! - weight grad: `dW_g^T += cols_g @ dyp_g` with `dyp` the output gradient
+//!   position-major ([`to_pc`]; cols recomputed from `x`, accumulated in place into the
+//!   gradient; see [`grouped_weight_grad`] for why transposed);
 //! - input grad: `dcols_g = W_g^T @ dyt_g`, then `dx += col2im(dcols)`.
 //!
 //! `conv_transpose2d`, weight `W (Cin, Cout/G, kh, kw)` seen as `(Cin, okk)`: it is the
 //! adjoint of a conv2d, so the roles swap:
 //! - forward: `cols_g = W_g^T @ xt_g`, then `y = col2im(cols) + bias` (bias is the
 //!   initial value of every output plane);
-//! - weight grad: `dW_g += xt_g @ dcols_g^T` with `dcols = im2col(dy)`;
+//! - weight grad: `dW_g^T += dcols_g @ xp_g` with `dcols = im2col(dy)` and `xp` the input
+//!   position-major;
 //! - input grad: `dxt_g = W_g @ dcols_g`, then `dx += from_cb(dxt)`.
 //!
 //! The bias gradient is a per-channel sum of `dy`.
@@ -56,7 +58,7 @@ use dfdx::prelude::*;
 use rayon::prelude::*;
 
 use super::fused::Geom;
-use super::gemm::{grouped_matmul, GemmFloat, Op, Scratch};
+use super::gemm::{grouped_matmul, grouped_weight_grad, GemmFloat, Op, Scratch};
 use super::{Float, T1, T4};
 
 /// Largest working matrix (values) an op builds for one batch chunk, unless one sample
@@ -246,6 +248,35 @@ pub fn to_cb<E: Float>(src: &[E], (b, c, p): (usize, usize, usize), dst: &mut [E
         dst.par_chunks_mut(b * p).enumerate().for_each(row);
     } else {
         dst.chunks_mut(b * p).enumerate().for_each(row);
+    }
+}
+
+/// NCHW chunk `src (b, c, p)` to position-major `dst (b * p, c)` (NHWC: one row per
+/// sample position). Parallel over samples.
+pub fn to_pc<E: Float>(src: &[E], (b, c, p): (usize, usize, usize), dst: &mut [E]) {
+    assert_eq!(src.len(), b * c * p, "to_pc: source length");
+    assert_eq!(dst.len(), b * c * p, "to_pc: destination length");
+    if p == 0 || c == 0 {
+        return;
+    }
+    // 16 positions at a time: reads stay sequential along each plane, writes touch 16 rows
+    const BLOCK: usize = 16;
+    let sample = |(bi, d): (usize, &mut [E])| {
+        let s = &src[bi * c * p..(bi + 1) * c * p];
+        for p0 in (0..p).step_by(BLOCK) {
+            let p1 = (p0 + BLOCK).min(p);
+            for ci in 0..c {
+                let plane = &s[ci * p..(ci + 1) * p];
+                for pi in p0..p1 {
+                    d[pi * c + ci] = plane[pi];
+                }
+            }
+        }
+    };
+    if dst.len() >= PAR_MIN {
+        dst.par_chunks_mut(c * p).enumerate().for_each(sample);
+    } else {
+        dst.chunks_mut(c * p).enumerate().for_each(sample);
     }
 }
 
@@ -477,9 +508,11 @@ where
             let bc = chunk.min(bsz - b0);
             let (gc, n) = (sh.part(bc), bc * p);
             let mut dyt = Scratch::take(cout * n);
+            let mut dyp = Scratch::take(n * cout);
             {
                 let dy = &grads.get_or_alloc_mut(&outg)?[b0 * ys..(b0 + bc) * ys];
                 to_cb(dy, (bc, cout, p), &mut dyt);
+                to_pc(dy, (bc, cout, p), &mut dyp);
                 if bg.is_some() {
                     channel_sums(dy, (bc, cout, p), &mut db);
                 }
@@ -487,8 +520,9 @@ where
             let mut cols = Scratch::take(gc.cols_len());
             im2col_cb(&xv[b0 * xs..(b0 + bc) * xs], &gc, &mut cols);
             let gw = grads.get_or_alloc_mut(&wg)?;
-            // dW_g (og x kk) += dyt_g (og x n) @ cols_g^T (n x kk)
-            grouped_matmul(groups, (og, kk, n), gw, true, Op::N(&dyt), Op::T(&cols));
+            // dW_g^T (kk x og) += cols_g (kk x n) @ dyp_g (n x og)
+            grouped_weight_grad(groups, (kk, og, n), gw, &cols, &dyp);
+            drop(dyp);
             // dcols_g (kk x n) = W_g^T (kk x og) @ dyt_g (og x n), over cols
             grouped_matmul(
                 groups,
@@ -608,10 +642,11 @@ where
                 }
             }
             let mut xt = Scratch::take(cin * n);
-            to_cb(&xv[b0 * xs..(b0 + bc) * xs], (bc, cin, p), &mut xt);
+            to_pc(&xv[b0 * xs..(b0 + bc) * xs], (bc, cin, p), &mut xt);
             let gw = grads.get_or_alloc_mut(&wg)?;
-            // dW_g (cig x okk) += xt_g (cig x n) @ dcols_g^T (n x okk)
-            grouped_matmul(groups, (cig, okk, n), gw, true, Op::N(&xt), Op::T(&dcols));
+            // dW_g^T (okk x cig) += dcols_g (okk x n) @ xp_g (n x cig), with xp the
+            // chunk position-major (in xt's buffer)
+            grouped_weight_grad(groups, (okk, cig, n), gw, &dcols, &xt);
             // dxt_g (cig x n) = W_g (cig x okk) @ dcols_g (okk x n), over xt
             grouped_matmul(
                 groups,

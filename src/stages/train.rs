@@ -48,7 +48,10 @@ pub struct LogRow {
 /// 3: exact R1/R2 (tangent pass), EMA half-life with ramp-up by default, G_ema's own
 ///    batch-norm statistics, a batch-norm D sees real and fake apart, R3GAN / StyleGAN
 ///    mapping / resnet D as the official code builds them, d_real / d_fake in the log.
-pub const VERSION: u32 = 3;
+/// 4: the CPU convolutions' GEMMs on gemm 0.19 (AVX-512 kernels where the CPU has them)
+///    with transposed weight-gradient products: the same maths summed in another order,
+///    which training carries from the last bits into the fourth digit.
+pub const VERSION: u32 = 4;
 
 pub struct Train;
 
