@@ -337,6 +337,22 @@ fn channel_sums<E: Float>(src: &[E], (b, c, p): (usize, usize, usize), acc: &mut
 }
 
 #[cfg(test)]
+#[test]
+fn to_pc_moves_channels_last() {
+    let (b, c, p) = (2, 3, 5);
+    let src: Vec<f64> = (0..b * c * p).map(|v| v as f64).collect();
+    let mut dst = vec![0.0; src.len()];
+    to_pc(&src, (b, c, p), &mut dst);
+    for bi in 0..b {
+        for ci in 0..c {
+            for pi in 0..p {
+                assert_eq!(dst[(bi * p + pi) * c + ci], src[(bi * c + ci) * p + pi]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
 thread_local! {
     /// Tests lower [`CHUNK_MAX`] on their thread to exercise the chunked path.
     pub(crate) static CHUNK_MAX_TEST: std::cell::Cell<Option<usize>> =
