@@ -78,6 +78,8 @@ struct Tap {
     yhi: usize,
     xlo: usize,
     xhi: usize,
+    /// Where the tap reads in a plane's [`Phases`]: `(phase, dy, dx)`, see [`Tap::phase`].
+    ph: (usize, isize, isize),
 }
 
 impl Tap {
@@ -91,6 +93,7 @@ impl Tap {
             yhi,
             xlo,
             xhi,
+            ph: Self::phase(g, ki, kj),
         }
     }
     /// Every tap of the kernel, row-major.
@@ -106,6 +109,134 @@ impl Tap {
             oy * g.stride + self.ki - g.pad,
             self.xlo * g.stride + self.kj - g.pad,
         )
+    }
+    /// Where tap `(ki, kj)` reads in the [`Phases`] of a plane: the phase `(py, px)` and the
+    /// offsets `(dy, dx)` with input pixel `(s*oy + ki - pad, s*ox + kj - pad)` at phase
+    /// position `(oy + dy, ox + dx)`.
+    fn phase(g: &Geom, ki: usize, kj: usize) -> (usize, isize, isize) {
+        let s = g.stride as isize;
+        let oy = ki as isize - g.pad as isize;
+        let ox = kj as isize - g.pad as isize;
+        let (py, px) = (oy.rem_euclid(s) as usize, ox.rem_euclid(s) as usize);
+        (py * g.stride + px, oy.div_euclid(s), ox.div_euclid(s))
+    }
+}
+
+/// A strided convolution's input plane split into its `s * s` phases: phase `(py, px)` is
+/// the `hs x ws` plane of pixels `(py + s*qy, px + s*qx)` (zero past the image). Every tap
+/// of a stride-`s` kernel reads (and its adjoint writes) one phase at unit stride, so the
+/// column copies are contiguous runs instead of strided gathers and scatters.
+#[derive(Clone, Copy, Debug)]
+struct Phases {
+    s: usize,
+    hs: usize,
+    ws: usize,
+}
+
+impl Phases {
+    fn of(g: &Geom) -> Self {
+        Phases {
+            s: g.stride,
+            hs: g.h.div_ceil(g.stride),
+            ws: g.w.div_ceil(g.stride),
+        }
+    }
+    /// Values of one phase.
+    fn phase(&self) -> usize {
+        self.hs * self.ws
+    }
+    /// Values of all phases of one plane.
+    fn len(&self) -> usize {
+        self.s * self.s * self.phase()
+    }
+    /// Splits an image plane `(h, w)` into `dst` (all phases).
+    fn split<E: Float>(&self, g: &Geom, plane: &[E], dst: &mut [E]) {
+        let s = self.s;
+        for (ph, d) in dst.chunks_exact_mut(self.phase()).enumerate() {
+            let (py, px) = (ph / s, ph % s);
+            // phase columns qx with px + s*qx < w
+            let nx = (g.w - px).div_ceil(s);
+            for (qy, row) in d.chunks_exact_mut(self.ws).enumerate() {
+                let iy = py + s * qy;
+                if iy >= g.h {
+                    row.fill(E::default());
+                    continue;
+                }
+                let src = &plane[iy * g.w + px..(iy + 1) * g.w];
+                for (qx, v) in row[..nx].iter_mut().enumerate() {
+                    *v = src[s * qx];
+                }
+                row[nx..].fill(E::default());
+            }
+        }
+    }
+    /// The adjoint of [`Phases::split`] into an image plane: each pixel becomes `start + its
+    /// phase value` (`start` the plane's bias, zero, or its current value per `init`).
+    fn merge<E: Float>(&self, g: &Geom, src: &[E], c: usize, init: Init<'_, E>, plane: &mut [E]) {
+        let s = self.s;
+        for (iy, row) in plane.chunks_exact_mut(g.w).enumerate() {
+            let (py, qy) = (iy % s, iy / s);
+            for px in 0..s.min(g.w) {
+                let a = &src[(py * s + px) * self.phase() + qy * self.ws..][..self.ws];
+                let nx = (g.w - px).div_ceil(s);
+                let row = &mut row[px..];
+                match init {
+                    Init::Set(Some(b)) => {
+                        for (qx, &v) in a[..nx].iter().enumerate() {
+                            row[s * qx] = b[c] + v;
+                        }
+                    }
+                    Init::Set(None) => {
+                        for (qx, &v) in a[..nx].iter().enumerate() {
+                            row[s * qx] = v;
+                        }
+                    }
+                    Init::Add => {
+                        for (qx, &v) in a[..nx].iter().enumerate() {
+                            row[s * qx] += v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`tap_read`] from a plane's [`Phases`]: every row of the tap one contiguous copy.
+fn tap_read_phased<E: Float>(src: &[E], g: &Geom, ps: &Phases, t: &Tap, dst: &mut [E]) {
+    let (wo, len) = (g.wo, t.xhi - t.xlo);
+    dst[..t.ylo * wo].fill(E::default());
+    dst[t.yhi * wo..].fill(E::default());
+    let (ph, dy, dx) = t.ph;
+    let src = &src[ph * ps.phase()..(ph + 1) * ps.phase()];
+    for oy in t.ylo..t.yhi {
+        let row = &mut dst[oy * wo..(oy + 1) * wo];
+        row[..t.xlo].fill(E::default());
+        row[t.xhi..].fill(E::default());
+        if len == 0 {
+            continue;
+        }
+        let qy = (oy as isize + dy) as usize;
+        let qx = (t.xlo as isize + dx) as usize;
+        row[t.xlo..t.xhi].copy_from_slice(&src[qy * ps.ws + qx..][..len]);
+    }
+}
+
+/// [`tap_add`] into a plane's [`Phases`]: every row of the tap one contiguous sum.
+fn tap_add_phased<E: Float>(src: &[E], g: &Geom, ps: &Phases, t: &Tap, dst: &mut [E]) {
+    let len = t.xhi - t.xlo;
+    if len == 0 {
+        return;
+    }
+    let (ph, dy, dx) = t.ph;
+    let dst = &mut dst[ph * ps.phase()..(ph + 1) * ps.phase()];
+    for oy in t.ylo..t.yhi {
+        let row = &src[oy * g.wo + t.xlo..][..len];
+        let qy = (oy as isize + dy) as usize;
+        let qx = (t.xlo as isize + dx) as usize;
+        for (a, &v) in dst[qy * ps.ws + qx..][..len].iter_mut().zip(row) {
+            *a += v;
+        }
     }
 }
 
@@ -162,7 +293,7 @@ fn tap_add<E: Float>(src: &[E], g: &Geom, t: &Tap, dst: &mut [E]) {
 
 /// im2col of a batch chunk: `img (g.b, g.c, g.h, g.w)` to `cols (g.c * kh * kw, g.b * ho
 /// * wo)` (row `(c, ki, kj)`, column `(b, oy, ox)`), overwriting `cols`. Parallel over rows.
-pub fn im2col_cb<E: Float>(img: &[E], g: &Geom, cols: &mut [E]) {
+pub fn im2col_cb<E: GemmFloat>(img: &[E], g: &Geom, cols: &mut [E]) {
     assert_eq!(img.len(), g.img_len(), "im2col_cb: image length");
     assert_eq!(cols.len(), g.cols_len(), "im2col_cb: columns length");
     let p = g.ho * g.wo;
@@ -171,6 +302,32 @@ pub fn im2col_cb<E: Float>(img: &[E], g: &Geom, cols: &mut [E]) {
         return;
     }
     let taps = Tap::all(g);
+    if g.stride > 1 && g.plane() > 0 {
+        // strided: split every plane into its phases once, then copy contiguous runs
+        let ps = Phases::of(g);
+        let mut phases = Scratch::take(g.b * g.c * ps.len());
+        let split = |(i, d): (usize, &mut [E])| {
+            ps.split(g, &img[i * g.plane()..(i + 1) * g.plane()], d);
+        };
+        if phases.len() >= PAR_MIN {
+            phases.par_chunks_mut(ps.len()).enumerate().for_each(split);
+        } else {
+            phases.chunks_mut(ps.len()).enumerate().for_each(split);
+        }
+        let row = |(r, dst): (usize, &mut [E])| {
+            let (c, t) = (r / taps.len(), &taps[r % taps.len()]);
+            for (b, d) in dst.chunks_exact_mut(p).enumerate() {
+                let s = (b * g.c + c) * ps.len();
+                tap_read_phased(&phases[s..s + ps.len()], g, &ps, t, d);
+            }
+        };
+        if cols.len() >= PAR_MIN {
+            cols.par_chunks_mut(n).enumerate().for_each(row);
+        } else {
+            cols.chunks_mut(n).enumerate().for_each(row);
+        }
+        return;
+    }
     let row = |(r, dst): (usize, &mut [E])| {
         let (c, t) = (r / taps.len(), &taps[r % taps.len()]);
         for (b, d) in dst.chunks_exact_mut(p).enumerate() {
@@ -206,15 +363,27 @@ impl<E: Float> Init<'_, E> {
 
 /// col2im of a batch chunk, the adjoint of [`im2col_cb`]: `cols (g.c * kh * kw, g.b * ho *
 /// wo)` summed into `img (g.b, g.c, g.h, g.w)` per `init`. Parallel over image planes;
-/// every pixel sums its taps in the fixed order `(ki, kj, oy, ox)`.
-pub fn col2im_cb<E: Float>(cols: &[E], g: &Geom, img: &mut [E], init: Init<'_, E>) {
+/// every pixel sums its taps in the fixed order `(ki, kj, oy, ox)` (strided kernels: into
+/// the plane's phases, then added to its start value).
+pub fn col2im_cb<E: GemmFloat>(cols: &[E], g: &Geom, img: &mut [E], init: Init<'_, E>) {
     assert_eq!(img.len(), g.img_len(), "col2im_cb: image length");
     assert_eq!(cols.len(), g.cols_len(), "col2im_cb: columns length");
     let p = g.ho * g.wo;
     let n = g.b * p;
     let taps = Tap::all(g);
+    let ps = Phases::of(g);
     let plane = |(i, dst): (usize, &mut [E])| {
         let (b, c) = (i / g.c, i % g.c);
+        if g.stride > 1 {
+            // strided: sum the taps into the plane's phases (contiguous runs), then merge
+            let mut acc = vec![E::default(); ps.len()];
+            for (ti, t) in taps.iter().enumerate() {
+                let s = (c * taps.len() + ti) * n + b * p;
+                tap_add_phased(&cols[s..s + p], g, &ps, t, &mut acc);
+            }
+            ps.merge(g, &acc, c, init, dst);
+            return;
+        }
         init.start(c, dst);
         for (ti, t) in taps.iter().enumerate() {
             let s = (c * taps.len() + ti) * n + b * p;

@@ -16,8 +16,8 @@ use super::Float;
 /// GEMMs with fewer multiply-adds run on the calling thread.
 const GEMM_PAR_MIN: usize = 1 << 18;
 
-/// Buffers a thread keeps for reuse.
-const POOL_MAX: usize = 6;
+/// Buffers a thread keeps for reuse (a conv's backward holds five at once).
+const POOL_MAX: usize = 12;
 
 /// Element types the gemm crate multiplies (f32 and f64), each with its scratch pool.
 pub trait GemmFloat: Float {
@@ -51,7 +51,18 @@ pub struct Scratch<E: GemmFloat>(Vec<E>);
 impl<E: GemmFloat> Scratch<E> {
     /// A buffer of `len` values.
     pub fn take(len: usize) -> Self {
-        let mut v = E::pool().with(|p| p.borrow_mut().pop()).unwrap_or_default();
+        // the smallest pooled buffer that holds `len` values (else the largest, grown), so
+        // a step's mix of sizes settles on buffers that fit instead of re-growing them
+        let mut v = E::pool()
+            .with(|p| {
+                let mut p = p.borrow_mut();
+                let fit = (0..p.len())
+                    .filter(|&i| p[i].capacity() >= len)
+                    .min_by_key(|&i| p[i].capacity());
+                let i = fit.or_else(|| (0..p.len()).max_by_key(|&i| p[i].capacity()))?;
+                Some(p.swap_remove(i))
+            })
+            .unwrap_or_default();
         if v.len() < len {
             v.resize(len, E::default());
         } else {
