@@ -82,7 +82,7 @@ enum Cmd {
         keep_going: bool,
         /// Where stages that can use a GPU run: cpu, cuda, or auto (cuda when built with it and present).
         #[arg(long, value_enum, default_value = "cpu")]
-        device: DeviceArg,
+        device: DeviceChoice,
         /// Do not write results/<pipeline>/report.html while running.
         #[arg(long)]
         no_report: bool,
@@ -179,13 +179,6 @@ enum Cmd {
     },
     /// List the stage kinds this build knows.
     Kinds,
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug)]
-enum DeviceArg {
-    Cpu,
-    Cuda,
-    Auto,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq)]
@@ -319,11 +312,7 @@ fn dispatch(cli: &Cli, reg: &Registry) -> Result<i32, Exit> {
             let opts = RunOptions {
                 jobs,
                 keep_going: *keep_going,
-                device: match device {
-                    DeviceArg::Cpu => DeviceChoice::Cpu,
-                    DeviceArg::Cuda => DeviceChoice::Cuda,
-                    DeviceArg::Auto => DeviceChoice::Auto,
-                },
+                device: *device,
                 results_root: cli.results_dir.clone(),
                 progress,
                 threads: threads.map(|t| t as usize),

@@ -61,7 +61,7 @@ use super::judge::JUDGE_FILE;
 use super::sample::SAMPLES_FILE;
 use crate::data::{load_dataset, DataTensor, Dataset, GaussianMixture};
 use crate::engine::{
-    normalised_params, CheckCtx, DeviceChoice, Figure, FigureCtx, InputRef, Outcome, ParamError,
+    normalised_params, CheckCtx, DeviceChoice, Figure, FigureCtx, InputRef, Outcome, ConfigError,
     Resources, RunCtx, Stage, Status,
 };
 use crate::metrics::{self, judge::Judge, registry};
@@ -147,18 +147,18 @@ impl Stage for Evaluate {
         out.push("eval_s".into());
         Some(out)
     }
-    fn check(&self, params: &Value, _cx: &CheckCtx) -> Result<Value, ParamError> {
+    fn check(&self, params: &Value, _cx: &CheckCtx) -> Result<Value, ConfigError> {
         normalised_params::<EvaluateParams>(params, |p| {
             if let Some(m) = &p.metrics {
                 if m.is_empty() {
-                    return Err(ParamError::new(
+                    return Err(ConfigError::new(
                         "metrics",
                         "an empty list: leave `metrics` out for every metric that applies",
                     ));
                 }
                 for (i, a) in m.iter().enumerate() {
                     if m[..i].contains(a) {
-                        return Err(ParamError::new(
+                        return Err(ConfigError::new(
                             format!("metrics[{i}]"),
                             format!("`{}` is listed twice", a.name()),
                         ));
@@ -172,7 +172,7 @@ impl Stage for Evaluate {
             ] {
                 if let Some(v) = v {
                     if !(2..=10_000_000).contains(&v) {
-                        return Err(ParamError::new(
+                        return Err(ConfigError::new(
                             name,
                             format!("{v} is out of range 2..=10000000"),
                         ));
@@ -180,7 +180,7 @@ impl Stage for Evaluate {
                 }
             }
             if !(0.0..1.0).contains(&p.min_confidence) {
-                return Err(ParamError::new(
+                return Err(ConfigError::new(
                     "min_confidence",
                     format!(
                         "{} is out of range [0, 1): a softmax probability (0 counts every sample)",
@@ -230,7 +230,7 @@ impl Stage for Evaluate {
         let item = real.data.item_len();
         let n_real = real.len().min(p.real_count);
         let mut idx: Vec<usize> = (0..real.len()).collect();
-        metrics::judge::shuffle(&mut idx, &mut Rng::derived(p.seed, 0x7265_616c));
+        crate::data::shuffle(&mut idx, &mut Rng::derived(p.seed, 0x7265_616c));
         let mut ridx = idx[..n_real].to_vec();
         ridx.sort_unstable();
         let real_x: Vec<f32> = ridx

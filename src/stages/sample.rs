@@ -17,7 +17,7 @@
 use super::train::CHECKPOINT_FILE;
 use crate::data::{self, DataTensor, Dataset};
 use crate::engine::{
-    typed_params, CheckCtx, DeviceChoice, Figure, FigureCtx, InputRef, Outcome, ParamError,
+    typed_params, CheckCtx, DeviceChoice, Figure, FigureCtx, InputRef, Outcome, ConfigError,
     Resources, RunCtx, Stage, Status,
 };
 use crate::gan::{self, DataShape, TrainConfig};
@@ -73,10 +73,10 @@ impl Stage for Sample {
     fn about(&self) -> &'static str {
         "draw samples from a trained generator (+ PNG grid; balanced labels when conditional), or real items of a data stage as a reference"
     }
-    fn check(&self, params: &Value, _cx: &CheckCtx) -> Result<Value, ParamError> {
+    fn check(&self, params: &Value, _cx: &CheckCtx) -> Result<Value, ConfigError> {
         typed_params::<SampleParams>(params, |p| {
             if !(1..=1_000_000).contains(&p.count) {
-                return Err(ParamError::new(
+                return Err(ConfigError::new(
                     "count",
                     format!("{} is out of range 1..=1000000", p.count),
                 ));
@@ -186,7 +186,7 @@ fn real_samples(cx: &RunCtx, p: &SampleParams, data: &InputRef) -> Result<Outcom
         );
     }
     let mut idx: Vec<usize> = (0..ds.len()).collect();
-    crate::metrics::judge::shuffle(&mut idx, &mut crate::nn::Rng::derived(p.seed, 0x7265_6665));
+    data::shuffle(&mut idx, &mut crate::nn::Rng::derived(p.seed, 0x7265_6665));
     let values: Vec<f32> = idx[..p.count]
         .iter()
         .flat_map(|&i| ds.data.item(i).iter().copied())

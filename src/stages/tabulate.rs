@@ -26,7 +26,7 @@
 //! axes. Published to `results/<pipeline>/<stage>{,_agg,_cmp}.{parquet,csv,md}`.
 
 use crate::engine::{
-    typed_params, CheckCtx, DeviceChoice, InputRef, Outcome, ParamError, PublishCtx, Resources,
+    typed_params, CheckCtx, DeviceChoice, InputRef, Outcome, ConfigError, PublishCtx, Resources,
     RunCtx, Stage, Status, Upstream,
 };
 use crate::pipeline::short_value;
@@ -68,15 +68,15 @@ pub struct CompareParams {
 
 impl CompareParams {
     /// Shape checks that need nothing upstream.
-    fn check(&self) -> Result<(), ParamError> {
+    fn check(&self) -> Result<(), ConfigError> {
         if self.baseline.is_empty() {
-            return Err(ParamError::new(
+            return Err(ConfigError::new(
                 "compare.baseline",
                 "name the baseline group by at least one matrix value, e.g. {objective: rpgan-r1+r2}",
             ));
         }
         if self.metrics.is_empty() {
-            return Err(ParamError::new(
+            return Err(ConfigError::new(
                 "compare.metrics",
                 "name at least one metric and its direction, e.g. {modes: higher}",
             ));
@@ -84,7 +84,7 @@ impl CompareParams {
         self.directions()?;
         if let Some(axis) = &self.paired_over {
             if self.baseline.contains_key(axis) {
-                return Err(ParamError::new(
+                return Err(ConfigError::new(
                     format!("compare.baseline.{axis}"),
                     format!("`{axis}` is the paired_over axis: runs pair over it, so it cannot name the baseline"),
                 )
@@ -95,14 +95,14 @@ impl CompareParams {
     }
 
     /// The metrics with their directions, in the order written.
-    fn directions(&self) -> Result<Vec<(String, Direction)>, ParamError> {
+    fn directions(&self) -> Result<Vec<(String, Direction)>, ConfigError> {
         self.metrics
             .iter()
             .map(|(m, d)| {
                 serde_json::from_value::<Direction>(d.clone())
                     .map(|d| (m.clone(), d))
                     .map_err(|_| {
-                        ParamError::new(
+                        ConfigError::new(
                             format!("compare.metrics.{m}"),
                             format!(
                                 "direction of `{m}` is `{}`: write `higher` or `lower` (which way is better)",
@@ -155,15 +155,15 @@ impl Stage for Tabulate {
     fn gathers(&self) -> bool {
         true
     }
-    fn check(&self, params: &Value, _cx: &CheckCtx) -> Result<Value, ParamError> {
+    fn check(&self, params: &Value, _cx: &CheckCtx) -> Result<Value, ConfigError> {
         typed_params::<TabulateParams>(params, |p| match &p.compare {
             Some(c) => c.check(),
             None => Ok(()),
         })
     }
-    fn check_upstream(&self, params: &Value, up: &Upstream) -> Result<(), ParamError> {
+    fn check_upstream(&self, params: &Value, up: &Upstream) -> Result<(), ConfigError> {
         let p: TabulateParams = serde_json::from_value(params.clone())
-            .map_err(|e| ParamError::new("", e.to_string()))?;
+            .map_err(|e| ConfigError::new("", e.to_string()))?;
         match &p.compare {
             Some(c) => check_compare(c, &p.aggregate_over, up),
             None => Ok(()),
@@ -340,7 +340,7 @@ fn compare_run(
 /// `compare` against what planning knows upstream: the axes and values it names
 /// exist, and the metrics are columns the table will have (where the upstream kinds
 /// can tell).
-fn check_compare(c: &CompareParams, over: &[String], up: &Upstream) -> Result<(), ParamError> {
+fn check_compare(c: &CompareParams, over: &[String], up: &Upstream) -> Result<(), ConfigError> {
     let mut axes: Vec<&str> = vec![];
     for i in &up.inputs {
         for k in i.vars.keys() {
@@ -358,7 +358,7 @@ fn check_compare(c: &CompareParams, over: &[String], up: &Upstream) -> Result<()
     };
     if let Some(a) = &c.paired_over {
         if !axes.contains(&a.as_str()) {
-            return Err(ParamError::new(
+            return Err(ConfigError::new(
                 "compare.paired_over",
                 format!("no matrix axis `{a}` upstream (axes: {})", listed(&axes)),
             ));
@@ -367,14 +367,14 @@ fn check_compare(c: &CompareParams, over: &[String], up: &Upstream) -> Result<()
     for (axis, want) in &c.baseline {
         let at = format!("compare.baseline.{axis}");
         if !axes.contains(&axis.as_str()) {
-            return Err(ParamError::new(
+            return Err(ConfigError::new(
                 at,
                 format!("no matrix axis `{axis}` upstream (axes: {})", listed(&axes)),
             )
             .on_key());
         }
         if over.contains(axis) {
-            return Err(ParamError::new(
+            return Err(ConfigError::new(
                 at,
                 format!("`{axis}` is averaged over (aggregate_over), so it cannot name the baseline group"),
             )
@@ -392,7 +392,7 @@ fn check_compare(c: &CompareParams, over: &[String], up: &Upstream) -> Result<()
                     values.push(s);
                 }
             }
-            return Err(ParamError::new(
+            return Err(ConfigError::new(
                 at,
                 format!(
                     "no upstream instance has {axis} = {} (values: {})",
@@ -403,7 +403,7 @@ fn check_compare(c: &CompareParams, over: &[String], up: &Upstream) -> Result<()
         }
     }
     if !up.inputs.iter().any(|i| c.is_baseline(&i.vars)) {
-        return Err(ParamError::new(
+        return Err(ConfigError::new(
             "compare.baseline",
             "no upstream instance has all of these values together",
         ));
@@ -442,7 +442,7 @@ fn check_compare(c: &CompareParams, over: &[String], up: &Upstream) -> Result<()
                     }
                 }
             }
-            return Err(ParamError::new(
+            return Err(ConfigError::new(
                 format!("compare.metrics.{m}"),
                 format!(
                     "`{m}` is not a column of this table: the upstream instances report {} (and upstream stages' numbers prefixed by stage, e.g. `train.images_per_s`)",
