@@ -141,6 +141,9 @@ pub struct InputRef {
     /// Its matrix values.
     pub vars: Map<String, Value>,
     pub manifest: Manifest,
+    /// Its own ancestors (inputs, their inputs, ...), nearest first, each once: indices
+    /// into [`RunCtx::ancestors`].
+    pub ancestors: Vec<usize>,
 }
 
 /// Progress a long stage reports (steps done of total); cheap to update from a loop.
@@ -190,6 +193,11 @@ impl RunCtx<'_> {
     /// Deserialise the params into the stage's own type.
     pub fn params<P: DeserializeOwned>(&self) -> anyhow::Result<P> {
         Ok(serde_json::from_value(self.params.clone())?)
+    }
+
+    /// The ancestors of one of this instance's inputs (or ancestors), nearest first.
+    pub fn ancestors_of<'s>(&'s self, input: &'s InputRef) -> impl Iterator<Item = &'s InputRef> {
+        input.ancestors.iter().map(|&i| &self.ancestors[i])
     }
 
     /// The first input of a given kind.

@@ -36,7 +36,6 @@ use anyhow::Result;
 use polars::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use std::collections::HashMap;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -172,12 +171,11 @@ impl Stage for Tabulate {
 
     fn run(&self, cx: &RunCtx) -> Result<Outcome> {
         let p: TabulateParams = cx.params()?;
-        let by_key: HashMap<&str, &InputRef> =
-            cx.ancestors.iter().map(|a| (a.key.as_str(), a)).collect();
-        let mut rows = vec![];
-        for input in &cx.inputs {
-            rows.push(row(cx.pipeline, input, &by_key));
-        }
+        let rows: Vec<_> = cx
+            .inputs
+            .iter()
+            .map(|input| row(cx.pipeline, input, cx.ancestors_of(input)))
+            .collect();
         let mut df = frame_from_rows(&rows)?;
         // Matrix columns: everything flattened from vars.
         let mut matrix_cols: Vec<String> = vec![];
@@ -468,7 +466,13 @@ fn worse(a: Status, b: Status) -> Status {
     }
 }
 
-fn row(pipeline: &str, input: &InputRef, by_key: &HashMap<&str, &InputRef>) -> Vec<(String, Cell)> {
+/// One upstream instance's row: its matrix values and scalars, then those of its
+/// `ancestors` (nearest first, as the engine lists them) prefixed by their stage.
+fn row<'a>(
+    pipeline: &str,
+    input: &InputRef,
+    ancestors: impl Iterator<Item = &'a InputRef>,
+) -> Vec<(String, Cell)> {
     let mut r = vec![
         ("pipeline".to_string(), Cell::Str(pipeline.to_string())),
         ("stage".to_string(), Cell::Str(input.stage.clone())),
@@ -482,19 +486,7 @@ fn row(pipeline: &str, input: &InputRef, by_key: &HashMap<&str, &InputRef>) -> V
         r.push((k.clone(), Cell::Float(*v)));
     }
     let mut status = input.manifest.status;
-    // Ancestors, nearest first, each once.
-    let mut seen = std::collections::HashSet::new();
-    let mut queue: std::collections::VecDeque<&str> = input
-        .manifest
-        .inputs
-        .iter()
-        .map(|i| i.key.as_str())
-        .collect();
-    while let Some(k) = queue.pop_front() {
-        if !seen.insert(k) {
-            continue;
-        }
-        let Some(a) = by_key.get(k) else { continue };
+    for a in ancestors {
         status = worse(status, a.manifest.status);
         for (m, v) in &a.manifest.metrics {
             r.push((format!("{}.{m}", a.stage), Cell::Float(*v)));
@@ -503,7 +495,6 @@ fn row(pipeline: &str, input: &InputRef, by_key: &HashMap<&str, &InputRef>) -> V
             format!("{}.wall_s", a.stage),
             Cell::Float(a.manifest.timings.wall_s),
         ));
-        queue.extend(a.manifest.inputs.iter().map(|i| i.key.as_str()));
     }
     r.push(("status".to_string(), Cell::Str(status.as_str().to_string())));
     r.push((
