@@ -647,32 +647,23 @@ fn gc(cache: &Cache, files: &[PathBuf], reg: &Registry, dry_run: bool) -> Result
             keep.insert((inst.kind.clone(), it.key.clone()));
         }
     }
-    let mut freed = 0u64;
-    let mut removed = 0usize;
-    for (kind, key, dir) in cache.entries()? {
-        if keep.contains(&(kind.clone(), key.clone())) {
-            continue;
-        }
-        let bytes = engine::cache::disk_usage(&dir);
+    let r = engine::gc::collect(cache, &keep, dry_run)?;
+    for (name, bytes) in &r.removed {
         tracing::info!(
-            "{} {kind}/{} ({})",
-            if dry_run { "would remove" } else { "removing" },
-            &key[..12.min(key.len())],
-            human_bytes(bytes)
+            "{} {name} ({})",
+            if dry_run { "would remove" } else { "removed" },
+            human_bytes(*bytes)
         );
-        if !dry_run {
-            let lock = dir.with_extension("lock");
-            remove_entry(&dir).map_err(anyhow::Error::from)?;
-            let _ = std::fs::remove_file(lock);
-        }
-        freed += bytes;
-        removed += 1;
+    }
+    for name in &r.busy {
+        tracing::warn!("kept {name}: another ablate process is computing it");
     }
     println!(
-        "{} {removed} cache entries, {} {}",
+        "{} {} cache entries, {} {}",
         if dry_run { "would remove" } else { "removed" },
+        r.removed.len(),
         if dry_run { "would free" } else { "freed" },
-        human_bytes(freed)
+        human_bytes(r.freed())
     );
     Ok(0)
 }
@@ -737,13 +728,6 @@ fn verify(cache: &Cache, files: &[PathBuf], reg: &Registry, drop: bool) -> Resul
         }
     );
     Ok(if r.ok() { 0 } else { 1 })
-}
-
-/// Remove an instance directory, manifest first so a crash halfway never leaves a
-/// complete-looking entry.
-fn remove_entry(dir: &Path) -> std::io::Result<()> {
-    let _ = std::fs::remove_file(dir.join(engine::cache::MANIFEST));
-    std::fs::remove_dir_all(dir)
 }
 
 /// `1.5 MiB`-style sizes.

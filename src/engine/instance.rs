@@ -262,6 +262,7 @@ impl Task {
         tracing::info!("running {} ({})", s.label, &s.key[..12]);
         let started = now();
         let t = Instant::now();
+        let memo = self.cache.memo();
         let cx = RunCtx {
             pipeline: &s.pipeline,
             stage: &s.stage,
@@ -272,6 +273,7 @@ impl Task {
             inputs: self.inputs.clone(),
             ancestors: self.ancestors.clone(),
             dir: &dir,
+            memo: &memo,
             device: s.device,
             cancel: &self.cancel,
             progress: self.progress.clone(),

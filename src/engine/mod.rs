@@ -2,7 +2,9 @@
 //! the [`Stage`] trait and never imports anything about GANs.
 
 pub mod cache;
+pub mod gc;
 pub mod instance;
+pub mod memo;
 pub mod plan;
 pub mod registry;
 pub mod run;
@@ -11,6 +13,7 @@ pub mod stage;
 pub mod verify;
 
 pub use cache::{Cache, Manifest};
+pub use memo::Memo;
 pub use plan::{Plan, PlanOptions, PlanStatus};
 pub use registry::Registry;
 pub use run::{

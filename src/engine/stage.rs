@@ -5,6 +5,7 @@
 //! checks its params and fills `RunCtx::dir`.
 
 use super::cache::Manifest;
+use super::memo::Memo;
 pub use crate::config_error::ConfigError;
 pub use crate::device::DeviceChoice;
 use serde::de::DeserializeOwned;
@@ -175,6 +176,9 @@ pub struct RunCtx<'a> {
     pub ancestors: Vec<InputRef>,
     /// The artifact directory; files left from an interrupted run may be present.
     pub dir: &'a Path,
+    /// Values derived from finished instances, shared between instances (the judge's
+    /// features of a reference draw).
+    pub memo: &'a Memo,
     pub device: DeviceChoice,
     /// Set when the user pressed Ctrl-C: return an error soon, leave no manifest.
     pub cancel: &'a AtomicBool,
