@@ -277,8 +277,8 @@ fn dispatch(cli: &Cli, reg: &Registry) -> Result<i32, Exit> {
         Cmd::Dag { file, format } => {
             let (ex, _) = engine::plan::load(file, reg, &cwd())?;
             match format {
-                DagFormat::Text => print!("{}", dag_text(&ex)),
-                DagFormat::Dot => print!("{}", dag_dot(&ex)),
+                DagFormat::Text => print!("{}", ex.dag_text()),
+                DagFormat::Dot => print!("{}", ex.dag_dot()),
             }
             Ok(0)
         }
@@ -597,33 +597,6 @@ fn print_plan(plan: &Plan) {
             it.reason
         );
     }
-}
-
-fn dag_text(ex: &crate::pipeline::Expanded) -> String {
-    let mut out = format!("{}\n", ex.pipeline.name);
-    for &si in &ex.stage_order {
-        let s = &ex.pipeline.stages[si];
-        let n = ex.by_stage[si].len();
-        let needs = if s.needs.is_empty() {
-            String::new()
-        } else {
-            format!("  <- {}", s.needs.join(", "))
-        };
-        out.push_str(&format!("  {} ({}) x{n}{needs}\n", s.name, s.kind));
-    }
-    out
-}
-
-fn dag_dot(ex: &crate::pipeline::Expanded) -> String {
-    use petgraph::dot::{Config, Dot};
-    let g = ex.graph.map(
-        |_, &si| {
-            let s = &ex.pipeline.stages[si];
-            format!("{} ({}) x{}", s.name, s.kind, ex.by_stage[si].len())
-        },
-        |_, _| "",
-    );
-    format!("{}", Dot::with_config(&g, &[Config::EdgeNoLabel]))
 }
 
 fn print_frame(df: &mut polars::prelude::DataFrame, format: OutFormat) -> Result<(), Exit> {
