@@ -82,7 +82,7 @@ enum Cmd {
         keep_going: bool,
         /// Where stages that can use a GPU run: cpu, cuda, or auto (cuda when built with it and present).
         #[arg(long, value_enum, default_value = "cpu")]
-        device: DeviceArg,
+        device: DeviceChoice,
         /// Do not write results/<pipeline>/report.html while running.
         #[arg(long)]
         no_report: bool,
@@ -181,13 +181,6 @@ enum Cmd {
     Kinds,
 }
 
-#[derive(ValueEnum, Clone, Copy, Debug)]
-enum DeviceArg {
-    Cpu,
-    Cuda,
-    Auto,
-}
-
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq)]
 enum ExecutorArg {
     Local,
@@ -284,8 +277,8 @@ fn dispatch(cli: &Cli, reg: &Registry) -> Result<i32, Exit> {
         Cmd::Dag { file, format } => {
             let (ex, _) = engine::plan::load(file, reg, &cwd())?;
             match format {
-                DagFormat::Text => print!("{}", dag_text(&ex)),
-                DagFormat::Dot => print!("{}", dag_dot(&ex)),
+                DagFormat::Text => print!("{}", ex.dag_text()),
+                DagFormat::Dot => print!("{}", ex.dag_dot()),
             }
             Ok(0)
         }
@@ -319,11 +312,7 @@ fn dispatch(cli: &Cli, reg: &Registry) -> Result<i32, Exit> {
             let opts = RunOptions {
                 jobs,
                 keep_going: *keep_going,
-                device: match device {
-                    DeviceArg::Cpu => DeviceChoice::Cpu,
-                    DeviceArg::Cuda => DeviceChoice::Cuda,
-                    DeviceArg::Auto => DeviceChoice::Auto,
-                },
+                device: *device,
                 results_root: cli.results_dir.clone(),
                 progress,
                 threads: threads.map(|t| t as usize),
@@ -610,33 +599,6 @@ fn print_plan(plan: &Plan) {
     }
 }
 
-fn dag_text(ex: &crate::pipeline::Expanded) -> String {
-    let mut out = format!("{}\n", ex.pipeline.name);
-    for &si in &ex.stage_order {
-        let s = &ex.pipeline.stages[si];
-        let n = ex.by_stage[si].len();
-        let needs = if s.needs.is_empty() {
-            String::new()
-        } else {
-            format!("  <- {}", s.needs.join(", "))
-        };
-        out.push_str(&format!("  {} ({}) x{n}{needs}\n", s.name, s.kind));
-    }
-    out
-}
-
-fn dag_dot(ex: &crate::pipeline::Expanded) -> String {
-    use petgraph::dot::{Config, Dot};
-    let g = ex.graph.map(
-        |_, &si| {
-            let s = &ex.pipeline.stages[si];
-            format!("{} ({}) x{}", s.name, s.kind, ex.by_stage[si].len())
-        },
-        |_, _| "",
-    );
-    format!("{}", Dot::with_config(&g, &[Config::EdgeNoLabel]))
-}
-
 fn print_frame(df: &mut polars::prelude::DataFrame, format: OutFormat) -> Result<(), Exit> {
     match format {
         OutFormat::Table => print!("{}", table::to_text(df)),
@@ -658,32 +620,23 @@ fn gc(cache: &Cache, files: &[PathBuf], reg: &Registry, dry_run: bool) -> Result
             keep.insert((inst.kind.clone(), it.key.clone()));
         }
     }
-    let mut freed = 0u64;
-    let mut removed = 0usize;
-    for (kind, key, dir) in cache.entries()? {
-        if keep.contains(&(kind.clone(), key.clone())) {
-            continue;
-        }
-        let bytes = engine::cache::disk_usage(&dir);
+    let r = engine::gc::collect(cache, &keep, dry_run)?;
+    for (name, bytes) in &r.removed {
         tracing::info!(
-            "{} {kind}/{} ({})",
-            if dry_run { "would remove" } else { "removing" },
-            &key[..12.min(key.len())],
-            human_bytes(bytes)
+            "{} {name} ({})",
+            if dry_run { "would remove" } else { "removed" },
+            human_bytes(*bytes)
         );
-        if !dry_run {
-            let lock = dir.with_extension("lock");
-            remove_entry(&dir).map_err(anyhow::Error::from)?;
-            let _ = std::fs::remove_file(lock);
-        }
-        freed += bytes;
-        removed += 1;
+    }
+    for name in &r.busy {
+        tracing::warn!("kept {name}: another ablate process is computing it");
     }
     println!(
-        "{} {removed} cache entries, {} {}",
+        "{} {} cache entries, {} {}",
         if dry_run { "would remove" } else { "removed" },
+        r.removed.len(),
         if dry_run { "would free" } else { "freed" },
-        human_bytes(freed)
+        human_bytes(r.freed())
     );
     Ok(0)
 }
@@ -748,13 +701,6 @@ fn verify(cache: &Cache, files: &[PathBuf], reg: &Registry, drop: bool) -> Resul
         }
     );
     Ok(if r.ok() { 0 } else { 1 })
-}
-
-/// Remove an instance directory, manifest first so a crash halfway never leaves a
-/// complete-looking entry.
-fn remove_entry(dir: &Path) -> std::io::Result<()> {
-    let _ = std::fs::remove_file(dir.join(engine::cache::MANIFEST));
-    std::fs::remove_dir_all(dir)
 }
 
 /// `1.5 MiB`-style sizes.

@@ -6,7 +6,9 @@
 //! the libraries that never read YAML: `data`, `nn`, `gan`, `metrics`, [`results`].
 
 pub mod cli;
+pub mod config_error;
 pub mod data;
+pub mod device;
 pub mod engine;
 pub mod gan;
 pub mod logging;

@@ -4,7 +4,7 @@
 //! The child is this test binary itself, re-run on the ignored `child_entry` test
 //! with the command line in `ABLATE_CHILD_ARGS`.
 
-use ablate::engine::{typed_params, CheckCtx, Outcome, ParamError, RunCtx, Stage};
+use ablate::engine::{typed_params, CheckCtx, Outcome, ConfigError, RunCtx, Stage};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -45,10 +45,10 @@ impl Stage for Slow {
     fn about(&self) -> &'static str {
         "test kind"
     }
-    fn check(&self, params: &Value, _cx: &CheckCtx) -> Result<Value, ParamError> {
+    fn check(&self, params: &Value, _cx: &CheckCtx) -> Result<Value, ConfigError> {
         typed_params::<SlowParams>(params, |p| {
             if p.id < 0 {
-                Err(ParamError::new("id", "must be >= 0"))
+                Err(ConfigError::new("id", "must be >= 0"))
             } else {
                 Ok(())
             }

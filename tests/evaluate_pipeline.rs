@@ -363,6 +363,38 @@ stages:
             "{m}"
         );
     }
+    // The judge's features of the real reference set were computed once for the three
+    // evaluate instances (same judge, data and draw) and kept in the cache's memo.
+    let memo: Vec<PathBuf> = walk(&d.join("results/cache/memo/judge-features"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    assert_eq!(memo.len(), 1, "{memo:?}");
+    let (_, kept) = tensor(&memo[0], "real");
+    for ev in &evs {
+        assert_eq!(tensor(&ev.join("features.safetensors"), "real").1, kept);
+    }
+    // Recomputed from scratch (no memo), they and every metric come out the same.
+    let metrics = |ev: &PathBuf| -> Value {
+        let m: Value =
+            serde_json::from_str(&std::fs::read_to_string(ev.join("metrics.json")).unwrap())
+                .unwrap();
+        m["metrics"].clone()
+    };
+    let by_dir = |dirs: Vec<PathBuf>| {
+        let mut v: Vec<(PathBuf, Value)> = dirs.into_iter().map(|e| (e.clone(), metrics(&e))).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let before = by_dir(evs.clone());
+    let kept_bytes = std::fs::read(&memo[0]).unwrap();
+    std::fs::remove_dir_all(d.join("results/cache/memo")).unwrap();
+    let (code, out, err) = ablate(d, &["run", "p.yaml", "-q", "--force", "evaluate"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(std::fs::read(&memo[0]).unwrap(), kept_bytes);
+    let after = by_dir(artifacts(d, "evaluate"));
+    assert_eq!(after, before);
+
     // The reference sample: 600 distinct held-out images, unlabelled.
     let manifest = |p: &PathBuf| -> Value {
         serde_json::from_str(&std::fs::read_to_string(p.join("manifest.json")).unwrap()).unwrap()

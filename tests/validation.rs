@@ -184,6 +184,35 @@ fn batch_norm_in_d_with_penalties_is_refused() {
     );
 }
 
+/// A range error of the train config points at the key it names: the key travels as
+/// data from `TrainConfig::validate` (no message is parsed to find it).
+#[test]
+fn train_range_error_points_at_its_key() {
+    check(
+        &format!(
+            "name: x\nstages:\n{OK_DATA}{}",
+            TRAIN_HEAD
+                .replace(", batch_norm: BN", "")
+                .replace("{arch: dcgan, width: 8}", "{arch: dcgan, width: 0}")
+        ),
+        "10:39",
+        &["param `generator.width`", "generator.width must be in 1..=4096, got 0"],
+    );
+}
+
+/// `device` is read by one parser (`DeviceChoice`), which names the choices.
+#[test]
+fn unknown_device_is_refused_at_its_value() {
+    check(
+        &format!(
+            "name: x\nstages:\n{OK_DATA}{}      device: gpu\n",
+            TRAIN_HEAD.replace(", batch_norm: BN", "")
+        ),
+        "16:15",
+        &["param `device`", "unknown variant `gpu`", "`cuda`"],
+    );
+}
+
 #[test]
 fn min_confidence_out_of_range() {
     check(

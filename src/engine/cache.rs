@@ -7,6 +7,7 @@
 //! <kind>/<key>.lock        held while a process computes the instance
 //! index/<pipeline>/<hash of label>   the key an instance label had last time (for plan's "why")
 //! slurm/                   the Slurm executor's frozen instances, scripts, logs and job ids
+//! memo/<name>/...           values derived from finished instances, computed once (memo.rs)
 //! ```
 
 use super::stage::Status;
@@ -118,6 +119,11 @@ impl Cache {
         self.root.join(kind).join(key)
     }
 
+    /// Values derived from finished instances (`<root>/memo`).
+    pub fn memo(&self) -> super::memo::Memo {
+        super::memo::Memo::new(self.root.join("memo"))
+    }
+
     fn lock_path(&self, kind: &str, key: &str) -> PathBuf {
         self.root.join(kind).join(format!("{key}.lock"))
     }
@@ -193,27 +199,34 @@ impl Cache {
 
     /// Take the instance's lock, waiting for another process if it holds it.
     /// The lock is released when the returned file is dropped (or the process dies).
+    /// `ablate gc` removes a lock file only while holding it; a process that opened it
+    /// just before and then takes it finds that the path names another file (or none)
+    /// and opens the lock again.
     pub fn lock(&self, kind: &str, key: &str) -> Result<File> {
         let p = self.lock_path(kind, key);
-        std::fs::create_dir_all(p.parent().unwrap())?;
-        let f = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&p)
-            .with_context(|| format!("opening lock {}", p.display()))?;
-        match f.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                tracing::info!(
-                    "waiting for another ablate process that is computing {kind}/{}",
-                    &key[..12]
-                );
-                f.lock()?;
+        loop {
+            std::fs::create_dir_all(p.parent().unwrap())?;
+            let f = File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&p)
+                .with_context(|| format!("opening lock {}", p.display()))?;
+            match f.try_lock() {
+                Ok(()) => {}
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    tracing::info!(
+                        "waiting for another ablate process that is computing {kind}/{}",
+                        &key[..12]
+                    );
+                    f.lock()?;
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
             }
-            Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+            if still_at(&f, &p) {
+                return Ok(f);
+            }
         }
-        Ok(f)
     }
 
     /// Hash every output file of an instance directory (all but the manifest and temporaries).
@@ -286,8 +299,8 @@ impl Cache {
         for kd in rd {
             let kd = kd?;
             let kind = kd.file_name().to_string_lossy().to_string();
-            // `index/` and the Slurm executor's `slurm/` hold no instances
-            if kind == "index" || kind == "slurm" || !kd.file_type()?.is_dir() {
+            // `index/`, the Slurm executor's `slurm/` and `memo/` hold no instances
+            if ["index", "slurm", "memo"].contains(&kind.as_str()) || !kd.file_type()?.is_dir() {
                 continue;
             }
             for e in std::fs::read_dir(kd.path())? {
@@ -303,6 +316,21 @@ impl Cache {
         }
         Ok(out)
     }
+}
+
+/// Whether the open file `f` is still the file at `path` (not removed or replaced).
+#[cfg(unix)]
+fn still_at(f: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (f.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+#[cfg(not(unix))]
+fn still_at(_f: &File, path: &Path) -> bool {
+    path.exists()
 }
 
 /// Bytes under a path (a file or a whole directory tree).

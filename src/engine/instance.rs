@@ -33,6 +33,9 @@ pub struct InputSpec {
     pub label: String,
     pub key: String,
     pub vars: Map<String, Value>,
+    /// Its own ancestors, nearest first, each once: indices into [`Frozen::ancestors`].
+    #[serde(default)]
+    pub ancestors: Vec<usize>,
 }
 
 /// An instance, ready to compute from the cache alone.
@@ -60,6 +63,24 @@ pub struct Frozen {
 impl Frozen {
     /// Instance `idx` of a plan, with its thread budget.
     pub fn from_plan(plan: &Plan, idx: usize, device: DeviceChoice, threads: usize) -> Frozen {
+        let inst = &plan.ex.instances[idx];
+        let it = &plan.items[idx];
+        let up = |u: usize| plan.ex.instances[u].inputs.iter().copied();
+        let ancestors_of = |start: &mut dyn Iterator<Item = usize>| -> Vec<usize> {
+            let mut seen = BTreeSet::new();
+            let mut queue: VecDeque<usize> = start.collect();
+            let mut out = vec![];
+            while let Some(u) = queue.pop_front() {
+                if seen.insert(u) {
+                    out.push(u);
+                    queue.extend(up(u));
+                }
+            }
+            out
+        };
+        // Every instance upstream, nearest first; each one's own ancestors as positions
+        // in that list (a gathering stage reads every input's chain from it).
+        let all = ancestors_of(&mut inst.inputs.iter().copied());
         let spec = |u: usize| {
             let inst = &plan.ex.instances[u];
             InputSpec {
@@ -68,19 +89,13 @@ impl Frozen {
                 label: inst.label.clone(),
                 key: plan.items[u].key.clone(),
                 vars: inst.vars.clone(),
+                ancestors: ancestors_of(&mut up(u))
+                    .into_iter()
+                    .filter_map(|a| all.iter().position(|&x| x == a))
+                    .collect(),
             }
         };
-        let inst = &plan.ex.instances[idx];
-        let it = &plan.items[idx];
-        let mut seen = BTreeSet::new();
-        let mut queue: VecDeque<usize> = inst.inputs.iter().copied().collect();
-        let mut ancestors = vec![];
-        while let Some(u) = queue.pop_front() {
-            if seen.insert(u) {
-                ancestors.push(spec(u));
-                queue.extend(plan.ex.instances[u].inputs.iter().copied());
-            }
-        }
+        let ancestors: Vec<InputSpec> = all.iter().map(|&u| spec(u)).collect();
         Frozen {
             pipeline: plan.ex.pipeline.name.clone(),
             stage: inst.stage_name.clone(),
@@ -137,6 +152,7 @@ impl Frozen {
             dir,
             vars: s.vars.clone(),
             manifest,
+            ancestors: s.ancestors.clone(),
         })
     }
 
@@ -246,6 +262,7 @@ impl Task {
         tracing::info!("running {} ({})", s.label, &s.key[..12]);
         let started = now();
         let t = Instant::now();
+        let memo = self.cache.memo();
         let cx = RunCtx {
             pipeline: &s.pipeline,
             stage: &s.stage,
@@ -256,6 +273,7 @@ impl Task {
             inputs: self.inputs.clone(),
             ancestors: self.ancestors.clone(),
             dir: &dir,
+            memo: &memo,
             device: s.device,
             cancel: &self.cancel,
             progress: self.progress.clone(),

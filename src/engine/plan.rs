@@ -6,7 +6,7 @@
 
 use super::cache::{instance_key, Cache, Manifest};
 use super::registry::Registry;
-use super::stage::{CheckCtx, ParamError, Status, Upstream, UpstreamInfo};
+use super::stage::{CheckCtx, ConfigError, Status, Upstream, UpstreamInfo};
 use crate::pipeline::{expand, Expanded, Instance, Pipeline, SpecError};
 use serde::Serialize;
 use serde_json::Value;
@@ -114,30 +114,17 @@ fn upstream(ex: &Expanded, inst: &Instance, reg: &Registry, params: &[Value]) ->
     }
 }
 
-/// A stage's [`ParamError`] as a [`SpecError`] at the param's place in the file.
-fn param_error(ex: &Expanded, inst: &Instance, mut e: ParamError) -> SpecError {
-    // serde reports an unknown field at its parent: point at the field itself.
-    let mut at_key = e.at_key;
-    if let Some(rest) = e.message.strip_prefix("unknown field `") {
-        if let Some(end) = rest.find('`') {
-            let field = &rest[..end];
-            if e.path.is_empty() {
-                e.path = field.to_string();
-            } else if !e.path.ends_with(field) {
-                e.path = format!("{}.{field}", e.path);
-            }
-            at_key = true;
-        }
-    }
-    let path = if e.path.is_empty() {
+/// A stage's [`ConfigError`] as a [`SpecError`] at the param's place in the file.
+fn param_error(ex: &Expanded, inst: &Instance, e: ConfigError) -> SpecError {
+    let path = if e.key.is_empty() {
         format!("stages.{}.params", inst.stage_name)
     } else {
-        format!("stages.{}.params.{}", inst.stage_name, e.path)
+        format!("stages.{}.params.{}", inst.stage_name, e.key)
     };
-    let what = if e.path.is_empty() {
+    let what = if e.key.is_empty() {
         String::new()
     } else {
-        format!(", param `{}`", e.path)
+        format!(", param `{}`", e.key)
     };
     let at = if inst.vars.is_empty() {
         String::new()
@@ -145,7 +132,7 @@ fn param_error(ex: &Expanded, inst: &Instance, mut e: ParamError) -> SpecError {
         format!(" (instance {})", inst.label)
     };
     let msg = format!("stage `{}`{what}{at}: {}", inst.stage_name, e.message);
-    if at_key {
+    if e.at_key {
         ex.pipeline.err_key(&path, msg)
     } else {
         ex.pipeline.err_at(&path, msg)

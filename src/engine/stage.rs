@@ -5,6 +5,9 @@
 //! checks its params and fills `RunCtx::dir`.
 
 use super::cache::Manifest;
+use super::memo::Memo;
+pub use crate::config_error::ConfigError;
+pub use crate::device::DeviceChoice;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -13,31 +16,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// A parameter problem: the dotted path inside `params` and the message.
-#[derive(Debug, Clone)]
-pub struct ParamError {
-    pub path: String,
-    pub message: String,
-    /// Point at the key at `path` rather than its value (a name that is wrong).
-    pub at_key: bool,
-}
-
-impl ParamError {
-    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        ParamError {
-            path: path.into(),
-            message: message.into(),
-            at_key: false,
-        }
-    }
-
-    /// The same error, reported at the key rather than its value.
-    pub fn on_key(mut self) -> Self {
-        self.at_key = true;
-        self
-    }
-}
-
 /// What validation may look at besides the params.
 pub struct CheckCtx<'a> {
     /// Directory relative paths in params are resolved against (the working directory).
@@ -45,13 +23,13 @@ pub struct CheckCtx<'a> {
 }
 
 impl CheckCtx<'_> {
-    /// Resolve a path from params, failing (as a [`ParamError`]) when it does not exist.
-    pub fn existing_path(&self, param: &str, p: &str) -> Result<PathBuf, ParamError> {
+    /// Resolve a path from params, failing (as a [`ConfigError`]) when it does not exist.
+    pub fn existing_path(&self, param: &str, p: &str) -> Result<PathBuf, ConfigError> {
         let path = self.root.join(p);
         if path.exists() {
             Ok(path)
         } else {
-            Err(ParamError::new(
+            Err(ConfigError::new(
                 param,
                 format!("`{p}` does not exist (looked for {})", path.display()),
             ))
@@ -106,16 +84,6 @@ impl Resources {
             time_min: Some(time_min),
         }
     }
-}
-
-/// The device the user asked for (`--device`); stages map it to their backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DeviceChoice {
-    #[default]
-    Cpu,
-    Cuda,
-    Auto,
 }
 
 /// How an instance ended, as written to its manifest.
@@ -174,6 +142,9 @@ pub struct InputRef {
     /// Its matrix values.
     pub vars: Map<String, Value>,
     pub manifest: Manifest,
+    /// Its own ancestors (inputs, their inputs, ...), nearest first, each once: indices
+    /// into [`RunCtx::ancestors`].
+    pub ancestors: Vec<usize>,
 }
 
 /// Progress a long stage reports (steps done of total); cheap to update from a loop.
@@ -205,6 +176,9 @@ pub struct RunCtx<'a> {
     pub ancestors: Vec<InputRef>,
     /// The artifact directory; files left from an interrupted run may be present.
     pub dir: &'a Path,
+    /// Values derived from finished instances, shared between instances (the judge's
+    /// features of a reference draw).
+    pub memo: &'a Memo,
     pub device: DeviceChoice,
     /// Set when the user pressed Ctrl-C: return an error soon, leave no manifest.
     pub cancel: &'a AtomicBool,
@@ -223,6 +197,11 @@ impl RunCtx<'_> {
     /// Deserialise the params into the stage's own type.
     pub fn params<P: DeserializeOwned>(&self) -> anyhow::Result<P> {
         Ok(serde_json::from_value(self.params.clone())?)
+    }
+
+    /// The ancestors of one of this instance's inputs (or ancestors), nearest first.
+    pub fn ancestors_of<'s>(&'s self, input: &'s InputRef) -> impl Iterator<Item = &'s InputRef> {
+        input.ancestors.iter().map(|&i| &self.ancestors[i])
     }
 
     /// The first input of a given kind.
@@ -282,11 +261,11 @@ pub trait Stage: Send + Sync {
     /// a default out explicitly does not change the key: plain defaults filled in,
     /// optional params equal to their default dropped (as if left unset), lists whose
     /// order does not matter sorted. [`normalised_params`] does the serde part.
-    fn check(&self, params: &Value, cx: &CheckCtx) -> Result<Value, ParamError>;
+    fn check(&self, params: &Value, cx: &CheckCtx) -> Result<Value, ConfigError>;
     /// Check the normalised params against the instances upstream (matrix values and
     /// metrics a gathering kind names). Called at plan time for every instance, after
     /// [`Stage::check`]; nothing to check by default.
-    fn check_upstream(&self, _params: &Value, _upstream: &Upstream) -> Result<(), ParamError> {
+    fn check_upstream(&self, _params: &Value, _upstream: &Upstream) -> Result<(), ConfigError> {
         Ok(())
     }
     /// The metric names an instance with these normalised params reports, when the
@@ -316,8 +295,8 @@ pub trait Stage: Send + Sync {
 /// range check, and return `P` re-serialised as the normalised params.
 pub fn typed_params<P: DeserializeOwned + Serialize>(
     params: &Value,
-    validate: impl FnOnce(&P) -> Result<(), ParamError>,
-) -> Result<Value, ParamError> {
+    validate: impl FnOnce(&P) -> Result<(), ConfigError>,
+) -> Result<Value, ConfigError> {
     normalised_params::<P>(params, |p| validate(p))
 }
 
@@ -326,15 +305,13 @@ pub fn typed_params<P: DeserializeOwned + Serialize>(
 /// whose order means nothing. Unset optional params are left out of the result.
 pub fn normalised_params<P: DeserializeOwned + Serialize>(
     params: &Value,
-    check: impl FnOnce(&mut P) -> Result<(), ParamError>,
-) -> Result<Value, ParamError> {
+    check: impl FnOnce(&mut P) -> Result<(), ConfigError>,
+) -> Result<Value, ConfigError> {
     let mut p: P = serde_path_to_error::deserialize(params.clone()).map_err(|e| {
-        let path = e.path().to_string();
-        let path = if path == "." { String::new() } else { path };
-        ParamError::new(path, e.into_inner().to_string())
+        ConfigError::from_serde(&e.path().to_string(), e.into_inner().to_string())
     })?;
     check(&mut p)?;
-    let mut v = serde_json::to_value(&p).map_err(|e| ParamError::new("", e.to_string()))?;
+    let mut v = serde_json::to_value(&p).map_err(|e| ConfigError::new("", e.to_string()))?;
     drop_nulls(&mut v);
     Ok(v)
 }

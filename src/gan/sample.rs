@@ -1,8 +1,9 @@
 //! Sampling a trained generator from its checkpoint, without the trainer.
 
+use std::collections::HashMap;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use dfdx::prelude::*;
 
 use super::config::TrainConfig;
@@ -65,6 +66,45 @@ pub fn sample_net<D: Dev<f32>>(
         labels,
         classes: net.classes(),
     }
+}
+
+/// Metadata key of the shape of one example G makes, `[2]` or `[C, H, W]`.
+pub(crate) const SHAPE_KEY: &str = "shape";
+
+/// The string metadata of a safetensors file, read from its header alone (the
+/// tensors, which may be large, are not read).
+pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)
+        .with_context(|| format!("{}: not a safetensors file", path.display()))?;
+    let len = u64::from_le_bytes(len);
+    if len > 100 << 20 {
+        bail!("{}: safetensors header of {len} bytes", path.display());
+    }
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header)
+        .with_context(|| format!("{}: truncated safetensors header", path.display()))?;
+    let header: serde_json::Value = serde_json::from_slice(&header)
+        .with_context(|| format!("{}: unreadable safetensors header", path.display()))?;
+    Ok(match header.get("__metadata__") {
+        Some(m) => serde_json::from_value(m.clone())
+            .with_context(|| format!("{}: metadata must map strings to strings", path.display()))?,
+        None => HashMap::new(),
+    })
+}
+
+/// The shape of one example the checkpoint's generator makes, from its metadata;
+/// `None` for checkpoints written before it was recorded.
+pub fn checkpoint_shape(path: &Path) -> Result<Option<DataShape>> {
+    let meta = read_metadata(path)?;
+    let Some(s) = meta.get(SHAPE_KEY) else {
+        return Ok(None);
+    };
+    let dims: Vec<usize> = serde_json::from_str(s)
+        .with_context(|| format!("{}: metadata {SHAPE_KEY} = {s:?}", path.display()))?;
+    Ok(Some(DataShape::from_item_dims(&dims)?))
 }
 
 /// Rebuild the generator of `cfg` for `shape`, load its weights (`G_ema.` or `G.`)

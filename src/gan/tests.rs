@@ -437,6 +437,8 @@ pub(super) fn check_resume(yaml: &str) {
     assert_eq!(s.labels, cond.then(|| vec![0, 1, 2]));
     c.save_checkpoint(&path).unwrap();
     let shape = DataShape::Image { c: 1, res: 16 };
+    // The checkpoint says what its G makes (the sample stage reads it there).
+    assert_eq!(super::checkpoint_shape(&path).unwrap(), Some(shape));
     let from_file = sample_checkpoint(&cfg, shape, &path, true, 4, 1).unwrap();
     assert_eq!(from_file, c.sample_labelled(4, 1, true));
 }
@@ -1263,4 +1265,24 @@ fn stylegan_mapping_official() {
     let a = g.forward(z.clone(), false).as_vec();
     let b = g.forward(z * 3.0, false).as_vec();
     assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-4));
+}
+
+/// A checkpoint written before the `shape` metadata has none (the sample stage then
+/// reads the data's card); a shape survives its metadata form.
+#[test]
+fn checkpoint_shape_of_old_checkpoints_and_round_trip() {
+    use crate::nn::{save_safetensors, NamedTensor};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.safetensors");
+    let t = NamedTensor {
+        name: "G.w".into(),
+        shape: vec![2],
+        data: vec![1.0f32, 2.0],
+    };
+    save_safetensors(&path, &[t], Default::default()).unwrap();
+    assert_eq!(super::checkpoint_shape(&path).unwrap(), None);
+    for s in [DataShape::Points, DataShape::Image { c: 3, res: 8 }] {
+        assert_eq!(DataShape::from_item_dims(&s.item_dims()).unwrap(), s);
+    }
+    assert!(DataShape::from_item_dims(&[1, 8, 4]).is_err());
 }

@@ -31,6 +31,7 @@ use anyhow::{bail, Context, Result};
 use dfdx::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::data::shuffle;
 use crate::nn::{
     self, Adam, AdamConfig, ConvConfig, Dev, Float, Layer, LinearConfig, Net, NetBuilder, Rng, T1,
     T4,
@@ -409,7 +410,6 @@ fn argmax(row: &[f32]) -> usize {
     best
 }
 
-/// Fisher-Yates shuffle with the crate's RNG.
 /// What [`Judge::judge_modes`] assigns to a batch of images.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JudgedModes {
@@ -419,13 +419,6 @@ pub struct JudgedModes {
     pub confidence: Vec<f32>,
     /// How many modes there are (`K` or `K^c`).
     pub num_modes: usize,
-}
-
-pub fn shuffle<T>(v: &mut [T], rng: &mut Rng) {
-    for i in (1..v.len()).rev() {
-        let j = rng.below(i + 1);
-        v.swap(i, j);
-    }
 }
 
 /// Indices of the first occurrence of every distinct row (`[N, len]` row-major,

@@ -140,6 +140,8 @@ pub struct Inputs<'a> {
     /// The train instance upstream: wall seconds and its metrics.
     pub train: Option<(f64, &'a BTreeMap<String, f64>)>,
     features: Option<(Vec<f32>, Vec<f32>, usize)>,
+    /// The judge's features of `real`, when the caller has them (kept from an earlier run).
+    real_features: Option<Vec<f32>>,
     judged: Option<JudgedModes>,
     prdc: Option<super::Prdc>,
     mode_count: Option<ModeCount>,
@@ -180,6 +182,7 @@ impl<'a> Inputs<'a> {
             min_confidence,
             train,
             features: None,
+            real_features: None,
             judged: None,
             prdc: None,
             mode_count: None,
@@ -193,6 +196,23 @@ impl<'a> Inputs<'a> {
         self.shape.len() == 4
     }
 
+    /// The judge's features of the real set (`[n_real, F]`, per channel and
+    /// concatenated), as [`Inputs::features`] computes them: images only. A caller that
+    /// keeps them (`evaluate` does, by data and judge) hands them back with
+    /// [`Inputs::use_real_features`].
+    pub fn real_features(&self) -> Result<Vec<f32>> {
+        match self.judge {
+            Some(j) if self.images() => j.features_per_channel(self.real, self.shape[1]),
+            _ => bail!("features of images need a judge"),
+        }
+    }
+
+    /// Use these features of the real set (from [`Inputs::real_features`] on the same
+    /// real set and judge) instead of computing them.
+    pub fn use_real_features(&mut self, features: Vec<f32>) {
+        self.real_features = Some(features);
+    }
+
     /// Real and generated features and their dimension: the judge's penultimate layer
     /// (per channel, concatenated) for images, the coordinates for points.
     pub fn features(&mut self) -> Result<(&[f32], &[f32], usize)> {
@@ -200,7 +220,10 @@ impl<'a> Inputs<'a> {
             self.features = Some(match self.judge {
                 Some(j) if self.images() => {
                     let c = self.shape[1];
-                    let rf = j.features_per_channel(self.real, c)?;
+                    let rf = match self.real_features.take() {
+                        Some(rf) => rf,
+                        None => j.features_per_channel(self.real, c)?,
+                    };
                     let ff = j.features_per_channel(self.fake, c)?;
                     let dim = rf.len() / (self.real.len() / self.item());
                     (rf, ff, dim)

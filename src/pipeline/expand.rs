@@ -62,6 +62,33 @@ pub struct Expanded {
 }
 
 /// Validate the stage graph and expand every stage into instances.
+///
+/// A stage fans out over its matrix and over the instances of the stages it needs
+/// (those that agree on every shared matrix value); a gathering kind makes one
+/// instance over all of them.
+///
+/// ```
+/// use ablate::pipeline::{expand, KindInfo, Pipeline};
+/// struct Kinds;
+/// impl KindInfo for Kinds {
+///     fn known(&self, _: &str) -> bool { true }
+///     fn gathers(&self, kind: &str) -> bool { kind == "tabulate" }
+///     fn names(&self) -> Vec<String> { vec![] }
+/// }
+/// let yaml = "name: p\nstages:\n  \
+///     data: {kind: data}\n  \
+///     train:\n    kind: train\n    needs: [data]\n    \
+///     matrix: {seed: [0, 1]}\n    params: {seed: '${seed}'}\n  \
+///     t: {kind: tabulate, needs: [train]}\n";
+/// let ex = expand(Pipeline::parse("p.yaml".as_ref(), yaml).unwrap(), &Kinds).unwrap();
+/// let labels: Vec<&str> = ex.instances.iter().map(|i| i.label.as_str()).collect();
+/// assert_eq!(labels, ["data", "train[seed=0]", "train[seed=1]", "t"]);
+/// // `${seed}` alone keeps its type; the singleton `data` is broadcast to both.
+/// assert_eq!(ex.instances[2].params["seed"], 1);
+/// assert_eq!(ex.instances[2].inputs, [0]);
+/// // tabulate gathers every train instance.
+/// assert_eq!(ex.instances[3].inputs, [1, 2]);
+/// ```
 pub fn expand(p: Pipeline, kinds: &dyn KindInfo) -> Result<Expanded, SpecError> {
     let mut graph = DiGraph::<usize, ()>::new();
     let nodes: Vec<NodeIndex> = (0..p.stages.len()).map(|i| graph.add_node(i)).collect();

@@ -4,6 +4,7 @@
 //! [`Instance`]s with resolved params, or a [`SpecError`] naming the file, line,
 //! column and offending name.
 
+pub mod dag;
 pub mod error;
 pub mod expand;
 pub mod locate;

@@ -126,6 +126,19 @@ impl Pipeline {
     }
 
     /// Parse pipeline text; `file` is only used in messages.
+    ///
+    /// ```
+    /// use ablate::pipeline::Pipeline;
+    /// let ok = "name: p\nstages:\n  data: {kind: data, params: {count: 10}}\n";
+    /// let p = Pipeline::parse("p.yaml".as_ref(), ok).unwrap();
+    /// assert_eq!(p.name, "p");
+    /// assert_eq!(p.stages[0].kind, "data");
+    /// // Errors name the file, the line and column, and the offending key.
+    /// let bad = "name: p\nstages:\n  data:\n    kind: data\n    nedds: [x]\n";
+    /// let e = Pipeline::parse("p.yaml".as_ref(), bad).unwrap_err();
+    /// assert_eq!(e.to_string().split(": ").next(), Some("p.yaml:5:5"));
+    /// assert!(e.message.contains("`nedds`"), "{e}");
+    /// ```
     pub fn parse(file: &Path, source: &str) -> Result<Pipeline, SpecError> {
         let cx = Cx {
             file: file.to_path_buf(),

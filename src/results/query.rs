@@ -57,6 +57,25 @@ pub fn all_tables(results_root: &Path) -> Result<BTreeMap<String, DataFrame>> {
 }
 
 /// Run SQL over named tables. Errors carry polars' message.
+///
+/// ```
+/// use ablate::results::{frame_from_rows, query::run_sql, Cell};
+/// use std::collections::BTreeMap;
+/// let row = |loss: &str, seed: i64, fid: f64| {
+///     vec![
+///         ("loss".to_string(), Cell::Str(loss.into())),
+///         ("seed".to_string(), Cell::Int(seed)),
+///         ("fid".to_string(), Cell::Float(fid)),
+///     ]
+/// };
+/// let df = frame_from_rows(&[row("ns", 0, 2.0), row("ns", 1, 4.0), row("rpgan", 0, 1.0)])
+///     .unwrap();
+/// let tables = BTreeMap::from([("runs".to_string(), df)]);
+/// let out = run_sql(&tables, "SELECT loss, avg(fid) AS fid FROM runs GROUP BY loss ORDER BY loss")
+///     .unwrap();
+/// let fid: Vec<Option<f64>> = out.column("fid").unwrap().f64().unwrap().into_iter().collect();
+/// assert_eq!(fid, [Some(3.0), Some(1.0)]);
+/// ```
 pub fn run_sql(tables: &BTreeMap<String, DataFrame>, sql: &str) -> PolarsResult<DataFrame> {
     let mut cx = polars::sql::SQLContext::new();
     for (name, df) in tables {

@@ -98,6 +98,15 @@ fn t_p_value(t: f64, df: f64) -> f64 {
 
 /// Mean, sample std and 95% Student t interval (n - 1 degrees of freedom).
 /// `None` for fewer than two values.
+///
+/// ```
+/// use ablate::results::stats::mean_ci;
+/// let m = mean_ci(&[1.0, 2.0, 3.0]).unwrap();
+/// assert_eq!((m.n, m.mean, m.sd), (3, 2.0, 1.0));
+/// // t(0.975, 2 df) = 4.302653 (scipy.stats.t.ppf(0.975, 2)); half-width t * sd / sqrt(n)
+/// assert!((m.hi - m.mean - 4.302653 / 3f64.sqrt()).abs() < 1e-5);
+/// assert!(mean_ci(&[1.0]).is_none());
+/// ```
 pub fn mean_ci(xs: &[f64]) -> Option<MeanCi> {
     let n = xs.len();
     if n < 2 {

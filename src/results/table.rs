@@ -318,6 +318,27 @@ pub fn drop_constant_columns(df: &DataFrame, keep: &[&str]) -> Result<(DataFrame
 /// first-seen order. Columns: the group columns, `n` (rows), then per column
 /// `<c>_mean`, `<c>_std`, `<c>_ci95_lo`, `<c>_ci95_hi` (std and interval null for
 /// one value).
+///
+/// ```
+/// use ablate::results::{frame_from_rows, table::aggregate, Cell};
+/// let row = |loss: &str, seed: i64, fid: f64| {
+///     vec![
+///         ("loss".to_string(), Cell::Str(loss.into())),
+///         ("seed".to_string(), Cell::Int(seed)),
+///         ("fid".to_string(), Cell::Float(fid)),
+///     ]
+/// };
+/// let df = frame_from_rows(&[row("ns", 0, 2.0), row("ns", 1, 4.0), row("rpgan", 0, 1.0)])
+///     .unwrap();
+/// let agg = aggregate(&df, &["loss".to_string()], &["seed".to_string()]).unwrap();
+/// let col = |c: &str| agg.column(c).unwrap().f64().unwrap().get(0);
+/// assert_eq!(agg.height(), 2);
+/// assert_eq!(col("fid_mean"), Some(3.0));
+/// let std = col("fid_std").unwrap(); // the sample std of 2 and 4 is sqrt(2)
+/// assert!((std - 2f64.sqrt()).abs() < 1e-12, "{std}");
+/// // one run: no spread, no interval
+/// assert_eq!(agg.column("fid_std").unwrap().f64().unwrap().get(1), None);
+/// ```
 pub fn aggregate(df: &DataFrame, group: &[String], skip: &[String]) -> Result<DataFrame> {
     let schema = df.schema();
     let mut aggs = vec![len().alias("n")];

@@ -10,7 +10,7 @@ use crate::data::{
     self, Dataset, ImageFolderOptions, MnistOptions, MnistSplit, StackedMnistOptions,
 };
 use crate::engine::{
-    normalised_params, CheckCtx, DeviceChoice, Figure, FigureCtx, Outcome, ParamError, Resources,
+    normalised_params, CheckCtx, DeviceChoice, Figure, FigureCtx, Outcome, ConfigError, Resources,
     RunCtx, Stage,
 };
 use anyhow::Result;
@@ -75,12 +75,12 @@ fn default_split() -> MnistSplit {
 }
 
 impl DataParams {
-    fn validate(&self, cx: &CheckCtx) -> Result<(), ParamError> {
+    fn validate(&self, cx: &CheckCtx) -> Result<(), ConfigError> {
         use Source::*;
         let file_source = matches!(self.source, Mnist | StackedMnist | ImageFolder);
         match (&self.root, file_source) {
             (None, true) => {
-                return Err(ParamError::new(
+                return Err(ConfigError::new(
                     "root",
                     format!(
                         "source {:?} needs `root`, the folder of its files",
@@ -89,7 +89,7 @@ impl DataParams {
                 ))
             }
             (Some(_), false) => {
-                return Err(ParamError::new(
+                return Err(ConfigError::new(
                     "root",
                     "a generated source takes no `root`",
                 ))
@@ -98,31 +98,31 @@ impl DataParams {
                 let root = cx.existing_path("root", r)?;
                 if matches!(self.source, Mnist | StackedMnist) {
                     data::mnist::mnist_files(&root, self.split)
-                        .map_err(|e| ParamError::new("root", e.to_string()))?;
+                        .map_err(|e| ConfigError::new("root", e.to_string()))?;
                 }
             }
             (None, false) => {}
         }
         if let Some(r) = self.resolution {
             if !(4..=512).contains(&r) {
-                return Err(ParamError::new(
+                return Err(ConfigError::new(
                     "resolution",
                     format!("{r} is out of range 4..=512"),
                 ));
             }
             if matches!(self.source, GaussianRing | GaussianGrid) {
-                return Err(ParamError::new(
+                return Err(ConfigError::new(
                     "resolution",
                     "2-D point sources have no resolution",
                 ));
             }
         }
         if self.count == Some(0) {
-            return Err(ParamError::new("count", "must be at least 1"));
+            return Err(ConfigError::new("count", "must be at least 1"));
         }
         if matches!(self.source, StackedMnist | GaussianRing | GaussianGrid) && self.count.is_none()
         {
-            return Err(ParamError::new(
+            return Err(ConfigError::new(
                 "count",
                 format!(
                     "source {:?} generates data: say how many with `count`",
@@ -132,13 +132,13 @@ impl DataParams {
         }
         if let Some(c) = self.channels {
             if self.source != ImageFolder {
-                return Err(ParamError::new(
+                return Err(ConfigError::new(
                     "channels",
                     "only image_folder takes `channels`",
                 ));
             }
             if c != 1 && c != 3 {
-                return Err(ParamError::new("channels", format!("{c}: must be 1 or 3")));
+                return Err(ConfigError::new("channels", format!("{c}: must be 1 or 3")));
             }
         }
         for (name, v) in [("radius", self.radius), ("std", self.std)] {
@@ -146,13 +146,13 @@ impl DataParams {
                 if !matches!(self.source, GaussianRing | GaussianGrid)
                     || (name == "radius" && self.source != GaussianRing)
                 {
-                    return Err(ParamError::new(
+                    return Err(ConfigError::new(
                         name,
                         format!("source {:?} takes no `{name}`", self.source),
                     ));
                 }
                 if !(v.is_finite() && v > 0.0) {
-                    return Err(ParamError::new(
+                    return Err(ConfigError::new(
                         name,
                         format!("{v}: must be a positive number"),
                     ));
@@ -272,7 +272,7 @@ impl Stage for Data {
     fn about(&self) -> &'static str {
         "load or generate a dataset (mnist, stacked_mnist, gaussian_ring, gaussian_grid, image_folder)"
     }
-    fn check(&self, params: &Value, cx: &CheckCtx) -> Result<Value, ParamError> {
+    fn check(&self, params: &Value, cx: &CheckCtx) -> Result<Value, ConfigError> {
         normalised_params::<DataParams>(params, |p| {
             p.validate(cx)?;
             p.normalise();

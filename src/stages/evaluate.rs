@@ -51,6 +51,11 @@
 //! the registry in [`crate::metrics::registry`]; this stage loads the inputs, refuses
 //! what does not apply, and writes the files.
 //!
+//! The judge's features of the real reference set depend only on the judge, the data
+//! and the draw (`seed`, `real_count`): they are computed once and kept in the cache's
+//! memo (`memo/judge-features/`, [`crate::engine::Memo`]), so every sample evaluated
+//! against the same data and judge reads them (the same numbers as computing them).
+//!
 //! Writes `metrics.json` (every number, the counts and the feature space),
 //! `modes.csv` + `modes.png` (samples per mode) where modes apply, and with
 //! `save_features: true` `features.safetensors` (`real`, `fake`: f32 [N, F]).
@@ -61,7 +66,7 @@ use super::judge::JUDGE_FILE;
 use super::sample::SAMPLES_FILE;
 use crate::data::{load_dataset, DataTensor, Dataset, GaussianMixture};
 use crate::engine::{
-    normalised_params, CheckCtx, DeviceChoice, Figure, FigureCtx, InputRef, Outcome, ParamError,
+    normalised_params, CheckCtx, DeviceChoice, Figure, FigureCtx, InputRef, Outcome, ConfigError,
     Resources, RunCtx, Stage, Status,
 };
 use crate::metrics::{self, judge::Judge, registry};
@@ -147,18 +152,18 @@ impl Stage for Evaluate {
         out.push("eval_s".into());
         Some(out)
     }
-    fn check(&self, params: &Value, _cx: &CheckCtx) -> Result<Value, ParamError> {
+    fn check(&self, params: &Value, _cx: &CheckCtx) -> Result<Value, ConfigError> {
         normalised_params::<EvaluateParams>(params, |p| {
             if let Some(m) = &p.metrics {
                 if m.is_empty() {
-                    return Err(ParamError::new(
+                    return Err(ConfigError::new(
                         "metrics",
                         "an empty list: leave `metrics` out for every metric that applies",
                     ));
                 }
                 for (i, a) in m.iter().enumerate() {
                     if m[..i].contains(a) {
-                        return Err(ParamError::new(
+                        return Err(ConfigError::new(
                             format!("metrics[{i}]"),
                             format!("`{}` is listed twice", a.name()),
                         ));
@@ -172,7 +177,7 @@ impl Stage for Evaluate {
             ] {
                 if let Some(v) = v {
                     if !(2..=10_000_000).contains(&v) {
-                        return Err(ParamError::new(
+                        return Err(ConfigError::new(
                             name,
                             format!("{v} is out of range 2..=10000000"),
                         ));
@@ -180,7 +185,7 @@ impl Stage for Evaluate {
                 }
             }
             if !(0.0..1.0).contains(&p.min_confidence) {
-                return Err(ParamError::new(
+                return Err(ConfigError::new(
                     "min_confidence",
                     format!(
                         "{} is out of range [0, 1): a softmax probability (0 counts every sample)",
@@ -230,7 +235,7 @@ impl Stage for Evaluate {
         let item = real.data.item_len();
         let n_real = real.len().min(p.real_count);
         let mut idx: Vec<usize> = (0..real.len()).collect();
-        metrics::judge::shuffle(&mut idx, &mut Rng::derived(p.seed, 0x7265_616c));
+        crate::data::shuffle(&mut idx, &mut Rng::derived(p.seed, 0x7265_616c));
         let mut ridx = idx[..n_real].to_vec();
         ridx.sort_unstable();
         let real_x: Vec<f32> = ridx
@@ -264,6 +269,12 @@ impl Stage for Evaluate {
         if let Some((_, label)) = &judge {
             info.insert("judge".into(), Value::from(label.clone()));
         }
+        let judge_key = judge.as_ref().and_then(|_| {
+            cx.inputs
+                .iter()
+                .find(|i| i.kind == "judge")
+                .map(|j| j.key.clone())
+        });
         let mixture = if !images && needs_classes {
             let mix = read_mixture(&data.dir)?.with_context(|| {
                 format!("evaluate: `{}` is not a Gaussian mixture (no centres in its card): modes and class_accuracy on points need one", data.label)
@@ -293,6 +304,10 @@ impl Stage for Evaluate {
         let mut report = registry::Report::default();
         let mut features_s = 0.0;
         if needs_features {
+            if let Some(judge_key) = &judge_key {
+                let rf = cached_real_features(cx, &inputs, judge_key, &data.key, p.seed, n_real)?;
+                inputs.use_real_features(rf);
+            }
             inputs.features()?;
             features_s = t.elapsed().as_secs_f64();
         }
@@ -371,6 +386,53 @@ impl Stage for Evaluate {
             svg: c.svg(700, 300)?,
         }])
     }
+}
+
+/// The judge's features of the real reference set (the draw of `n_real` items of
+/// `data_key` by `seed`), kept in the cache's memo by judge, data and draw: every sample
+/// evaluated against the same data and judge reads them instead of recomputing them.
+/// They are the same numbers as computed in place (the same items through the same
+/// batches; f32 stored exactly).
+fn cached_real_features(
+    cx: &RunCtx,
+    inputs: &registry::Inputs,
+    judge_key: &str,
+    data_key: &str,
+    seed: u64,
+    n_real: usize,
+) -> Result<Vec<f32>> {
+    // The draw (seed, count) and the code that draws and judges it (this kind's version).
+    let params = json!({"evaluate_version": VERSION, "seed": seed, "real_count": n_real});
+    let (path, hit) = cx.memo.get_or_make(
+        "judge-features",
+        &[judge_key, data_key],
+        &params,
+        "safetensors",
+        |path| {
+            let f = inputs.real_features()?;
+            let dim = f.len() / n_real.max(1);
+            let t = NamedTensor {
+                name: "real".into(),
+                shape: vec![n_real, dim],
+                data: f,
+            };
+            crate::nn::save_safetensors(path, &[t], HashMap::new())
+        },
+    )?;
+    tracing::debug!(
+        "{}: real features {} {}",
+        cx.label,
+        if hit { "read from" } else { "kept in" },
+        path.display()
+    );
+    let (mut map, _) = crate::nn::load_safetensors::<f32>(&path)?;
+    let t = map
+        .remove("real")
+        .with_context(|| format!("{}: no tensor `real`", path.display()))?;
+    if t.shape.first() != Some(&n_real) {
+        bail!("{}: shape {:?}, expected {n_real} rows", path.display(), t.shape);
+    }
+    Ok(t.data)
 }
 
 /// Refuses metrics that do not apply to the data or the samples, saying why.

@@ -35,9 +35,10 @@
 use super::data::DATA_FILE;
 use crate::data::{load_dataset, DataTensor};
 use crate::engine::{
-    typed_params, CheckCtx, DeviceChoice, Outcome, ParamError, Resources, RunCtx, Stage,
+    typed_params, CheckCtx, DeviceChoice, Outcome, ConfigError, Resources, RunCtx, Stage,
 };
-use crate::metrics::judge::{distinct_rows, shuffle, FitOptions, Judge as Net, JudgeArch};
+use crate::data::shuffle;
+use crate::metrics::judge::{distinct_rows, FitOptions, Judge as Net, JudgeArch};
 use crate::nn::{Cpu, Rng};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -102,9 +103,9 @@ fn range<T: PartialOrd + std::fmt::Display>(
     v: T,
     lo: T,
     hi: T,
-) -> Result<(), ParamError> {
+) -> Result<(), ConfigError> {
     if v < lo || v > hi {
-        return Err(ParamError::new(
+        return Err(ConfigError::new(
             name,
             format!("{v} is out of range {lo}..={hi}"),
         ));
@@ -126,26 +127,26 @@ impl Stage for Judge {
     fn about(&self) -> &'static str {
         "train the evaluator CNN on labelled images (features for fid_judge/prdc, labels for modes)"
     }
-    fn check(&self, params: &Value, _cx: &CheckCtx) -> Result<Value, ParamError> {
+    fn check(&self, params: &Value, _cx: &CheckCtx) -> Result<Value, ConfigError> {
         typed_params::<JudgeParams>(params, |p| {
             range("epochs", p.epochs, 1, 1000)?;
             range("batch", p.batch, 1, 65_536)?;
             range("width", p.width, 1, 512)?;
             range("features", p.features, 1, 4096)?;
             if !(p.lr.is_finite() && p.lr > 0.0 && p.lr <= 1.0) {
-                return Err(ParamError::new(
+                return Err(ConfigError::new(
                     "lr",
                     format!("{}: must be in (0, 1]", p.lr),
                 ));
             }
             if !(p.holdout > 0.0 && p.holdout < 1.0) {
-                return Err(ParamError::new(
+                return Err(ConfigError::new(
                     "holdout",
                     format!("{}: must be in (0, 1)", p.holdout),
                 ));
             }
             if p.max_train == Some(0) {
-                return Err(ParamError::new("max_train", "must be at least 1"));
+                return Err(ConfigError::new("max_train", "must be at least 1"));
             }
             Ok(())
         })

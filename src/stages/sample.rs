@@ -4,6 +4,8 @@
 //! [N,C,H,W] in [-1,1] or `points` f32 [N,2]), so evaluation and Python read it like
 //! data, and `grid.png` (the first 64 images, or a scatter plot of the points).
 //! Latents come from `seed` alone: the same checkpoint and seed give the same samples.
+//! The sample shape is the one the checkpoint records (`gan::checkpoint_shape`; the
+//! data's card for checkpoints older than that).
 //! A conditional generator is sampled for labels balanced over its classes
 //! (`0, 1, ..., k-1, 0, ...`), and the file holds them as `labels` (i64 [N]); its grid
 //! has one column per class (up to 32 classes, 8 rows).
@@ -17,7 +19,7 @@
 use super::train::CHECKPOINT_FILE;
 use crate::data::{self, DataTensor, Dataset};
 use crate::engine::{
-    typed_params, CheckCtx, DeviceChoice, Figure, FigureCtx, InputRef, Outcome, ParamError,
+    typed_params, CheckCtx, DeviceChoice, Figure, FigureCtx, InputRef, Outcome, ConfigError,
     Resources, RunCtx, Stage, Status,
 };
 use crate::gan::{self, DataShape, TrainConfig};
@@ -73,10 +75,10 @@ impl Stage for Sample {
     fn about(&self) -> &'static str {
         "draw samples from a trained generator (+ PNG grid; balanced labels when conditional), or real items of a data stage as a reference"
     }
-    fn check(&self, params: &Value, _cx: &CheckCtx) -> Result<Value, ParamError> {
+    fn check(&self, params: &Value, _cx: &CheckCtx) -> Result<Value, ConfigError> {
         typed_params::<SampleParams>(params, |p| {
             if !(1..=1_000_000).contains(&p.count) {
-                return Err(ParamError::new(
+                return Err(ConfigError::new(
                     "count",
                     format!("{} is out of range 1..=1000000", p.count),
                 ));
@@ -95,33 +97,25 @@ impl Stage for Sample {
         let train = cx.input("train")?;
         let cfg: TrainConfig = serde_json::from_value(train.manifest.params.clone())
             .context("reading the train instance's params")?;
-        // The data the generator was trained on gives the sample shape.
-        let data_key = train
-            .manifest
-            .inputs
-            .iter()
-            .find(|i| {
-                cx.ancestors
-                    .iter()
-                    .any(|a| a.key == i.key && a.kind == "data")
-            })
-            .map(|i| i.key.clone())
-            .context("the train instance has no data input")?;
-        let data_dir = &cx.ancestors.iter().find(|a| a.key == data_key).unwrap().dir;
-        let card: Value = serde_json::from_str(&std::fs::read_to_string(
-            data_dir.join(super::data::CARD_FILE),
-        )?)?;
-        let dims: Vec<usize> = serde_json::from_value(card["shape"].clone())?;
-        let shape = match dims.as_slice() {
-            [_, 2] => DataShape::Points,
-            [_, c, h, _] => DataShape::Image { c: *c, res: *h },
-            other => anyhow::bail!("unexpected data shape {other:?}"),
+        let ckpt = train.dir.join(CHECKPOINT_FILE);
+        // The data the generator was trained on: its mixture (points) goes with the
+        // samples, and its card gives the shape of checkpoints older than their `shape`.
+        let data = cx.ancestors_of(train).find(|a| a.kind == "data");
+        let shape = match gan::checkpoint_shape(&ckpt)? {
+            Some(shape) => shape,
+            None => data_card_shape(data.context("the train instance has no data input")?)?,
+        };
+        let mixture = match (shape, data) {
+            (DataShape::Points, Some(d)) => read_card(d)?
+                .get("mixture")
+                .and_then(|m| serde_json::from_value(m.clone()).ok()),
+            _ => None,
         };
         let t = Instant::now();
         let samples = gan::sample_checkpoint(
             &cfg,
             shape,
-            &train.dir.join(CHECKPOINT_FILE),
+            &ckpt,
             p.ema,
             p.count,
             p.seed,
@@ -147,9 +141,7 @@ impl Stage for Sample {
                 .map(|l| l.into_iter().map(|y| y as i64).collect()),
             classes: samples.classes,
             sources: vec![],
-            mixture: card
-                .get("mixture")
-                .and_then(|m| serde_json::from_value(m.clone()).ok()),
+            mixture,
         };
         data::save_dataset(&ds, &cx.dir.join(SAMPLES_FILE))?;
         write_grid(
@@ -171,6 +163,24 @@ impl Stage for Sample {
     }
 }
 
+/// The data instance's `card.json`.
+fn read_card(data: &InputRef) -> Result<Value> {
+    let path = data.dir.join(super::data::CARD_FILE);
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(serde_json::from_str(&text)?)
+}
+
+/// The example shape of a data instance, from its card (for checkpoints written before
+/// they recorded it).
+fn data_card_shape(data: &InputRef) -> Result<DataShape> {
+    let dims: Vec<usize> = serde_json::from_value(read_card(data)?["shape"].clone())?;
+    match dims.as_slice() {
+        [_, rest @ ..] => DataShape::from_item_dims(rest),
+        [] => anyhow::bail!("{}: empty data shape", data.label),
+    }
+}
+
 /// A reference "sample": `count` items of the data instance `data`, drawn without
 /// replacement, in a seeded order, without labels.
 fn real_samples(cx: &RunCtx, p: &SampleParams, data: &InputRef) -> Result<Outcome> {
@@ -186,7 +196,7 @@ fn real_samples(cx: &RunCtx, p: &SampleParams, data: &InputRef) -> Result<Outcom
         );
     }
     let mut idx: Vec<usize> = (0..ds.len()).collect();
-    crate::metrics::judge::shuffle(&mut idx, &mut crate::nn::Rng::derived(p.seed, 0x7265_6665));
+    data::shuffle(&mut idx, &mut crate::nn::Rng::derived(p.seed, 0x7265_6665));
     let values: Vec<f32> = idx[..p.count]
         .iter()
         .flat_map(|&i| ds.data.item(i).iter().copied())

@@ -26,7 +26,7 @@
 //! axes. Published to `results/<pipeline>/<stage>{,_agg,_cmp}.{parquet,csv,md}`.
 
 use crate::engine::{
-    typed_params, CheckCtx, DeviceChoice, InputRef, Outcome, ParamError, PublishCtx, Resources,
+    typed_params, CheckCtx, DeviceChoice, InputRef, Outcome, ConfigError, PublishCtx, Resources,
     RunCtx, Stage, Status, Upstream,
 };
 use crate::pipeline::short_value;
@@ -36,7 +36,6 @@ use anyhow::Result;
 use polars::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use std::collections::HashMap;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -68,15 +67,15 @@ pub struct CompareParams {
 
 impl CompareParams {
     /// Shape checks that need nothing upstream.
-    fn check(&self) -> Result<(), ParamError> {
+    fn check(&self) -> Result<(), ConfigError> {
         if self.baseline.is_empty() {
-            return Err(ParamError::new(
+            return Err(ConfigError::new(
                 "compare.baseline",
                 "name the baseline group by at least one matrix value, e.g. {objective: rpgan-r1+r2}",
             ));
         }
         if self.metrics.is_empty() {
-            return Err(ParamError::new(
+            return Err(ConfigError::new(
                 "compare.metrics",
                 "name at least one metric and its direction, e.g. {modes: higher}",
             ));
@@ -84,7 +83,7 @@ impl CompareParams {
         self.directions()?;
         if let Some(axis) = &self.paired_over {
             if self.baseline.contains_key(axis) {
-                return Err(ParamError::new(
+                return Err(ConfigError::new(
                     format!("compare.baseline.{axis}"),
                     format!("`{axis}` is the paired_over axis: runs pair over it, so it cannot name the baseline"),
                 )
@@ -95,14 +94,14 @@ impl CompareParams {
     }
 
     /// The metrics with their directions, in the order written.
-    fn directions(&self) -> Result<Vec<(String, Direction)>, ParamError> {
+    fn directions(&self) -> Result<Vec<(String, Direction)>, ConfigError> {
         self.metrics
             .iter()
             .map(|(m, d)| {
                 serde_json::from_value::<Direction>(d.clone())
                     .map(|d| (m.clone(), d))
                     .map_err(|_| {
-                        ParamError::new(
+                        ConfigError::new(
                             format!("compare.metrics.{m}"),
                             format!(
                                 "direction of `{m}` is `{}`: write `higher` or `lower` (which way is better)",
@@ -155,15 +154,15 @@ impl Stage for Tabulate {
     fn gathers(&self) -> bool {
         true
     }
-    fn check(&self, params: &Value, _cx: &CheckCtx) -> Result<Value, ParamError> {
+    fn check(&self, params: &Value, _cx: &CheckCtx) -> Result<Value, ConfigError> {
         typed_params::<TabulateParams>(params, |p| match &p.compare {
             Some(c) => c.check(),
             None => Ok(()),
         })
     }
-    fn check_upstream(&self, params: &Value, up: &Upstream) -> Result<(), ParamError> {
+    fn check_upstream(&self, params: &Value, up: &Upstream) -> Result<(), ConfigError> {
         let p: TabulateParams = serde_json::from_value(params.clone())
-            .map_err(|e| ParamError::new("", e.to_string()))?;
+            .map_err(|e| ConfigError::new("", e.to_string()))?;
         match &p.compare {
             Some(c) => check_compare(c, &p.aggregate_over, up),
             None => Ok(()),
@@ -172,12 +171,11 @@ impl Stage for Tabulate {
 
     fn run(&self, cx: &RunCtx) -> Result<Outcome> {
         let p: TabulateParams = cx.params()?;
-        let by_key: HashMap<&str, &InputRef> =
-            cx.ancestors.iter().map(|a| (a.key.as_str(), a)).collect();
-        let mut rows = vec![];
-        for input in &cx.inputs {
-            rows.push(row(cx.pipeline, input, &by_key));
-        }
+        let rows: Vec<_> = cx
+            .inputs
+            .iter()
+            .map(|input| row(cx.pipeline, input, cx.ancestors_of(input)))
+            .collect();
         let mut df = frame_from_rows(&rows)?;
         // Matrix columns: everything flattened from vars.
         let mut matrix_cols: Vec<String> = vec![];
@@ -340,7 +338,7 @@ fn compare_run(
 /// `compare` against what planning knows upstream: the axes and values it names
 /// exist, and the metrics are columns the table will have (where the upstream kinds
 /// can tell).
-fn check_compare(c: &CompareParams, over: &[String], up: &Upstream) -> Result<(), ParamError> {
+fn check_compare(c: &CompareParams, over: &[String], up: &Upstream) -> Result<(), ConfigError> {
     let mut axes: Vec<&str> = vec![];
     for i in &up.inputs {
         for k in i.vars.keys() {
@@ -358,7 +356,7 @@ fn check_compare(c: &CompareParams, over: &[String], up: &Upstream) -> Result<()
     };
     if let Some(a) = &c.paired_over {
         if !axes.contains(&a.as_str()) {
-            return Err(ParamError::new(
+            return Err(ConfigError::new(
                 "compare.paired_over",
                 format!("no matrix axis `{a}` upstream (axes: {})", listed(&axes)),
             ));
@@ -367,14 +365,14 @@ fn check_compare(c: &CompareParams, over: &[String], up: &Upstream) -> Result<()
     for (axis, want) in &c.baseline {
         let at = format!("compare.baseline.{axis}");
         if !axes.contains(&axis.as_str()) {
-            return Err(ParamError::new(
+            return Err(ConfigError::new(
                 at,
                 format!("no matrix axis `{axis}` upstream (axes: {})", listed(&axes)),
             )
             .on_key());
         }
         if over.contains(axis) {
-            return Err(ParamError::new(
+            return Err(ConfigError::new(
                 at,
                 format!("`{axis}` is averaged over (aggregate_over), so it cannot name the baseline group"),
             )
@@ -392,7 +390,7 @@ fn check_compare(c: &CompareParams, over: &[String], up: &Upstream) -> Result<()
                     values.push(s);
                 }
             }
-            return Err(ParamError::new(
+            return Err(ConfigError::new(
                 at,
                 format!(
                     "no upstream instance has {axis} = {} (values: {})",
@@ -403,7 +401,7 @@ fn check_compare(c: &CompareParams, over: &[String], up: &Upstream) -> Result<()
         }
     }
     if !up.inputs.iter().any(|i| c.is_baseline(&i.vars)) {
-        return Err(ParamError::new(
+        return Err(ConfigError::new(
             "compare.baseline",
             "no upstream instance has all of these values together",
         ));
@@ -442,7 +440,7 @@ fn check_compare(c: &CompareParams, over: &[String], up: &Upstream) -> Result<()
                     }
                 }
             }
-            return Err(ParamError::new(
+            return Err(ConfigError::new(
                 format!("compare.metrics.{m}"),
                 format!(
                     "`{m}` is not a column of this table: the upstream instances report {} (and upstream stages' numbers prefixed by stage, e.g. `train.images_per_s`)",
@@ -468,7 +466,13 @@ fn worse(a: Status, b: Status) -> Status {
     }
 }
 
-fn row(pipeline: &str, input: &InputRef, by_key: &HashMap<&str, &InputRef>) -> Vec<(String, Cell)> {
+/// One upstream instance's row: its matrix values and scalars, then those of its
+/// `ancestors` (nearest first, as the engine lists them) prefixed by their stage.
+fn row<'a>(
+    pipeline: &str,
+    input: &InputRef,
+    ancestors: impl Iterator<Item = &'a InputRef>,
+) -> Vec<(String, Cell)> {
     let mut r = vec![
         ("pipeline".to_string(), Cell::Str(pipeline.to_string())),
         ("stage".to_string(), Cell::Str(input.stage.clone())),
@@ -482,19 +486,7 @@ fn row(pipeline: &str, input: &InputRef, by_key: &HashMap<&str, &InputRef>) -> V
         r.push((k.clone(), Cell::Float(*v)));
     }
     let mut status = input.manifest.status;
-    // Ancestors, nearest first, each once.
-    let mut seen = std::collections::HashSet::new();
-    let mut queue: std::collections::VecDeque<&str> = input
-        .manifest
-        .inputs
-        .iter()
-        .map(|i| i.key.as_str())
-        .collect();
-    while let Some(k) = queue.pop_front() {
-        if !seen.insert(k) {
-            continue;
-        }
-        let Some(a) = by_key.get(k) else { continue };
+    for a in ancestors {
         status = worse(status, a.manifest.status);
         for (m, v) in &a.manifest.metrics {
             r.push((format!("{}.{m}", a.stage), Cell::Float(*v)));
@@ -503,7 +495,6 @@ fn row(pipeline: &str, input: &InputRef, by_key: &HashMap<&str, &InputRef>) -> V
             format!("{}.wall_s", a.stage),
             Cell::Float(a.manifest.timings.wall_s),
         ));
-        queue.extend(a.manifest.inputs.iter().map(|i| i.key.as_str()));
     }
     r.push(("status".to_string(), Cell::Str(status.as_str().to_string())));
     r.push((

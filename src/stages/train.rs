@@ -18,9 +18,10 @@
 use super::data::DATA_FILE;
 use crate::data::{load_dataset, DataTensor};
 use crate::engine::{
-    normalised_params, CheckCtx, DeviceChoice, Figure, FigureCtx, Outcome, ParamError, Resources,
+    normalised_params, CheckCtx, DeviceChoice, Figure, FigureCtx, Outcome, ConfigError, Resources,
     RunCtx, Stage, Status,
 };
+use crate::device::Backend;
 use crate::gan::{Arch, ClassLabels, NetConfig, StepLog, TrainConfig, Trainer, Upsample, Variant};
 use crate::nn::{Cpu, Dev};
 use crate::results::plots::{Chart, LineChart, Series, XAxis};
@@ -54,31 +55,6 @@ pub struct LogRow {
 pub const VERSION: u32 = 4;
 
 pub struct Train;
-
-/// The device a train/sample instance will use.
-pub fn resolve_device(param: Option<&str>, cli: DeviceChoice) -> Result<&'static str> {
-    let want = match param {
-        Some("cpu") => DeviceChoice::Cpu,
-        Some("cuda") => DeviceChoice::Cuda,
-        Some("auto") => DeviceChoice::Auto,
-        Some(other) => bail!("device `{other}`: expected cpu, cuda or auto"),
-        None => cli,
-    };
-    Ok(match want {
-        DeviceChoice::Cpu => "cpu",
-        DeviceChoice::Cuda if cfg!(feature = "cuda") => "cuda",
-        DeviceChoice::Cuda => {
-            bail!("device cuda asked for, but this ablate was built without the `cuda` feature")
-        }
-        DeviceChoice::Auto => {
-            if cfg!(feature = "cuda") {
-                "cuda"
-            } else {
-                "cpu"
-            }
-        }
-    })
-}
 
 /// The data artifact as training data, with its class labels where it has them.
 pub fn train_data(dir: &Path) -> Result<(DataTensor, Option<ClassLabels>)> {
@@ -116,48 +92,27 @@ impl Stage for Train {
     fn about(&self) -> &'static str {
         "train a GAN (mlp, dcgan, resnet, selfmod, stylegan, r3gan B-E; ns, rpgan, hinge; r1, r2; unconditional or class-conditional) with checkpoints and resume"
     }
-    fn check(&self, params: &Value, _cx: &CheckCtx) -> Result<Value, ParamError> {
+    fn check(&self, params: &Value, _cx: &CheckCtx) -> Result<Value, ConfigError> {
         normalised_params::<TrainConfig>(params, |c| {
-            c.validate().map_err(|e| {
-                let msg = e.to_string();
-                // Messages start with the offending key (`generator.width must ...`).
-                let first = msg.split([' ', ':']).next().unwrap_or("");
-                let path = if first
-                    .chars()
-                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '.')
-                {
-                    first.to_string()
-                } else {
-                    String::new()
-                };
-                ParamError::new(path, msg)
-            })?;
-            if let Some(d) = &c.device {
-                if !["cpu", "cuda", "auto"].contains(&d.as_str()) {
-                    return Err(ParamError::new(
-                        "device",
-                        format!("`{d}`: expected cpu, cuda or auto"),
-                    ));
-                }
-            }
+            c.validate()?;
             normalise(c);
             Ok(())
         })
     }
     fn resources(&self, params: &Value, device: DeviceChoice) -> Resources {
-        let p = params.get("device").and_then(|d| d.as_str());
+        let asked = params
+            .get("device")
+            .and_then(|d| serde_json::from_value::<DeviceChoice>(d.clone()).ok());
         // On a cluster: a GPU when it trains on CUDA, 4 cores, 8 GB, a day.
         Resources {
-            gpu: resolve_device(p, device)
-                .map(|d| d == "cuda")
-                .unwrap_or(false),
+            gpu: asked.unwrap_or(device).resolve().ok() == Some(Backend::Cuda),
             ..Resources::cluster(4, 8192, 24 * 60)
         }
     }
 
     fn run(&self, cx: &RunCtx) -> Result<Outcome> {
         let cfg: TrainConfig = cx.params()?;
-        let device = resolve_device(cfg.device.as_deref(), cx.device)?;
+        let device = cfg.device.unwrap_or(cx.device).resolve()?;
         let input = cx.input("data")?;
         let (data, labels) = train_data(&input.dir)?;
         if cfg.conditional == Some(true) && labels.is_none() {
@@ -170,7 +125,7 @@ impl Stage for Train {
         }
         match device {
             #[cfg(feature = "cuda")]
-            "cuda" => {
+            Backend::Cuda => {
                 let dev = open_cuda()?;
                 train_on(cx, &cfg, data, labels, dev, device)
             }
@@ -211,7 +166,7 @@ fn train_on<D: Dev<f32>>(
     data: DataTensor,
     labels: Option<ClassLabels>,
     dev: D,
-    device: &'static str,
+    device: Backend,
 ) -> Result<Outcome> {
     let mut t = Trainer::build(cfg.clone(), data, labels, cfg.seed, dev)?;
     let (pg, pd) = t.param_counts();
@@ -302,7 +257,7 @@ fn train_on<D: Dev<f32>>(
     if let Some(m) = peak_rss_mib() {
         out = out.metric("peak_rss_mib", m);
     }
-    out.info.insert("device".into(), Value::from(device));
+    out.info.insert("device".into(), Value::from(device.as_str()));
     out.info.insert("params_g".into(), Value::from(pg));
     out.info.insert("params_d".into(), Value::from(pd));
     if let Some(k) = t.classes() {

@@ -1,5 +1,5 @@
 use super::*;
-use crate::engine::{typed_params, CheckCtx, ParamError, PlanOptions, Stage};
+use crate::engine::{typed_params, CheckCtx, ConfigError, PlanOptions, Stage};
 use crate::engine::{Cache, RunCtx};
 use serde_json::Value;
 
@@ -23,7 +23,7 @@ impl Stage for Toy {
     fn about(&self) -> &'static str {
         "test kind"
     }
-    fn check(&self, params: &Value, _cx: &CheckCtx) -> Result<Value, ParamError> {
+    fn check(&self, params: &Value, _cx: &CheckCtx) -> Result<Value, ConfigError> {
         typed_params::<ToyParams>(params, |_| Ok(()))
     }
     fn run(&self, cx: &RunCtx) -> Result<super::super::stage::Outcome> {

@@ -1,6 +1,6 @@
 use super::*;
 use crate::engine::plan::PlanOptions;
-use crate::engine::stage::{CheckCtx, ParamError, Stage};
+use crate::engine::stage::{CheckCtx, ConfigError, Stage};
 use crate::engine::{Cache, RunCtx};
 use serde_json::Value;
 use std::path::Path;
@@ -18,7 +18,7 @@ impl Stage for Threads {
     fn about(&self) -> &'static str {
         "test kind: reports rayon::current_num_threads()"
     }
-    fn check(&self, params: &Value, _: &CheckCtx) -> Result<Value, ParamError> {
+    fn check(&self, params: &Value, _: &CheckCtx) -> Result<Value, ConfigError> {
         Ok(params.clone())
     }
     fn run(&self, _: &RunCtx) -> Result<super::super::stage::Outcome> {

@@ -69,6 +69,23 @@ impl DataShape {
             }
         }
     }
+
+    /// The shape of one example: `[2]` or `[C, H, W]`.
+    pub fn item_dims(self) -> Vec<usize> {
+        match self {
+            DataShape::Points => vec![2],
+            DataShape::Image { c, res } => vec![c, res, res],
+        }
+    }
+
+    /// Back from [`DataShape::item_dims`].
+    pub fn from_item_dims(dims: &[usize]) -> Result<Self> {
+        match *dims {
+            [2] => Ok(DataShape::Points),
+            [c, h, w] if h == w && c > 0 && h > 0 => Ok(DataShape::Image { c, res: h }),
+            _ => bail!("{dims:?} is neither 2-D points nor square [C, H, W] images"),
+        }
+    }
 }
 
 /// (base, number of 2x stages) for a resolution.

@@ -1,6 +1,8 @@
 //! Checkpoints of a [`Trainer`]: G, G_ema, D, both Adam states, step, seed and RNG state
 //! in one safetensors file (tensor names prefixed `G.`, `G_ema.`, `D.`, `opt_G.`,
-//! `opt_D.`; counters, seed and config in the metadata), so that a resumed run continues
+//! `opt_D.`; counters, seed, config, class count and the shape of one example G makes
+//! (`shape`: `[2]` or `[C, H, W]`, read by [`crate::gan::checkpoint_shape`]) in the
+//! metadata), so that a resumed run continues
 //! bit for bit.
 
 use std::collections::HashMap;
@@ -9,6 +11,7 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 
 use super::Trainer;
+use crate::gan::sample::SHAPE_KEY;
 use crate::nn::{load_safetensors, save_safetensors, Dev, Rng};
 
 const CKPT_FORMAT: &str = "ablate-checkpoint-v1";
@@ -53,6 +56,7 @@ impl<D: Dev<f32>> Trainer<D> {
         if let Some(k) = self.classes() {
             meta.insert("classes".into(), k.to_string());
         }
+        meta.insert(SHAPE_KEY.into(), format!("{:?}", self.shape.item_dims()));
         save_safetensors(path, &ts, meta)
     }
 

@@ -1,5 +1,5 @@
 use super::*;
-use crate::data::{load_mnist, DataTensor, MnistOptions};
+use crate::data::{load_mnist, shuffle, DataTensor, MnistOptions};
 use std::time::Instant;
 
 fn tiny_arch() -> JudgeArch {
