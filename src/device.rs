@@ -69,7 +69,11 @@ mod tests {
         assert_eq!(d, Some(DeviceChoice::Auto));
         assert_eq!(serde_json::to_value(DeviceChoice::Cuda).unwrap(), "cuda");
         let e = serde_json::from_value::<DeviceChoice>(serde_json::json!("gpu")).unwrap_err();
-        assert!(e.to_string().contains("expected one of `cpu`, `cuda`, `auto`"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("expected one of `cpu`, `cuda`, `auto`"),
+            "{e}"
+        );
         assert_eq!(DeviceChoice::Cpu.resolve().unwrap(), Backend::Cpu);
         let cuda = cfg!(feature = "cuda");
         assert_eq!(DeviceChoice::Cuda.resolve().is_ok(), cuda);

@@ -4,7 +4,7 @@
 //! The child is this test binary itself, re-run on the ignored `child_entry` test
 //! with the command line in `ABLATE_CHILD_ARGS`.
 
-use ablate::engine::{typed_params, CheckCtx, Outcome, ConfigError, RunCtx, Stage};
+use ablate::engine::{typed_params, CheckCtx, ConfigError, Outcome, RunCtx, Stage};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::{Path, PathBuf};

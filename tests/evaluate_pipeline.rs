@@ -382,7 +382,8 @@ stages:
         m["metrics"].clone()
     };
     let by_dir = |dirs: Vec<PathBuf>| {
-        let mut v: Vec<(PathBuf, Value)> = dirs.into_iter().map(|e| (e.clone(), metrics(&e))).collect();
+        let mut v: Vec<(PathBuf, Value)> =
+            dirs.into_iter().map(|e| (e.clone(), metrics(&e))).collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     };

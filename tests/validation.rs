@@ -196,7 +196,10 @@ fn train_range_error_points_at_its_key() {
                 .replace("{arch: dcgan, width: 8}", "{arch: dcgan, width: 0}")
         ),
         "10:39",
-        &["param `generator.width`", "generator.width must be in 1..=4096, got 0"],
+        &[
+            "param `generator.width`",
+            "generator.width must be in 1..=4096, got 0",
+        ],
     );
 }
 

@@ -130,9 +130,13 @@ mod tests {
         let held = cache.lock("sample", &busy).unwrap(); // "another process" computes it
         let memo = cache.memo();
         let (stale, _) = memo
-            .get_or_make("f", &[unused.as_str()], &serde_json::json!({}), "bin", |p| {
-                crate::util::atomic_write(p, b"x")
-            })
+            .get_or_make(
+                "f",
+                &[unused.as_str()],
+                &serde_json::json!({}),
+                "bin",
+                |p| crate::util::atomic_write(p, b"x"),
+            )
             .unwrap();
         let (fresh, _) = memo
             .get_or_make("f", &[kept.as_str()], &serde_json::json!({}), "bin", |p| {

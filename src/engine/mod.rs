@@ -26,7 +26,7 @@ pub use slurm::SlurmOptions;
 /// `ConfigError`.
 pub use stage::ConfigError as ParamError;
 pub use stage::{
-    normalised_params, typed_params, CheckCtx, DeviceChoice, Figure, FigureCtx, InputRef,
-    Interrupted, Outcome, ConfigError, Progress, PublishCtx, Resources, RunCtx, Stage, Status,
+    normalised_params, typed_params, CheckCtx, ConfigError, DeviceChoice, Figure, FigureCtx,
+    InputRef, Interrupted, Outcome, Progress, PublishCtx, Resources, RunCtx, Stage, Status,
     Upstream, UpstreamInfo,
 };

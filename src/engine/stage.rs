@@ -307,9 +307,8 @@ pub fn normalised_params<P: DeserializeOwned + Serialize>(
     params: &Value,
     check: impl FnOnce(&mut P) -> Result<(), ConfigError>,
 ) -> Result<Value, ConfigError> {
-    let mut p: P = serde_path_to_error::deserialize(params.clone()).map_err(|e| {
-        ConfigError::from_serde(&e.path().to_string(), e.into_inner().to_string())
-    })?;
+    let mut p: P = serde_path_to_error::deserialize(params.clone())
+        .map_err(|e| ConfigError::from_serde(&e.path().to_string(), e.into_inner().to_string()))?;
     check(&mut p)?;
     let mut v = serde_json::to_value(&p).map_err(|e| ConfigError::new("", e.to_string()))?;
     drop_nulls(&mut v);

@@ -228,12 +228,18 @@ impl Schedule {
     ) -> Result<(), ConfigError> {
         for v in [Some(self.start), self.end].into_iter().flatten() {
             if !ok(v) {
-                fail!(format!("schedules.{what}"), "schedules.{what}: values must be in {range}, got {v}");
+                fail!(
+                    format!("schedules.{what}"),
+                    "schedules.{what}: values must be in {range}, got {v}"
+                );
             }
         }
         if self.kind != Curve::Constant && (self.end.is_none() || self.images == 0) {
-            fail!(format!("schedules.{what}"), "schedules.{what}: a {:?} schedule needs end and images > 0",
-                self.kind);
+            fail!(
+                format!("schedules.{what}"),
+                "schedules.{what}: a {:?} schedule needs end and images > 0",
+                self.kind
+            );
         }
         Ok(())
     }
@@ -358,40 +364,69 @@ pub struct TrainConfig {
 impl NetConfig {
     fn validate(&self, what: &str) -> Result<(), ConfigError> {
         if self.width == 0 || self.width > 4096 {
-            fail!(format!("{what}.width"), "{what}.width must be in 1..=4096, got {}", self.width);
+            fail!(
+                format!("{what}.width"),
+                "{what}.width must be in 1..=4096, got {}",
+                self.width
+            );
         }
         if let Some(m) = self.max_width {
             if m < self.width {
-                fail!(format!("{what}.max_width"), "{what}.max_width ({m}) must be >= width ({})", self.width);
+                fail!(
+                    format!("{what}.max_width"),
+                    "{what}.max_width ({m}) must be >= width ({})",
+                    self.width
+                );
             }
         }
         if let Some(d) = self.depth {
             if !(1..=16).contains(&d) {
-                fail!(format!("{what}.depth"), "{what}.depth must be in 1..=16, got {d}");
+                fail!(
+                    format!("{what}.depth"),
+                    "{what}.depth must be in 1..=16, got {d}"
+                );
             }
         }
         if let Some(z) = self.z_dim {
             if !(1..=4096).contains(&z) {
-                fail!(format!("{what}.z_dim"), "{what}.z_dim must be in 1..=4096, got {z}");
+                fail!(
+                    format!("{what}.z_dim"),
+                    "{what}.z_dim must be in 1..=4096, got {z}"
+                );
             }
         }
         if let Some(e) = self.expansion {
             if !(e > 0.0 && e <= 16.0) {
-                fail!(format!("{what}.expansion"), "{what}.expansion must be in (0, 16], got {e}");
+                fail!(
+                    format!("{what}.expansion"),
+                    "{what}.expansion must be in (0, 16], got {e}"
+                );
             }
         }
         if self.group_size == Some(0) {
-            fail!(format!("{what}.group_size"), "{what}.group_size must be >= 1");
+            fail!(
+                format!("{what}.group_size"),
+                "{what}.group_size must be >= 1"
+            );
         }
         match (self.arch, self.variant) {
-            (Arch::R3gan, None) => fail!(format!("{what}.arch"), "{what}: arch r3gan needs variant: B | C | D | E"),
+            (Arch::R3gan, None) => fail!(
+                format!("{what}.arch"),
+                "{what}: arch r3gan needs variant: B | C | D | E"
+            ),
             (Arch::R3gan, Some(_)) => {}
-            (_, Some(_)) => fail!(format!("{what}.variant"), "{what}: variant is only for arch r3gan"),
+            (_, Some(_)) => fail!(
+                format!("{what}.variant"),
+                "{what}: variant is only for arch r3gan"
+            ),
             _ => {}
         }
         if let Some(a) = self.residual_scale {
             if !(a.is_finite() && a.abs() <= 16.0) {
-                fail!(format!("{what}.residual_scale"), "{what}.residual_scale must be finite with |alpha| <= 16, got {a}");
+                fail!(
+                    format!("{what}.residual_scale"),
+                    "{what}.residual_scale must be finite with |alpha| <= 16, got {a}"
+                );
             }
         }
         let resnetish = matches!(self.arch, Arch::Resnet | Arch::Selfmod);
@@ -400,19 +435,33 @@ impl NetConfig {
                 Some(_) => "residual_scale",
                 None => "learn_residual_scale",
             };
-            fail!(format!("{what}.{key}"), "{what}: residual_scale is for arch resnet / selfmod");
+            fail!(
+                format!("{what}.{key}"),
+                "{what}: residual_scale is for arch resnet / selfmod"
+            );
         }
         if self.upsample.is_some() && !resnetish {
-            fail!(format!("{what}.upsample"), "{what}: upsample is for arch resnet / selfmod");
+            fail!(
+                format!("{what}.upsample"),
+                "{what}: upsample is for arch resnet / selfmod"
+            );
         }
         match self.body {
-            Some(_) if self.arch != Arch::Selfmod => fail!(format!("{what}.body"), "{what}: body is for arch selfmod"),
+            Some(_) if self.arch != Arch::Selfmod => {
+                fail!(format!("{what}.body"), "{what}: body is for arch selfmod")
+            }
             Some(Arch::Resnet | Arch::Dcgan) | None => {}
-            Some(b) => fail!(format!("{what}.body"), "{what}.body must be resnet or dcgan, got {b:?}"),
+            Some(b) => fail!(
+                format!("{what}.body"),
+                "{what}.body must be resnet or dcgan, got {b:?}"
+            ),
         }
         if let Some(h) = self.mod_hidden {
             if self.arch != Arch::Selfmod || !(1..=4096).contains(&h) {
-                fail!(format!("{what}.mod_hidden"), "{what}.mod_hidden must be in 1..=4096 and is for arch selfmod");
+                fail!(
+                    format!("{what}.mod_hidden"),
+                    "{what}.mod_hidden must be in 1..=4096 and is for arch selfmod"
+                );
             }
         }
         if self.mapping_depth.is_some() || self.mapping_width.is_some() {
@@ -421,12 +470,18 @@ impl NetConfig {
                 None => format!("{what}.mapping_width"),
             };
             if self.arch != Arch::Stylegan {
-                fail!(key, "{what}: mapping_depth / mapping_width are for arch stylegan");
+                fail!(
+                    key,
+                    "{what}: mapping_depth / mapping_width are for arch stylegan"
+                );
             }
             if !(1..=16).contains(&self.mapping_depth.unwrap_or(8))
                 || !(1..=4096).contains(&self.mapping_width.unwrap_or(512))
             {
-                fail!(key, "{what}: mapping_depth must be in 1..=16, mapping_width in 1..=4096");
+                fail!(
+                    key,
+                    "{what}: mapping_depth must be in 1..=16, mapping_width in 1..=4096"
+                );
             }
         }
         if self.arch != Arch::Stylegan {
@@ -434,21 +489,33 @@ impl NetConfig {
                 fail!(format!("{what}.noise"), "{what}.noise is for arch stylegan");
             }
             if self.style_mixing.is_some() {
-                fail!(format!("{what}.style_mixing"), "{what}.style_mixing is for arch stylegan");
+                fail!(
+                    format!("{what}.style_mixing"),
+                    "{what}.style_mixing is for arch stylegan"
+                );
             }
         }
         if let Some(p) = self.style_mixing {
             if !(0.0..=1.0).contains(&p) {
-                fail!(format!("{what}.style_mixing"), "{what}.style_mixing is a probability in [0, 1], got {p}");
+                fail!(
+                    format!("{what}.style_mixing"),
+                    "{what}.style_mixing is a probability in [0, 1], got {p}"
+                );
             }
         }
         if let Some(e) = self.embed_dim {
             if !matches!(self.arch, Arch::Mlp | Arch::R3gan | Arch::Stylegan) {
-                fail!(format!("{what}.embed_dim"), "{what}.embed_dim is for the generators that concatenate z and embed(c): \
-                     mlp, r3gan, stylegan");
+                fail!(
+                    format!("{what}.embed_dim"),
+                    "{what}.embed_dim is for the generators that concatenate z and embed(c): \
+                     mlp, r3gan, stylegan"
+                );
             }
             if !(1..=4096).contains(&e) {
-                fail!(format!("{what}.embed_dim"), "{what}.embed_dim must be in 1..=4096, got {e}");
+                fail!(
+                    format!("{what}.embed_dim"),
+                    "{what}.embed_dim must be in 1..=4096, got {e}"
+                );
             }
         }
         Ok(())
@@ -499,19 +566,31 @@ impl TrainConfig {
                 (None, Some(_)) => "discriminator.noise",
                 (None, None) => "discriminator.style_mixing",
             };
-            fail!(key, "discriminator: embed_dim, noise and style_mixing are generator keys");
+            fail!(
+                key,
+                "discriminator: embed_dim, noise and style_mixing are generator keys"
+            );
         }
         let g = &self.generator;
         if self.conditional == Some(true) {
             if g.arch == Arch::Dcgan && g.batch_norm == Some(false) {
-                fail!("generator.batch_norm", "generator.batch_norm: a conditional dcgan generator is conditioned \
-                     through its batch norms (per-class gain and bias); drop batch_norm: false");
+                fail!(
+                    "generator.batch_norm",
+                    "generator.batch_norm: a conditional dcgan generator is conditioned \
+                     through its batch norms (per-class gain and bias); drop batch_norm: false"
+                );
             }
         } else if g.embed_dim.is_some() {
-            fail!("generator.embed_dim", "generator.embed_dim needs conditional: true");
+            fail!(
+                "generator.embed_dim",
+                "generator.embed_dim needs conditional: true"
+            );
         }
         if matches!(self.discriminator.arch, Arch::Selfmod | Arch::Stylegan) {
-            fail!("discriminator.arch", "discriminator.arch selfmod / stylegan does not exist: use resnet or dcgan");
+            fail!(
+                "discriminator.arch",
+                "discriminator.arch selfmod / stylegan does not exist: use resnet or dcgan"
+            );
         }
         if (self.generator.arch == Arch::Mlp) != (self.discriminator.arch == Arch::Mlp) {
             // the net that is not an mlp is the one to change
@@ -519,20 +598,29 @@ impl TrainConfig {
                 Arch::Mlp => "discriminator.arch",
                 _ => "generator.arch",
             };
-            fail!(key, "mlp nets are for 2-D points: use them for both generator and discriminator");
+            fail!(
+                key,
+                "mlp nets are for 2-D points: use them for both generator and discriminator"
+            );
         }
         if !(self.gamma >= 0.0 && self.gamma.is_finite()) {
             fail!("gamma", "gamma must be >= 0, got {}", self.gamma);
         }
         if !self.penalties.is_empty() && self.gamma == 0.0 && self.schedules.gamma.is_none() {
-            fail!("gamma", "gamma: penalties {:?} with gamma 0 do nothing; give their weight (e.g. \
+            fail!(
+                "gamma",
+                "gamma: penalties {:?} with gamma 0 do nothing; give their weight (e.g. \
                  gamma: 0.1) or drop the penalties",
-                self.penalties);
+                self.penalties
+            );
         }
         if self.discriminator.batch_norm == Some(true) && !self.penalties.is_empty() {
-            fail!("discriminator.batch_norm", "discriminator.batch_norm: batch norm in D cannot be combined with penalties \
+            fail!(
+                "discriminator.batch_norm",
+                "discriminator.batch_norm: batch norm in D cannot be combined with penalties \
                  (R1/R2 are taken per sample, and batch statistics would mix the samples); \
-                 drop batch_norm or the penalties");
+                 drop batch_norm or the penalties"
+            );
         }
         let mut seen = vec![];
         for p in &self.penalties {
@@ -551,15 +639,27 @@ impl TrainConfig {
         ] {
             let Some(o) = o else { continue };
             if !(o.lr > 0.0 && o.lr <= 1.0) {
-                fail!(format!("{name}.lr"), "{name}.lr must be in (0, 1], got {}", o.lr);
+                fail!(
+                    format!("{name}.lr"),
+                    "{name}.lr must be in (0, 1], got {}",
+                    o.lr
+                );
             }
             for b in o.betas {
                 if !(0.0..1.0).contains(&b) {
-                    fail!(format!("{name}.betas"), "{name}.betas must be in [0, 1), got {:?}", o.betas);
+                    fail!(
+                        format!("{name}.betas"),
+                        "{name}.betas must be in [0, 1), got {:?}",
+                        o.betas
+                    );
                 }
             }
             if !(o.eps > 0.0 && o.eps < 1.0) {
-                fail!(format!("{name}.eps"), "{name}.eps must be in (0, 1), got {}", o.eps);
+                fail!(
+                    format!("{name}.eps"),
+                    "{name}.eps must be in (0, 1), got {}",
+                    o.eps
+                );
             }
         }
         if !(1..=64).contains(&self.d_steps) {
@@ -575,15 +675,24 @@ impl TrainConfig {
         }
         if let Some(h) = self.ema_halflife_kimg {
             if self.ema.is_some() {
-                fail!("ema_halflife_kimg", "ema and ema_halflife_kimg are exclusive: give a beta or a half-life");
+                fail!(
+                    "ema_halflife_kimg",
+                    "ema and ema_halflife_kimg are exclusive: give a beta or a half-life"
+                );
             }
             if !(h >= 0.0 && h.is_finite()) {
-                fail!("ema_halflife_kimg", "ema_halflife_kimg must be >= 0, got {h}");
+                fail!(
+                    "ema_halflife_kimg",
+                    "ema_halflife_kimg must be >= 0, got {h}"
+                );
             }
         }
         if let Some(r) = self.ema_rampup {
             if !(r >= 0.0 && r.is_finite()) {
-                fail!("ema_rampup", "ema_rampup must be >= 0 (0: no ramp-up), got {r}");
+                fail!(
+                    "ema_rampup",
+                    "ema_rampup must be >= 0 (0: no ramp-up), got {r}"
+                );
             }
         }
         let sc = &self.schedules;
@@ -601,7 +710,10 @@ impl TrainConfig {
         }
         if let Some(s) = &sc.ema_halflife_kimg {
             if self.ema_halflife_kimg.is_none() {
-                fail!("schedules.ema_halflife_kimg", "schedules.ema_halflife_kimg needs ema_halflife_kimg (the EMA mode)");
+                fail!(
+                    "schedules.ema_halflife_kimg",
+                    "schedules.ema_halflife_kimg needs ema_halflife_kimg (the EMA mode)"
+                );
             }
             s.validate(
                 "ema_halflife_kimg",
@@ -610,7 +722,11 @@ impl TrainConfig {
             )?;
         }
         if !(self.hvp_delta > 0.0 && self.hvp_delta < 1.0) {
-            fail!("hvp_delta", "hvp_delta must be in (0, 1), got {}", self.hvp_delta);
+            fail!(
+                "hvp_delta",
+                "hvp_delta must be in (0, 1), got {}",
+                self.hvp_delta
+            );
         }
         Ok(())
     }

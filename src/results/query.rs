@@ -73,8 +73,8 @@ pub fn all_tables(results_root: &Path) -> Result<BTreeMap<String, DataFrame>> {
 /// let tables = BTreeMap::from([("runs".to_string(), df)]);
 /// let out = run_sql(&tables, "SELECT loss, avg(fid) AS fid FROM runs GROUP BY loss ORDER BY loss")
 ///     .unwrap();
-/// let fid: Vec<Option<f64>> = out.column("fid").unwrap().f64().unwrap().into_iter().collect();
-/// assert_eq!(fid, [Some(3.0), Some(1.0)]);
+/// let fid = out.column("fid").unwrap().f64().unwrap();
+/// assert_eq!((fid.get(0), fid.get(1), fid.len()), (Some(3.0), Some(1.0), 2));
 /// ```
 pub fn run_sql(tables: &BTreeMap<String, DataFrame>, sql: &str) -> PolarsResult<DataFrame> {
     let mut cx = polars::sql::SQLContext::new();

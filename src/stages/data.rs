@@ -10,7 +10,7 @@ use crate::data::{
     self, Dataset, ImageFolderOptions, MnistOptions, MnistSplit, StackedMnistOptions,
 };
 use crate::engine::{
-    normalised_params, CheckCtx, DeviceChoice, Figure, FigureCtx, Outcome, ConfigError, Resources,
+    normalised_params, CheckCtx, ConfigError, DeviceChoice, Figure, FigureCtx, Outcome, Resources,
     RunCtx, Stage,
 };
 use anyhow::Result;

@@ -66,10 +66,10 @@ use super::judge::JUDGE_FILE;
 use super::sample::SAMPLES_FILE;
 use crate::data::{load_dataset, DataTensor, Dataset, GaussianMixture};
 use crate::engine::{
-    normalised_params, CheckCtx, DeviceChoice, Figure, FigureCtx, InputRef, Outcome, ConfigError,
+    normalised_params, CheckCtx, ConfigError, DeviceChoice, Figure, FigureCtx, InputRef, Outcome,
     Resources, RunCtx, Stage, Status,
 };
-use crate::metrics::{self, judge::Judge, registry};
+use crate::metrics::{judge::Judge, registry};
 use crate::nn::{Cpu, NamedTensor, Rng};
 use crate::results::plots::{BarChart, Chart};
 use anyhow::{bail, Context, Result};
@@ -430,7 +430,11 @@ fn cached_real_features(
         .remove("real")
         .with_context(|| format!("{}: no tensor `real`", path.display()))?;
     if t.shape.first() != Some(&n_real) {
-        bail!("{}: shape {:?}, expected {n_real} rows", path.display(), t.shape);
+        bail!(
+            "{}: shape {:?}, expected {n_real} rows",
+            path.display(),
+            t.shape
+        );
     }
     Ok(t.data)
 }

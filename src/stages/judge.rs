@@ -33,11 +33,11 @@
 //! judge), `params`, `train_s`.
 
 use super::data::DATA_FILE;
+use crate::data::shuffle;
 use crate::data::{load_dataset, DataTensor};
 use crate::engine::{
-    typed_params, CheckCtx, DeviceChoice, Outcome, ConfigError, Resources, RunCtx, Stage,
+    typed_params, CheckCtx, ConfigError, DeviceChoice, Outcome, Resources, RunCtx, Stage,
 };
-use crate::data::shuffle;
 use crate::metrics::judge::{distinct_rows, FitOptions, Judge as Net, JudgeArch};
 use crate::nn::{Cpu, Rng};
 use anyhow::{bail, Result};

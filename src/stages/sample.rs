@@ -19,7 +19,7 @@
 use super::train::CHECKPOINT_FILE;
 use crate::data::{self, DataTensor, Dataset};
 use crate::engine::{
-    typed_params, CheckCtx, DeviceChoice, Figure, FigureCtx, InputRef, Outcome, ConfigError,
+    typed_params, CheckCtx, ConfigError, DeviceChoice, Figure, FigureCtx, InputRef, Outcome,
     Resources, RunCtx, Stage, Status,
 };
 use crate::gan::{self, DataShape, TrainConfig};
@@ -112,14 +112,7 @@ impl Stage for Sample {
             _ => None,
         };
         let t = Instant::now();
-        let samples = gan::sample_checkpoint(
-            &cfg,
-            shape,
-            &ckpt,
-            p.ema,
-            p.count,
-            p.seed,
-        )?;
+        let samples = gan::sample_checkpoint(&cfg, shape, &ckpt, p.ema, p.count, p.seed)?;
         let secs = t.elapsed().as_secs_f64();
         let n = p.count;
         let values = samples.values;
@@ -166,8 +159,8 @@ impl Stage for Sample {
 /// The data instance's `card.json`.
 fn read_card(data: &InputRef) -> Result<Value> {
     let path = data.dir.join(super::data::CARD_FILE);
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     Ok(serde_json::from_str(&text)?)
 }
 

@@ -26,7 +26,7 @@
 //! axes. Published to `results/<pipeline>/<stage>{,_agg,_cmp}.{parquet,csv,md}`.
 
 use crate::engine::{
-    typed_params, CheckCtx, DeviceChoice, InputRef, Outcome, ConfigError, PublishCtx, Resources,
+    typed_params, CheckCtx, ConfigError, DeviceChoice, InputRef, Outcome, PublishCtx, Resources,
     RunCtx, Stage, Status, Upstream,
 };
 use crate::pipeline::short_value;

@@ -17,11 +17,11 @@
 
 use super::data::DATA_FILE;
 use crate::data::{load_dataset, DataTensor};
+use crate::device::Backend;
 use crate::engine::{
-    normalised_params, CheckCtx, DeviceChoice, Figure, FigureCtx, Outcome, ConfigError, Resources,
+    normalised_params, CheckCtx, ConfigError, DeviceChoice, Figure, FigureCtx, Outcome, Resources,
     RunCtx, Stage, Status,
 };
-use crate::device::Backend;
 use crate::gan::{Arch, ClassLabels, NetConfig, StepLog, TrainConfig, Trainer, Upsample, Variant};
 use crate::nn::{Cpu, Dev};
 use crate::results::plots::{Chart, LineChart, Series, XAxis};
@@ -257,7 +257,8 @@ fn train_on<D: Dev<f32>>(
     if let Some(m) = peak_rss_mib() {
         out = out.metric("peak_rss_mib", m);
     }
-    out.info.insert("device".into(), Value::from(device.as_str()));
+    out.info
+        .insert("device".into(), Value::from(device.as_str()));
     out.info.insert("params_g".into(), Value::from(pg));
     out.info.insert("params_d".into(), Value::from(pd));
     if let Some(k) = t.classes() {

@@ -120,4 +120,3 @@ pub fn axis_charts(obs: &[Obs], over: &[String]) -> Vec<LineChart> {
     }
     out
 }
-

@@ -138,4 +138,3 @@ pub fn safe_names<'a>(labels: impl Iterator<Item = &'a str>) -> Vec<String> {
         })
         .collect()
 }
-

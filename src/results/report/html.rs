@@ -126,4 +126,3 @@ table.metrics th{text-align:left;font-weight:normal;color:#555;padding:0 8px 0 0
 .figs{display:flex;flex-wrap:wrap;gap:8px;clear:none}.files{font-size:12px;clear:both}
 article.instance::after{content:"";display:block;clear:both}
 "#;
-

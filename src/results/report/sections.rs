@@ -289,4 +289,3 @@ pub(super) fn table_html(name: &str, df: &DataFrame, stages: &BTreeSet<&str>) ->
     h.push_str("</tbody></table></div></div>");
     h
 }
-

@@ -1,4 +1,5 @@
 use super::*;
+use crate::results::plots::XAxis;
 
 fn obs(objective: &str, seed: i64, modes: f64) -> Obs {
     Obs {
