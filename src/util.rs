@@ -55,11 +55,23 @@ pub fn hash_file(path: &Path) -> Result<String> {
     Ok(h.finalize().to_hex().to_string())
 }
 
+/// Serialises named tensor views and string metadata as safetensors bytes, with the
+/// metadata sorted by key ([`sort_safetensors_metadata`]): the one writer behind every
+/// safetensors file ablate makes (checkpoints and data artifacts).
+pub fn safetensors_bytes<'a>(
+    tensors: Vec<(String, safetensors::tensor::TensorView<'a>)>,
+    metadata: std::collections::HashMap<String, String>,
+) -> Result<Vec<u8>, safetensors::SafeTensorError> {
+    let mut buf = safetensors::serialize(tensors, Some(metadata))?;
+    sort_safetensors_metadata(&mut buf);
+    Ok(buf)
+}
+
 /// Sort the `__metadata__` entries of safetensors bytes in place, so that a file's bytes
 /// (and its blake3 in the manifest) do not depend on `HashMap` order: the `safetensors`
 /// crate takes metadata as a `HashMap` and writes it in iteration order, which differs
 /// between runs. The header keeps its length (same entries, re-padded with spaces).
-pub fn sort_safetensors_metadata(buf: &mut [u8]) {
+fn sort_safetensors_metadata(buf: &mut [u8]) {
     let Some(n) = buf
         .get(..8)
         .map(|b| u64::from_le_bytes(b.try_into().unwrap()) as usize)

@@ -9,6 +9,8 @@ use std::path::Path;
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
+use crate::nn::Float;
+
 use super::{
     read_file, write_file, DataError, DataTensor, Dataset, GaussianMixture, Result, SourceFile,
 };
@@ -17,7 +19,7 @@ use super::{
 pub const FORMAT: &str = "ablate-data-1";
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    <f32 as Float>::to_le_bytes_vec(v)
 }
 
 fn i64_bytes(v: &[i64]) -> Vec<u8> {
@@ -55,9 +57,7 @@ pub fn to_safetensors_bytes(ds: &Dataset) -> Result<Vec<u8>> {
             serde_json::to_string(m).expect("mixture serialises"),
         );
     }
-    let mut bytes = safetensors::serialize(tensors, Some(meta)).map_err(st)?;
-    crate::util::sort_safetensors_metadata(&mut bytes);
-    Ok(bytes)
+    crate::util::safetensors_bytes(tensors, meta).map_err(st)
 }
 
 /// Writes a dataset as a safetensors file, atomically (temp file + rename).
@@ -73,11 +73,7 @@ fn le_f32(path: &Path, view: &TensorView<'_>, name: &str) -> Result<Vec<f32>> {
             format!("`{name}` is {:?}, expected F32", view.dtype()),
         ));
     }
-    Ok(view
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect())
+    Ok(<f32 as Float>::from_le_bytes_vec(view.data()))
 }
 
 /// Parses safetensors bytes written by [`to_safetensors_bytes`] (or by any

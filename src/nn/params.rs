@@ -293,8 +293,7 @@ pub fn save_safetensors<E: Float>(
             ))
         })
         .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
-    let mut buf = safetensors::serialize(views, Some(metadata))?;
-    crate::util::sort_safetensors_metadata(&mut buf);
+    let buf = crate::util::safetensors_bytes(views, metadata)?;
     crate::util::atomic_write(path, &buf)
 }
 
