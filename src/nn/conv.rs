@@ -72,8 +72,6 @@ const PAR_MIN: usize = 1 << 14;
 /// input pixel lies inside the image.
 #[derive(Clone, Copy, Debug)]
 struct Tap {
-    ki: usize,
-    kj: usize,
     ylo: usize,
     yhi: usize,
     xlo: usize,
@@ -87,8 +85,6 @@ impl Tap {
         let (ylo, yhi) = Geom::valid(g.ho, ki, g.stride, g.pad, g.h);
         let (xlo, xhi) = Geom::valid(g.wo, kj, g.stride, g.pad, g.w);
         Tap {
-            ki,
-            kj,
             ylo,
             yhi,
             xlo,
@@ -102,15 +98,7 @@ impl Tap {
             .map(|t| Tap::new(g, t / g.kw, t % g.kw))
             .collect()
     }
-    /// The input row of output row `oy` and the input column of output column `xlo`.
-    #[inline(always)]
-    fn src(&self, g: &Geom, oy: usize) -> (usize, usize) {
-        (
-            oy * g.stride + self.ki - g.pad,
-            self.xlo * g.stride + self.kj - g.pad,
-        )
-    }
-    /// Where tap `(ki, kj)` reads in the [`Phases`] of a plane: the phase `(py, px)` and the
+    /// Where tap `(ki, kj)` reads in the [`Phases`] of a plane: phase `py * s + px` and the
     /// offsets `(dy, dx)` with input pixel `(s*oy + ki - pad, s*ox + kj - pad)` at phase
     /// position `(oy + dy, ox + dx)`.
     fn phase(g: &Geom, ki: usize, kj: usize) -> (usize, isize, isize) {
@@ -202,8 +190,10 @@ impl Phases {
     }
 }
 
-/// [`tap_read`] from a plane's [`Phases`]: every row of the tap one contiguous copy.
-fn tap_read_phased<E: Float>(src: &[E], g: &Geom, ps: &Phases, t: &Tap, dst: &mut [E]) {
+/// One kernel tap of one image plane, read from the plane's [`Phases`] (for stride 1 the
+/// plane itself): the `ho * wo` values it reads, written to `dst` (zero where it falls in
+/// the padding); every row one contiguous copy.
+fn tap_read<E: Float>(src: &[E], g: &Geom, ps: &Phases, t: &Tap, dst: &mut [E]) {
     let (wo, len) = (g.wo, t.xhi - t.xlo);
     dst[..t.ylo * wo].fill(E::default());
     dst[t.yhi * wo..].fill(E::default());
@@ -222,8 +212,9 @@ fn tap_read_phased<E: Float>(src: &[E], g: &Geom, ps: &Phases, t: &Tap, dst: &mu
     }
 }
 
-/// [`tap_add`] into a plane's [`Phases`]: every row of the tap one contiguous sum.
-fn tap_add_phased<E: Float>(src: &[E], g: &Geom, ps: &Phases, t: &Tap, dst: &mut [E]) {
+/// The adjoint of [`tap_read`]: `ho * wo` values added into the plane's [`Phases`] at the
+/// pixels the tap reads (padding taps dropped); every row one contiguous sum.
+fn tap_add<E: Float>(src: &[E], g: &Geom, ps: &Phases, t: &Tap, dst: &mut [E]) {
     let len = t.xhi - t.xlo;
     if len == 0 {
         return;
@@ -240,57 +231,6 @@ fn tap_add_phased<E: Float>(src: &[E], g: &Geom, ps: &Phases, t: &Tap, dst: &mut
     }
 }
 
-/// One kernel tap of one image plane: the `ho * wo` values it reads, written to `dst`
-/// (zero where it falls in the padding).
-fn tap_read<E: Float>(src: &[E], g: &Geom, t: &Tap, dst: &mut [E]) {
-    let (wo, len) = (g.wo, t.xhi - t.xlo);
-    dst[..t.ylo * wo].fill(E::default());
-    dst[t.yhi * wo..].fill(E::default());
-    for oy in t.ylo..t.yhi {
-        let row = &mut dst[oy * wo..(oy + 1) * wo];
-        row[..t.xlo].fill(E::default());
-        row[t.xhi..].fill(E::default());
-        if len == 0 {
-            continue;
-        }
-        let (iy, x0) = t.src(g, oy);
-        let s = &src[iy * g.w + x0..][..(len - 1) * g.stride + 1];
-        let row = &mut row[t.xlo..t.xhi];
-        if g.stride == 1 {
-            row.copy_from_slice(s);
-        } else {
-            // index loops: this crate builds at opt-level 1 in dev, where iterator
-            // adapters such as step_by stay function calls
-            for (i, r) in row.iter_mut().enumerate() {
-                *r = s[i * g.stride];
-            }
-        }
-    }
-}
-
-/// The adjoint of [`tap_read`]: `ho * wo` values added into the image plane at the
-/// pixels the tap reads (padding taps dropped).
-fn tap_add<E: Float>(src: &[E], g: &Geom, t: &Tap, dst: &mut [E]) {
-    let len = t.xhi - t.xlo;
-    if len == 0 {
-        return;
-    }
-    for oy in t.ylo..t.yhi {
-        let row = &src[oy * g.wo + t.xlo..][..len];
-        let (iy, x0) = t.src(g, oy);
-        let d = &mut dst[iy * g.w + x0..][..(len - 1) * g.stride + 1];
-        if g.stride == 1 {
-            for (a, &v) in d.iter_mut().zip(row) {
-                *a += v;
-            }
-        } else {
-            for (i, &v) in row.iter().enumerate() {
-                d[i * g.stride] += v;
-            }
-        }
-    }
-}
-
 /// im2col of a batch chunk: `img (g.b, g.c, g.h, g.w)` to `cols (g.c * kh * kw, g.b * ho
 /// * wo)` (row `(c, ki, kj)`, column `(b, oy, ox)`), overwriting `cols`. Parallel over rows.
 pub fn im2col_cb<E: GemmFloat>(img: &[E], g: &Geom, cols: &mut [E]) {
@@ -302,10 +242,14 @@ pub fn im2col_cb<E: GemmFloat>(img: &[E], g: &Geom, cols: &mut [E]) {
         return;
     }
     let taps = Tap::all(g);
-    if g.stride > 1 && g.plane() > 0 {
-        // strided: split every plane into its phases once, then copy contiguous runs
-        let ps = Phases::of(g);
-        let mut phases = Scratch::take(g.b * g.c * ps.len());
+    let ps = Phases::of(g);
+    // strided: split every plane into its phases once (stride 1: the image is its phase)
+    let mut phases = Scratch::take(if g.stride > 1 {
+        g.b * g.c * ps.len()
+    } else {
+        0
+    });
+    if g.stride > 1 {
         let split = |(i, d): (usize, &mut [E])| {
             ps.split(g, &img[i * g.plane()..(i + 1) * g.plane()], d);
         };
@@ -314,25 +258,13 @@ pub fn im2col_cb<E: GemmFloat>(img: &[E], g: &Geom, cols: &mut [E]) {
         } else {
             phases.chunks_mut(ps.len()).enumerate().for_each(split);
         }
-        let row = |(r, dst): (usize, &mut [E])| {
-            let (c, t) = (r / taps.len(), &taps[r % taps.len()]);
-            for (b, d) in dst.chunks_exact_mut(p).enumerate() {
-                let s = (b * g.c + c) * ps.len();
-                tap_read_phased(&phases[s..s + ps.len()], g, &ps, t, d);
-            }
-        };
-        if cols.len() >= PAR_MIN {
-            cols.par_chunks_mut(n).enumerate().for_each(row);
-        } else {
-            cols.chunks_mut(n).enumerate().for_each(row);
-        }
-        return;
     }
+    let src: &[E] = if g.stride > 1 { &phases } else { img };
     let row = |(r, dst): (usize, &mut [E])| {
         let (c, t) = (r / taps.len(), &taps[r % taps.len()]);
         for (b, d) in dst.chunks_exact_mut(p).enumerate() {
-            let s = (b * g.c + c) * g.plane();
-            tap_read(&img[s..s + g.plane()], g, t, d);
+            let s = (b * g.c + c) * ps.len();
+            tap_read(&src[s..s + ps.len()], g, &ps, t, d);
         }
     };
     if cols.len() >= PAR_MIN {
@@ -379,15 +311,16 @@ pub fn col2im_cb<E: GemmFloat>(cols: &[E], g: &Geom, img: &mut [E], init: Init<'
             let mut acc = vec![E::default(); ps.len()];
             for (ti, t) in taps.iter().enumerate() {
                 let s = (c * taps.len() + ti) * n + b * p;
-                tap_add_phased(&cols[s..s + p], g, &ps, t, &mut acc);
+                tap_add(&cols[s..s + p], g, &ps, t, &mut acc);
             }
             ps.merge(g, &acc, c, init, dst);
             return;
         }
+        // stride 1: the plane is its own phase
         init.start(c, dst);
         for (ti, t) in taps.iter().enumerate() {
             let s = (c * taps.len() + ti) * n + b * p;
-            tap_add(&cols[s..s + p], g, t, dst);
+            tap_add(&cols[s..s + p], g, &ps, t, dst);
         }
     };
     if g.plane() == 0 {
