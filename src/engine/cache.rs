@@ -205,13 +205,7 @@ impl Cache {
     pub fn lock(&self, kind: &str, key: &str) -> Result<File> {
         let p = self.lock_path(kind, key);
         loop {
-            std::fs::create_dir_all(p.parent().unwrap())?;
-            let f = File::options()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&p)
-                .with_context(|| format!("opening lock {}", p.display()))?;
+            let f = open_lock(&p)?;
             match f.try_lock() {
                 Ok(()) => {}
                 Err(std::fs::TryLockError::WouldBlock) => {
@@ -348,6 +342,20 @@ pub fn disk_usage(p: &Path) -> u64 {
                 .sum()
         })
         .unwrap_or(0)
+}
+
+/// Opens (creating it and its folder) the lock file at `path`, not yet locked: the one
+/// way the instance locks, memo locks and `gc` open a lock.
+pub(crate) fn open_lock(path: &Path) -> Result<File> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening lock {}", path.display()))
 }
 
 #[cfg(test)]

@@ -31,15 +31,7 @@ impl GcReport {
 
 /// Take `lock` without waiting: `None` when another process holds it.
 fn try_lock(lock: &Path) -> Result<Option<File>> {
-    if let Some(dir) = lock.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let f = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(lock)
-        .with_context(|| format!("opening lock {}", lock.display()))?;
+    let f = super::cache::open_lock(lock)?;
     match f.try_lock() {
         Ok(()) => Ok(Some(f)),
         Err(std::fs::TryLockError::WouldBlock) => Ok(None),

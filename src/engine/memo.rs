@@ -14,7 +14,6 @@
 use crate::util::canonical_json;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 /// The memo area of one cache (`<cache>/memo`).
@@ -62,13 +61,7 @@ impl Memo {
         }
         let dir = path.parent().expect("a memo file has a folder");
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let lock_path = lock_of(&path);
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .with_context(|| format!("opening lock {}", lock_path.display()))?;
+        let lock = super::cache::open_lock(&lock_of(&path))?;
         lock.lock()?;
         // Another process may have made it while we waited.
         if path.exists() {

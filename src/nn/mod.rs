@@ -30,6 +30,7 @@ pub mod fused;
 pub mod gemm;
 pub mod kernels;
 pub mod layer;
+pub mod layout;
 pub mod net;
 pub mod ops;
 pub mod params;
