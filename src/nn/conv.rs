@@ -259,7 +259,7 @@ where
                 Op::N(&dyt),
             );
             let gx = grads.get_or_alloc_mut(&xg)?;
-            col2im_cb(&cols, &gc, &mut gx[b0 * xs..(b0 + bc) * xs], Init::Add);
+            col2im_cb(&mut cols, &gc, &mut gx[b0 * xs..(b0 + bc) * xs], Init::Add);
         }
         if let Some(bg) = bg {
             for (a, v) in grads.get_or_alloc_mut(&bg)?.iter_mut().zip(db) {
@@ -338,7 +338,7 @@ where
                 Op::N(&xt),
             );
             col2im_cb(
-                &cols,
+                &mut cols,
                 &gc,
                 &mut y[b0 * ys..(b0 + bc) * ys],
                 Init::Set(bv.as_deref()),

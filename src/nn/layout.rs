@@ -48,6 +48,35 @@ impl Tap {
         }
     }
     /// Every tap of the kernel, row-major.
+    /// The tap's valid outputs as one run of a sample's `ho * wo` values: with phase rows
+    /// as long as output rows (`ws == wo`, true of "same" and stride-halving kernels),
+    /// output `o = oy * wo + ox` reads phase pixel `o + off` for every valid `(oy, ox)`,
+    /// so `start..end` (first to last valid output) is one contiguous copy or sum, give or
+    /// take the columns beside the valid ones ([`Tap::zero_edges`]). `None` where the rows
+    /// differ in length or the tap reads nothing.
+    fn block(&self, g: &Geom, ps: &Phases) -> Option<(usize, usize, isize)> {
+        if ps.ws != g.wo || self.ylo >= self.yhi || self.xlo >= self.xhi {
+            return None;
+        }
+        let (_, dy, dx) = self.ph;
+        let start = self.ylo * g.wo + self.xlo;
+        let end = (self.yhi - 1) * g.wo + self.xhi;
+        Some((start, end, dy * ps.ws as isize + dx))
+    }
+    /// Zeroes the columns outside `xlo..xhi` of the valid rows of one `ho x wo` segment.
+    fn zero_edges<E: Float>(&self, wo: usize, seg: &mut [E]) {
+        if self.xlo == 0 && self.xhi == wo {
+            return;
+        }
+        for row in seg[self.ylo * wo..self.yhi * wo].chunks_exact_mut(wo) {
+            for v in &mut row[..self.xlo] {
+                *v = E::default();
+            }
+            for v in &mut row[self.xhi..] {
+                *v = E::default();
+            }
+        }
+    }
     fn all(g: &Geom) -> Vec<Tap> {
         (0..g.kh * g.kw)
             .map(|t| Tap::new(g, t / g.kw, t % g.kw))
@@ -94,6 +123,20 @@ impl Phases {
     }
     /// Splits an image plane `(h, w)` into `dst` (all phases).
     fn split<E: Float>(&self, g: &Geom, plane: &[E], dst: &mut [E]) {
+        if self.s == 2 && g.h % 2 == 0 && g.w % 2 == 0 {
+            // the common case, as one pass of pairs: row iy's even and odd pixels
+            let (ph, ws) = (self.phase(), self.ws);
+            for (iy, r) in plane.chunks_exact(g.w).enumerate() {
+                let (py, qy) = (iy % 2, iy / 2);
+                let (a, b) = dst[2 * py * ph..(2 * py + 2) * ph].split_at_mut(ph);
+                let (a, b) = (&mut a[qy * ws..][..ws], &mut b[qy * ws..][..ws]);
+                for ((x, y), pair) in a.iter_mut().zip(b.iter_mut()).zip(r.chunks_exact(2)) {
+                    *x = pair[0];
+                    *y = pair[1];
+                }
+            }
+            return;
+        }
         let s = self.s;
         for (ph, d) in dst.chunks_exact_mut(self.phase()).enumerate() {
             let (py, px) = (ph / s, ph % s);
@@ -116,6 +159,32 @@ impl Phases {
     /// The adjoint of [`Phases::split`] into an image plane: each pixel becomes `start + its
     /// phase value` (`start` the plane's bias, zero, or its current value per `init`).
     fn merge<E: Float>(&self, g: &Geom, src: &[E], c: usize, init: Init<'_, E>, plane: &mut [E]) {
+        if self.s == 2 && g.h % 2 == 0 && g.w % 2 == 0 {
+            // the common case, as one pass of pairs (see `split`)
+            let (ph, ws) = (self.phase(), self.ws);
+            for (iy, r) in plane.chunks_exact_mut(g.w).enumerate() {
+                let (py, qy) = (iy % 2, iy / 2);
+                let a = &src[2 * py * ph + qy * ws..][..ws];
+                let b = &src[(2 * py + 1) * ph + qy * ws..][..ws];
+                let pairs = r.chunks_exact_mut(2).zip(a.iter().zip(b));
+                match init {
+                    Init::Set(bias) => {
+                        let b0 = bias.map_or(E::default(), |b| b[c]);
+                        for (o, (&x, &y)) in pairs {
+                            o[0] = b0 + x;
+                            o[1] = b0 + y;
+                        }
+                    }
+                    Init::Add => {
+                        for (o, (&x, &y)) in pairs {
+                            o[0] += x;
+                            o[1] += y;
+                        }
+                    }
+                }
+            }
+            return;
+        }
         let s = self.s;
         for (iy, row) in plane.chunks_exact_mut(g.w).enumerate() {
             let (py, qy) = (iy % s, iy / s);
@@ -147,13 +216,26 @@ impl Phases {
 
 /// One kernel tap of one image plane, read from the plane's [`Phases`] (for stride 1 the
 /// plane itself): the `ho * wo` values it reads, written to `dst` (zero where it falls in
-/// the padding); every row one contiguous copy.
+/// the padding). See [`Tap::block`] for the copy.
 fn tap_read<E: Float>(src: &[E], g: &Geom, ps: &Phases, t: &Tap, dst: &mut [E]) {
+    let src = &src[t.ph.0 * ps.phase()..(t.ph.0 + 1) * ps.phase()];
+    let Some((start, end, off)) = t.block(g, ps) else {
+        return tap_read_rows(src, g, ps, t, dst);
+    };
+    dst[..start].fill(E::default());
+    dst[end..].fill(E::default());
+    dst[start..end].copy_from_slice(&src[(start as isize + off) as usize..][..end - start]);
+    // the block also copied the pixels beside the valid columns: zero them
+    t.zero_edges(g.wo, dst);
+}
+
+/// [`tap_read`] one output row at a time, for geometries where the phase rows and output
+/// rows differ in length.
+fn tap_read_rows<E: Float>(src: &[E], g: &Geom, ps: &Phases, t: &Tap, dst: &mut [E]) {
     let (wo, len) = (g.wo, t.xhi - t.xlo);
     dst[..t.ylo * wo].fill(E::default());
     dst[t.yhi * wo..].fill(E::default());
-    let (ph, dy, dx) = t.ph;
-    let src = &src[ph * ps.phase()..(ph + 1) * ps.phase()];
+    let (_, dy, dx) = t.ph;
     for oy in t.ylo..t.yhi {
         let row = &mut dst[oy * wo..(oy + 1) * wo];
         row[..t.xlo].fill(E::default());
@@ -168,14 +250,26 @@ fn tap_read<E: Float>(src: &[E], g: &Geom, ps: &Phases, t: &Tap, dst: &mut [E]) 
 }
 
 /// The adjoint of [`tap_read`]: `ho * wo` values added into the plane's [`Phases`] at the
-/// pixels the tap reads (padding taps dropped); every row one contiguous sum.
+/// pixels the tap reads. `src` must be zero beside the valid columns (see
+/// [`zero_tap_edges`]): the block sum adds those zeros to neighbouring pixels.
 fn tap_add<E: Float>(src: &[E], g: &Geom, ps: &Phases, t: &Tap, dst: &mut [E]) {
+    let dst = &mut dst[t.ph.0 * ps.phase()..(t.ph.0 + 1) * ps.phase()];
+    let Some((start, end, off)) = t.block(g, ps) else {
+        return tap_add_rows(src, g, ps, t, dst);
+    };
+    let d = &mut dst[(start as isize + off) as usize..][..end - start];
+    for (a, &v) in d.iter_mut().zip(&src[start..end]) {
+        *a += v;
+    }
+}
+
+/// [`tap_add`] one output row at a time (padding columns skipped).
+fn tap_add_rows<E: Float>(src: &[E], g: &Geom, ps: &Phases, t: &Tap, dst: &mut [E]) {
     let len = t.xhi - t.xlo;
     if len == 0 {
         return;
     }
-    let (ph, dy, dx) = t.ph;
-    let dst = &mut dst[ph * ps.phase()..(ph + 1) * ps.phase()];
+    let (_, dy, dx) = t.ph;
     for oy in t.ylo..t.yhi {
         let row = &src[oy * g.wo + t.xlo..][..len];
         let qy = (oy as isize + dy) as usize;
@@ -183,6 +277,26 @@ fn tap_add<E: Float>(src: &[E], g: &Geom, ps: &Phases, t: &Tap, dst: &mut [E]) {
         for (a, &v) in dst[qy * ps.ws + qx..][..len].iter_mut().zip(row) {
             *a += v;
         }
+    }
+}
+
+/// Zeroes, in every sample's `ho * wo` segment of the columns (rows `(c, tap)` of `cols (c
+/// * kh * kw, b * ho * wo)`), the values of the output columns where a tap reads padding,
+/// so that [`tap_add`]'s block sums add nothing there. Parallel over rows.
+fn zero_tap_edges<E: Float>(cols: &mut [E], g: &Geom, taps: &[Tap]) {
+    let (p, n) = (g.ho * g.wo, g.b * g.ho * g.wo);
+    let row = |(r, row): (usize, &mut [E])| {
+        let t = &taps[r % taps.len()];
+        if t.xlo > 0 || t.xhi < g.wo {
+            for seg in row.chunks_exact_mut(p) {
+                t.zero_edges(g.wo, seg);
+            }
+        }
+    };
+    if cols.len() >= PAR_MIN {
+        cols.par_chunks_mut(n).enumerate().for_each(row);
+    } else {
+        cols.chunks_mut(n).enumerate().for_each(row);
     }
 }
 
@@ -249,26 +363,33 @@ impl<E: Float> Init<'_, E> {
 }
 
 /// col2im of a batch chunk, the adjoint of [`im2col_cb`]: `cols (g.c * kh * kw, g.b * ho *
-/// wo)` summed into `img (g.b, g.c, g.h, g.w)` per `init`. Parallel over image planes;
+/// wo)` summed into `img (g.b, g.c, g.h, g.w)` per `init`; the values of `cols` where a tap
+/// reads padding are zeroed on the way (they are not part of the sum). Parallel over image planes;
 /// every pixel sums its taps in the fixed order `(ki, kj, oy, ox)` (strided kernels: into
 /// the plane's phases, then added to its start value).
-pub fn col2im_cb<E: GemmFloat>(cols: &[E], g: &Geom, img: &mut [E], init: Init<'_, E>) {
+pub fn col2im_cb<E: GemmFloat>(cols: &mut [E], g: &Geom, img: &mut [E], init: Init<'_, E>) {
     assert_eq!(img.len(), g.img_len(), "col2im_cb: image length");
     assert_eq!(cols.len(), g.cols_len(), "col2im_cb: columns length");
     let p = g.ho * g.wo;
     let n = g.b * p;
     let taps = Tap::all(g);
     let ps = Phases::of(g);
-    let plane = |(i, dst): (usize, &mut [E])| {
+    if g.plane() == 0 {
+        return;
+    }
+    zero_tap_edges(cols, g, &taps);
+    let cols = &*cols;
+    let plane = |acc: &mut Vec<E>, (i, dst): (usize, &mut [E])| {
         let (b, c) = (i / g.c, i % g.c);
         if g.stride > 1 {
             // strided: sum the taps into the plane's phases (contiguous runs), then merge
-            let mut acc = vec![E::default(); ps.len()];
+            acc.clear();
+            acc.resize(ps.len(), E::default());
             for (ti, t) in taps.iter().enumerate() {
                 let s = (c * taps.len() + ti) * n + b * p;
-                tap_add(&cols[s..s + p], g, &ps, t, &mut acc);
+                tap_add(&cols[s..s + p], g, &ps, t, acc);
             }
-            ps.merge(g, &acc, c, init, dst);
+            ps.merge(g, acc, c, init, dst);
             return;
         }
         // stride 1: the plane is its own phase
@@ -278,13 +399,15 @@ pub fn col2im_cb<E: GemmFloat>(cols: &[E], g: &Geom, img: &mut [E], init: Init<'
             tap_add(&cols[s..s + p], g, &ps, t, dst);
         }
     };
-    if g.plane() == 0 {
-        return;
-    }
     if cols.len().max(img.len()) >= PAR_MIN {
-        img.par_chunks_mut(g.plane()).enumerate().for_each(plane);
+        img.par_chunks_mut(g.plane())
+            .enumerate()
+            .for_each_init(Vec::new, plane);
     } else {
-        img.chunks_mut(g.plane()).enumerate().for_each(plane);
+        let mut acc = Vec::new();
+        for job in img.chunks_mut(g.plane()).enumerate() {
+            plane(&mut acc, job);
+        }
     }
 }
 
