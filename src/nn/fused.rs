@@ -212,7 +212,7 @@ where
     );
     let (x, mut tape) = x.split_tape();
     let dev = x.device().clone();
-    let xv = x.as_vec();
+    let xv = super::act::host(&x);
     let mut cols = vec![E::default(); g.cols_len()];
     im2col_cpu(&xv, g, &mut cols);
     let out: T1<E, Cpu> = dev.tensor_from_vec(cols, (g.cols_len(),));
@@ -239,7 +239,7 @@ where
     assert_eq!(cols.shape().0, g.cols_len(), "col2im: length vs geometry");
     let (cols, mut tape) = cols.split_tape();
     let dev = cols.device().clone();
-    let cv = cols.as_vec();
+    let cv = super::act::host(&cols);
     let mut img = vec![E::default(); g.img_len()];
     col2im_add_cpu(&cv, g, &mut img);
     let out: T4<E, Cpu> = dev.tensor_from_vec(img, (g.b, g.c, g.h, g.w));

@@ -10,6 +10,7 @@ use std::cell::RefCell;
 use std::thread::LocalKey;
 
 use gemm::Parallelism;
+use rayon::prelude::*;
 
 use super::Float;
 
@@ -228,6 +229,9 @@ impl<'a, E> Op<'a, E> {
 /// `dW`'s transposed (column-major) view, the same product ran at 2-110. So each group's
 /// product goes to a small row-major scratch `(m x n)` (the weight's size), then is added
 /// into `dW` transposed.
+/// Rows (and columns) per tile of the transposed add in [`grouped_weight_grad`].
+const ADD_ROWS: usize = 16;
+
 pub(super) fn grouped_weight_grad<E: GemmFloat>(
     groups: usize,
     (m, n, k): (usize, usize, usize),
@@ -246,10 +250,22 @@ pub(super) fn grouped_weight_grad<E: GemmFloat>(
         let av = View::rows(gi * m * k, k);
         matmul((m, n, k), &mut t, View::rows(0, n), false, a, av, b, bv);
         let dg = &mut dw[gi * n * m..(gi + 1) * n * m];
-        for (j, row) in dg.chunks_exact_mut(m).enumerate() {
-            for (i, d) in row.iter_mut().enumerate() {
-                *d += t[i * n + j];
+        // dW_g row j += column j of t: each task a band of rows, read down t in tiles
+        let add = |(jb, rows): (usize, &mut [E])| {
+            let j0 = jb * ADD_ROWS;
+            for i0 in (0..m).step_by(ADD_ROWS) {
+                let i1 = (i0 + ADD_ROWS).min(m);
+                for (dj, row) in rows.chunks_exact_mut(m).enumerate() {
+                    for (i, d) in row[i0..i1].iter_mut().enumerate() {
+                        *d += t[(i0 + i) * n + j0 + dj];
+                    }
+                }
             }
+        };
+        if m * n >= 1 << 16 {
+            dg.par_chunks_mut(ADD_ROWS * m).enumerate().for_each(add);
+        } else {
+            dg.chunks_mut(ADD_ROWS * m).enumerate().for_each(add);
         }
     }
 }

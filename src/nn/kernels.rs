@@ -17,6 +17,7 @@
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
+use super::act::host;
 use super::{Float, T1, T4};
 
 /// Serial below this many values (rayon's overhead is not worth it).
@@ -161,7 +162,7 @@ where
     let (gamma, tg) = gamma.contiguous().split_tape();
     let (beta, tb) = beta.contiguous().split_tape();
     let dev = x.device().clone();
-    let xv = x.as_vec();
+    let xv = host(&x);
     let gv = gamma.as_vec();
     let bv = beta.as_vec();
     let (mean, var) = match running {
@@ -252,7 +253,7 @@ where
     let (b, c, h, w) = *x.shape();
     let (x, mut tape) = x.contiguous().split_tape();
     let dev = x.device().clone();
-    let xv = x.as_vec();
+    let xv = host(&x);
     let mut y = vec![E::default(); b * c * ho * wo];
     planes(&xv, h * w, &mut y, ho * wo, |_, s, d| fwd(s, d));
     drop(xv);
