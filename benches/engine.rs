@@ -9,7 +9,7 @@
 //! `TMPDIR=/dev/shm` to see the engine without the disk.
 
 use ablate::engine::{
-    self, typed_params, Cache, CheckCtx, Outcome, ParamError, Plan, PlanOptions, RunCtx,
+    self, typed_params, Cache, CheckCtx, ConfigError, Outcome, Plan, PlanOptions, RunCtx,
     RunOptions, Stage,
 };
 use serde_json::Value;
@@ -37,7 +37,7 @@ impl Stage for Noop {
     fn about(&self) -> &'static str {
         "does nothing"
     }
-    fn check(&self, params: &Value, _cx: &CheckCtx) -> Result<Value, ParamError> {
+    fn check(&self, params: &Value, _cx: &CheckCtx) -> Result<Value, ConfigError> {
         typed_params::<NoopParams>(params, |_| Ok(()))
     }
     fn run(&self, _cx: &RunCtx) -> anyhow::Result<Outcome> {

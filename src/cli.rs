@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+mod verify;
+
 const ABOUT: &str = "Declarative, cached, parallel GAN ablation pipelines.
 
 A pipeline YAML names stages (data, judge, train, sample, evaluate, tabulate), what
@@ -442,7 +444,7 @@ fn dispatch(cli: &Cli, reg: &Registry) -> Result<i32, Exit> {
             Ok(0)
         }
         Cmd::Gc { files, dry_run } => gc(&cache, files, reg, *dry_run),
-        Cmd::Verify { files, drop } => verify(&cache, files, reg, *drop),
+        Cmd::Verify { files, drop } => verify::run(&cache, files, reg, *drop),
         Cmd::Exec { kind, key } => {
             let out = engine::instance::exec(reg, &cache, kind, key, install_ctrlc());
             Ok(match out {
@@ -639,68 +641,6 @@ fn gc(cache: &Cache, files: &[PathBuf], reg: &Registry, dry_run: bool) -> Result
         human_bytes(r.freed())
     );
     Ok(0)
-}
-
-fn verify(cache: &Cache, files: &[PathBuf], reg: &Registry, drop: bool) -> Result<i32, Exit> {
-    let mut instances = vec![];
-    if files.is_empty() {
-        for (kind, key, _) in cache.entries()? {
-            instances.push((kind, key));
-        }
-    } else {
-        for f in files {
-            let plan = Plan::new(f, reg, cache.clone(), &cwd(), &PlanOptions::default())?;
-            for (inst, it) in plan.ex.instances.iter().zip(&plan.items) {
-                instances.push((inst.kind.clone(), it.key.clone()));
-            }
-        }
-    }
-    instances.sort();
-    instances.dedup();
-    let r = engine::verify::verify(cache, &instances)?;
-    let mut damaged: Vec<(&str, &str)> = vec![];
-    for p in &r.problems {
-        let label = if p.label.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", p.label)
-        };
-        println!(
-            "changed: {}/{}{label}: {}: {}",
-            p.kind,
-            &p.key[..12.min(p.key.len())],
-            p.file,
-            p.what
-        );
-        damaged.push((&p.kind, &p.key));
-    }
-    damaged.dedup();
-    if drop {
-        for (kind, key) in &damaged {
-            cache.remove_instance(kind, key)?;
-            println!("removed: {kind}/{}", &key[..12.min(key.len())]);
-        }
-    }
-    println!(
-        "verified {} instances, {} files ({}): {}",
-        r.instances,
-        r.files,
-        human_bytes(r.bytes),
-        if r.ok() {
-            "all match their manifests".to_string()
-        } else if drop {
-            format!(
-                "{} damaged, removed (the next run recomputes them)",
-                damaged.len()
-            )
-        } else {
-            format!(
-                "{} damaged (ablate verify --drop removes them; the next run recomputes them)",
-                damaged.len()
-            )
-        }
-    );
-    Ok(if r.ok() { 0 } else { 1 })
 }
 
 /// `1.5 MiB`-style sizes.

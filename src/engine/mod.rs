@@ -21,10 +21,6 @@ pub use run::{
     Summary,
 };
 pub use slurm::SlurmOptions;
-/// The old name of [`ConfigError`], kept only for `benches/engine.rs`, which the
-/// training-kernel rewrite owns at the moment; remove it once that file says
-/// `ConfigError`.
-pub use stage::ConfigError as ParamError;
 pub use stage::{
     normalised_params, typed_params, CheckCtx, ConfigError, DeviceChoice, Figure, FigureCtx,
     InputRef, Interrupted, Outcome, Progress, PublishCtx, Resources, RunCtx, Stage, Status,

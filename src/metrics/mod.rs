@@ -6,7 +6,7 @@
 //! features, labels and images into these slices.
 //!
 //! - [`frechet`]: Gaussian fits and the Frechet distance (FID in judge space).
-//! - [`linalg`]: the symmetric eigendecomposition (Householder + QL) behind it.
+//! - [`linalg`]: the symmetric eigendecomposition (nalgebra's) behind it.
 //! - [`prdc`](mod@prdc): precision/recall (Kynkaanniemi et al. 2019) and density/coverage
 //!   (Naeem et al. 2020) from exact k-nearest-neighbour balls.
 //! - [`modes`]: mode counts and reverse KL to uniform (StackedMNIST protocol).

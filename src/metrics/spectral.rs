@@ -15,10 +15,15 @@
 //! all its power; called the Nyquist bin here). Each bin holds the mean power of its
 //! frequencies; spectra are averaged over images and channels.
 //!
-//! Transforms are separable (rows, then columns): radix-2 FFT for power-of-two sizes,
-//! a direct DFT otherwise (fine up to 64 px), in f64, in parallel over images.
+//! Transforms are separable: rustfft's 1-D complex FFTs over the rows, then over the
+//! columns, in f64, planned once per image size and run in parallel over images. The
+//! scalar rustfft kernels and a fixed summation order give the same bits for the same
+//! images whatever the thread count.
+
+use std::sync::Arc;
 
 use rayon::prelude::*;
+use rustfft::{num_complex::Complex, Fft, FftPlanner};
 
 use super::{MetricsError, Result};
 
@@ -77,8 +82,7 @@ pub fn radial_power_spectrum(images: &[f32], c: usize, h: usize, w: usize) -> Re
     }
     let (bin_of, counts) = bin_map(h, w);
     let nb = counts.len();
-    let row_dft = Dft::new(w);
-    let col_dft = Dft::new(h);
+    let fft = Fft2d::new(h, w);
     // Blocks of planes summed in parallel, then the block sums added in order: the same
     // images give the same bits whatever the thread count or scheduling.
     const BLOCK: usize = 64;
@@ -86,10 +90,9 @@ pub fn radial_power_spectrum(images: &[f32], c: usize, h: usize, w: usize) -> Re
         .par_chunks(plane * BLOCK)
         .map(|block| {
             let mut acc = vec![0.0f64; nb];
-            let mut s = Scratch::new(h, w);
+            let mut ws = fft.workspace();
             for ch in block.chunks_exact(plane) {
-                power_2d(ch, h, w, &row_dft, &col_dft, &mut s);
-                for (p, &b) in s.re.iter().zip(&bin_of) {
+                for (p, &b) in fft.power(ch, &mut ws).iter().zip(&bin_of) {
                     acc[b] += p;
                 }
             }
@@ -178,136 +181,74 @@ fn bin_map(h: usize, w: usize) -> (Vec<usize>, Vec<u64>) {
     (bins, counts)
 }
 
-struct Scratch {
-    re: Vec<f64>,
-    im: Vec<f64>,
-    col_re: Vec<f64>,
-    col_im: Vec<f64>,
-    tmp_re: Vec<f64>,
-    tmp_im: Vec<f64>,
+/// Forward 2-D DFT of one image size, `F(u, v) = sum_{y,x} I(y, x) e^{-2 pi i (u y / h
+/// + v x / w)}`: rustfft plans for the rows (length w) and the columns (length h).
+struct Fft2d {
+    h: usize,
+    w: usize,
+    rows: Arc<dyn Fft<f64>>,
+    cols: Arc<dyn Fft<f64>>,
 }
 
-impl Scratch {
+/// Buffers for [`Fft2d::power`], one per thread.
+struct Workspace {
+    /// The image, then its row transforms (row-major h x w).
+    grid: Vec<Complex<f64>>,
+    /// `grid` transposed (row-major w x h), so the column FFTs run over rows.
+    cols: Vec<Complex<f64>>,
+    scratch: Vec<Complex<f64>>,
+    /// The power spectrum, row-major h x w.
+    power: Vec<f64>,
+}
+
+impl Fft2d {
     fn new(h: usize, w: usize) -> Self {
-        let m = h.max(w);
-        Scratch {
-            re: vec![0.0; h * w],
-            im: vec![0.0; h * w],
-            col_re: vec![0.0; h],
-            col_im: vec![0.0; h],
-            tmp_re: vec![0.0; m],
-            tmp_im: vec![0.0; m],
+        let mut planner = FftPlanner::new();
+        Fft2d {
+            h,
+            w,
+            rows: planner.plan_fft_forward(w),
+            cols: planner.plan_fft_forward(h),
         }
     }
-}
 
-/// Power `|F|^2 / (h w)^2` of one channel into `s.re` (row-major h x w).
-fn power_2d(ch: &[f32], h: usize, w: usize, row: &Dft, col: &Dft, s: &mut Scratch) {
-    for (d, &x) in s.re.iter_mut().zip(ch) {
-        *d = x as f64;
+    fn workspace(&self) -> Workspace {
+        let zero = Complex::new(0.0, 0.0);
+        let scratch = self
+            .rows
+            .get_inplace_scratch_len()
+            .max(self.cols.get_inplace_scratch_len());
+        Workspace {
+            grid: vec![zero; self.h * self.w],
+            cols: vec![zero; self.h * self.w],
+            scratch: vec![zero; scratch],
+            power: vec![0.0; self.h * self.w],
+        }
     }
-    s.im.iter_mut().for_each(|x| *x = 0.0);
-    for y in 0..h {
-        let r = y * w..(y + 1) * w;
-        row.transform(
-            &mut s.re[r.clone()],
-            &mut s.im[r],
-            &mut s.tmp_re,
-            &mut s.tmp_im,
-        );
-    }
-    for x in 0..w {
+
+    /// Power `|F(u, v)|^2 / (h w)^2` of one channel (row-major h x w), row-major.
+    fn power<'a>(&self, ch: &[f32], ws: &'a mut Workspace) -> &'a [f64] {
+        let (h, w) = (self.h, self.w);
+        for (g, &x) in ws.grid.iter_mut().zip(ch) {
+            *g = Complex::new(x as f64, 0.0);
+        }
+        // Every row of the grid, then every row of its transpose.
+        self.rows
+            .process_with_scratch(&mut ws.grid, &mut ws.scratch);
         for y in 0..h {
-            s.col_re[y] = s.re[y * w + x];
-            s.col_im[y] = s.im[y * w + x];
-        }
-        col.transform(&mut s.col_re, &mut s.col_im, &mut s.tmp_re, &mut s.tmp_im);
-        for y in 0..h {
-            s.re[y * w + x] = s.col_re[y];
-            s.im[y * w + x] = s.col_im[y];
-        }
-    }
-    let norm = 1.0 / ((h * w) as f64).powi(2);
-    for (r, i) in s.re.iter_mut().zip(&s.im) {
-        *r = (*r * *r + i * i) * norm;
-    }
-}
-
-/// A 1-D forward DFT of fixed length: radix-2 FFT when the length is a power of two,
-/// the direct O(n^2) sum otherwise.
-struct Dft {
-    n: usize,
-    /// `cos(2 pi k / n)`, `sin(2 pi k / n)` for k in 0..n.
-    cos: Vec<f64>,
-    sin: Vec<f64>,
-}
-
-impl Dft {
-    fn new(n: usize) -> Self {
-        let ang = |k: usize| std::f64::consts::TAU * k as f64 / n as f64;
-        Dft {
-            n,
-            cos: (0..n).map(|k| ang(k).cos()).collect(),
-            sin: (0..n).map(|k| ang(k).sin()).collect(),
-        }
-    }
-
-    /// In place: `X_k = sum_j x_j e^{-2 pi i j k / n}`.
-    fn transform(&self, re: &mut [f64], im: &mut [f64], tre: &mut [f64], tim: &mut [f64]) {
-        let n = self.n;
-        if n <= 1 {
-            return;
-        }
-        if n.is_power_of_two() {
-            self.fft(re, im);
-            return;
-        }
-        for k in 0..n {
-            let (mut sr, mut si) = (0.0, 0.0);
-            for j in 0..n {
-                let t = (j * k) % n;
-                let (c, s) = (self.cos[t], self.sin[t]);
-                // x_j (c - i s)
-                sr += re[j] * c + im[j] * s;
-                si += im[j] * c - re[j] * s;
-            }
-            tre[k] = sr;
-            tim[k] = si;
-        }
-        re.copy_from_slice(&tre[..n]);
-        im.copy_from_slice(&tim[..n]);
-    }
-
-    /// Iterative radix-2 decimation-in-time FFT (Cooley & Tukey 1965).
-    fn fft(&self, re: &mut [f64], im: &mut [f64]) {
-        let n = self.n;
-        let bits = n.trailing_zeros();
-        for i in 0..n {
-            let j = i.reverse_bits() >> (usize::BITS - bits);
-            if j > i {
-                re.swap(i, j);
-                im.swap(i, j);
+            for x in 0..w {
+                ws.cols[x * h + y] = ws.grid[y * w + x];
             }
         }
-        let mut len = 2;
-        while len <= n {
-            let half = len / 2;
-            let step = n / len;
-            for start in (0..n).step_by(len) {
-                for k in 0..half {
-                    let (c, s) = (self.cos[k * step], self.sin[k * step]);
-                    let (a, b) = (start + k, start + k + half);
-                    // t = x_b e^{-2 pi i k / len}
-                    let tr = re[b] * c + im[b] * s;
-                    let ti = im[b] * c - re[b] * s;
-                    re[b] = re[a] - tr;
-                    im[b] = im[a] - ti;
-                    re[a] += tr;
-                    im[a] += ti;
-                }
+        self.cols
+            .process_with_scratch(&mut ws.cols, &mut ws.scratch);
+        let norm = 1.0 / ((h * w) as f64).powi(2);
+        for u in 0..h {
+            for v in 0..w {
+                ws.power[u * w + v] = ws.cols[v * h + u].norm_sqr() * norm;
             }
-            len *= 2;
         }
+        &ws.power
     }
 }
 
@@ -359,19 +300,27 @@ mod tests {
     #[test]
     fn fft_matches_direct_dft_and_parseval() {
         let mut rng = StdRng::seed_from_u64(3);
-        let n = 16;
-        let x: Vec<f64> = (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect();
-        let d = Dft::new(n);
-        let (mut re, mut im) = (x.clone(), vec![0.0; n]);
-        d.fft(&mut re, &mut im);
-        for k in 0..n {
-            let (mut sr, mut si) = (0.0, 0.0);
-            for (j, xj) in x.iter().enumerate() {
-                let a = std::f64::consts::TAU * (j * k) as f64 / n as f64;
-                sr += xj * a.cos();
-                si -= xj * a.sin();
+        // Power of two, odd, prime and mixed sizes: the direct 2-D sum.
+        for (h, w) in [(16, 16), (6, 10), (7, 5), (1, 12)] {
+            let img: Vec<f32> = (0..h * w).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            let fft = Fft2d::new(h, w);
+            let mut ws = fft.workspace();
+            let p = fft.power(&img, &mut ws);
+            for u in 0..h {
+                for v in 0..w {
+                    let (mut sr, mut si) = (0.0, 0.0);
+                    for y in 0..h {
+                        for x in 0..w {
+                            let a = std::f64::consts::TAU
+                                * ((u * y) as f64 / h as f64 + (v * x) as f64 / w as f64);
+                            sr += img[y * w + x] as f64 * a.cos();
+                            si -= img[y * w + x] as f64 * a.sin();
+                        }
+                    }
+                    let want = (sr * sr + si * si) / ((h * w) as f64).powi(2);
+                    assert!((p[u * w + v] - want).abs() < 1e-12, "{h}x{w} ({u}, {v})");
+                }
             }
-            assert!((re[k] - sr).abs() < 1e-12 && (im[k] - si).abs() < 1e-12);
         }
         // Parseval on a non-power-of-two image: sum_b P_b * count_b = mean(I^2).
         let (h, w) = (6, 10);
@@ -381,6 +330,25 @@ mod tests {
         let total: f64 = p.iter().zip(&counts).map(|(p, &c)| p * c as f64).sum();
         let mean_sq = img.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / (h * w) as f64;
         assert!((total - mean_sq).abs() < 1e-12);
+    }
+
+    #[test]
+    fn same_bits_whatever_the_thread_count() {
+        let mut rng = StdRng::seed_from_u64(5);
+        // 150 images of 12 x 12, 3 channels: several blocks of planes.
+        let imgs: Vec<f32> = (0..150 * 3 * 144)
+            .map(|_| rng.gen_range(-1.0..1.0))
+            .collect();
+        let with = |threads| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| radial_power_spectrum(&imgs, 3, 12, 12).unwrap())
+        };
+        let one = with(1);
+        assert_eq!(one, with(2));
+        assert_eq!(one, with(3));
     }
 
     /// Smooth random images: a few low-frequency sinusoids plus a little noise.
