@@ -37,6 +37,12 @@
 //!
 //! The bias gradient is a per-channel sum of `dy`.
 //!
+//! A stride-1 `conv2d` with fewer outputs than inputs (the RGB head of every generator:
+//! 3 outputs from 32 or more channels at full resolution) runs as the transposed conv
+//! that equals it, with the weight flipped and transposed and padding `k - 1 - p`: its
+//! columns have `cout * k * k` rows instead of `cin * k * k` (27 instead of 288 for a
+//! 3x3 head on 32 channels), in the forward pass and in both backward products.
+//!
 //! ## Buffers, chunks and determinism
 //!
 //! Working matrices come from a small thread-local pool ([`Scratch`], in [`super::gemm`]
@@ -180,6 +186,11 @@ where
     if let Some(b) = &b {
         assert_eq!(b.shape().0, cout, "conv2d: bias length");
     }
+    if stride == 1 && groups == 1 && kh == kw && pad < kh && cout < cin {
+        // few outputs (an RGB head): the same conv as a transposed one, whose columns
+        // have `cout * k * k` rows instead of `cin * k * k` (see the module doc)
+        return conv_transpose2d_op(x, flip_transposed(w), b, 1, kh - 1 - pad, 1);
+    }
     let sh = Shapes {
         g: Geom::new(*x.shape(), kh, kw, stride, pad),
         co: cout,
@@ -265,6 +276,44 @@ where
             for (a, v) in grads.get_or_alloc_mut(&bg)?.iter_mut().zip(db) {
                 *a += v;
             }
+        }
+        Ok(())
+    });
+    out.put_tape(tape)
+}
+
+/// The weight `wf (Cin, Cout, k, k)` of the transposed conv that equals the stride-1
+/// conv2d with weight `w (Cout, Cin, k, k)` and padding `p` (at padding `k - 1 - p`):
+/// `wf[ci, co, i, j] = w[co, ci, k-1-i, k-1-j]`. A CPU op (a permutation; its backward
+/// the inverse permutation).
+fn flip_transposed<E: GemmFloat, T: Tape<E, Cpu>>(w: T4<E, Cpu, T>) -> T4<E, Cpu, T>
+where
+    Cpu: Device<E>,
+    <Cpu as Storage<E>>::Vec: std::ops::DerefMut<Target = Vec<E>>,
+{
+    let (co, ci, kh, kw) = *w.shape();
+    let kk = kh * kw;
+    // index of wf -> index of w (flipping both kernel axes reverses the tap index)
+    let src = move |f: usize| {
+        let (i, rest) = (f / (co * kk), f % (co * kk));
+        let (o, t) = (rest / kk, rest % kk);
+        (o * ci + i) * kk + (kk - 1 - t)
+    };
+    let (w, mut tape) = w.contiguous().split_tape();
+    let wv = read(&w);
+    let wf: Vec<E> = (0..wv.len()).map(|f| wv[src(f)]).collect();
+    let out: T4<E, Cpu> = w.device().tensor_from_vec(wf, (ci, co, kh, kw));
+    let (wg, og) = (w.ghost(), out.ghost());
+    tape.add_backward_op(move |grads| {
+        let gf = {
+            let g = grads.get_or_alloc_mut(&og)?;
+            let mut s = Scratch::take(g.len());
+            s.copy_from_slice(g);
+            s
+        };
+        let gw = grads.get_or_alloc_mut(&wg)?;
+        for (f, &v) in gf.iter().enumerate() {
+            gw[src(f)] += v;
         }
         Ok(())
     });

@@ -195,14 +195,22 @@ fn check_cases(transposed: bool, seed: u64) {
     let mut rng = Rng::new(seed);
     for t in 0..40 {
         let c = Case::random(&mut rng, transposed);
-        let vals = random_vals(&c, 1000 + t);
+        check_case(&c, 1000 + t, &mut rng);
+    }
+}
+
+/// One case against the composed path, finite differences and its chunked self.
+fn check_case(c: &Case, seed: u64, rng: &mut Rng) {
+    let c = *c;
+    {
+        let vals = random_vals(&c, seed);
         let fast = forward_backward(&c, true, &vals);
         let slow = forward_backward(&c, false, &vals);
         assert_close(&fast.0, &slow.0, 1e-12, "values", &c);
         assert_close(&fast.1, &slow.1, 1e-12, "grad x", &c);
         assert_close(&fast.2, &slow.2, 1e-12, "grad w", &c);
         assert_close(&fast.3, &slow.3, 1e-12, "grad b", &c);
-        check_fd(&c, &vals, [&fast.1, &fast.2, &fast.3], &mut rng);
+        check_fd(&c, &vals, [&fast.1, &fast.2, &fast.3], rng);
         // one sample per chunk: same values, gradients up to summation order
         CHUNK_MAX_TEST.with(|m| m.set(Some(1)));
         let chunked = forward_backward(&c, true, &vals);
@@ -217,6 +225,38 @@ fn check_cases(transposed: bool, seed: u64) {
 #[test]
 fn conv2d_gemm_matches_composed_and_fd() {
     check_cases(false, 21);
+}
+
+/// Stride-1 convs with fewer outputs than inputs take the transposed-conv route (an RGB
+/// head): kernels 2-3, padding 0 to k-1, odd sizes, batch 1 and 3, with and without bias.
+#[test]
+fn conv2d_few_outputs_matches_composed_and_fd() {
+    let mut rng = Rng::new(23);
+    let case = |b, cin, cout, h, w, k, pad, bias| Case {
+        b,
+        cin,
+        cout,
+        h,
+        w,
+        k,
+        stride: 1,
+        pad,
+        groups: 1,
+        bias,
+        transposed: false,
+    };
+    for (i, c) in [
+        case(3, 8, 3, 6, 5, 3, 1, true),
+        case(1, 5, 2, 4, 7, 3, 0, false),
+        case(2, 4, 3, 5, 5, 3, 2, true),
+        case(2, 3, 1, 3, 6, 2, 1, false),
+        case(3, 6, 3, 7, 4, 2, 0, true),
+    ]
+    .iter()
+    .enumerate()
+    {
+        check_case(c, 2000 + i as u64, &mut rng);
+    }
 }
 
 #[test]

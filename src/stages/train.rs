@@ -52,7 +52,9 @@ pub struct LogRow {
 /// 4: the CPU convolutions' GEMMs on gemm 0.19 (AVX-512 kernels where the CPU has them)
 ///    with transposed weight-gradient products: the same maths summed in another order,
 ///    which training carries from the last bits into the fourth digit.
-pub const VERSION: u32 = 4;
+/// 5: a stride-1 conv with fewer outputs than inputs (the RGB head) runs as the
+///    transposed conv that equals it: the same maths summed in another order.
+pub const VERSION: u32 = 5;
 
 pub struct Train;
 
