@@ -12,11 +12,13 @@ use super::*;
 type Tp<E> = OwnedTape<E, Cpu>;
 
 /// The ops under test, by name.
-const OPS: [&str; 5] = ["bn_train", "bn_eval", "pool", "nearest", "bilinear"];
+const OPS: [&str; 7] = [
+    "bn_train", "bn_eval", "pool", "nearest", "bilinear", "fir_up", "fir_down",
+];
 
-/// Shapes: batch 1, odd channel counts and odd sizes (pooling gets even sizes).
+/// Shapes: batch 1, odd channel counts and odd sizes (downsampling gets even sizes).
 fn shapes(op: &str) -> Vec<[usize; 4]> {
-    if op == "pool" {
+    if op == "pool" || op == "fir_down" {
         vec![[1, 1, 2, 2], [1, 3, 4, 6], [3, 2, 6, 2], [2, 5, 8, 4]]
     } else {
         vec![[1, 1, 1, 1], [1, 3, 3, 5], [3, 2, 1, 4], [2, 5, 5, 3]]
@@ -51,6 +53,10 @@ where
         ("nearest", false) => resample::upsample_nearest2x_composed(x, &cache),
         ("bilinear", true) => kernels::upsample_bilinear2x_op(x),
         ("bilinear", false) => resample::upsample_bilinear2x_composed(x, &cache),
+        ("fir_up", true) => resample::upsample_fir2x(x, &cache),
+        ("fir_up", false) => resample::upsample_fir2x_composed(x, &cache),
+        ("fir_down", true) => resample::downsample_fir2x(x, &cache),
+        ("fir_down", false) => resample::downsample_fir2x_composed(x, &cache),
         _ => unreachable!(),
     }
 }

@@ -389,6 +389,56 @@ where
     )
 }
 
+/// A resampling with separable fixed taps (`ty[oy]`, `tx[ox]`: the input rows / columns
+/// and weights of each output row / column; zero weights are padding) as one plane op:
+/// output `(oy, ox)` is the sum over the tap pairs of `a * b * x[iy, ix]`, taps in order.
+pub fn separable_op<E: Float, T: Tape<E, Cpu>>(
+    x: T4<E, Cpu, T>,
+    ty: &[Vec<(usize, f64)>],
+    tx: &[Vec<(usize, f64)>],
+) -> T4<E, Cpu, T>
+where
+    Cpu: Device<E>,
+    <Cpu as Storage<E>>::Vec: std::ops::DerefMut<Target = Vec<E>>,
+{
+    let (_, _, _, w) = *x.shape();
+    let (ho, wo) = (ty.len(), tx.len());
+    // per output pixel, its (input offset, weight) pairs: `start[o]..start[o + 1]`
+    let (mut start, mut taps) = (vec![0], vec![]);
+    for ry in ty {
+        for rx in tx {
+            for &(iy, a) in ry {
+                for &(ix, b) in rx {
+                    if a * b != 0.0 {
+                        taps.push((iy * w + ix, E::of(a * b)));
+                    }
+                }
+            }
+            start.push(taps.len());
+        }
+    }
+    let (start, taps) = (std::sync::Arc::new(start), std::sync::Arc::new(taps));
+    let (start2, taps2) = (start.clone(), taps.clone());
+    plane_op(
+        x,
+        (ho, wo),
+        move |s, d| {
+            for (o, v) in d.iter_mut().enumerate() {
+                *v = taps[start[o]..start[o + 1]]
+                    .iter()
+                    .fold(E::default(), |acc, &(i, a)| acc + a * s[i]);
+            }
+        },
+        move |dy, dx| {
+            for (o, &g) in dy.iter().enumerate() {
+                for &(i, a) in &taps2[start2[o]..start2[o + 1]] {
+                    dx[i] += g * a;
+                }
+            }
+        },
+    )
+}
+
 // ---------------------------------------------------------------- optimiser / EMA
 
 /// One Adam step's constants (see [`super::params::Adam::step`]).
@@ -544,6 +594,20 @@ macro_rules! cpu_step_kernels {
             _: &ops::IdxCache<Self>,
         ) -> T4<$e, Self, T> {
             kernels::upsample_bilinear2x_op(x)
+        }
+        fn upsample_fir2x<T: Tape<$e, Self>>(
+            x: T4<$e, Self, T>,
+            _: &ops::IdxCache<Self>,
+        ) -> T4<$e, Self, T> {
+            let (_, _, h, w) = *x.shape();
+            kernels::separable_op(x, &resample::fir_up_taps(h), &resample::fir_up_taps(w))
+        }
+        fn downsample_fir2x<T: Tape<$e, Self>>(
+            x: T4<$e, Self, T>,
+            _: &ops::IdxCache<Self>,
+        ) -> T4<$e, Self, T> {
+            let (_, _, h, w) = *x.shape();
+            kernels::separable_op(x, &resample::fir_down_taps(h), &resample::fir_down_taps(w))
         }
         fn adam_update(
             p: &mut T1<$e, Self>,

@@ -214,6 +214,20 @@ pub trait Dev<E: Float>: Device<E> {
     ) -> T4<E, Self, T> {
         resample::upsample_bilinear2x_composed(x, cache)
     }
+    /// [`resample::upsample_fir2x`].
+    fn upsample_fir2x<T: Tape<E, Self>>(
+        x: T4<E, Self, T>,
+        cache: &ops::IdxCache<Self>,
+    ) -> T4<E, Self, T> {
+        resample::upsample_fir2x_composed(x, cache)
+    }
+    /// [`resample::downsample_fir2x`].
+    fn downsample_fir2x<T: Tape<E, Self>>(
+        x: T4<E, Self, T>,
+        cache: &ops::IdxCache<Self>,
+    ) -> T4<E, Self, T> {
+        resample::downsample_fir2x_composed(x, cache)
+    }
     /// One Adam update of parameter `p` with gradient `g` and moments `m`, `v`, in place
     /// where the device allows (`buf`: scratch kept by the caller between calls).
     fn adam_update(

@@ -132,7 +132,7 @@ pub fn avg_pool2x2_composed<E: Float, D: Dev<E>, T: Tape<E, D>>(x: T4<E, D, T>) 
 
 /// Taps of a separable resampling along one axis: for every output coordinate, its
 /// `(input index, weight)` pairs (a tap outside the input has weight 0 and index 0).
-type AxisTaps = Vec<Vec<(usize, f64)>>;
+pub(super) type AxisTaps = Vec<Vec<(usize, f64)>>;
 
 /// The 4-tap low-pass filter `[1, 3, 3, 1] / 8` of StyleGAN2's and R3GAN's resampling
 /// (R3GAN: `[1, 2, 1]` convolved with `[1, 1]`; the 2-D kernel is its outer product).
@@ -141,7 +141,7 @@ pub const FIR_1331: [f64; 4] = [0.125, 0.375, 0.375, 0.125];
 /// Taps of `upfirdn2d` with `up = 2`, the filter `FIR_1331` times the gain 2 per axis and
 /// padding `(2, 1)`: output `2i` is `3/4 x[i] + 1/4 x[i-1]`, output `2i+1` is
 /// `3/4 x[i] + 1/4 x[i+1]`, zero outside the input.
-fn fir_up_taps(size: usize) -> AxisTaps {
+pub(super) fn fir_up_taps(size: usize) -> AxisTaps {
     (0..2 * size)
         .map(|o| {
             let i = o / 2;
@@ -161,7 +161,7 @@ fn fir_up_taps(size: usize) -> AxisTaps {
 
 /// Taps of `upfirdn2d` with `down = 2` and padding `(1, 1)`: output `o` is
 /// `(x[2o-1] + 3 x[2o] + 3 x[2o+1] + x[2o+2]) / 8`, zero outside the input.
-fn fir_down_taps(size: usize) -> AxisTaps {
+pub(super) fn fir_down_taps(size: usize) -> AxisTaps {
     (0..size / 2)
         .map(|o| {
             (0..4)
@@ -231,8 +231,17 @@ fn resample_taps<E: Float, D: Dev<E>, T: Tape<E, D>>(
 /// 2x upsampling as StyleGAN2's / R3GAN's `upsample2d`: zero insertion, then the
 /// `[1, 3, 3, 1]` low-pass filter with gain 4 (zero padding at the borders). Equal to
 /// `conv_transpose2d` of every plane with the 4x4 kernel `outer([1,3,3,1])/16`, stride 2,
-/// padding 1. Linear in `x`.
+/// padding 1. Linear in `x`. [`Dev::upsample_fir2x`]: one parallel op on the CPU,
+/// [`upsample_fir2x_composed`] elsewhere.
 pub fn upsample_fir2x<E: Float, D: Dev<E>, T: Tape<E, D>>(
+    x: T4<E, D, T>,
+    cache: &IdxCache<D>,
+) -> T4<E, D, T> {
+    D::upsample_fir2x(x, cache)
+}
+
+/// [`upsample_fir2x`] from dfdx ops (a gather of the taps, a product, a sum).
+pub fn upsample_fir2x_composed<E: Float, D: Dev<E>, T: Tape<E, D>>(
     x: T4<E, D, T>,
     cache: &IdxCache<D>,
 ) -> T4<E, D, T> {
@@ -243,7 +252,8 @@ pub fn upsample_fir2x<E: Float, D: Dev<E>, T: Tape<E, D>>(
 /// 2x downsampling as StyleGAN2's / R3GAN's `downsample2d`: the `[1, 3, 3, 1]` low-pass
 /// filter, then every second pixel (zero padding at the borders). Equal to `conv2d` of
 /// every plane with the 4x4 kernel `outer([1,3,3,1])/64`, stride 2, padding 1. Linear in
-/// `x`; H and W must be even.
+/// `x`; H and W must be even. [`Dev::downsample_fir2x`]: one parallel op on the CPU,
+/// [`downsample_fir2x_composed`] elsewhere.
 pub fn downsample_fir2x<E: Float, D: Dev<E>, T: Tape<E, D>>(
     x: T4<E, D, T>,
     cache: &IdxCache<D>,
@@ -253,5 +263,14 @@ pub fn downsample_fir2x<E: Float, D: Dev<E>, T: Tape<E, D>>(
         h % 2 == 0 && w % 2 == 0 && h > 0 && w > 0,
         "downsample_fir2x needs even sizes, got {h}x{w}"
     );
+    D::downsample_fir2x(x, cache)
+}
+
+/// [`downsample_fir2x`] from dfdx ops (a gather of the taps, a product, a sum).
+pub fn downsample_fir2x_composed<E: Float, D: Dev<E>, T: Tape<E, D>>(
+    x: T4<E, D, T>,
+    cache: &IdxCache<D>,
+) -> T4<E, D, T> {
+    let (_, _, h, w) = *x.shape();
     resample_taps(x, 41, &fir_down_taps(h), &fir_down_taps(w), cache)
 }

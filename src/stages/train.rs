@@ -53,7 +53,8 @@ pub struct LogRow {
 ///    with transposed weight-gradient products: the same maths summed in another order,
 ///    which training carries from the last bits into the fourth digit.
 /// 5: a stride-1 conv with fewer outputs than inputs (the RGB head) runs as the
-///    transposed conv that equals it: the same maths summed in another order.
+///    transposed conv that equals it, and the FIR up/down-sampling of the R3GAN and
+///    StyleGAN nets is one CPU op: the same maths summed in another order.
 pub const VERSION: u32 = 5;
 
 pub struct Train;
