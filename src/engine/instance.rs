@@ -11,7 +11,7 @@
 use super::cache::{Cache, InputRecord, Manifest, Timings, MANIFEST};
 use super::plan::Plan;
 use super::registry::Registry;
-use super::run::Outcome;
+use super::run::RunOutcome;
 use super::stage::{
     DeviceChoice, InputRef, Interrupted, Progress, PublishCtx, RunCtx, Stage, Status,
 };
@@ -217,11 +217,11 @@ fn now() -> f64 {
 }
 
 impl Task {
-    /// Compute it; every error becomes [`Outcome::Failed`].
-    pub fn execute(self) -> Outcome {
+    /// Compute it; every error becomes [`RunOutcome::Failed`].
+    pub fn execute(self) -> RunOutcome {
         match self.try_execute() {
             Ok(o) => o,
-            Err(e) => Outcome::Failed(format!("{e:#}")),
+            Err(e) => RunOutcome::Failed(format!("{e:#}")),
         }
     }
 
@@ -236,7 +236,7 @@ impl Task {
         }
     }
 
-    fn try_execute(&self) -> Result<Outcome> {
+    fn try_execute(&self) -> Result<RunOutcome> {
         let s = &self.spec;
         let dir = self.cache.dir(&s.kind, &s.key);
         let _lock = self.lock()?;
@@ -246,7 +246,7 @@ impl Task {
             if m.status != Status::Failed && !s.forced && changed.is_none() {
                 // Another process finished it while we waited for the lock.
                 self.publish(&dir)?;
-                return Ok(Outcome::Cached);
+                return Ok(RunOutcome::Cached);
             }
             if let Some(why) = changed.filter(|_| m.status != Status::Failed) {
                 // Nothing of a changed instance is reused (no resuming from its files).
@@ -306,7 +306,7 @@ impl Task {
                 if e.downcast_ref::<Interrupted>().is_some()
                     || self.cancel.load(Ordering::Relaxed) =>
             {
-                return Ok(Outcome::Interrupted)
+                return Ok(RunOutcome::Interrupted)
             }
             Err(e) => (
                 Status::Failed,
@@ -348,10 +348,10 @@ impl Task {
         self.cache
             .remember(&s.pipeline, &s.label, &s.kind, &s.key)?;
         if let Some(e) = error {
-            return Ok(Outcome::Failed(e));
+            return Ok(RunOutcome::Failed(e));
         }
         self.publish(&dir)?;
-        Ok(Outcome::Ran(status))
+        Ok(RunOutcome::Ran(status))
     }
 
     fn publish(&self, dir: &Path) -> Result<()> {
@@ -421,10 +421,10 @@ pub fn exec(
     kind: &str,
     key: &str,
     cancel: Arc<AtomicBool>,
-) -> Outcome {
+) -> RunOutcome {
     let spec = match Frozen::load(cache, kind, key) {
         Ok(s) => s,
-        Err(e) => return Outcome::Failed(format!("{e:#}")),
+        Err(e) => return RunOutcome::Failed(format!("{e:#}")),
     };
     let mut spec = spec;
     if let Some(n) = std::env::var("SLURM_CPUS_PER_TASK")
@@ -442,6 +442,6 @@ pub fn exec(
             tracing::info!("{label}: {}", out.word());
             out
         }
-        Err(e) => Outcome::Failed(format!("{e:#}")),
+        Err(e) => RunOutcome::Failed(format!("{e:#}")),
     }
 }

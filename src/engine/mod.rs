@@ -17,8 +17,7 @@ pub use memo::Memo;
 pub use plan::{Plan, PlanOptions, PlanStatus};
 pub use registry::Registry;
 pub use run::{
-    run, run_observed, Executor, ExecutorChoice, Outcome as RunOutcome, RunEvent, RunOptions,
-    Summary,
+    run, run_observed, Executor, ExecutorChoice, RunEvent, RunOptions, RunOutcome, Summary,
 };
 pub use slurm::SlurmOptions;
 pub use stage::{

@@ -68,9 +68,9 @@ pub fn default_threads(cores: usize, jobs: usize, to_run: usize) -> usize {
     (cores / jobs.min(to_run).max(1)).max(1)
 }
 
-/// How each instance ended.
+/// How each instance of a run ended (what a stage reports is [`super::stage::Outcome`]).
 #[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
+pub enum RunOutcome {
     Cached,
     Ran(Status),
     Failed(String),
@@ -79,17 +79,17 @@ pub enum Outcome {
     NotStarted,
 }
 
-impl Outcome {
+impl RunOutcome {
     /// One word for logs.
     pub fn word(&self) -> &'static str {
         match self {
-            Outcome::Cached => "cached",
-            Outcome::Ran(Status::Diverged) => "diverged",
-            Outcome::Ran(_) => "done",
-            Outcome::Failed(_) => "failed",
-            Outcome::Skipped => "skipped",
-            Outcome::Interrupted => "interrupted",
-            Outcome::NotStarted => "not started",
+            RunOutcome::Cached => "cached",
+            RunOutcome::Ran(Status::Diverged) => "diverged",
+            RunOutcome::Ran(_) => "done",
+            RunOutcome::Failed(_) => "failed",
+            RunOutcome::Skipped => "skipped",
+            RunOutcome::Interrupted => "interrupted",
+            RunOutcome::NotStarted => "not started",
         }
     }
 }
@@ -107,7 +107,7 @@ pub struct Summary {
     pub wall_s: f64,
     /// (instance label, error) of every failure.
     pub failures: Vec<(String, String)>,
-    pub outcomes: Vec<Outcome>,
+    pub outcomes: Vec<RunOutcome>,
 }
 
 impl Summary {
@@ -140,7 +140,7 @@ pub struct RunEvent<'a> {
     /// start and for the periodic tick (about once a second while instances run).
     pub finished: Option<usize>,
     /// How each instance has ended so far, by instance id (`None`: not yet).
-    pub outcomes: &'a [Option<Outcome>],
+    pub outcomes: &'a [Option<RunOutcome>],
     /// Instances running now.
     pub running: &'a [usize],
 }
@@ -156,7 +156,7 @@ pub trait Executor {
     /// A failure to start one is reported later by `wait`, as its outcome.
     fn start(&mut self, ready: &BTreeSet<usize>) -> Vec<usize>;
     /// Wait up to `timeout` for instances to end; their outcomes.
-    fn wait(&mut self, timeout: Duration) -> Vec<(usize, Outcome)>;
+    fn wait(&mut self, timeout: Duration) -> Vec<(usize, RunOutcome)>;
     /// Instances taken and not yet returned.
     fn in_flight(&self) -> usize;
     /// Instances computing now (not queued), in id order.
@@ -167,7 +167,7 @@ pub trait Executor {
     }
     /// Ctrl-C: stop everything in flight. Outcomes it already knows are returned; the
     /// rest come from `wait`.
-    fn cancel(&mut self) -> Vec<(usize, Outcome)> {
+    fn cancel(&mut self) -> Vec<(usize, RunOutcome)> {
         vec![]
     }
 }
@@ -220,14 +220,14 @@ pub fn schedule(
 ) -> Result<Summary> {
     let t0 = Instant::now();
     let n = plan.items.len();
-    let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
+    let mut outcomes: Vec<Option<RunOutcome>> = vec![None; n];
     let results = plan.results_dir(&opts.results_root);
     let pipeline = plan.ex.pipeline.name.clone();
 
     // Cached instances are done already; make sure their published copies exist.
     for (i, it) in plan.items.iter().enumerate() {
         if it.status == PlanStatus::Cached {
-            outcomes[i] = Some(Outcome::Cached);
+            outcomes[i] = Some(RunOutcome::Cached);
             let inst = &plan.ex.instances[i];
             let dir = plan.cache.dir(&inst.kind, &it.key);
             reg.get(&inst.kind).unwrap().publish(&PublishCtx {
@@ -295,9 +295,9 @@ pub fn schedule(
                 b.inc(1);
             }
             match &out {
-                Outcome::Ran(Status::Diverged) => tracing::warn!("{} diverged", inst.label),
-                Outcome::Ran(_) | Outcome::Cached => tracing::info!("done {}", inst.label),
-                Outcome::Failed(e) => {
+                RunOutcome::Ran(Status::Diverged) => tracing::warn!("{} diverged", inst.label),
+                RunOutcome::Ran(_) | RunOutcome::Cached => tracing::info!("done {}", inst.label),
+                RunOutcome::Failed(e) => {
                     let first = e.lines().next().unwrap_or("");
                     match &bar {
                         Some(b) => b.suspend(|| tracing::error!("{} failed: {first}", inst.label)),
@@ -306,8 +306,8 @@ pub fn schedule(
                 }
                 _ => {}
             }
-            let success = matches!(out, Outcome::Ran(_) | Outcome::Cached);
-            let interrupted = out == Outcome::Interrupted;
+            let success = matches!(out, RunOutcome::Ran(_) | RunOutcome::Cached);
+            let interrupted = out == RunOutcome::Interrupted;
             outcomes[i] = Some(out);
             if interrupted {
                 // Its descendants stay unstarted: they count as interrupted too.
@@ -323,12 +323,12 @@ pub fn schedule(
                 let mut stack = dependents[i].clone();
                 while let Some(d) = stack.pop() {
                     if outcomes[d].is_none() {
-                        outcomes[d] = Some(Outcome::Skipped);
+                        outcomes[d] = Some(RunOutcome::Skipped);
                         ready.remove(&d);
                         stack.extend(dependents[d].iter().copied());
                     }
                 }
-                if matches!(outcomes[i], Some(Outcome::Failed(_))) && !opts.keep_going {
+                if matches!(outcomes[i], Some(RunOutcome::Failed(_))) && !opts.keep_going {
                     stop = true;
                 }
             }
@@ -364,26 +364,26 @@ pub fn schedule(
     };
     for (i, o) in outcomes.into_iter().enumerate() {
         let o = o.unwrap_or(if cancel.load(Ordering::Relaxed) {
-            Outcome::Interrupted
+            RunOutcome::Interrupted
         } else {
-            Outcome::NotStarted
+            RunOutcome::NotStarted
         });
         match &o {
-            Outcome::Cached => s.cached += 1,
-            Outcome::Ran(st) => {
+            RunOutcome::Cached => s.cached += 1,
+            RunOutcome::Ran(st) => {
                 s.ran += 1;
                 if *st == Status::Diverged {
                     s.diverged += 1;
                 }
             }
-            Outcome::Failed(e) => {
+            RunOutcome::Failed(e) => {
                 s.failed += 1;
                 s.failures
                     .push((plan.ex.instances[i].label.clone(), e.clone()));
             }
-            Outcome::Skipped => s.skipped += 1,
-            Outcome::Interrupted => s.interrupted += 1,
-            Outcome::NotStarted => s.not_started += 1,
+            RunOutcome::Skipped => s.skipped += 1,
+            RunOutcome::Interrupted => s.interrupted += 1,
+            RunOutcome::NotStarted => s.not_started += 1,
         }
         s.outcomes.push(o);
     }
@@ -423,8 +423,8 @@ pub struct LocalExecutor<'a> {
     cpus_busy: usize,
     gpu_busy: bool,
     running: Arc<Mutex<Running>>,
-    tx: mpsc::Sender<(usize, Outcome)>,
-    rx: mpsc::Receiver<(usize, Outcome)>,
+    tx: mpsc::Sender<(usize, RunOutcome)>,
+    rx: mpsc::Receiver<(usize, RunOutcome)>,
 }
 
 impl<'a> LocalExecutor<'a> {
@@ -511,11 +511,11 @@ impl<'a> LocalExecutor<'a> {
                         }
                     });
                 if let Err(e) = spawned {
-                    let _ = tx.send((i, Outcome::Failed(format!("starting a thread: {e}"))));
+                    let _ = tx.send((i, RunOutcome::Failed(format!("starting a thread: {e}"))));
                 }
             }
             Err(e) => {
-                let _ = tx.send((i, Outcome::Failed(format!("{e:#}"))));
+                let _ = tx.send((i, RunOutcome::Failed(format!("{e:#}"))));
             }
         }
     }
@@ -550,7 +550,7 @@ impl Executor for LocalExecutor<'_> {
         taken
     }
 
-    fn wait(&mut self, timeout: Duration) -> Vec<(usize, Outcome)> {
+    fn wait(&mut self, timeout: Duration) -> Vec<(usize, RunOutcome)> {
         let mut out = vec![];
         match self.rx.recv_timeout(timeout) {
             Ok(x) => out.push(x),

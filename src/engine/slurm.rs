@@ -31,7 +31,7 @@ use super::cache::MANIFEST;
 use super::instance::{record_failure, Frozen};
 use super::plan::Plan;
 use super::registry::Registry;
-use super::run::{Executor, Outcome, RunOptions};
+use super::run::{Executor, RunOptions, RunOutcome};
 use super::stage::{PublishCtx, Resources, Status};
 use crate::pipeline::StageResources;
 use crate::util::atomic_write;
@@ -263,7 +263,7 @@ pub struct SlurmExecutor<'a> {
     /// Jobs of the state file that were queued or running when we started.
     attachable: BTreeMap<String, String>,
     flights: BTreeMap<usize, Flight>,
-    done: Vec<(usize, Outcome)>,
+    done: Vec<(usize, RunOutcome)>,
     last_poll: Option<Instant>,
     batches: usize,
 }
@@ -492,11 +492,11 @@ impl<'a> SlurmExecutor<'a> {
     }
 
     /// A finished instance's outcome from its manifest; `None` when there is none (yet).
-    fn judge(&self, i: usize, f: &Flight) -> Option<Outcome> {
+    fn judge(&self, i: usize, f: &Flight) -> Option<RunOutcome> {
         let inst = &self.plan.ex.instances[i];
         let m = self.plan.cache.manifest(&inst.kind, self.key(i))?;
         Some(match m.status {
-            Status::Failed => Outcome::Failed(format!(
+            Status::Failed => RunOutcome::Failed(format!(
                 "{}\n(slurm job {} {}; log {})",
                 m.error.as_deref().unwrap_or("failed"),
                 f.job,
@@ -505,9 +505,9 @@ impl<'a> SlurmExecutor<'a> {
             )),
             st => {
                 if let Err(e) = self.publish(i) {
-                    return Some(Outcome::Failed(format!("publishing: {e:#}")));
+                    return Some(RunOutcome::Failed(format!("publishing: {e:#}")));
                 }
-                Outcome::Ran(st)
+                RunOutcome::Ran(st)
             }
         })
     }
@@ -523,7 +523,7 @@ impl<'a> SlurmExecutor<'a> {
     }
 
     /// A job that ended without a manifest: record why as a `failed` manifest.
-    fn failed_without_manifest(&self, i: usize, f: &Flight) -> Outcome {
+    fn failed_without_manifest(&self, i: usize, f: &Flight) -> RunOutcome {
         let state = if f.state.is_empty() || ACTIVE.contains(&f.state.as_str()) {
             "ENDED (state no longer known to squeue)"
         } else {
@@ -542,10 +542,10 @@ impl<'a> SlurmExecutor<'a> {
         if let Err(e) = record_failure(&self.plan.cache, self.reg, &spec, &msg, "slurm") {
             tracing::warn!("{}: writing its failed manifest: {e:#}", spec.label);
         }
-        Outcome::Failed(msg)
+        RunOutcome::Failed(msg)
     }
 
-    fn forget(&mut self, ended: &[(usize, Outcome)]) {
+    fn forget(&mut self, ended: &[(usize, RunOutcome)]) {
         if ended.is_empty() {
             return;
         }
@@ -560,7 +560,7 @@ impl<'a> SlurmExecutor<'a> {
     }
 
     /// One `squeue` for every job in flight; the instances that ended.
-    fn poll(&mut self) -> Vec<(usize, Outcome)> {
+    fn poll(&mut self) -> Vec<(usize, RunOutcome)> {
         let jobs: BTreeSet<String> = self.flights.values().map(|f| f.job.clone()).collect();
         let states = match squeue(&jobs) {
             Ok(s) => s,
@@ -598,7 +598,7 @@ impl<'a> SlurmExecutor<'a> {
             ended.push((i, self.failed_without_manifest(i, f)));
         }
         for (i, o) in &ended {
-            if let Outcome::Failed(_) = o {
+            if let RunOutcome::Failed(_) = o {
                 let f = &self.flights[i];
                 tracing::debug!("{} ended as {}", self.plan.ex.instances[*i].label, f.state);
             }
@@ -643,14 +643,14 @@ impl Executor for SlurmExecutor<'_> {
         for ids in by_stage.into_values() {
             if let Err(e) = self.submit(&ids) {
                 for i in ids {
-                    self.done.push((i, Outcome::Failed(format!("{e:#}"))));
+                    self.done.push((i, RunOutcome::Failed(format!("{e:#}"))));
                 }
             }
         }
         taken
     }
 
-    fn wait(&mut self, timeout: Duration) -> Vec<(usize, Outcome)> {
+    fn wait(&mut self, timeout: Duration) -> Vec<(usize, RunOutcome)> {
         if !self.done.is_empty() {
             return std::mem::take(&mut self.done);
         }
@@ -687,7 +687,7 @@ impl Executor for SlurmExecutor<'_> {
         )
     }
 
-    fn cancel(&mut self) -> Vec<(usize, Outcome)> {
+    fn cancel(&mut self) -> Vec<(usize, RunOutcome)> {
         let mut out = std::mem::take(&mut self.done);
         if self.flights.is_empty() {
             return out;
@@ -710,8 +710,8 @@ impl Executor for SlurmExecutor<'_> {
             // One may have finished just before: its manifest says so.
             let f = &self.flights[&i];
             let o = match self.judge(i, f) {
-                Some(o @ Outcome::Ran(_)) => o,
-                _ => Outcome::Interrupted,
+                Some(o @ RunOutcome::Ran(_)) => o,
+                _ => RunOutcome::Interrupted,
             };
             ended.push((i, o));
         }

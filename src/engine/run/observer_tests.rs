@@ -81,7 +81,7 @@ fn observer_hears_the_start_and_every_instance_once() {
     done.sort_unstable();
     // Each of the 7 instances that ran (6) or failed (1) is heard once; the skipped one is not.
     let expected: Vec<usize> = (0..8)
-        .filter(|&i| !matches!(s.outcomes[i], Outcome::Skipped))
+        .filter(|&i| !matches!(s.outcomes[i], RunOutcome::Skipped))
         .collect();
     assert_eq!(expected.len(), 7, "{}", s.line());
     assert_eq!(done, expected);
@@ -107,15 +107,15 @@ impl Executor for Fake {
         self.taken.extend(&t);
         t
     }
-    fn wait(&mut self, _: Duration) -> Vec<(usize, Outcome)> {
+    fn wait(&mut self, _: Duration) -> Vec<(usize, RunOutcome)> {
         if self.flight.is_empty() {
             return vec![];
         }
         let i = self.flight.remove(0);
         let o = if Some(i) == self.fail {
-            Outcome::Failed("fake failure".into())
+            RunOutcome::Failed("fake failure".into())
         } else {
-            Outcome::Ran(Status::Ok)
+            RunOutcome::Ran(Status::Ok)
         };
         vec![(i, o)]
     }
@@ -125,11 +125,11 @@ impl Executor for Fake {
     fn running(&self) -> Vec<usize> {
         self.flight.clone()
     }
-    fn cancel(&mut self) -> Vec<(usize, Outcome)> {
+    fn cancel(&mut self) -> Vec<(usize, RunOutcome)> {
         self.cancelled = true;
         self.flight
             .drain(..)
-            .map(|i| (i, Outcome::Interrupted))
+            .map(|i| (i, RunOutcome::Interrupted))
             .collect()
     }
 }
@@ -198,7 +198,7 @@ fn the_schedule_is_the_same_whatever_computes_it() {
     // A failure skips its own descendant; --keep-going finishes the rest.
     let (s, ex) = run_fake(3, Some(a[1]), true, false);
     assert_eq!((s.ran, s.failed, s.skipped), (4, 1, 1), "{}", s.line());
-    assert_eq!(s.outcomes[b[1]], Outcome::Skipped);
+    assert_eq!(s.outcomes[b[1]], RunOutcome::Skipped);
     assert!(!ex.taken.contains(&b[1]));
     // Without it nothing new is taken after the failure (a[0] ended first, so its b
     // was taken before a[1] failed).
