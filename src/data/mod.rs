@@ -34,16 +34,6 @@ pub use png::{write_image_grid, write_preview, write_scatter_png, ScatterOptions
 pub use stacked::{load_stacked_mnist, stack_mnist, stacked_indices, StackedMnistOptions};
 pub use tensor_file::{load_dataset, save_dataset};
 
-/// Fisher-Yates shuffle with the crate's portable generator: how every seeded draw of
-/// data items is ordered (evaluate's reference set, a reference `sample`, the judge's
-/// held-out split), so the same seed draws the same items everywhere.
-pub fn shuffle<T>(v: &mut [T], rng: &mut crate::nn::Rng) {
-    for i in (1..v.len()).rev() {
-        let j = rng.below(i + 1);
-        v.swap(i, j);
-    }
-}
-
 /// The tensor of a dataset, in the layout of the artifact file.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DataTensor {

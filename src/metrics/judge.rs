@@ -31,7 +31,6 @@ use anyhow::{bail, Context, Result};
 use dfdx::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::data::shuffle;
 use crate::nn::{
     self, Adam, AdamConfig, ConvConfig, Dev, Float, Layer, LinearConfig, Net, NetBuilder, Rng, T1,
     T4,
@@ -232,7 +231,7 @@ impl<E: Float, D: Dev<E>> Judge<E, D> {
         let mut xb = Vec::with_capacity(batch * il);
         let mut yb = Vec::with_capacity(batch);
         for _ in 0..opts.epochs {
-            shuffle(&mut order, &mut rng);
+            rng.shuffle(&mut order);
             let mut sum = 0.0;
             for chunk in order.chunks(batch) {
                 xb.clear();

@@ -67,6 +67,15 @@ impl Rng {
     pub fn below(&mut self, n: usize) -> usize {
         ((self.next_u64() as u128 * n as u128) >> 64) as usize
     }
+    /// Fisher-Yates shuffle: how every seeded draw of data items is ordered (evaluate's
+    /// reference set, a reference `sample`, the judge's held-out split), so the same seed
+    /// draws the same items everywhere.
+    pub fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = self.below(i + 1);
+            v.swap(i, j);
+        }
+    }
     /// `n` standard normals.
     pub fn normals(&mut self, n: usize) -> Vec<f64> {
         (0..n).map(|_| self.normal()).collect()

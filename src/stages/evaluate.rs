@@ -235,7 +235,7 @@ impl Stage for Evaluate {
         let item = real.data.item_len();
         let n_real = real.len().min(p.real_count);
         let mut idx: Vec<usize> = (0..real.len()).collect();
-        crate::data::shuffle(&mut idx, &mut Rng::derived(p.seed, 0x7265_616c));
+        Rng::derived(p.seed, 0x7265_616c).shuffle(&mut idx);
         let mut ridx = idx[..n_real].to_vec();
         ridx.sort_unstable();
         let real_x: Vec<f32> = ridx

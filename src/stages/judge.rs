@@ -33,7 +33,6 @@
 //! judge), `params`, `train_s`.
 
 use super::data::DATA_FILE;
-use crate::data::shuffle;
 use crate::data::{load_dataset, DataTensor};
 use crate::engine::{
     typed_params, CheckCtx, ConfigError, DeviceChoice, Outcome, Resources, RunCtx, Stage,
@@ -198,7 +197,7 @@ impl Stage for Judge {
         // Split distinct images, seeded.
         let mut idx = distinct_rows(&values, il);
         let distinct = idx.len();
-        shuffle(&mut idx, &mut Rng::derived(p.seed, 0x73706c6974));
+        Rng::derived(p.seed, 0x73706c6974).shuffle(&mut idx);
         if distinct < 2 {
             bail!(
                 "judge: `{}` has {distinct} distinct images; need at least 2",

@@ -189,7 +189,7 @@ fn real_samples(cx: &RunCtx, p: &SampleParams, data: &InputRef) -> Result<Outcom
         );
     }
     let mut idx: Vec<usize> = (0..ds.len()).collect();
-    data::shuffle(&mut idx, &mut crate::nn::Rng::derived(p.seed, 0x7265_6665));
+    crate::nn::Rng::derived(p.seed, 0x7265_6665).shuffle(&mut idx);
     let values: Vec<f32> = idx[..p.count]
         .iter()
         .flat_map(|&i| ds.data.item(i).iter().copied())

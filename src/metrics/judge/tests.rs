@@ -1,5 +1,5 @@
 use super::*;
-use crate::data::{load_mnist, shuffle, DataTensor, MnistOptions};
+use crate::data::{load_mnist, DataTensor, MnistOptions};
 use std::time::Instant;
 
 fn tiny_arch() -> JudgeArch {
@@ -133,7 +133,7 @@ fn distinct_rows_and_shuffle() {
     let v = [1.0f32, 2.0, 3.0, 4.0, 1.0, 2.0, 5.0, 6.0, 3.0, 4.0];
     assert_eq!(distinct_rows(&v, 2), vec![0, 1, 3]);
     let mut a: Vec<usize> = (0..50).collect();
-    shuffle(&mut a, &mut Rng::new(1));
+    Rng::new(1).shuffle(&mut a);
     let mut s = a.clone();
     s.sort();
     assert_eq!(s, (0..50).collect::<Vec<_>>());
