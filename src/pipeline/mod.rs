@@ -7,6 +7,7 @@
 pub mod dag;
 pub mod error;
 pub mod expand;
+mod interpolate;
 pub mod locate;
 pub mod spec;
 
