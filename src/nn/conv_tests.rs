@@ -323,6 +323,8 @@ fn conv_gemm_bit_identical_across_thread_counts() {
         (8, 64, 64, 16, 16, 3, 1, 1, 64, false),
         (8, 64, 32, 8, 8, 4, 2, 1, 1, true),
         (8, 64, 32, 9, 8, 3, 1, 1, 2, true),
+        // an RGB head: the transposed-conv route
+        (8, 32, 3, 16, 16, 3, 1, 1, 1, false),
     ];
     for (b, cin, cout, h, w, k, stride, pad, groups, transposed) in cases {
         let c = Case {
