@@ -123,7 +123,7 @@ impl Phases {
     }
     /// Splits an image plane `(h, w)` into `dst` (all phases).
     fn split<E: Float>(&self, g: &Geom, plane: &[E], dst: &mut [E]) {
-        if self.s == 2 && g.h % 2 == 0 && g.w % 2 == 0 {
+        if self.s == 2 && g.h.is_multiple_of(2) && g.w.is_multiple_of(2) {
             // the common case, as one pass of pairs: row iy's even and odd pixels
             let (ph, ws) = (self.phase(), self.ws);
             for (iy, r) in plane.chunks_exact(g.w).enumerate() {
@@ -159,7 +159,7 @@ impl Phases {
     /// The adjoint of [`Phases::split`] into an image plane: each pixel becomes `start + its
     /// phase value` (`start` the plane's bias, zero, or its current value per `init`).
     fn merge<E: Float>(&self, g: &Geom, src: &[E], c: usize, init: Init<'_, E>, plane: &mut [E]) {
-        if self.s == 2 && g.h % 2 == 0 && g.w % 2 == 0 {
+        if self.s == 2 && g.h.is_multiple_of(2) && g.w.is_multiple_of(2) {
             // the common case, as one pass of pairs (see `split`)
             let (ph, ws) = (self.phase(), self.ws);
             for (iy, r) in plane.chunks_exact_mut(g.w).enumerate() {
