@@ -33,28 +33,32 @@ struct Tap {
     xhi: usize,
     /// Where the tap reads in a plane's [`Phases`]: `(phase, dy, dx)`, see [`Tap::phase`].
     ph: (usize, isize, isize),
+    /// Its valid outputs as one run, see [`Tap::block_of`].
+    block: Option<(usize, usize, isize)>,
 }
 
 impl Tap {
     fn new(g: &Geom, ki: usize, kj: usize) -> Self {
         let (ylo, yhi) = Geom::valid(g.ho, ki, g.stride, g.pad, g.h);
         let (xlo, xhi) = Geom::valid(g.wo, kj, g.stride, g.pad, g.w);
-        Tap {
+        let mut t = Tap {
             ylo,
             yhi,
             xlo,
             xhi,
             ph: Self::phase(g, ki, kj),
-        }
+            block: None,
+        };
+        t.block = t.block_of(g, &Phases::of(g));
+        t
     }
-    /// Every tap of the kernel, row-major.
     /// The tap's valid outputs as one run of a sample's `ho * wo` values: with phase rows
     /// as long as output rows (`ws == wo`, true of "same" and stride-halving kernels),
     /// output `o = oy * wo + ox` reads phase pixel `o + off` for every valid `(oy, ox)`,
     /// so `start..end` (first to last valid output) is one contiguous copy or sum, give or
     /// take the columns beside the valid ones ([`Tap::zero_edges`]). `None` where the rows
     /// differ in length or the tap reads nothing.
-    fn block(&self, g: &Geom, ps: &Phases) -> Option<(usize, usize, isize)> {
+    fn block_of(&self, g: &Geom, ps: &Phases) -> Option<(usize, usize, isize)> {
         if ps.ws != g.wo || self.ylo >= self.yhi || self.xlo >= self.xhi {
             return None;
         }
@@ -77,6 +81,7 @@ impl Tap {
             }
         }
     }
+    /// Every tap of the kernel, row-major.
     fn all(g: &Geom) -> Vec<Tap> {
         (0..g.kh * g.kw)
             .map(|t| Tap::new(g, t / g.kw, t % g.kw))
@@ -216,10 +221,10 @@ impl Phases {
 
 /// One kernel tap of one image plane, read from the plane's [`Phases`] (for stride 1 the
 /// plane itself): the `ho * wo` values it reads, written to `dst` (zero where it falls in
-/// the padding). See [`Tap::block`] for the copy.
+/// the padding). See [`Tap::block_of`] for the copy.
 fn tap_read<E: Float>(src: &[E], g: &Geom, ps: &Phases, t: &Tap, dst: &mut [E]) {
     let src = &src[t.ph.0 * ps.phase()..(t.ph.0 + 1) * ps.phase()];
-    let Some((start, end, off)) = t.block(g, ps) else {
+    let Some((start, end, off)) = t.block else {
         return tap_read_rows(src, g, ps, t, dst);
     };
     dst[..start].fill(E::default());
@@ -254,7 +259,7 @@ fn tap_read_rows<E: Float>(src: &[E], g: &Geom, ps: &Phases, t: &Tap, dst: &mut 
 /// [`zero_tap_edges`]): the block sum adds those zeros to neighbouring pixels.
 fn tap_add<E: Float>(src: &[E], g: &Geom, ps: &Phases, t: &Tap, dst: &mut [E]) {
     let dst = &mut dst[t.ph.0 * ps.phase()..(t.ph.0 + 1) * ps.phase()];
-    let Some((start, end, off)) = t.block(g, ps) else {
+    let Some((start, end, off)) = t.block else {
         return tap_add_rows(src, g, ps, t, dst);
     };
     let d = &mut dst[(start as isize + off) as usize..][..end - start];
