@@ -17,11 +17,10 @@
 //! chunks, so results do not depend on the thread count) and a composed dfdx fallback for
 //! every other device.
 
-use std::sync::Arc;
-
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
+use super::host::{values, zeroed};
 use super::{Dev, Float, T4};
 
 /// Slope of the gated product for gate value `v`: 1 above zero, `a` at or below.
@@ -94,19 +93,6 @@ pub fn gated_composed<E: Float, D: Dev<E>, T: Tape<E, D>>(
     x * m
 }
 
-/// The values of a CPU tensor in logical order. `copy_into` copies the physical buffer, so
-/// the tensor is first made contiguous (dfdx's `contiguous` is free when it already is,
-/// and keeps the tensor's identity).
-pub fn host<E: Float, S: Shape, T: Tape<E, Cpu>>(x: &Tensor<S, E, Cpu, T>) -> Vec<E>
-where
-    Cpu: Device<E>,
-{
-    let c = x.retaped::<NoneTape>().contiguous();
-    let mut v = vec![E::default(); x.shape().num_elements()];
-    c.copy_into(&mut v);
-    v
-}
-
 /// The gated product on the CPU as one custom op: `x * s(gate)` with `gate = x` when none
 /// is given (a plain ReLU / LeakyReLU), backward `grad_x += grad_y * s(gate)` (no gradient
 /// flows to the gate).
@@ -125,21 +111,10 @@ where
     }
     let a = E::of(a);
     let (x, mut tape) = x.contiguous().split_tape();
-    let xv = host(&x);
-    let (y, gv) = match gate {
-        None => {
-            let gv = Arc::new(xv);
-            let mut y = vec![E::default(); gv.len()];
-            gated_cpu(&gv, &gv, a, &mut y, false);
-            (y, gv)
-        }
-        Some(g) => {
-            let gv = Arc::new(host(g));
-            let mut y = xv;
-            scale_cpu(&mut y, &gv, a);
-            (y, gv)
-        }
-    };
+    // the gate is kept for the backward pass as a tensor (a shared handle, no copy)
+    let gate = gate.cloned().unwrap_or_else(|| x.clone());
+    let mut y = zeroed(s.num_elements());
+    gated_cpu(&values(&x), &values(&gate), a, &mut y, false);
     let out: T4<E, Cpu> = x.device().tensor_from_vec(y, s);
     if !T::OWNS_TAPE {
         return out.put_tape(tape);
@@ -149,7 +124,7 @@ where
         grads.try_alloc_for(&xg)?;
         // take the output gradient out of the map to read it while writing the input's
         let gy = std::mem::take(&mut **grads.get_or_alloc_mut(&og)?);
-        gated_cpu(&gy, &gv, a, grads.get_or_alloc_mut(&xg)?, true);
+        gated_cpu(&gy, &values(&gate), a, grads.get_or_alloc_mut(&xg)?, true);
         **grads.get_or_alloc_mut(&og)? = gy;
         Ok(())
     });

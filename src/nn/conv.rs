@@ -61,6 +61,7 @@ use dfdx::prelude::*;
 
 use super::fused::Geom;
 use super::gemm::{grouped_matmul, grouped_weight_grad, GemmFloat, Op, Scratch};
+use super::host::{values, zeroed};
 use super::layout::{channel_sums, col2im_cb, from_cb, im2col_cb, to_cb, to_pc, Init};
 use super::{T1, T4};
 
@@ -121,16 +122,6 @@ impl Shapes {
     }
 }
 
-/// Copies a tensor's (contiguous) values into a scratch buffer.
-fn read<E: GemmFloat, S: Shape>(t: &Tensor<S, E, Cpu>) -> Scratch<E>
-where
-    Cpu: Device<E>,
-{
-    let mut s = Scratch::take(t.shape().num_elements());
-    t.copy_into(&mut s);
-    s
-}
-
 /// The three inputs of an op, tape split off and merged.
 type Split<E, T> = (T4<E, Cpu>, T4<E, Cpu>, Option<T1<E, Cpu>>, T);
 
@@ -142,7 +133,7 @@ fn split<E: GemmFloat, T: Tape<E, Cpu>>(
 where
     Cpu: Device<E>,
 {
-    // copy_into reads physical storage: make sure it is laid out as the shape says
+    // the kernels borrow the storage (`values`): make it dense first, as a rule
     let (x, tx) = x.contiguous().split_tape();
     let (w, tw) = w.contiguous().split_tape();
     let tape = tx.merge(tw);
@@ -202,11 +193,11 @@ where
     let (xs, ys) = (cin * g.plane(), cout * p);
     let chunk = sh.chunk();
 
-    let mut y = vec![E::default(); bsz * ys];
+    let mut y = zeroed(bsz * ys);
     {
-        let xv = read(&x);
-        let wv = read(&w);
-        let bv = b.as_ref().map(read);
+        let xv = values(&x);
+        let wv = values(&w);
+        let bv = b.as_ref().map(|b| values(b));
         for b0 in (0..bsz).step_by(chunk) {
             let bc = chunk.min(bsz - b0);
             let (gc, n) = (sh.part(bc), bc * p);
@@ -238,8 +229,8 @@ where
         out.ghost(),
     );
     tape.add_backward_op(move |grads| {
-        let xv = read(&x);
-        let wv = read(&w);
+        let xv = values(&x);
+        let wv = values(&w);
         let mut db = vec![E::default(); if bg.is_some() { cout } else { 0 }];
         for b0 in (0..bsz).step_by(chunk) {
             let bc = chunk.min(bsz - b0);
@@ -300,7 +291,7 @@ where
         (o * ci + i) * kk + (kk - 1 - t)
     };
     let (w, mut tape) = w.contiguous().split_tape();
-    let wv = read(&w);
+    let wv = values(&w);
     let wf: Vec<E> = (0..wv.len()).map(|f| wv[src(f)]).collect();
     let out: T4<E, Cpu> = w.device().tensor_from_vec(wf, (ci, co, kh, kw));
     let (wg, og) = (w.ghost(), out.ghost());
@@ -366,11 +357,11 @@ where
     let (xs, ys) = (cin * p, cout * g.plane());
     let chunk = sh.chunk();
 
-    let mut y = vec![E::default(); bsz * ys];
+    let mut y = zeroed(bsz * ys);
     {
-        let xv = read(&x);
-        let wv = read(&w);
-        let bv = b.as_ref().map(read);
+        let xv = values(&x);
+        let wv = values(&w);
+        let bv = b.as_ref().map(|b| values(b));
         for b0 in (0..bsz).step_by(chunk) {
             let bc = chunk.min(bsz - b0);
             let (gc, n) = (sh.part(bc), bc * p);
@@ -402,8 +393,8 @@ where
         out.ghost(),
     );
     tape.add_backward_op(move |grads| {
-        let xv = read(&x);
-        let wv = read(&w);
+        let xv = values(&x);
+        let wv = values(&w);
         let mut db = vec![E::default(); if bg.is_some() { cout } else { 0 }];
         for b0 in (0..bsz).step_by(chunk) {
             let bc = chunk.min(bsz - b0);

@@ -212,8 +212,8 @@ where
     );
     let (x, mut tape) = x.split_tape();
     let dev = x.device().clone();
-    let xv = super::act::host(&x);
-    let mut cols = vec![E::default(); g.cols_len()];
+    let xv = super::host::values(&x);
+    let mut cols = super::host::zeroed(g.cols_len());
     im2col_cpu(&xv, g, &mut cols);
     let out: T1<E, Cpu> = dev.tensor_from_vec(cols, (g.cols_len(),));
     let (xg, og) = (x.ghost(), out.ghost());
@@ -239,8 +239,8 @@ where
     assert_eq!(cols.shape().0, g.cols_len(), "col2im: length vs geometry");
     let (cols, mut tape) = cols.split_tape();
     let dev = cols.device().clone();
-    let cv = super::act::host(&cols);
-    let mut img = vec![E::default(); g.img_len()];
+    let cv = super::host::values(&cols);
+    let mut img = super::host::zeroed(g.img_len());
     col2im_add_cpu(&cv, g, &mut img);
     let out: T4<E, Cpu> = dev.tensor_from_vec(img, (g.b, g.c, g.h, g.w));
     let (cg, og) = (cols.ghost(), out.ghost());

@@ -17,7 +17,7 @@
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
-use super::act::host;
+use super::host::{values, zeroed};
 use super::{Float, T1, T4};
 
 mod resample;
@@ -165,7 +165,7 @@ where
     let (gamma, tg) = gamma.contiguous().split_tape();
     let (beta, tb) = beta.contiguous().split_tape();
     let dev = x.device().clone();
-    let xv = host(&x);
+    let xv = values(&x);
     let gv = gamma.as_vec();
     let bv = beta.as_vec();
     let (mean, var) = match running {
@@ -192,7 +192,7 @@ where
     let shift: Vec<E> = (0..c)
         .map(|ch| E::of(bv[ch].f64() - mean[ch] * inv[ch] * gv[ch].f64()))
         .collect();
-    let mut y = vec![E::default(); xv.len()];
+    let mut y = zeroed(xv.len());
     planes(&xv, hw, &mut y, hw, |i, src, dst| {
         let ch = i % c;
         let (a, bb) = (scale[ch], shift[ch]);
@@ -200,6 +200,7 @@ where
             *d = v * a + bb;
         }
     });
+    drop(xv);
     let out: T4<E, Cpu> = dev.tensor_from_vec(y, s);
     let stats = (mean.clone(), var);
     let (xg, gg, bg, og) = (x.ghost(), gamma.ghost(), beta.ghost(), out.ghost());
@@ -207,10 +208,11 @@ where
     tape.add_backward_op(move |grads| {
         let (dx, dgamma, dbeta) = {
             let dy: &[E] = grads.get_or_alloc_mut(&og)?;
+            let xv = values(&x);
             let xhat = |ch: usize, v: E| (v.f64() - mean[ch]) * inv[ch];
             let sdy = channel_sum(dy, (b, c, hw), |_, _, d| d.f64());
             let sdyx = channel_sum(dy, (b, c, hw), |ch, i, d| d.f64() * xhat(ch, xv[i]));
-            let mut dx = vec![E::default(); dy.len()];
+            let mut dx = zeroed(dy.len());
             planes(dy, hw, &mut dx, hw, |i, d, out| {
                 let ch = i % c;
                 if !batch_stats {

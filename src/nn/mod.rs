@@ -17,6 +17,7 @@
 //! - [`cond`]: instance norm and per-channel modulation (AdaIN, conditional BN);
 //! - [`params`]: the parameter list, Adam, and safetensors I/O;
 //! - [`fused`], [`kernels`]: parallel CPU custom ops behind [`Dev`]'s methods;
+//! - [`host`]: borrowing CPU tensors' values and zeroing their outputs, for those ops;
 //! - [`rng`]: a tiny seedable RNG whose whole state fits a checkpoint.
 //!
 //! Activations are always 4-D `(batch, channels, height, width)`; vectors are
@@ -28,6 +29,7 @@ pub mod cond;
 pub mod conv;
 pub mod fused;
 pub mod gemm;
+pub mod host;
 pub mod kernels;
 pub mod layer;
 pub mod layout;

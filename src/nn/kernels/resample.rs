@@ -4,7 +4,7 @@
 
 use dfdx::prelude::*;
 
-use super::{add_into, host, planes};
+use super::{add_into, planes, values, zeroed};
 use super::{Float, T4};
 
 /// A resampling op `(B, C, H, W) -> (B, C, Ho, Wo)` that works plane by plane:
@@ -23,14 +23,14 @@ where
     let (b, c, h, w) = *x.shape();
     let (x, mut tape) = x.contiguous().split_tape();
     let dev = x.device().clone();
-    let xv = host(&x);
-    let mut y = vec![E::default(); b * c * ho * wo];
+    let xv = values(&x);
+    let mut y = zeroed(b * c * ho * wo);
     planes(&xv, h * w, &mut y, ho * wo, |_, s, d| fwd(s, d));
     drop(xv);
     let out: T4<E, Cpu> = dev.tensor_from_vec(y, (b, c, ho, wo));
     let (xg, og) = (x.ghost(), out.ghost());
     tape.add_backward_op(move |grads| {
-        let mut dx = vec![E::default(); b * c * h * w];
+        let mut dx = zeroed(b * c * h * w);
         planes(
             grads.get_or_alloc_mut(&og)?,
             ho * wo,
