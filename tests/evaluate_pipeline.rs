@@ -137,6 +137,13 @@ fn ring_train_sample_evaluate_tabulate() {
     // Recompute modes and high_quality from the samples and the data card.
     let ev = artifact(d, "evaluate");
     let sm = artifact(d, "sample");
+    let manifest = |dir: &Path| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap()
+    };
+    // sampling runs on the device training ran on, and says so (the stage's own record,
+    // not the manifest's default)
+    assert_eq!(manifest(&sm)["info"]["device"], "cpu");
+    assert_eq!(manifest(&artifact(d, "train"))["info"]["device"], "cpu");
     let data = artifact(d, "data");
     let card: Value =
         serde_json::from_str(&std::fs::read_to_string(data.join("card.json")).unwrap()).unwrap();

@@ -47,48 +47,53 @@ impl GemmFloat for f64 {
 /// taking are unspecified (callers overwrite them). Taking moves the buffer out of the
 /// pool, so a nested op (a task rayon runs on this thread while gemm waits) simply gets
 /// another buffer.
-pub struct Scratch<E: GemmFloat>(Vec<E>);
+///
+/// The buffer keeps every value it ever held initialised (`len` is how many this use
+/// sees), so taking a buffer that once held `len` values writes nothing: truncating and
+/// re-growing the `Vec` instead zero-filled the regrown part, serially, on every take.
+pub struct Scratch<E: GemmFloat> {
+    buf: Vec<E>,
+    len: usize,
+}
 
 impl<E: GemmFloat> Scratch<E> {
     /// A buffer of `len` values.
     pub fn take(len: usize) -> Self {
         // the smallest pooled buffer that holds `len` values (else the largest, grown), so
         // a step's mix of sizes settles on buffers that fit instead of re-growing them
-        let mut v = E::pool()
+        let mut buf = E::pool()
             .with(|p| {
                 let mut p = p.borrow_mut();
                 let fit = (0..p.len())
-                    .filter(|&i| p[i].capacity() >= len)
-                    .min_by_key(|&i| p[i].capacity());
-                let i = fit.or_else(|| (0..p.len()).max_by_key(|&i| p[i].capacity()))?;
+                    .filter(|&i| p[i].len() >= len)
+                    .min_by_key(|&i| p[i].len());
+                let i = fit.or_else(|| (0..p.len()).max_by_key(|&i| p[i].len()))?;
                 Some(p.swap_remove(i))
             })
             .unwrap_or_default();
-        if v.len() < len {
-            v.resize(len, E::default());
-        } else {
-            v.truncate(len);
+        if buf.len() < len {
+            buf.resize(len, E::default());
         }
-        Scratch(v)
+        Scratch { buf, len }
     }
 }
 
 impl<E: GemmFloat> std::ops::Deref for Scratch<E> {
     type Target = [E];
     fn deref(&self) -> &[E] {
-        &self.0
+        &self.buf[..self.len]
     }
 }
 
 impl<E: GemmFloat> std::ops::DerefMut for Scratch<E> {
     fn deref_mut(&mut self) -> &mut [E] {
-        &mut self.0
+        &mut self.buf[..self.len]
     }
 }
 
 impl<E: GemmFloat> Drop for Scratch<E> {
     fn drop(&mut self) {
-        let v = std::mem::take(&mut self.0);
+        let v = std::mem::take(&mut self.buf);
         // `try_with`: the pool may already be gone while the thread exits
         let _ = E::pool().try_with(|p| {
             let mut p = p.borrow_mut();

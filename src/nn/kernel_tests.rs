@@ -12,9 +12,17 @@ use super::*;
 type Tp<E> = OwnedTape<E, Cpu>;
 
 /// The ops under test, by name.
-const OPS: [&str; 7] = [
-    "bn_train", "bn_eval", "pool", "nearest", "bilinear", "fir_up", "fir_down",
+const OPS: [&str; 9] = [
+    "bn_train", "bn_eval", "pool", "nearest", "bilinear", "fir_up", "fir_down", "add", "tanh",
 ];
+
+/// Ops whose kernel does dfdx's arithmetic in dfdx's order: equal to the bit.
+const EXACT: [&str; 2] = ["add", "tanh"];
+
+/// Ops with gradients for `gamma` (and for batch norm `beta`) to check.
+fn has_gamma(op: &str) -> bool {
+    op.starts_with("bn") || op == "add"
+}
 
 /// Shapes: batch 1, odd channel counts and odd sizes (downsampling gets even sizes).
 fn shapes(op: &str) -> Vec<[usize; 4]> {
@@ -42,7 +50,13 @@ where
     let rm: Vec<f64> = (0..c).map(|i| 0.3 - 0.2 * i as f64).collect();
     let rv: Vec<f64> = (0..c).map(|i| 0.5 + 0.7 * i as f64).collect();
     let cache = IdxCache::<Cpu>::default();
+    let s = *x.shape();
     match (op, kernel) {
+        // `b` a broadcast (not dense) view: the kernel reads it through a copy
+        ("add", true) => kernels::add_op(x, gamma.broadcast_like::<_, Axes3<0, 2, 3>>(&s)),
+        ("add", false) => x + gamma.broadcast_like::<_, Axes3<0, 2, 3>>(&s),
+        ("tanh", true) => kernels::tanh_op(x),
+        ("tanh", false) => x.tanh(),
         ("bn_train", true) => kernels::batch_norm_train_op(x, gamma, beta, 1e-5).0,
         ("bn_train", false) => ops::batch_norm_train_composed(x, gamma, beta, 1e-5).0,
         ("bn_eval", true) => kernels::batch_norm_eval_op(x, gamma, beta, &rm, &rv, 1e-5),
@@ -115,11 +129,12 @@ fn kernels_match_composed() {
             let (yk, xk, gk, bk) = run::<f64>(op, true, s, 10 + i as u64);
             let (yc, xc, gc, bc) = run::<f64>(op, false, s, 10 + i as u64);
             let w = format!("{op} {s:?}");
-            close(&yk, &yc, 1e-10, &format!("{w} y"));
-            close(&xk, &xc, 1e-10, &format!("{w} dx"));
-            if op.starts_with("bn") {
-                close(&gk, &gc, 1e-10, &format!("{w} dgamma"));
-                close(&bk, &bc, 1e-10, &format!("{w} dbeta"));
+            let tol = if EXACT.contains(&op) { 0.0 } else { 1e-10 };
+            close(&yk, &yc, tol, &format!("{w} y"));
+            close(&xk, &xc, tol, &format!("{w} dx"));
+            if has_gamma(op) {
+                close(&gk, &gc, tol, &format!("{w} dgamma"));
+                close(&bk, &bc, tol, &format!("{w} dbeta"));
             }
         }
     }
@@ -164,9 +179,11 @@ fn kernels_fd_gradients() {
             let num: Vec<f64> = (0..n).map(|j| fd(0, j)).collect();
             // batch 1 of size 1x1 in train mode: x - mean is 0, the gradient too
             close(&dx, &num, 1e-6, &format!("{w} dx vs FD"));
-            if op.starts_with("bn") {
+            if has_gamma(op) {
                 let num: Vec<f64> = (0..s[1]).map(|j| fd(1, j)).collect();
                 close(&dg, &num, 1e-6, &format!("{w} dgamma vs FD"));
+            }
+            if op.starts_with("bn") {
                 let num: Vec<f64> = (0..s[1]).map(|j| fd(2, j)).collect();
                 close(&db, &num, 1e-6, &format!("{w} dbeta vs FD"));
             }

@@ -20,7 +20,9 @@ use rayon::prelude::*;
 use super::host::{values, zeroed};
 use super::{Float, T1, T4};
 
+mod pointwise;
 mod resample;
+pub use pointwise::{add_op, tanh_op};
 pub use resample::{avg_pool2x2_op, separable_op, upsample_bilinear2x_op, upsample_nearest2x_op};
 
 /// Serial below this many values (rayon's overhead is not worth it).
@@ -363,6 +365,12 @@ where
 /// (expanded inside `impl Dev<$e> for Cpu`).
 macro_rules! cpu_step_kernels {
     ($e:ty) => {
+        fn add<T: Tape<$e, Self>>(a: T4<$e, Self, T>, b: T4<$e, Self, T>) -> T4<$e, Self, T> {
+            kernels::add_op(a, b)
+        }
+        fn tanh<T: Tape<$e, Self>>(x: T4<$e, Self, T>) -> T4<$e, Self, T> {
+            kernels::tanh_op(x)
+        }
         fn batch_norm_train<T: Tape<$e, Self>>(
             x: T4<$e, Self, T>,
             gamma: T1<$e, Self, T>,

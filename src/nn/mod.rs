@@ -67,6 +67,8 @@ pub trait Float: Dtype + dfdx::dtypes::Unit {
     fn of(x: f64) -> Self;
     /// Conversion to f64.
     fn f64(self) -> f64;
+    /// Hyperbolic tangent (the standard library's, as dfdx's `tanh` kernel uses).
+    fn tanh(self) -> Self;
     /// Little-endian bytes of a slice.
     fn to_le_bytes_vec(xs: &[Self]) -> Vec<u8>;
     /// Parse little-endian bytes.
@@ -80,6 +82,9 @@ impl Float for f32 {
     }
     fn f64(self) -> f64 {
         self as f64
+    }
+    fn tanh(self) -> Self {
+        f32::tanh(self)
     }
     fn to_le_bytes_vec(xs: &[Self]) -> Vec<u8> {
         xs.iter().flat_map(|x| x.to_le_bytes()).collect()
@@ -98,6 +103,9 @@ impl Float for f64 {
     }
     fn f64(self) -> f64 {
         self
+    }
+    fn tanh(self) -> Self {
+        f64::tanh(self)
     }
     fn to_le_bytes_vec(xs: &[Self]) -> Vec<u8> {
         xs.iter().flat_map(|x| x.to_le_bytes()).collect()
@@ -229,6 +237,14 @@ pub trait Dev<E: Float>: Device<E> {
         cache: &ops::IdxCache<Self>,
     ) -> T4<E, Self, T> {
         resample::downsample_fir2x_composed(x, cache)
+    }
+    /// `a + b` (a residual sum).
+    fn add<T: Tape<E, Self>>(a: T4<E, Self, T>, b: T4<E, Self, T>) -> T4<E, Self, T> {
+        a + b
+    }
+    /// `tanh(x)`.
+    fn tanh<T: Tape<E, Self>>(x: T4<E, Self, T>) -> T4<E, Self, T> {
+        x.tanh()
     }
     /// One Adam update of parameter `p` with gradient `g` and moments `m`, `v`, in place
     /// where the device allows (`buf`: scratch kept by the caller between calls).

@@ -424,7 +424,7 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
             }
             Layer::LeakyRelu(a) => self.act(x, *a, st),
             Layer::Relu => self.act(x, 0.0, st),
-            Layer::Tanh => x.tanh(),
+            Layer::Tanh => D::tanh(x),
             Layer::Scale(s) => x * E::of(*s),
             Layer::Up(UpMode::Nearest) => resample::upsample_nearest2x(x, &self.cache),
             Layer::Up(UpMode::Bilinear) => resample::upsample_bilinear2x(x, &self.cache),
@@ -465,7 +465,7 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
                 let xs = x.retaped::<T>();
                 let yb = self.run(body, x, train, st);
                 let ys = self.run(skip, xs, train, st);
-                ys + yb
+                D::add(ys, yb)
             }
             Layer::SetCtx { slot, body, mix } => {
                 let c = self.run(body, x.retaped::<T>(), train, st);

@@ -18,6 +18,7 @@
 
 use super::train::CHECKPOINT_FILE;
 use crate::data::{self, DataTensor, Dataset};
+use crate::device::Backend;
 use crate::engine::{
     typed_params, CheckCtx, ConfigError, DeviceChoice, Figure, FigureCtx, InputRef, Outcome,
     Resources, RunCtx, Stage, Status,
@@ -69,8 +70,13 @@ impl Stage for Sample {
         VERSION
     }
     /// On a cluster: a forward pass of G.
-    fn resources(&self, _params: &Value, _device: DeviceChoice) -> Resources {
-        Resources::cluster(2, 4096, 60)
+    fn resources(&self, _params: &Value, device: DeviceChoice) -> Resources {
+        // sampling runs where training did; the train config's own `device` is read at
+        // run time, so the run-wide choice decides the request
+        Resources {
+            gpu: device.resolve().ok() == Some(Backend::Cuda),
+            ..Resources::cluster(2, 4096, 60)
+        }
     }
     fn about(&self) -> &'static str {
         "draw samples from a trained generator (+ PNG grid; balanced labels when conditional), or real items of a data stage as a reference"
@@ -111,8 +117,23 @@ impl Stage for Sample {
                 .and_then(|m| serde_json::from_value(m.clone()).ok()),
             _ => None,
         };
+        // on the device the generator trained on (the train config's, else the run's); a
+        // checkpoint trained on a GPU elsewhere samples on the CPU of a build without CUDA
+        let device = (cfg.device.unwrap_or(cx.device).resolve()).unwrap_or(Backend::Cpu);
         let t = Instant::now();
-        let samples = gan::sample_checkpoint(&cfg, shape, &ckpt, p.ema, p.count, p.seed)?;
+        let samples = match device {
+            #[cfg(feature = "cuda")]
+            Backend::Cuda => gan::sample_checkpoint_on(
+                &cfg,
+                shape,
+                &ckpt,
+                p.ema,
+                p.count,
+                p.seed,
+                super::train::open_cuda()?,
+            )?,
+            _ => gan::sample_checkpoint(&cfg, shape, &ckpt, p.ema, p.count, p.seed)?,
+        };
         let secs = t.elapsed().as_secs_f64();
         let n = p.count;
         let values = samples.values;
@@ -145,6 +166,8 @@ impl Stage for Sample {
         let mut out = Outcome::ok()
             .metric("count", n as f64)
             .metric("samples_per_s", n as f64 / secs.max(1e-9));
+        out.info
+            .insert("device".into(), Value::from(device.as_str()));
         if !finite || train.manifest.status == Status::Diverged {
             out.status = Status::Diverged;
         }

@@ -155,9 +155,9 @@ impl Stage for Train {
 }
 
 /// CUDA device 0. dfdx's own RNG seed does not matter: every random number of the
-/// trainer comes from [`crate::nn::Rng`].
+/// trainer (and of sampling) comes from [`crate::nn::Rng`].
 #[cfg(feature = "cuda")]
-fn open_cuda() -> Result<dfdx::prelude::Cuda> {
+pub(super) fn open_cuda() -> Result<dfdx::prelude::Cuda> {
     dfdx::prelude::Cuda::try_build(0, 0)
         .map_err(|e| anyhow::anyhow!("opening CUDA device 0: {e:?}"))
 }
