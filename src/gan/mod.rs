@@ -17,5 +17,7 @@ mod tests;
 
 pub use config::{Arch, LossKind, NetConfig, OptimConfig, Penalty, TrainConfig, Upsample, Variant};
 pub use nets::DataShape;
-pub use sample::{balanced_labels, checkpoint_shape, sample_checkpoint, sample_net, Samples};
+pub use sample::{
+    balanced_labels, checkpoint_shape, sample_checkpoint, sample_checkpoint_on, sample_net, Samples,
+};
 pub use trainer::{ClassLabels, StepLog, Trainer};
