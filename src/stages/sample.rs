@@ -119,7 +119,13 @@ impl Stage for Sample {
         };
         // on the device the generator trained on (the train config's, else the run's); a
         // checkpoint trained on a GPU elsewhere samples on the CPU of a build without CUDA
-        let device = (cfg.device.unwrap_or(cx.device).resolve()).unwrap_or(Backend::Cpu);
+        let device = match cfg.device.unwrap_or(cx.device).resolve() {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!("{}: {e:#}; sampling on the CPU instead", cx.label);
+                Backend::Cpu
+            }
+        };
         let t = Instant::now();
         let samples = match device {
             #[cfg(feature = "cuda")]
