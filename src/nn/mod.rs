@@ -77,12 +77,15 @@ pub trait Float: Dtype + dfdx::dtypes::Unit {
 
 impl Float for f32 {
     const ST_DTYPE: safetensors::Dtype = safetensors::Dtype::F32;
+    #[inline(always)]
     fn of(x: f64) -> Self {
         x as f32
     }
+    #[inline(always)]
     fn f64(self) -> f64 {
         self as f64
     }
+    #[inline(always)]
     fn tanh(self) -> Self {
         f32::tanh(self)
     }
@@ -98,12 +101,15 @@ impl Float for f32 {
 
 impl Float for f64 {
     const ST_DTYPE: safetensors::Dtype = safetensors::Dtype::F64;
+    #[inline(always)]
     fn of(x: f64) -> Self {
         x
     }
+    #[inline(always)]
     fn f64(self) -> f64 {
         self
     }
+    #[inline(always)]
     fn tanh(self) -> Self {
         f64::tanh(self)
     }
