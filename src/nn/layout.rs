@@ -122,10 +122,12 @@ impl Phases {
         }
     }
     /// Values of one phase.
+    #[inline]
     fn phase(&self) -> usize {
         self.hs * self.ws
     }
     /// Values of all phases of one plane.
+    #[inline]
     fn len(&self) -> usize {
         self.s * self.s * self.phase()
     }
