@@ -321,7 +321,11 @@ fn conv_gemm_bit_identical_across_thread_counts() {
         (8, 32, 48, 16, 16, 3, 1, 1, 1, false),
         (8, 32, 64, 16, 15, 4, 2, 1, 2, false),
         (8, 64, 64, 16, 16, 3, 1, 1, 64, false),
+        // groups of 16 channels (R3GAN E's 3x3): run side by side on 4 threads, one
+        // after another (each product split) on 1
+        (8, 64, 64, 16, 16, 3, 1, 1, 4, false),
         (8, 64, 32, 8, 8, 4, 2, 1, 1, true),
+        (8, 64, 64, 8, 8, 4, 2, 1, 4, true),
         (8, 64, 32, 9, 8, 3, 1, 1, 2, true),
         // an RGB head: the transposed-conv route
         (8, 32, 3, 16, 16, 3, 1, 1, 1, false),

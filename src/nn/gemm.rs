@@ -144,7 +144,7 @@ impl View {
 }
 
 /// `dst (m x n) = [dst +] lhs (m x k) @ rhs (k x n)` on strided views (bounds checked),
-/// on the current rayon pool's threads when large enough.
+/// on the current rayon pool's threads when large enough and `split` allows.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul<E: GemmFloat>(
     (m, n, k): (usize, usize, usize),
@@ -155,6 +155,7 @@ pub fn matmul<E: GemmFloat>(
     lv: View,
     rhs: &[E],
     rv: View,
+    split: bool,
 ) {
     dv.check(dst.len(), m, n, "dst");
     lv.check(lhs.len(), m, k, "lhs");
@@ -173,7 +174,7 @@ pub fn matmul<E: GemmFloat>(
         return;
     }
     let threads = rayon::current_num_threads();
-    let par = if threads > 1 && m * n * k >= GEMM_PAR_MIN {
+    let par = if split && threads > 1 && m * n * k >= GEMM_PAR_MIN {
         Parallelism::Rayon(threads)
     } else {
         Parallelism::None
@@ -223,6 +224,9 @@ impl<'a, E> Op<'a, E> {
     }
 }
 
+/// Rows (and columns) per tile of the transposed add in [`grouped_weight_grad`].
+const ADD_ROWS: usize = 16;
+
 /// The weight gradients of both convolutions: per group `g`, `dW_g^T (m x n) +=
 /// a_g (m x k) @ b_g (k x n)`, with `dW (groups * n, m)` row-major (so its group-`g` block
 /// transposed is `dW_g^T`), `a (groups * m, k)` row-major (block `g` its rows `g*m..`) and
@@ -234,9 +238,6 @@ impl<'a, E> Op<'a, E> {
 /// `dW`'s transposed (column-major) view, the same product ran at 2-110. So each group's
 /// product goes to a small row-major scratch `(m x n)` (the weight's size), then is added
 /// into `dW` transposed.
-/// Rows (and columns) per tile of the transposed add in [`grouped_weight_grad`].
-const ADD_ROWS: usize = 16;
-
 pub(super) fn grouped_weight_grad<E: GemmFloat>(
     groups: usize,
     (m, n, k): (usize, usize, usize),
@@ -245,16 +246,25 @@ pub(super) fn grouped_weight_grad<E: GemmFloat>(
     b: &[E],
 ) {
     assert_eq!(dw.len(), groups * m * n, "weight gradient length");
-    let mut t = Scratch::take(m * n);
-    for gi in 0..groups {
+    let group = |gi: usize, dg: &mut [E], split: bool| {
+        let mut t = Scratch::take(m * n);
         let bv = View {
             off: gi * n,
             rs: groups * n,
             cs: 1,
         };
         let av = View::rows(gi * m * k, k);
-        matmul((m, n, k), &mut t, View::rows(0, n), false, a, av, b, bv);
-        let dg = &mut dw[gi * n * m..(gi + 1) * n * m];
+        matmul(
+            (m, n, k),
+            &mut t,
+            View::rows(0, n),
+            false,
+            a,
+            av,
+            b,
+            bv,
+            split,
+        );
         // dW_g row j += column j of t: each task a band of rows, read down t in tiles
         let add = |(jb, rows): (usize, &mut [E])| {
             let j0 = jb * ADD_ROWS;
@@ -267,10 +277,43 @@ pub(super) fn grouped_weight_grad<E: GemmFloat>(
                 }
             }
         };
-        if m * n >= 1 << 16 {
+        if split && m * n >= 1 << 16 {
             dg.par_chunks_mut(ADD_ROWS * m).enumerate().for_each(add);
         } else {
             dg.chunks_mut(ADD_ROWS * m).enumerate().for_each(add);
+        }
+    };
+    per_group(groups, (m, n, k), dw, group);
+}
+
+/// `f(g, block g of dst, split)` for every group, `dst` cut into `groups` equal blocks.
+/// Where the groups share the threads evenly (as many groups as threads or a multiple, or
+/// many more), or each product is too small for gemm to split, the groups run in parallel,
+/// each product on one thread (`split` false): a grouped convolution's dozens of small
+/// GEMMs had run one after another, each split by gemm into slivers with a barrier per
+/// block, a fifth of an R3GAN E step with one worker idle. Otherwise one group at a time,
+/// each product split among the threads. Every group is computed alike either way (gemm
+/// runs each output's depth loop in the same order), so the bits do not depend on the
+/// thread count.
+fn per_group<E: GemmFloat>(
+    groups: usize,
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [E],
+    f: impl Fn(usize, &mut [E], bool) + Sync + Send,
+) {
+    if groups == 0 || dst.is_empty() {
+        return;
+    }
+    let block = dst.len() / groups;
+    let threads = rayon::current_num_threads();
+    let even = groups.is_multiple_of(threads) || groups >= 4 * threads;
+    if groups > 1 && threads > 1 && (even || m * n * k < GEMM_PAR_MIN) {
+        dst.par_chunks_mut(block)
+            .enumerate()
+            .for_each(|(gi, d)| f(gi, d, false));
+    } else {
+        for (gi, d) in dst.chunks_mut(block).enumerate() {
+            f(gi, d, true);
         }
     }
 }
@@ -286,12 +329,26 @@ pub(super) fn grouped_matmul<E: GemmFloat>(
     lhs: Op<'_, E>,
     rhs: Op<'_, E>,
 ) {
-    for gi in 0..groups {
+    assert_eq!(
+        dst.len(),
+        groups * m * n,
+        "grouped product: destination length"
+    );
+    per_group(groups, (m, n, k), dst, |gi, d, split| {
         let (l, lv) = lhs.block(gi, m, k);
         let (r, rv) = rhs.block(gi, k, n);
-        let dv = View::rows(gi * m * n, n);
-        matmul((m, n, k), dst, dv, accumulate, l, lv, r, rv);
-    }
+        matmul(
+            (m, n, k),
+            d,
+            View::rows(0, n),
+            accumulate,
+            l,
+            lv,
+            r,
+            rv,
+            split,
+        );
+    });
 }
 
 #[cfg(test)]
