@@ -284,15 +284,16 @@ where
 {
     let (co, ci, kh, kw) = *w.shape();
     let kk = kh * kw;
-    // index of wf -> index of w (flipping both kernel axes reverses the tap index)
-    let src = move |f: usize| {
-        let (i, rest) = (f / (co * kk), f % (co * kk));
-        let (o, t) = (rest / kk, rest % kk);
-        (o * ci + i) * kk + (kk - 1 - t)
-    };
+    // wf[i, o, t] = w[o, i, kk - 1 - t] (flipping both kernel axes reverses the tap index)
+    let wi = move |i: usize, o: usize| (o * ci + i) * kk;
     let (w, mut tape) = w.contiguous().split_tape();
     let wv = values(&w);
-    let wf: Vec<E> = (0..wv.len()).map(|f| wv[src(f)]).collect();
+    let mut wf = Vec::with_capacity(wv.len());
+    for i in 0..ci {
+        for o in 0..co {
+            wf.extend(wv[wi(i, o)..wi(i, o) + kk].iter().rev());
+        }
+    }
     let out: T4<E, Cpu> = w.device().tensor_from_vec(wf, (ci, co, kh, kw));
     let (wg, og) = (w.ghost(), out.ghost());
     tape.add_backward_op(move |grads| {
@@ -303,8 +304,14 @@ where
             s
         };
         let gw = grads.get_or_alloc_mut(&wg)?;
-        for (f, &v) in gf.iter().enumerate() {
-            gw[src(f)] += v;
+        for (f, taps) in gf.chunks_exact(kk.max(1)).enumerate() {
+            let (i, o) = (f / co, f % co);
+            for (a, &v) in gw[wi(i, o)..wi(i, o) + kk]
+                .iter_mut()
+                .zip(taps.iter().rev())
+            {
+                *a += v;
+            }
         }
         Ok(())
     });

@@ -54,9 +54,9 @@ impl Tap {
             edges: vec![],
         };
         t.block = t.block_of(g, &Phases::of(g));
-        let beside = |x: &usize| *x < xlo || *x >= xhi;
+        let wo = g.wo;
         t.edges = (ylo..yhi)
-            .flat_map(|y| (0..g.wo).filter(beside).map(move |x| (y * g.wo + x) as u32))
+            .flat_map(|y| (0..xlo).chain(xhi..wo).map(move |x| (y * wo + x) as u32))
             .collect();
         t
     }
