@@ -120,8 +120,9 @@ fn channel_sums<E: Float, const K: usize>(
                 }
             } else {
                 for (l, s) in s.iter_mut().take(lanes).enumerate() {
-                    for j in o + l * hw..o + (l + 1) * hw {
-                        acc(s, g(c0 + l, j, data[j]));
+                    let start = o + l * hw;
+                    for (j, &v) in data[start..start + hw].iter().enumerate() {
+                        acc(s, g(c0 + l, start + j, v));
                     }
                 }
             }
