@@ -27,15 +27,20 @@ fn artifact(dir: &Path, kind: &str) -> PathBuf {
     found.pop().unwrap()
 }
 
+/// The manifest of the artifact directory `dir`.
+fn manifest(dir: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap()
+}
+
 /// The artifact directories of every instance of `kind` in the cache, with their
 /// manifests.
 fn artifacts(dir: &Path, kind: &str) -> Vec<PathBuf> {
     let mut found = vec![];
     for e in walk(&dir.join("results/cache")) {
         if e.file_name().unwrap() == "manifest.json" {
-            let m: Value = serde_json::from_str(&std::fs::read_to_string(&e).unwrap()).unwrap();
-            if m["kind"] == kind {
-                found.push(e.parent().unwrap().to_path_buf());
+            let art = e.parent().unwrap().to_path_buf();
+            if manifest(&art)["kind"] == kind {
+                found.push(art);
             }
         }
     }
@@ -137,9 +142,6 @@ fn ring_train_sample_evaluate_tabulate() {
     // Recompute modes and high_quality from the samples and the data card.
     let ev = artifact(d, "evaluate");
     let sm = artifact(d, "sample");
-    let manifest = |dir: &Path| -> Value {
-        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap()
-    };
     // sampling runs on the device training ran on, and says so (the stage's own record,
     // not the manifest's default)
     assert_eq!(manifest(&sm)["info"]["device"], "cpu");
@@ -404,9 +406,6 @@ stages:
     assert_eq!(after, before);
 
     // The reference sample: 600 distinct held-out images, unlabelled.
-    let manifest = |p: &PathBuf| -> Value {
-        serde_json::from_str(&std::fs::read_to_string(p.join("manifest.json")).unwrap()).unwrap()
-    };
     let heldout = artifacts(d, "data")
         .into_iter()
         .find(|p| manifest(p)["params"]["count"] == 700)

@@ -59,23 +59,6 @@ pub fn gated_cpu<E: Float>(x: &[E], gate: &[E], a: E, out: &mut [E], add: bool) 
     }
 }
 
-/// `out[i] *= s(gate[i])` on the CPU.
-pub fn scale_cpu<E: Float>(out: &mut [E], gate: &[E], a: E) {
-    assert_eq!(out.len(), gate.len());
-    let kernel = |(o, g): (&mut [E], &[E])| {
-        for (o, &g) in o.iter_mut().zip(g) {
-            *o *= slope(g, a);
-        }
-    };
-    if out.len() > CHUNK {
-        out.par_chunks_mut(CHUNK)
-            .zip(gate.par_chunks(CHUNK))
-            .for_each(kernel);
-    } else {
-        kernel((out, gate));
-    }
-}
-
 /// The gated product from dfdx ops (any device): the slopes as a constant tensor, then a
 /// product (its backward multiplies by the slopes).
 pub fn gated_composed<E: Float, D: Dev<E>, T: Tape<E, D>>(

@@ -12,6 +12,7 @@ use std::thread::LocalKey;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::layout::{transpose_tile, TILE};
 use super::Float;
 
 /// GEMMs with fewer multiply-adds run on the calling thread.
@@ -224,9 +225,6 @@ impl<'a, E> Op<'a, E> {
     }
 }
 
-/// Rows (and columns) per tile of the transposed add in [`grouped_weight_grad`].
-const ADD_ROWS: usize = 16;
-
 /// The weight gradients of both convolutions: per group `g`, `dW_g^T (m x n) +=
 /// a_g (m x k) @ b_g (k x n)`, with `dW (groups * n, m)` row-major (so its group-`g` block
 /// transposed is `dW_g^T`), `a (groups * m, k)` row-major (block `g` its rows `g*m..`) and
@@ -265,29 +263,19 @@ pub(super) fn grouped_weight_grad<E: GemmFloat>(
             bv,
             split,
         );
-        // dW_g row j += column j of t: each task a band of rows; t is read in tiles, one
-        // contiguous run per row of t into a tile on the stack (reading down t's columns
-        // directly was 5% of a DCGAN-64 step), then added transposed
+        // dW_g row j += column j of t: each task a band of rows, t read in tiles (reading
+        // down t's columns directly was 5% of a DCGAN-64 step)
         let add = |(jb, rows): (usize, &mut [E])| {
-            let j0 = jb * ADD_ROWS;
-            let nj = rows.len() / m;
-            let mut tile = [[E::default(); ADD_ROWS]; ADD_ROWS];
-            for i0 in (0..m).step_by(ADD_ROWS) {
-                let i1 = (i0 + ADD_ROWS).min(m);
-                for (i, tr) in (i0..i1).zip(tile.iter_mut()) {
-                    tr[..nj].copy_from_slice(&t[i * n + j0..i * n + j0 + nj]);
-                }
-                for (dj, row) in rows.chunks_exact_mut(m).enumerate() {
-                    for (d, tr) in row[i0..i1].iter_mut().zip(&tile) {
-                        *d += tr[dj];
-                    }
-                }
+            let (j0, nj) = (jb * TILE, rows.len() / m);
+            for i0 in (0..m).step_by(TILE) {
+                let i1 = (i0 + TILE).min(m);
+                transpose_tile(&t[j0..], n, (i0, i1), (0, nj), rows, m, |d, v| *d += v);
             }
         };
         if split && m * n >= 1 << 16 {
-            dg.par_chunks_mut(ADD_ROWS * m).enumerate().for_each(add);
+            dg.par_chunks_mut(TILE * m).enumerate().for_each(add);
         } else {
-            dg.chunks_mut(ADD_ROWS * m).enumerate().for_each(add);
+            dg.chunks_mut(TILE * m).enumerate().for_each(add);
         }
     };
     per_group(groups, (m, n, k), dw, group);

@@ -441,29 +441,32 @@ pub fn to_cb<E: Float>(src: &[E], (b, c, p): (usize, usize, usize), dst: &mut [E
     }
 }
 
-/// Side of the square tiles [`to_pc`] transposes through (16 f32: one 64-byte line).
-const TILE: usize = 16;
+/// Side of the square tiles [`transpose_tile`] moves (16 f32: one 64-byte line).
+pub(super) const TILE: usize = 16;
 
-/// Transposes one sample's `(c, p)` planes `s` into `(p, c)` rows `d`, for channels
-/// `c0..c1` and positions `p0..p1` (at most [`TILE`] of each): read one run per channel,
-/// write one run per position, through a tile on the stack.
+/// One tile of a transpose: for rows `r0..r1` and columns `c0..c1` (at most [`TILE`] of
+/// each) of the row-major `src` (row stride `ss`), `f(&mut dst[j * ds + i], src[i * ss +
+/// j])`. Reads one run per source row and writes one run per destination row, through a
+/// tile on the stack (`f` sets or adds; either way each destination value is touched once).
 #[inline(always)]
-fn transpose_tile<E: Float>(
-    s: &[E],
-    d: &mut [E],
-    (c, p): (usize, usize),
+pub(super) fn transpose_tile<E: Float>(
+    src: &[E],
+    ss: usize,
+    (r0, r1): (usize, usize),
     (c0, c1): (usize, usize),
-    (p0, p1): (usize, usize),
+    dst: &mut [E],
+    ds: usize,
+    f: impl Fn(&mut E, E),
 ) {
     let mut tile = [[E::default(); TILE]; TILE];
-    for (ci, row) in (c0..c1).zip(tile.iter_mut()) {
-        for (t, &v) in row.iter_mut().zip(&s[ci * p + p0..ci * p + p1]) {
+    for (i, row) in (r0..r1).zip(tile.iter_mut()) {
+        for (t, &v) in row.iter_mut().zip(&src[i * ss + c0..i * ss + c1]) {
             *t = v;
         }
     }
-    for (j, pi) in (p0..p1).enumerate() {
-        for (k, v) in d[pi * c + c0..pi * c + c1].iter_mut().enumerate() {
-            *v = tile[k][j];
+    for (k, j) in (c0..c1).enumerate() {
+        for (d, row) in dst[j * ds + r0..j * ds + r1].iter_mut().zip(&tile) {
+            f(d, row[k]);
         }
     }
 }
@@ -483,7 +486,8 @@ pub fn to_pc<E: Float>(src: &[E], (b, c, p): (usize, usize, usize), dst: &mut [E
         for p0 in (0..p).step_by(TILE) {
             let p1 = (p0 + TILE).min(p);
             for c0 in (0..c).step_by(TILE) {
-                transpose_tile(s, d, (c, p), (c0, (c0 + TILE).min(c)), (p0, p1));
+                let c1 = (c0 + TILE).min(c);
+                transpose_tile(s, p, (c0, c1), (p0, p1), d, c, |d, v| *d = v);
             }
         }
     };
