@@ -499,9 +499,10 @@ impl<D: Dev<f32>> Trainer<D> {
             .g
             .forward_side(z.traced(self.g.params.alloc_grads()), &g_side, true);
         let fake_side = Side::labels(g_side.labels.clone());
+        // D is fixed here: its backward computes the input gradient G needs, not its own
         let out = self
             .d
-            .forward_side(fake, &fake_side, true)
+            .forward_frozen(fake, &fake_side, true)
             .reshape_like(&(b,));
         let df: Vec<f64> = out.as_vec().into_iter().map(|v| v as f64).collect();
         let (gl, c) = g_loss(kind, &dr, &df);

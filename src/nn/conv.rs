@@ -63,6 +63,7 @@ use super::fused::Geom;
 use super::gemm::{grouped_matmul, grouped_weight_grad, GemmFloat, Op, Scratch};
 use super::host::{values, zeroed};
 use super::layout::{channel_sums, col2im_cb, from_cb, im2col_cb, to_cb, to_pc, Init};
+use super::ops::ParamGrads;
 use super::{T1, T4};
 
 /// Largest working matrix (values) an op builds for one batch chunk, unless one sample
@@ -148,7 +149,8 @@ where
 
 /// 2-D convolution (cross-correlation) of `x (B, Cin, H, W)` with `w (Cout, Cin/groups,
 /// kh, kw)`, zero padding `pad`, plus an optional bias `(Cout,)`, as one CPU op whose
-/// forward and both backward products are whole-batch GEMMs (see the module doc).
+/// forward and both backward products are whole-batch GEMMs (see the module doc). With
+/// [`ParamGrads::Skipped`] the backward computes the input gradient alone.
 pub fn conv2d_op<E: GemmFloat, T: Tape<E, Cpu>>(
     x: T4<E, Cpu, T>,
     w: T4<E, Cpu, T>,
@@ -156,6 +158,7 @@ pub fn conv2d_op<E: GemmFloat, T: Tape<E, Cpu>>(
     stride: usize,
     pad: usize,
     groups: usize,
+    pg: ParamGrads,
 ) -> T4<E, Cpu, T>
 where
     Cpu: Device<E>,
@@ -180,7 +183,15 @@ where
     if stride == 1 && groups == 1 && kh == kw && pad < kh && cout < cin {
         // few outputs (an RGB head): the same conv as a transposed one, whose columns
         // have `cout * k * k` rows instead of `cin * k * k` (see the module doc)
-        return conv_transpose2d_op(x, flip_transposed(w), b, 1, kh - 1 - pad, 1);
+        let wf = match pg {
+            ParamGrads::Computed => flip_transposed(w),
+            ParamGrads::Skipped => {
+                // off the tape: nothing flows back to a fixed weight
+                let (w, tape) = w.split_tape();
+                flip_transposed(w).put_tape(tape)
+            }
+        };
+        return conv_transpose2d_op(x, wf, b, 1, kh - 1 - pad, 1, pg);
     }
     let sh = Shapes {
         g: Geom::new(*x.shape(), kh, kw, stride, pad),
@@ -222,10 +233,11 @@ where
         }
     }
     let out: T4<E, Cpu> = dev.tensor_from_vec(y, (bsz, cout, g.ho, g.wo));
+    let want = pg == ParamGrads::Computed;
     let (xg, wg, bg, outg) = (
         x.ghost(),
         w.ghost(),
-        b.as_ref().map(|b| b.ghost()),
+        b.as_ref().map(|b| b.ghost()).filter(|_| want),
         out.ghost(),
     );
     tape.add_backward_op(move |grads| {
@@ -236,20 +248,24 @@ where
             let bc = chunk.min(bsz - b0);
             let (gc, n) = (sh.part(bc), bc * p);
             let mut dyt = Scratch::take(cout * n);
-            let mut dyp = Scratch::take(n * cout);
+            let mut dyp = Scratch::take(if want { n * cout } else { 0 });
             {
                 let dy = &grads.get_or_alloc_mut(&outg)?[b0 * ys..(b0 + bc) * ys];
                 to_cb(dy, (bc, cout, p), &mut dyt);
-                to_pc(dy, (bc, cout, p), &mut dyp);
+                if want {
+                    to_pc(dy, (bc, cout, p), &mut dyp);
+                }
                 if bg.is_some() {
                     channel_sums(dy, (bc, cout, p), &mut db);
                 }
             }
             let mut cols = Scratch::take(gc.cols_len());
-            im2col_cb(&xv[b0 * xs..(b0 + bc) * xs], &gc, &mut cols);
-            let gw = grads.get_or_alloc_mut(&wg)?;
-            // dW_g^T (kk x og) += cols_g (kk x n) @ dyp_g (n x og)
-            grouped_weight_grad(groups, (kk, og, n), gw, &cols, &dyp);
+            if want {
+                im2col_cb(&xv[b0 * xs..(b0 + bc) * xs], &gc, &mut cols);
+                let gw = grads.get_or_alloc_mut(&wg)?;
+                // dW_g^T (kk x og) += cols_g (kk x n) @ dyp_g (n x og)
+                grouped_weight_grad(groups, (kk, og, n), gw, &cols, &dyp);
+            }
             drop(dyp);
             // dcols_g (kk x n) = W_g^T (kk x og) @ dyt_g (og x n), over cols
             grouped_matmul(
@@ -320,7 +336,8 @@ where
 
 /// Transposed 2-D convolution (PyTorch's `ConvTranspose2d`) of `x (B, Cin, H, W)` with
 /// `w (Cin, Cout/groups, kh, kw)`, plus an optional bias `(Cout,)`, as one CPU op whose
-/// forward and both backward products are whole-batch GEMMs (see the module doc).
+/// forward and both backward products are whole-batch GEMMs (see the module doc). With
+/// [`ParamGrads::Skipped`] the backward computes the input gradient alone.
 pub fn conv_transpose2d_op<E: GemmFloat, T: Tape<E, Cpu>>(
     x: T4<E, Cpu, T>,
     w: T4<E, Cpu, T>,
@@ -328,6 +345,7 @@ pub fn conv_transpose2d_op<E: GemmFloat, T: Tape<E, Cpu>>(
     stride: usize,
     pad: usize,
     groups: usize,
+    pg: ParamGrads,
 ) -> T4<E, Cpu, T>
 where
     Cpu: Device<E>,
@@ -393,10 +411,11 @@ where
         }
     }
     let out: T4<E, Cpu> = dev.tensor_from_vec(y, (bsz, cout, ho, wo));
+    let want = pg == ParamGrads::Computed;
     let (xg, wg, bg, outg) = (
         x.ghost(),
         w.ghost(),
-        b.as_ref().map(|b| b.ghost()),
+        b.as_ref().map(|b| b.ghost()).filter(|_| want),
         out.ghost(),
     );
     tape.add_backward_op(move |grads| {
@@ -415,11 +434,13 @@ where
                 }
             }
             let mut xt = Scratch::take(cin * n);
-            to_pc(&xv[b0 * xs..(b0 + bc) * xs], (bc, cin, p), &mut xt);
-            let gw = grads.get_or_alloc_mut(&wg)?;
-            // dW_g^T (okk x cig) += dcols_g (okk x n) @ xp_g (n x cig), with xp the
-            // chunk position-major (in xt's buffer)
-            grouped_weight_grad(groups, (okk, cig, n), gw, &dcols, &xt);
+            if want {
+                to_pc(&xv[b0 * xs..(b0 + bc) * xs], (bc, cin, p), &mut xt);
+                let gw = grads.get_or_alloc_mut(&wg)?;
+                // dW_g^T (okk x cig) += dcols_g (okk x n) @ xp_g (n x cig), with xp the
+                // chunk position-major (in xt's buffer)
+                grouped_weight_grad(groups, (okk, cig, n), gw, &dcols, &xt);
+            }
             // dxt_g (cig x n) = W_g (cig x okk) @ dcols_g (okk x n), over xt
             grouped_matmul(
                 groups,

@@ -1,14 +1,14 @@
 //! Tests of the whole-batch GEMM convolutions ([`super::conv`]) over random geometries:
 //! against the composed dfdx path (values and gradients), against central finite
 //! differences of a scalar loss (f64), conv2d against its adjoint (the transposed conv),
-//! the chunked path against the unchunked one, and bit-identical results on 1 and 4
-//! threads.
+//! the chunked path against the unchunked one, the input-gradient-only backward against
+//! the full one, and bit-identical results on 1 and 4 threads.
 
 use dfdx::prelude::*;
 
 use super::conv::{self, CHUNK_MAX_TEST};
 use super::gemm::GemmFloat;
-use super::ops::{self, IdxCache};
+use super::ops::{self, IdxCache, ParamGrads, ParamGrads::Computed};
 use super::{Rng, T1, T4};
 
 type F = f64;
@@ -83,10 +83,12 @@ impl Case {
     }
 }
 
-/// The op under test (`fast`: the GEMM custom op; else the composed dfdx path).
+/// The op under test (`fast`: the GEMM custom op, computing the parameter gradients or
+/// not as `pg` says; else the composed dfdx path).
 fn run<E: GemmFloat, T: Tape<E, Cpu>>(
     c: &Case,
     fast: bool,
+    pg: ParamGrads,
     x: T4<E, Cpu, T>,
     w: T4<E, Cpu, T>,
     b: Option<T1<E, Cpu, T>>,
@@ -97,17 +99,32 @@ where
 {
     let cache = IdxCache::default();
     match (c.transposed, fast) {
-        (false, true) => conv::conv2d_op(x, w, b, c.stride, c.pad, c.groups),
+        (false, true) => conv::conv2d_op(x, w, b, c.stride, c.pad, c.groups, pg),
         (false, false) => ops::conv2d_composed(x, w, b, c.stride, c.pad, c.groups, &cache),
-        (true, true) => conv::conv_transpose2d_op(x, w, b, c.stride, c.pad, c.groups),
+        (true, true) => conv::conv_transpose2d_op(x, w, b, c.stride, c.pad, c.groups, pg),
         (true, false) => ops::conv_transpose2d_composed(x, w, b, c.stride, c.pad, c.groups, &cache),
     }
 }
 
-/// Values, and gradients of `sum(y * r)` for a fixed random `r`, of x, w and b.
+/// Values, and gradients of `sum(y * r)` for a fixed random `r`, of x, w and b (those of
+/// w and b allocated as zeros before the pass, so a backward that skips them leaves
+/// zeros).
 type Out<E> = (Vec<E>, Vec<E>, Vec<E>, Vec<E>);
 
 fn forward_backward<E: GemmFloat>(c: &Case, fast: bool, vals: &[Vec<E>; 3]) -> Out<E>
+where
+    Cpu: super::Dev<E>,
+    <Cpu as Storage<E>>::Vec: std::ops::DerefMut<Target = Vec<E>>,
+{
+    forward_backward_pg(c, fast, Computed, vals)
+}
+
+fn forward_backward_pg<E: GemmFloat>(
+    c: &Case,
+    fast: bool,
+    pg: ParamGrads,
+    vals: &[Vec<E>; 3],
+) -> Out<E>
 where
     Cpu: super::Dev<E>,
     <Cpu as Storage<E>>::Vec: std::ops::DerefMut<Target = Vec<E>>,
@@ -116,10 +133,13 @@ where
     let x: T4<E, Cpu> = dev.tensor_from_vec(vals[0].clone(), c.x_shape());
     let w: T4<E, Cpu> = dev.tensor_from_vec(vals[1].clone(), c.w_shape());
     let b: T1<E, Cpu> = dev.tensor_from_vec(vals[2].clone(), (c.cout,));
-    let grads = Gradients::leaky();
+    let mut grads = Gradients::leaky();
+    grads.try_alloc_for(&w).unwrap();
+    grads.try_alloc_for(&b).unwrap();
     let y = run(
         c,
         fast,
+        pg,
         x.clone().traced(grads),
         w.retaped::<OwnedTape<E, Cpu>>(),
         c.bias.then(|| b.retaped::<OwnedTape<E, Cpu>>()),
@@ -160,7 +180,7 @@ fn loss(c: &Case, vals: &[Vec<F>; 3]) -> F {
     let x: T4<F, Cpu> = dev.tensor_from_vec(vals[0].clone(), c.x_shape());
     let w: T4<F, Cpu> = dev.tensor_from_vec(vals[1].clone(), c.w_shape());
     let b: T1<F, Cpu> = dev.tensor_from_vec(vals[2].clone(), (c.cout,));
-    let y = run(c, true, x, w, c.bias.then_some(b)).as_vec();
+    let y = run(c, true, Computed, x, w, c.bias.then_some(b)).as_vec();
     let r = Rng::new(77).normals(y.len());
     y.iter().zip(&r).map(|(a, b)| a * b).sum()
 }
@@ -219,6 +239,13 @@ fn check_case(c: &Case, seed: u64, rng: &mut Rng) {
         assert_eq!(chunked.1, fast.1, "chunked grad x, {c:?}");
         assert_close(&chunked.2, &fast.2, 1e-12, "chunked grad w", &c);
         assert_close(&chunked.3, &fast.3, 1e-12, "chunked grad b", &c);
+        // a fixed weight: the same values and input gradient, bit for bit; no weight or
+        // bias gradient (their zeros stay zeros)
+        let frozen = forward_backward_pg(&c, true, ParamGrads::Skipped, &vals);
+        assert_eq!(frozen.0, fast.0, "frozen values, {c:?}");
+        assert_eq!(frozen.1, fast.1, "frozen grad x, {c:?}");
+        assert!(frozen.2.iter().all(|&v| v == 0.0), "frozen grad w, {c:?}");
+        assert!(frozen.3.iter().all(|&v| v == 0.0), "frozen grad b, {c:?}");
     }
 }
 
@@ -283,12 +310,12 @@ fn conv_transpose2d_is_adjoint_of_conv2d() {
         let [xv, wv, _] = random_vals(&c, 7);
         let x: T4<F, Cpu> = dev.tensor_from_vec(xv.clone(), c.x_shape());
         let w: T4<F, Cpu> = dev.tensor_from_vec(wv, c.w_shape());
-        let y = conv::conv2d_op(x, w.clone(), None, c.stride, c.pad, c.groups);
+        let y = conv::conv2d_op(x, w.clone(), None, c.stride, c.pad, c.groups, Computed);
         let ys = *y.shape();
         let yv = y.as_vec();
         let rv = rng.normals(yv.len());
         let r: T4<F, Cpu> = dev.tensor_from_vec(rv.clone(), ys);
-        let xt = conv::conv_transpose2d_op(r, w, None, c.stride, c.pad, c.groups);
+        let xt = conv::conv_transpose2d_op(r, w, None, c.stride, c.pad, c.groups, Computed);
         assert_eq!(*xt.shape(), c.x_shape(), "{c:?}");
         let l: F = yv.iter().zip(&rv).map(|(a, b)| a * b).sum();
         let rr: F = xv.iter().zip(xt.as_vec()).map(|(a, b)| a * b).sum();
@@ -307,7 +334,7 @@ fn conv2d_gemm_hand_example() {
     let x: T4<F, Cpu> = dev.tensor_from_vec((1..=9).map(F::from).collect(), (1, 1, 3, 3));
     let w: T4<F, Cpu> = dev.tensor_from_vec(vec![1.0; 9], (1, 1, 3, 3));
     let b: T1<F, Cpu> = dev.tensor_from_vec(vec![0.5], (1,));
-    let y = conv::conv2d_op(x, w, Some(b), 1, 1, 1).as_vec();
+    let y = conv::conv2d_op(x, w, Some(b), 1, 1, 1, Computed).as_vec();
     // 1 2 3 / 4 5 6 / 7 8 9
     let want = [12.0, 21.0, 16.0, 27.0, 45.0, 33.0, 24.0, 39.0, 28.0].map(|v| v + 0.5);
     assert_eq!(y, want);

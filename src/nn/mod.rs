@@ -170,8 +170,10 @@ pub trait Dev<E: Float>: Device<E> {
         stride: usize,
         pad: usize,
         groups: usize,
+        pg: ops::ParamGrads,
         cache: &ops::IdxCache<Self>,
     ) -> T4<E, Self, T> {
+        let _ = pg; // computed anyway (a dfdx op has no say in which gradients are kept)
         ops::conv2d_composed(x, w, b, stride, pad, groups, cache)
     }
     /// Transposed 2-D convolution `x (B, Cin, H, W)` with `w (Cin, Cout/groups, kh, kw)`
@@ -185,8 +187,10 @@ pub trait Dev<E: Float>: Device<E> {
         stride: usize,
         pad: usize,
         groups: usize,
+        pg: ops::ParamGrads,
         cache: &ops::IdxCache<Self>,
     ) -> T4<E, Self, T> {
+        let _ = pg; // as in `conv2d`
         ops::conv_transpose2d_composed(x, w, b, stride, pad, groups, cache)
     }
 
@@ -304,9 +308,10 @@ macro_rules! cpu_dev {
                 stride: usize,
                 pad: usize,
                 groups: usize,
+                pg: ops::ParamGrads,
                 _: &ops::IdxCache<Self>,
             ) -> T4<$E, Self, T> {
-                conv::conv2d_op(x, w, b, stride, pad, groups)
+                conv::conv2d_op(x, w, b, stride, pad, groups, pg)
             }
             fn conv_transpose2d<T: Tape<$E, Self>>(
                 x: T4<$E, Self, T>,
@@ -315,9 +320,10 @@ macro_rules! cpu_dev {
                 stride: usize,
                 pad: usize,
                 groups: usize,
+                pg: ops::ParamGrads,
                 _: &ops::IdxCache<Self>,
             ) -> T4<$E, Self, T> {
-                conv::conv_transpose2d_op(x, w, b, stride, pad, groups)
+                conv::conv_transpose2d_op(x, w, b, stride, pad, groups, pg)
             }
             kernels::cpu_step_kernels!($E);
         }

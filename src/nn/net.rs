@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use dfdx::prelude::*;
 
 use super::layer::{piecewise_linear, Layer, Norm, UpMode};
-use super::ops::{self, IdxCache};
+use super::ops::{self, IdxCache, ParamGrads};
 use super::params::ParamStore;
 use super::resample;
 use super::state::{BnStats, SnState};
@@ -68,6 +68,8 @@ struct Fwd<'a, E: Float, D: Dev<E>> {
     lin: Lin<'a, E, D>,
     /// A tangent pass: additive constants (biases) are dropped on the input's path.
     tangent: bool,
+    /// Whether convolutions compute their weights' gradients.
+    pg: ParamGrads,
 }
 
 /// What a pass does with the gates of its ReLU / LeakyReLU layers (see [`super::act`]).
@@ -193,6 +195,23 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
         self.pass(x, side, train, Lin::Off, false).0
     }
 
+    /// [`Net::forward_side`] of a net held fixed: the backward reaches the input (and
+    /// whatever made it: G, when this is D in a G step) but computes no gradient of this
+    /// net's convolution weights or biases, which are neither computed nor allocated
+    /// ([`ParamGrads::Skipped`]); the other layers' parameters (linear, normalisation)
+    /// still get theirs. Values and input gradients are those of `forward_side`, bit for
+    /// bit.
+    pub fn forward_frozen<T: Tape<E, D> + 'static>(
+        &self,
+        x: T4<E, D, T>,
+        side: &Side,
+        train: bool,
+    ) -> T4<E, D, T> {
+        let mut st = self.fwd(side, Lin::Off, false, x.shape().0);
+        st.pg = ParamGrads::Skipped;
+        self.run(&self.layers, x, train, &mut st)
+    }
+
     /// [`Net::forward_side`] that also returns the gates of its ReLU / LeakyReLU layers,
     /// for tangent passes at this input.
     pub fn forward_recording<T: Tape<E, D> + 'static>(
@@ -253,22 +272,35 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
         lin: Lin<'a, E, D>,
         tangent: bool,
     ) -> (T4<E, D, T>, Lin<'a, E, D>) {
+        let mut st = self.fwd(side, lin, tangent, x.shape().0);
+        let y = self.run(&self.layers, x, train, &mut st);
+        (y, st.lin)
+    }
+
+    /// The state a pass of a batch of `batch` starts from (labels one-hot in their slot).
+    fn fwd<'a>(
+        &self,
+        side: &'a Side,
+        lin: Lin<'a, E, D>,
+        tangent: bool,
+        batch: usize,
+    ) -> Fwd<'a, E, D> {
         let mut st = Fwd {
             ctx: vec![None; self.n_ctx],
             side,
             noise_i: 0,
             lin,
             tangent,
+            pg: ParamGrads::Computed,
         };
         if let Some((slot, k)) = self.label_slot {
             let labels = side
                 .labels
                 .as_ref()
                 .expect("a conditional net needs labels (Side::labels)");
-            st.ctx[slot] = Some(self.one_hot(labels, k, x.shape().0));
+            st.ctx[slot] = Some(self.one_hot(labels, k, batch));
         }
-        let y = self.run(&self.layers, x, train, &mut st);
-        (y, st.lin)
+        st
     }
 
     /// ReLU (`a = 0`) or LeakyReLU as a gated product, recording or replaying its gate.
@@ -401,6 +433,7 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
                 *stride,
                 *pad,
                 *groups,
+                st.pg,
                 &self.cache,
             ),
             Layer::ConvT { w, b, stride, pad } => ops::conv_transpose2d(
@@ -409,6 +442,7 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
                 b.filter(|_| !st.tangent).map(|b| self.p::<T>(b)),
                 *stride,
                 *pad,
+                st.pg,
                 &self.cache,
             ),
             Layer::BatchNorm {

@@ -51,6 +51,19 @@ impl<D: Storage<usize> + TensorFromVec<usize>> IdxCache<D> {
     }
 }
 
+/// Which gradients a convolution's backward computes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ParamGrads {
+    /// The input's, the weight's and the bias's.
+    #[default]
+    Computed,
+    /// The input's only: the weight and bias are held fixed (D while G trains; see
+    /// [`super::Net::forward_frozen`]), their gradients are neither computed nor
+    /// allocated. The CPU op skips the weight gradient's GEMM, its im2col and the bias
+    /// sums; the composed path (other devices) computes them anyway.
+    Skipped,
+}
+
 /// Output size of a convolution along one axis.
 pub fn conv_out(size: usize, k: usize, stride: usize, pad: usize) -> usize {
     assert!(
@@ -217,9 +230,10 @@ pub fn conv2d<E: Float, D: Dev<E>, T: Tape<E, D>>(
     stride: usize,
     pad: usize,
     groups: usize,
+    pg: ParamGrads,
     cache: &IdxCache<D>,
 ) -> T4<E, D, T> {
-    D::conv2d(x, w, b, stride, pad, groups, cache)
+    D::conv2d(x, w, b, stride, pad, groups, pg, cache)
 }
 
 /// Transposed 2-D convolution (as PyTorch's `ConvTranspose2d`, weight `(Cin, Cout, k, k)`,
@@ -231,9 +245,10 @@ pub fn conv_transpose2d<E: Float, D: Dev<E>, T: Tape<E, D>>(
     b: Option<T1<E, D, T>>,
     stride: usize,
     pad: usize,
+    pg: ParamGrads,
     cache: &IdxCache<D>,
 ) -> T4<E, D, T> {
-    D::conv_transpose2d(x, w, b, stride, pad, 1, cache)
+    D::conv_transpose2d(x, w, b, stride, pad, 1, pg, cache)
 }
 
 /// Grouped transposed 2-D convolution, weight `(Cin, Cout/groups, k, k)` (as PyTorch's
@@ -248,7 +263,7 @@ pub fn conv_transpose2d_grouped<E: Float, D: Dev<E>, T: Tape<E, D>>(
     groups: usize,
     cache: &IdxCache<D>,
 ) -> T4<E, D, T> {
-    D::conv_transpose2d(x, w, b, stride, pad, groups, cache)
+    D::conv_transpose2d(x, w, b, stride, pad, groups, ParamGrads::Computed, cache)
 }
 
 /// 2-D convolution from dfdx ops (any device): im2col ([`Dev::im2col`]) + a batched

@@ -2,7 +2,7 @@
 
 use dfdx::prelude::*;
 
-use super::ops::{self, IdxCache};
+use super::ops::{self, IdxCache, ParamGrads::Computed};
 use super::params::{Adam, AdamConfig};
 use super::*;
 
@@ -145,7 +145,7 @@ fn conv2d_matches_naive_and_fd() {
         let wv = rng.normals(wn);
         let x: T4<F, Cpu> = dev.tensor_from_vec(xv.clone(), (xs[0], xs[1], xs[2], xs[3]));
         let w: T4<F, Cpu> = dev.tensor_from_vec(wv.clone(), (ws[0], ws[1], ws[2], ws[3]));
-        let y = ops::conv2d(x, w, None, s, p, g, &IdxCache::default()).as_vec();
+        let y = ops::conv2d(x, w, None, s, p, g, Computed, &IdxCache::default()).as_vec();
         let want = naive_conv(&xv, xs, &wv, ws, s, p, g);
         assert_eq!(y.len(), want.len());
         for (a, b) in y.iter().zip(&want) {
@@ -157,7 +157,7 @@ fn conv2d_matches_naive_and_fd() {
             let x = r4(it.next().unwrap(), xs);
             let w = r4(it.next().unwrap(), ws);
             let b = it.next().unwrap();
-            project(ops::conv2d(x, w, Some(b), s, p, g, &cache), 9)
+            project(ops::conv2d(x, w, Some(b), s, p, g, Computed, &cache), 9)
         });
     }
 }
@@ -196,7 +196,7 @@ fn conv_transpose_matches_naive_and_fd() {
     }
     let x: T4<F, Cpu> = dev.tensor_from_vec(xv, (xs[0], xs[1], xs[2], xs[3]));
     let w: T4<F, Cpu> = dev.tensor_from_vec(wv, (ws[0], ws[1], ws[2], ws[3]));
-    let y = ops::conv_transpose2d(x, w, None, s, p, &IdxCache::default());
+    let y = ops::conv_transpose2d(x, w, None, s, p, Computed, &IdxCache::default());
     assert_eq!(*y.shape(), (2, 2, 6, 6));
     for (a, b) in y.as_vec().iter().zip(&want) {
         assert!((a - b).abs() < 1e-10, "{a} vs {b}");
@@ -207,7 +207,10 @@ fn conv_transpose_matches_naive_and_fd() {
         let x = r4(it.next().unwrap(), xs);
         let w = r4(it.next().unwrap(), ws);
         let b = it.next().unwrap();
-        project(ops::conv_transpose2d(x, w, Some(b), s, p, &cache), 10)
+        project(
+            ops::conv_transpose2d(x, w, Some(b), s, p, Computed, &cache),
+            10,
+        )
     });
 }
 
@@ -1005,8 +1008,8 @@ fn fir_resampling() {
     let dn = resample::downsample_fir2x(x, &cache).as_vec();
     let kt: T4<F, Cpu> = dev.tensor_from_vec(k2.iter().map(|v| 4.0 * v).collect(), (1, 1, 4, 4));
     let kd: T4<F, Cpu> = dev.tensor_from_vec(k2.clone(), (1, 1, 4, 4));
-    let up_t = ops::conv_transpose2d(planes.clone(), kt, None, 2, 1, &cache).as_vec();
-    let dn_c = ops::conv2d(planes, kd, None, 2, 1, 1, &cache).as_vec();
+    let up_t = ops::conv_transpose2d(planes.clone(), kt, None, 2, 1, Computed, &cache).as_vec();
+    let dn_c = ops::conv2d(planes, kd, None, 2, 1, 1, Computed, &cache).as_vec();
     let (mut up_r, mut dn_r) = (vec![], vec![]);
     for p in xv.chunks(h * w) {
         let (y, ho, wo) = upfirdn2d_ref(p, h, w, &f, 2, 1, (2, 1), 4.0);
