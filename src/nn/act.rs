@@ -20,7 +20,7 @@
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
-use super::host::{values, zeroed};
+use super::host::{take, values, zeroed};
 use super::{Dev, Float, T4};
 
 /// Slope of the gated product for gate value `v`: 1 above zero, `a` at or below. A
@@ -103,10 +103,9 @@ where
     let (xg, og) = (x.ghost(), out.ghost());
     tape.add_backward_op(move |grads| {
         grads.try_alloc_for(&xg)?;
-        // take the output gradient out of the map to read it while writing the input's
-        let gy = std::mem::take(&mut **grads.get_or_alloc_mut(&og)?);
+        // the output gradient, taken: freed when done (see `super::host::take`)
+        let gy = take(grads.get_or_alloc_mut(&og)?);
         gated_cpu(&gy, &values(&gate), a, grads.get_or_alloc_mut(&xg)?, true);
-        **grads.get_or_alloc_mut(&og)? = gy;
         Ok(())
     });
     out.put_tape(tape)

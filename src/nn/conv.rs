@@ -61,7 +61,7 @@ use dfdx::prelude::*;
 
 use super::fused::Geom;
 use super::gemm::{grouped_matmul, grouped_weight_grad, GemmFloat, Op, Scratch};
-use super::host::{values, zeroed};
+use super::host::{take, values, zeroed};
 use super::layout::{channel_sums, col2im_cb, from_cb, im2col_cb, to_cb, to_pc, Init};
 use super::ops::ParamGrads;
 use super::{T1, T4};
@@ -244,13 +244,15 @@ where
         let xv = values(&x);
         let wv = values(&w);
         let mut db = vec![E::default(); if bg.is_some() { cout } else { 0 }];
+        // the output gradient, taken: freed when done (see `host::take`)
+        let dy_all = take(grads.get_or_alloc_mut(&outg)?);
         for b0 in (0..bsz).step_by(chunk) {
             let bc = chunk.min(bsz - b0);
             let (gc, n) = (sh.part(bc), bc * p);
             let mut dyt = Scratch::take(cout * n);
             let mut dyp = Scratch::take(if want { n * cout } else { 0 });
             {
-                let dy = &grads.get_or_alloc_mut(&outg)?[b0 * ys..(b0 + bc) * ys];
+                let dy = &dy_all[b0 * ys..(b0 + bc) * ys];
                 to_cb(dy, (bc, cout, p), &mut dyt);
                 if want {
                     to_pc(dy, (bc, cout, p), &mut dyp);
@@ -313,12 +315,7 @@ where
     let out: T4<E, Cpu> = w.device().tensor_from_vec(wf, (ci, co, kh, kw));
     let (wg, og) = (w.ghost(), out.ghost());
     tape.add_backward_op(move |grads| {
-        let gf = {
-            let g = grads.get_or_alloc_mut(&og)?;
-            let mut s = Scratch::take(g.len());
-            s.copy_from_slice(g);
-            s
-        };
+        let gf = take(grads.get_or_alloc_mut(&og)?);
         let gw = grads.get_or_alloc_mut(&wg)?;
         for (f, taps) in gf.chunks_exact(kk.max(1)).enumerate() {
             let (i, o) = (f / co, f % co);
@@ -422,12 +419,14 @@ where
         let xv = values(&x);
         let wv = values(&w);
         let mut db = vec![E::default(); if bg.is_some() { cout } else { 0 }];
+        // the output gradient, taken: freed when done (see `host::take`)
+        let dy_all = take(grads.get_or_alloc_mut(&outg)?);
         for b0 in (0..bsz).step_by(chunk) {
             let bc = chunk.min(bsz - b0);
             let (gc, n) = (sh.part(bc), bc * p);
             let mut dcols = Scratch::take(gc.cols_len());
             {
-                let dy = &grads.get_or_alloc_mut(&outg)?[b0 * ys..(b0 + bc) * ys];
+                let dy = &dy_all[b0 * ys..(b0 + bc) * ys];
                 im2col_cb(dy, &gc, &mut dcols);
                 if bg.is_some() {
                     channel_sums(dy, (bc, cout, g.plane()), &mut db);

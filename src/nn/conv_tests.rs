@@ -395,3 +395,65 @@ fn conv_gemm_bit_identical_across_thread_counts() {
         }
     }
 }
+
+/// A backward releases each op output's gradient as soon as the op that made it has
+/// read it (`host::take`): through conv -> LeakyReLU -> transposed conv, the two
+/// intermediate outputs' gradients are empty afterwards, while the input's and the
+/// weights' are whole and equal to the composed path's.
+#[test]
+fn backward_releases_intermediate_gradients() {
+    let dev = Cpu::default();
+    let mut rng = Rng::new(9);
+    let mut t = |s: (usize, usize, usize, usize)| -> T4<F, Cpu> {
+        dev.tensor_from_vec(rng.normals(s.0 * s.1 * s.2 * s.3), s)
+    };
+    let (x, w1, w2) = (t((2, 3, 6, 6)), t((4, 3, 3, 3)), t((4, 2, 4, 4)));
+    let grads = |fast: bool| {
+        let h = if fast {
+            conv::conv2d_op(
+                x.clone().traced(Gradients::leaky()),
+                w1.retaped(),
+                None,
+                1,
+                1,
+                1,
+                Computed,
+            )
+        } else {
+            let cache = IdxCache::default();
+            ops::conv2d_composed(
+                x.clone().traced(Gradients::leaky()),
+                w1.retaped(),
+                None,
+                1,
+                1,
+                1,
+                &cache,
+            )
+        };
+        let h_id = h.retaped::<NoneTape>();
+        let a = <Cpu as super::Dev<F>>::gated(h, None, 0.2);
+        let a_id = a.retaped::<NoneTape>();
+        let y = if fast {
+            conv::conv_transpose2d_op(a, w2.retaped(), None, 2, 1, 1, Computed)
+        } else {
+            let cache = IdxCache::default();
+            ops::conv_transpose2d_composed(a, w2.retaped(), None, 2, 1, 1, &cache)
+        };
+        let n = y.shape().num_elements();
+        let mut g = y.reshape_like(&(n,)).sum::<(), Axis<0>>().backward();
+        let held = |g: &mut Gradients<F, Cpu>, t: &T4<F, Cpu>| g.get_or_alloc_mut(t).unwrap().len();
+        let released = [held(&mut g, &h_id), held(&mut g, &a_id)];
+        let kept = [&x, &w1, &w2].map(|t| g.get(t).as_vec());
+        (released, kept)
+    };
+    let (released, kept) = grads(true);
+    assert_eq!(released, [0, 0], "intermediate gradients still held");
+    let (_, reference) = grads(false);
+    for (k, r) in kept.iter().zip(&reference) {
+        assert_eq!(k.len(), r.len());
+        for (a, b) in k.iter().zip(r) {
+            assert!((a - b).abs() < 1e-12 * (1.0 + b.abs()), "{a} vs {b}");
+        }
+    }
+}

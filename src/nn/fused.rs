@@ -219,7 +219,11 @@ where
     let (xg, og) = (x.ghost(), out.ghost());
     tape.add_backward_op(move |grads| {
         let mut acc = vec![E::default(); g.img_len()];
-        col2im_add_cpu(grads.get_or_alloc_mut(&og)?, g, &mut acc);
+        col2im_add_cpu(
+            &super::host::take(grads.get_or_alloc_mut(&og)?),
+            g,
+            &mut acc,
+        );
         let gx = grads.get_or_alloc_mut(&xg)?;
         for (a, v) in gx.iter_mut().zip(acc) {
             *a += v;
@@ -246,7 +250,11 @@ where
     let (cg, og) = (cols.ghost(), out.ghost());
     tape.add_backward_op(move |grads| {
         let mut acc = vec![E::default(); g.cols_len()];
-        im2col_cpu(grads.get_or_alloc_mut(&og)?, g, &mut acc);
+        im2col_cpu(
+            &super::host::take(grads.get_or_alloc_mut(&og)?),
+            g,
+            &mut acc,
+        );
         let gc = grads.get_or_alloc_mut(&cg)?;
         for (a, v) in gc.iter_mut().zip(acc) {
             *a += v;

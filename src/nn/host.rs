@@ -67,6 +67,21 @@ where
     Cow::Owned(v)
 }
 
+/// An op's output gradient, taken out of dfdx's `Gradients` by the op's backward
+/// (`take(grads.get_or_alloc_mut(&out_ghost)?)`), leaving an empty buffer in its place.
+///
+/// dfdx runs the backward ops in reverse creation order, so when an op's backward runs,
+/// every op that read its output (and added into the output's gradient) has run already,
+/// and nothing reads that gradient again. dfdx itself keeps every intermediate gradient
+/// until the whole backward is done (then `alloc_grads`' gradients drop the non-leaf
+/// ones); taking it frees it as soon as its one reader is done, so a backward holds the
+/// gradients of the layers still to run, not of the whole net. The cost: after
+/// `backward()`, an op output's gradient reads as empty (parameters and inputs, the
+/// leaves, keep theirs).
+pub fn take<E>(g: &mut impl std::ops::DerefMut<Target = Vec<E>>) -> Vec<E> {
+    std::mem::take(&mut **g)
+}
+
 /// A vector of `n` zeros, written by all threads when it is large (`vec![0; n]` is one
 /// serial pass on the calling thread, and the pages it touches first fault in there).
 pub fn zeroed<E: Float>(n: usize) -> Vec<E> {

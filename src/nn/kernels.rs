@@ -17,7 +17,7 @@
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
-use super::host::{values, zeroed};
+use super::host::{take, values, zeroed};
 use super::{Float, T1, T4};
 
 mod pointwise;
@@ -240,8 +240,8 @@ where
     let mut tape = tx.merge(tg).merge(tb);
     tape.add_backward_op(move |grads| {
         grads.try_alloc_for(&xg)?;
-        // take the output gradient out of the map to read it while writing the input's
-        let dy = std::mem::take(&mut **grads.get_or_alloc_mut(&og)?);
+        // the output gradient, taken: freed when done (see `super::host::take`)
+        let dy = take(grads.get_or_alloc_mut(&og)?);
         let xv = values(&x);
         let xhat = |ch: usize, v: E| (v.f64() - mean[ch]) * inv[ch];
         // sum dy and sum dy * xhat, in one pass
@@ -267,7 +267,7 @@ where
                 *o += E::of(k * (dv.f64() - m1 - xhat(ch, xv) * m2));
             }
         });
-        **grads.get_or_alloc_mut(&og)? = dy;
+        drop(dy);
         let dgamma: Vec<E> = sdyx.iter().map(|&v| E::of(v)).collect();
         let dbeta: Vec<E> = sdy.iter().map(|&v| E::of(v)).collect();
         add_into(grads.get_or_alloc_mut(&gg)?, &dgamma);

@@ -5,7 +5,7 @@
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
-use super::{add_into, values, CHUNK, PAR_MIN};
+use super::{add_into, take, values, CHUNK, PAR_MIN};
 use super::{Float, T4};
 
 /// `f(i)` for `i < n` into a new vector, in parallel fixed-size chunks when `n` is large.
@@ -42,11 +42,10 @@ where
     tape.add_backward_op(move |grads| {
         grads.try_alloc_for(&ag)?;
         grads.try_alloc_for(&bg)?;
-        // take the output gradient out of the map to read it while writing the inputs'
-        let gy = std::mem::take(&mut **grads.get_or_alloc_mut(&og)?);
+        // the output gradient, taken: freed when done (see `super::super::host::take`)
+        let gy = take(grads.get_or_alloc_mut(&og)?);
         add_into(grads.get_or_alloc_mut(&ag)?, &gy);
         add_into(grads.get_or_alloc_mut(&bg)?, &gy);
-        **grads.get_or_alloc_mut(&og)? = gy;
         Ok(())
     });
     out.put_tape(tape)
@@ -71,7 +70,7 @@ where
     let (xg, og, y) = (x.ghost(), out.ghost(), out.clone());
     tape.add_backward_op(move |grads| {
         grads.try_alloc_for(&xg)?;
-        let gy = std::mem::take(&mut **grads.get_or_alloc_mut(&og)?);
+        let gy = take(grads.get_or_alloc_mut(&og)?);
         let yv = values(&y);
         let gx = grads.get_or_alloc_mut(&xg)?;
         let f = |(j, gx): (usize, &mut [E])| {
@@ -87,7 +86,6 @@ where
         } else {
             gx.chunks_mut(CHUNK).enumerate().for_each(f);
         }
-        **grads.get_or_alloc_mut(&og)? = gy;
         Ok(())
     });
     out.put_tape(tape)

@@ -4,7 +4,7 @@
 
 use dfdx::prelude::*;
 
-use super::{add_into, planes, values, zeroed};
+use super::{add_into, planes, take, values, zeroed};
 use super::{Float, T4};
 
 /// A resampling op `(B, C, H, W) -> (B, C, Ho, Wo)` that works plane by plane:
@@ -32,7 +32,7 @@ where
     tape.add_backward_op(move |grads| {
         let mut dx = zeroed(b * c * h * w);
         planes(
-            grads.get_or_alloc_mut(&og)?,
+            &take(grads.get_or_alloc_mut(&og)?),
             ho * wo,
             &mut dx,
             h * w,
