@@ -56,7 +56,7 @@ pub fn hash_file(path: &Path) -> Result<String> {
 }
 
 /// Serialises named tensor views and string metadata as safetensors bytes, with the
-/// metadata sorted by key ([`sort_safetensors_metadata`]): the one writer behind every
+/// metadata sorted by key (`sort_safetensors_metadata`): the one writer behind every
 /// safetensors file ablate makes (checkpoints and data artifacts).
 pub fn safetensors_bytes<'a>(
     tensors: Vec<(String, safetensors::tensor::TensorView<'a>)>,

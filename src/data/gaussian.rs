@@ -60,7 +60,7 @@ impl GaussianMixture {
     }
 
     /// 25 modes at (x, y) for x, y in {-4, -2, 0, 2, 4}; mode 5*i + j at
-    /// (GRID_COORDS[i], GRID_COORDS[j]).
+    /// `(GRID_COORDS[i], GRID_COORDS[j])`.
     pub fn grid(sigma: f32) -> Result<Self> {
         check_positive("std", sigma)?;
         let centres = GRID_COORDS

@@ -3,8 +3,8 @@
 //!
 //! This is a pure library: it reads files and parameters given as Rust values,
 //! never YAML. Every source returns a [`Dataset`]; [`save_dataset`] writes it
-//! as the safetensors artifact of DESIGN.md (`images` f32 [N, C, H, W] in
-//! [-1, 1] or `points` f32 [N, 2], plus `labels` i64 [N] where there are
+//! as the safetensors artifact of DESIGN.md (`images` f32 `[N, C, H, W]` in
+//! `[-1, 1]` or `points` f32 `[N, 2]`, plus `labels` i64 `[N]` where there are
 //! labels), [`card`] summarises it as JSON and [`write_preview`] draws it.
 
 mod error;

@@ -1,5 +1,5 @@
-//! The data artifact: one safetensors file with `images` (f32 [N, C, H, W])
-//! or `points` (f32 [N, 2]) and `labels` (i64 [N]) where there are labels,
+//! The data artifact: one safetensors file with `images` (f32 `[N, C, H, W]`)
+//! or `points` (f32 `[N, 2]`) and `labels` (i64 `[N]`) where there are labels,
 //! readable by Python's `safetensors.numpy.load_file`. The header metadata
 //! (strings, ignored by numpy) keeps what the tensors cannot: `format`,
 //! `classes`, `sources` (JSON) and `mixture` (JSON).

@@ -1,5 +1,5 @@
 //! The `train` stage parameters (serde, unknown keys rejected); their range checks are in
-//! [`validate`].
+//! `validate`.
 
 use crate::config_error::ConfigError;
 use crate::device::DeviceChoice;

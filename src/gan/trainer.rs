@@ -1,5 +1,5 @@
 //! The training loop as a library: seeded, checkpointable, bit-identical on resume.
-//! Checkpoint I/O lives in [`checkpoint`].
+//! Checkpoint I/O lives in `checkpoint` (`trainer/checkpoint.rs`).
 
 mod checkpoint;
 

@@ -24,7 +24,7 @@
 //! - forward: `yt_g = W_g @ cols_g`, then `y = from_cb(yt) + bias` (bias fused in the copy);
 //! - weight grad: `dW_g^T += cols_g @ dyp_g` with `dyp` the output gradient
 //!   position-major ([`to_pc`]; cols recomputed from `x`, accumulated in place into the
-//!   gradient; see [`grouped_weight_grad`] for why transposed);
+//!   gradient; see `gemm::grouped_weight_grad` for why transposed);
 //! - input grad: `dcols_g = W_g^T @ dyt_g`, then `dx += col2im(dcols)`.
 //!
 //! `conv_transpose2d`, weight `W (Cin, Cout/G, kh, kw)` seen as `(Cin, okk)`: it is the

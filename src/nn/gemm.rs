@@ -1,6 +1,6 @@
 //! Strided GEMMs on the `gemm` crate for the CPU convolutions ([`super::conv`]): a
 //! bounds-checked [`matmul`] on row/column-strided [`View`]s, its per-group form
-//! [`grouped_matmul`], and the thread-local buffer pool ([`Scratch`]) their working
+//! `grouped_matmul`, and the thread-local buffer pool ([`Scratch`]) their working
 //! matrices come from.
 //!
 //! Determinism: gemm splits the output among threads but runs each output's depth loop

@@ -1,6 +1,6 @@
 //! Parallel CPU kernels for the rest of the training step: batch norm (train and eval),
 //! the resampling ops (2x2 average pooling, 2x nearest / bilinear / FIR up-sampling, FIR
-//! down-sampling; in [`resample`]), and the in-place Adam and EMA updates.
+//! down-sampling; in `kernels/resample.rs`), and the in-place Adam and EMA updates.
 //!
 //! The composed versions in [`super::ops`] and [`super::params`] build every one of these
 //! from several dfdx ops (each a full pass over memory, a fresh buffer, and on the CPU a

@@ -90,7 +90,7 @@ pub enum Layer {
         slot: usize,
         /// Layers applied to a copy of `x` (empty: store `x` itself).
         body: Vec<Layer>,
-        /// Style mixing: when the pass mixes ([`Side::mix`]), `body` of a second latent
+        /// Style mixing: when the pass mixes ([`Side::mix`](super::Side::mix)), `body` of a second latent
         /// (same shape as `x`, drawn from the mix seed) goes to this slot.
         mix: Option<usize>,
     },
@@ -123,7 +123,7 @@ pub enum Layer {
         head: Vec<Layer>,
     },
     /// Per-pixel noise with a learned per-channel scale: `x + scale[c] * n[b, h, w]`, `n`
-    /// standard normal from the pass's noise seed ([`Side::noise_seed`]; none: no noise).
+    /// standard normal from the pass's noise seed ([`Side::noise_seed`](super::Side::noise_seed); none: no noise).
     Noise {
         /// Scale index, shape `(C,)`.
         scale: usize,

@@ -5,7 +5,7 @@
 //! - columns `cols (C * kh * kw, N)`: row `(c, ki, kj)`, column `(b, oy, ox)` holds
 //!   `x[b, c, oy * s + ki - p, ox * s + kj - p]` (zero outside the image) ([`im2col_cb`];
 //!   its adjoint [`col2im_cb`] sums columns back into an NCHW image). A strided kernel
-//!   reads each plane through its stride x stride [`Phases`], so every tap row is one
+//!   reads each plane through its stride x stride `Phases`, so every tap row is one
 //!   contiguous run;
 //! - channel-major `(C, N)`: an NCHW chunk with the batch axis moved inside ([`to_cb`] /
 //!   [`from_cb`], bias fused);
@@ -472,7 +472,7 @@ pub(super) fn transpose_tile<E: Float>(
 }
 
 /// NCHW chunk `src (b, c, p)` to position-major `dst (b * p, c)` (NHWC: one row per
-/// sample position), in [`TILE`] x [`TILE`] tiles so that both reads and writes are
+/// sample position), in `TILE` x `TILE` tiles so that both reads and writes are
 /// contiguous runs (a position-at-a-time loop wrote one value per row, `c` apart: 10% of
 /// an R3GAN step's samples, 6% now). Parallel over samples.
 pub fn to_pc<E: Float>(src: &[E], (b, c, p): (usize, usize, usize), dst: &mut [E]) {

@@ -13,7 +13,7 @@
 //! - for each gathered metric, a plot against each matrix axis (one line per value of
 //!   the other axes, error bars over the `aggregate_over` axes);
 //! - per instance: its state, metrics and the figures its stage kind draws
-//!   ([`Stage::figures`]): this module knows no stage kind by name.
+//!   ([`Stage::figures`](crate::engine::Stage::figures)): this module knows no stage kind by name.
 //!
 //! `ablate run` rewrites the page as instances finish through [`Reporter::observe`],
 //! rate-limited; `ablate report` writes it once from the cache.

@@ -3,8 +3,8 @@
 //! Sources: `mnist` (IDX files, gzipped or not), `stacked_mnist` (three random digits
 //! in R, G, B; label 100a+10b+c; 1000 modes), `gaussian_ring` (8 modes),
 //! `gaussian_grid` (25 modes), `image_folder` (PNG/JPEG, resized and centre-cropped).
-//! The tensors follow DESIGN.md: `images` f32 [N,C,H,W] in [-1,1] or `points` f32
-//! [N,2], and `labels` i64 [N].
+//! The tensors follow DESIGN.md: `images` f32 `[N,C,H,W]` in `[-1,1]` or `points` f32
+//! `[N,2]`, and `labels` i64 `[N]`.
 
 use crate::data::{
     self, Dataset, ImageFolderOptions, MnistOptions, MnistSplit, StackedMnistOptions,

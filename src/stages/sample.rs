@@ -1,13 +1,13 @@
 //! Stage `sample`: `count` samples from a trained generator (EMA by default).
 //!
 //! Writes `samples.safetensors` in the data artifact format (`images` f32
-//! [N,C,H,W] in [-1,1] or `points` f32 [N,2]), so evaluation and Python read it like
+//! `[N,C,H,W]` in `[-1,1]` or `points` f32 `[N,2]`), so evaluation and Python read it like
 //! data, and `grid.png` (the first 64 images, or a scatter plot of the points).
 //! Latents come from `seed` alone: the same checkpoint and seed give the same samples.
 //! The sample shape is the one the checkpoint records (`gan::checkpoint_shape`; the
 //! data's card for checkpoints older than that).
 //! A conditional generator is sampled for labels balanced over its classes
-//! (`0, 1, ..., k-1, 0, ...`), and the file holds them as `labels` (i64 [N]); its grid
+//! (`0, 1, ..., k-1, 0, ...`), and the file holds them as `labels` (i64 `[N]`); its grid
 //! has one column per class (up to 32 classes, 8 rows).
 //!
 //! `needs: [SOME_DATA_STAGE]` instead of a train stage makes a *reference*: `count`
