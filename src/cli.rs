@@ -2,14 +2,18 @@
 //! (0 success, 1 some instance failed, 2 invalid pipeline / query / usage,
 //! 130 interrupted). Kept in the library so tests and embedders can run it with a
 //! registry of their own stage kinds.
+//!
+//! Here: the arguments (`Cli`, `Cmd`) and `dispatch`, one arm per command. How tables,
+//! plans and frames are printed is in `cli/print.rs`; `ablate gc` and `ablate verify`
+//! each have a file.
 
 use crate::engine::{
-    self, Cache, DeviceChoice, ExecutorChoice, Plan, PlanOptions, PlanStatus, Registry, RunOptions,
-    RunOutcome, SlurmOptions,
+    self, Cache, DeviceChoice, ExecutorChoice, Plan, PlanOptions, Registry, RunOptions, RunOutcome,
+    SlurmOptions,
 };
 use crate::pipeline::{Pipeline, SpecError};
+use crate::results::query;
 use crate::results::report::{Reporter, Snapshot};
-use crate::results::{query, table};
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::io::IsTerminal;
@@ -17,7 +21,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+mod gc;
+mod print;
 mod verify;
+
+pub use print::human_bytes;
+use print::{current_tables, print_frame, print_plan, print_tables};
 
 const ABOUT: &str = "Declarative, cached, parallel GAN ablation pipelines.
 
@@ -443,7 +452,7 @@ fn dispatch(cli: &Cli, reg: &Registry) -> Result<i32, Exit> {
             }
             Ok(0)
         }
-        Cmd::Gc { files, dry_run } => gc(&cache, files, reg, *dry_run),
+        Cmd::Gc { files, dry_run } => gc::run(&cache, files, reg, *dry_run),
         Cmd::Verify { files, drop } => verify::run(&cache, files, reg, *drop),
         Cmd::Exec { kind, key } => {
             let out = engine::instance::exec(reg, &cache, kind, key, install_ctrlc());
@@ -464,71 +473,6 @@ fn dispatch(cli: &Cli, reg: &Registry) -> Result<i32, Exit> {
             Ok(0)
         }
     }
-}
-
-/// Print a pipeline's published tables; for people, columns with one value in every row
-/// are left out unless `all`. False when there are none.
-fn print_tables(p: &Pipeline, dir: &Path, format: OutFormat, all: bool) -> Result<bool, Exit> {
-    let pipeline = &p.name;
-    let tables = current_tables(p, dir)?;
-    let human = matches!(format, OutFormat::Table | OutFormat::Markdown);
-    for (name, df) in &tables {
-        let (mut df, constant) = if all || !human {
-            (df.clone(), vec![])
-        } else {
-            // Upstream stages' columns (`train.images_per_s`) stay in the files and in
-            // `ablate query`; on screen, the instance's own numbers.
-            let own: Vec<String> = df
-                .get_column_names()
-                .iter()
-                .map(|c| c.to_string())
-                .filter(|c| {
-                    c.split_once('.')
-                        .is_none_or(|(pre, _)| p.stage(pre).is_none())
-                })
-                .filter(|c| c != "key")
-                .collect();
-            let df = df.select(own).map_err(anyhow::Error::from)?;
-            let mut keep = vec!["instance", "status"];
-            if name.ends_with("_cmp") {
-                // Who is compared with whom and the outcome, even when one value.
-                let names = df.get_column_names();
-                let axes = names.iter().take_while(|c| c.as_str() != "baseline");
-                keep.extend(axes.map(|c| c.as_str()).filter(|c| *c != "pipeline"));
-                keep.extend(["baseline", "metric", "p_holm", "verdict"]);
-            }
-            table::drop_constant_columns(&df, &keep)?
-        };
-        if human {
-            println!("## {pipeline}/{name}\n");
-        }
-        print_frame(&mut df, format)?;
-        if !constant.is_empty() {
-            println!(
-                "(same in every row, --all shows them: {})",
-                constant.join(", ")
-            );
-        }
-        println!();
-    }
-    Ok(!tables.is_empty())
-}
-
-/// The tables under `dir` that belong to the pipeline's current stages (a renamed or
-/// removed tabulate stage leaves its old files behind; they are not this pipeline's now).
-fn current_tables(
-    p: &Pipeline,
-    dir: &Path,
-) -> Result<std::collections::BTreeMap<String, polars::prelude::DataFrame>> {
-    let mut tables = query::pipeline_tables(dir)?;
-    tables.retain(|name, _| {
-        p.stage(name).is_some()
-            || ["_agg", "_cmp"].iter().any(|suffix| {
-                name.strip_suffix(suffix)
-                    .is_some_and(|s| p.stage(s).is_some())
-            })
-    });
-    Ok(tables)
 }
 
 /// The command line that reruns a pipeline (what the report shows).
@@ -571,92 +515,6 @@ fn install_ctrlc() -> Arc<AtomicBool> {
         }
     });
     cancel
-}
-
-fn print_plan(plan: &Plan) {
-    let (cached, to_run) = plan.counts();
-    println!(
-        "{}: {} instances ({cached} cached, {to_run} to run)",
-        plan.ex.pipeline.name,
-        plan.items.len()
-    );
-    let width = plan
-        .ex
-        .instances
-        .iter()
-        .map(|i| i.label.len())
-        .max()
-        .unwrap_or(0);
-    for (inst, it) in plan.ex.instances.iter().zip(&plan.items) {
-        let st = match it.status {
-            PlanStatus::Cached => "cached",
-            PlanStatus::Run => "run",
-        };
-        println!(
-            "  {:<width$}  {}  {st:<6}  {}",
-            inst.label,
-            &it.key[..12],
-            it.reason
-        );
-    }
-}
-
-fn print_frame(df: &mut polars::prelude::DataFrame, format: OutFormat) -> Result<(), Exit> {
-    match format {
-        OutFormat::Table => print!("{}", table::to_text(df)),
-        OutFormat::Markdown => print!("{}", table::to_markdown(df)),
-        OutFormat::Csv => print!("{}", table::to_csv(df)?),
-        OutFormat::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&table::to_json(df)).map_err(anyhow::Error::from)?
-        ),
-    }
-    Ok(())
-}
-
-fn gc(cache: &Cache, files: &[PathBuf], reg: &Registry, dry_run: bool) -> Result<i32, Exit> {
-    let mut keep = std::collections::HashSet::new();
-    for f in files {
-        let plan = Plan::new(f, reg, cache.clone(), &cwd(), &PlanOptions::default())?;
-        for (inst, it) in plan.ex.instances.iter().zip(&plan.items) {
-            keep.insert((inst.kind.clone(), it.key.clone()));
-        }
-    }
-    let r = engine::gc::collect(cache, &keep, dry_run)?;
-    for (name, bytes) in &r.removed {
-        tracing::info!(
-            "{} {name} ({})",
-            if dry_run { "would remove" } else { "removed" },
-            human_bytes(*bytes)
-        );
-    }
-    for name in &r.busy {
-        tracing::warn!("kept {name}: another ablate process is computing it");
-    }
-    println!(
-        "{} {} cache entries, {} {}",
-        if dry_run { "would remove" } else { "removed" },
-        r.removed.len(),
-        if dry_run { "would free" } else { "freed" },
-        human_bytes(r.freed())
-    );
-    Ok(0)
-}
-
-/// `1.5 MiB`-style sizes.
-pub fn human_bytes(b: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < units.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", units[u])
-    }
 }
 
 #[cfg(test)]
