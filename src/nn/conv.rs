@@ -249,26 +249,24 @@ where
         for b0 in (0..bsz).step_by(chunk) {
             let bc = chunk.min(bsz - b0);
             let (gc, n) = (sh.part(bc), bc * p);
+            let dy = &dy_all[b0 * ys..(b0 + bc) * ys];
             let mut dyt = Scratch::take(cout * n);
-            let mut dyp = Scratch::take(if want { n * cout } else { 0 });
-            {
-                let dy = &dy_all[b0 * ys..(b0 + bc) * ys];
-                to_cb(dy, (bc, cout, p), &mut dyt);
-                if want {
-                    to_pc(dy, (bc, cout, p), &mut dyp);
-                }
-                if bg.is_some() {
-                    channel_sums(dy, (bc, cout, p), &mut db);
-                }
+            to_cb(dy, (bc, cout, p), &mut dyt);
+            if bg.is_some() {
+                channel_sums(dy, (bc, cout, p), &mut db);
             }
+            let dyp = want.then(|| {
+                let mut dyp = Scratch::take(n * cout);
+                to_pc(dy, (bc, cout, p), &mut dyp);
+                dyp
+            });
             let mut cols = Scratch::take(gc.cols_len());
-            if want {
+            if let Some(dyp) = dyp {
                 im2col_cb(&xv[b0 * xs..(b0 + bc) * xs], &gc, &mut cols);
                 let gw = grads.get_or_alloc_mut(&wg)?;
                 // dW_g^T (kk x og) += cols_g (kk x n) @ dyp_g (n x og)
                 grouped_weight_grad(groups, (kk, og, n), gw, &cols, &dyp);
             }
-            drop(dyp);
             // dcols_g (kk x n) = W_g^T (kk x og) @ dyt_g (og x n), over cols
             grouped_matmul(
                 groups,
