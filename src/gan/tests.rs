@@ -130,6 +130,53 @@ fn penalty_grad_every_d_vs_f64_fd() {
     }
 }
 
+/// D held fixed (`Net::forward_frozen`, the G step's pass) gives every discriminator's
+/// outputs and input gradient bit for bit as the ordinary pass does, and leaves the
+/// gradients of its convolution weights (4-D parameters, spectral norm or not) at zero,
+/// where the ordinary pass fills them.
+#[test]
+fn frozen_d_same_input_gradient_no_conv_weight_gradients() {
+    let dev = Cpu::default();
+    let mut rng = Rng::new(8);
+    for (cfg, shape, [b, c, h, w], classes) in penalty_cases() {
+        let mut d = nets::discriminator::<f64, Cpu>(&cfg, shape, classes, dev.clone(), 4).unwrap();
+        // off R3GAN's zero-initialised last convs, whose blocks would pass no gradient
+        jitter(&mut d, &mut rng, 0.1);
+        let x: T4<f64, Cpu> = dev.tensor_from_vec(rng.normals(b * c * h * w), (b, c, h, w));
+        let side = Side::labels(classes.map(|k| (0..b).map(|i| i % k).collect()));
+        let run = |frozen: bool| {
+            let mut g = d.params.alloc_grads();
+            g.try_alloc_for(&x).unwrap();
+            let xt = x.clone().traced(g);
+            let y = if frozen {
+                d.forward_frozen(xt, &side, true)
+            } else {
+                d.forward_side(xt, &side, true)
+            };
+            let yv = y.retaped::<NoneTape>().as_vec();
+            let grads = y.reshape_like(&(b,)).sum::<(), Axis<0>>().backward();
+            (yv, grads.get(&x).as_vec(), d.params.grads_of(&grads))
+        };
+        let (y0, gx0, pg0) = run(false);
+        let (y1, gx1, pg1) = run(true);
+        assert_eq!(y0, y1, "values, {cfg:?}");
+        assert_eq!(gx0, gx1, "input gradient, {cfg:?}");
+        let mut convs = 0;
+        for (i, s) in d.params.shapes.iter().enumerate() {
+            if s.len() == 4 {
+                convs += 1;
+                let name = &d.params.names[i];
+                assert!(pg1[i].as_vec().iter().all(|&v| v == 0.0), "{name}, {cfg:?}");
+                assert!(pg0[i].as_vec().iter().any(|&v| v != 0.0), "{name}, {cfg:?}");
+            }
+        }
+        assert!(
+            convs > 0 || cfg.arch == Arch::Mlp,
+            "no conv weights in {cfg:?}"
+        );
+    }
+}
+
 /// Many units cross zero between x - eps g and x + eps g here, yet the penalty gradient
 /// does not depend on where the recording pass's gates would flip: R3GAN E at a larger
 /// size has thousands of units within 1e-3 of their kink, and its f32 gradient still
