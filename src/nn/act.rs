@@ -103,7 +103,7 @@ where
     let (xg, og) = (x.ghost(), out.ghost());
     tape.add_backward_op(move |grads| {
         grads.try_alloc_for(&xg)?;
-        // the output gradient, taken: freed when done (see `super::host::take`)
+        // the output gradient, taken: freed when done (see `host::take`)
         let gy = take(grads.get_or_alloc_mut(&og)?);
         gated_cpu(&gy, &values(&gate), a, grads.get_or_alloc_mut(&xg)?, true);
         Ok(())

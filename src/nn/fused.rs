@@ -18,6 +18,7 @@
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
+use super::host::{take, values, zeroed};
 use super::{Float, T1, T4};
 
 /// Geometry of an im2col: an image `(b, c, h, w)`, a `kh x kw` kernel, stride, padding,
@@ -212,18 +213,14 @@ where
     );
     let (x, mut tape) = x.split_tape();
     let dev = x.device().clone();
-    let xv = super::host::values(&x);
-    let mut cols = super::host::zeroed(g.cols_len());
+    let xv = values(&x);
+    let mut cols = zeroed(g.cols_len());
     im2col_cpu(&xv, g, &mut cols);
     let out: T1<E, Cpu> = dev.tensor_from_vec(cols, (g.cols_len(),));
     let (xg, og) = (x.ghost(), out.ghost());
     tape.add_backward_op(move |grads| {
         let mut acc = vec![E::default(); g.img_len()];
-        col2im_add_cpu(
-            &super::host::take(grads.get_or_alloc_mut(&og)?),
-            g,
-            &mut acc,
-        );
+        col2im_add_cpu(&take(grads.get_or_alloc_mut(&og)?), g, &mut acc);
         let gx = grads.get_or_alloc_mut(&xg)?;
         for (a, v) in gx.iter_mut().zip(acc) {
             *a += v;
@@ -243,18 +240,14 @@ where
     assert_eq!(cols.shape().0, g.cols_len(), "col2im: length vs geometry");
     let (cols, mut tape) = cols.split_tape();
     let dev = cols.device().clone();
-    let cv = super::host::values(&cols);
-    let mut img = super::host::zeroed(g.img_len());
+    let cv = values(&cols);
+    let mut img = zeroed(g.img_len());
     col2im_add_cpu(&cv, g, &mut img);
     let out: T4<E, Cpu> = dev.tensor_from_vec(img, (g.b, g.c, g.h, g.w));
     let (cg, og) = (cols.ghost(), out.ghost());
     tape.add_backward_op(move |grads| {
         let mut acc = vec![E::default(); g.cols_len()];
-        im2col_cpu(
-            &super::host::take(grads.get_or_alloc_mut(&og)?),
-            g,
-            &mut acc,
-        );
+        im2col_cpu(&take(grads.get_or_alloc_mut(&og)?), g, &mut acc);
         let gc = grads.get_or_alloc_mut(&cg)?;
         for (a, v) in gc.iter_mut().zip(acc) {
             *a += v;

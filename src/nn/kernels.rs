@@ -240,7 +240,7 @@ where
     let mut tape = tx.merge(tg).merge(tb);
     tape.add_backward_op(move |grads| {
         grads.try_alloc_for(&xg)?;
-        // the output gradient, taken: freed when done (see `super::host::take`)
+        // the output gradient, taken: freed when done (see `host::take`)
         let dy = take(grads.get_or_alloc_mut(&og)?);
         let xv = values(&x);
         let xhat = |ch: usize, v: E| (v.f64() - mean[ch]) * inv[ch];

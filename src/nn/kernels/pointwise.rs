@@ -42,7 +42,7 @@ where
     tape.add_backward_op(move |grads| {
         grads.try_alloc_for(&ag)?;
         grads.try_alloc_for(&bg)?;
-        // the output gradient, taken: freed when done (see `super::super::host::take`)
+        // the output gradient, taken: freed when done (see `host::take`)
         let gy = take(grads.get_or_alloc_mut(&og)?);
         add_into(grads.get_or_alloc_mut(&ag)?, &gy);
         add_into(grads.get_or_alloc_mut(&bg)?, &gy);
