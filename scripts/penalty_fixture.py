@@ -1,6 +1,6 @@
 """Expected R1/R2 parameter gradients by PyTorch double backward, for ablate's penalty test.
 
-The Rust test `gan::tests::penalty_matches_pytorch_double_backward` compares ablate's exact
+The Rust test `gan::penalty_tests::penalty_matches_pytorch_double_backward` compares ablate's exact
 Hessian-vector product (a tangent pass, see src/gan/losses.rs) with what PyTorch computes by
 double backward on identical weights and inputs. This script makes the expected values, so
 CI needs no PyTorch:

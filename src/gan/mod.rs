@@ -13,6 +13,8 @@ pub mod trainer;
 #[cfg(test)]
 mod cond_tests;
 #[cfg(test)]
+mod penalty_tests;
+#[cfg(test)]
 mod tests;
 
 pub use config::{Arch, LossKind, NetConfig, OptimConfig, Penalty, TrainConfig, Upsample, Variant};
