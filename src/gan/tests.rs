@@ -6,7 +6,7 @@ use dfdx::prelude::*;
 use super::nets::{self, DataShape};
 use super::*;
 use crate::data::DataTensor;
-use crate::nn::{Cpu, Layer, Net, Rng, T4};
+use crate::nn::{Cpu, Layer, Net, Rng, Side, T4};
 
 pub(super) fn net_cfg(arch: Arch, variant: Option<Variant>, width: usize) -> NetConfig {
     NetConfig {
@@ -256,6 +256,80 @@ fn checkpoint_resume_is_bit_identical() {
          optimizer: {lr: 2.0e-4, betas: [0.5, 0.99]}\n\
          batch: 8\nsteps: 6\nema: 0.9\nseed: 5\nd_steps: 2\n",
     );
+}
+
+/// G_ema's saved batch-norm statistics are standing statistics of G_ema itself: within
+/// sampling error of one large batch of other latents through the saved G_ema (not its
+/// initial unit variances, nor statistics tracked over past weights), and the same in the
+/// file whether or not G_ema was sampled before saving.
+#[test]
+fn g_ema_batch_norm_statistics_are_its_own() {
+    let cfg: TrainConfig = serde_yaml_ng::from_str(
+        "generator: {arch: dcgan, width: 4, z_dim: 8}\n\
+         discriminator: {arch: dcgan, width: 4}\n\
+         loss: rpgan\npenalties: []\ngamma: 0.0\n\
+         optimizer: {lr: 2.0e-3, betas: [0.5, 0.99]}\n\
+         batch: 8\nsteps: 10\nema: 0.9\nseed: 5\n",
+    )
+    .unwrap();
+    let mut rng = Rng::new(3);
+    let values = rng
+        .normals(64 * 256)
+        .iter()
+        .map(|v| v.tanh() as f32)
+        .collect();
+    let td = DataTensor::Images {
+        values,
+        n: 64,
+        c: 1,
+        h: 16,
+        w: 16,
+    };
+    let dev = Cpu::default();
+    let mut t = Trainer::build(cfg, td, None, 5, dev.clone()).unwrap();
+    for _ in 0..10 {
+        t.step();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    t.save_checkpoint(&a).unwrap();
+    t.sample(4, 1, true);
+    t.save_checkpoint(&b).unwrap();
+    let ema = |p: &std::path::Path| {
+        let (map, _) = crate::nn::load_safetensors::<f32>(p).unwrap();
+        let mut v: Vec<(String, Vec<f32>)> = (map.into_iter())
+            .filter(|(k, _)| k.starts_with("G_ema."))
+            .map(|(k, t)| (k, t.data))
+            .collect();
+        v.sort_by(|x, y| x.0.cmp(&y.0));
+        v
+    };
+    assert_eq!(ema(&a), ema(&b));
+    let saved = t.g_ema.buffers.lock().unwrap().clone();
+    assert!(!saved.is_empty());
+    let big = t.g_ema.clone();
+    let z = Rng::new(99)
+        .normals(1024 * 8)
+        .iter()
+        .map(|&v| v as f32)
+        .collect();
+    big.accumulate_bn_stats(dev.tensor_from_vec(z, (1024, 8, 1, 1)), &Side::default(), 0);
+    let want = big.buffers.lock().unwrap().clone();
+    for (s, w) in saved.iter().zip(&want) {
+        for c in 0..s.mean.len() {
+            let sd = w.var[c].sqrt();
+            assert!(
+                (s.mean[c] - w.mean[c]).abs() < 0.35 * sd,
+                "{}: {s:?} vs {w:?}",
+                s.name
+            );
+            assert!(
+                (s.var[c] / w.var[c] - 1.0).abs() < 0.35,
+                "{}: {s:?} vs {w:?}",
+                s.name
+            );
+        }
+    }
 }
 
 /// The resume test for each new arch; the resnet D with spectral norm (u, v in the

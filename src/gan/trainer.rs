@@ -14,6 +14,12 @@ use crate::data::DataTensor;
 use crate::nn::params::sum_sq;
 use crate::nn::{Adam, AdamConfig, Dev, Mix, Net, Rng, Side, T1, T4};
 
+/// Batches (of the training batch size) whose statistics G_ema's batch norms average
+/// ([`Trainer::settle_ema_stats`]; BigGAN's `num_standing_accumulations` is 16).
+pub const STANDING_BATCHES: usize = 16;
+/// RNG stream of the standing-statistics latents (streams 1-3 seed G, D and training).
+const STANDING_STREAM: u64 = 4;
+
 /// `[c, h, w]` of one example of `data` (`[2, 1, 1]` for a point).
 fn item_dims(data: &DataTensor) -> [usize; 3] {
     match data {
@@ -268,6 +274,35 @@ impl<D: Dev<f32>> Trainer<D> {
         }
     }
 
+    /// Give G_ema's batch norms standing statistics (BigGAN's): the mean of
+    /// [`STANDING_BATCHES`] training-mode batches' statistics of G_ema's own activations,
+    /// over latents, labels (drawn from the data's, as in training) and noise from the
+    /// run's seed alone. G_ema is never trained, so its statistics are computed when it is
+    /// read (sampled or saved) instead of tracked every step: they then describe the
+    /// averaged weights, not a mix of past ones, a step runs one G pass fewer, and a
+    /// resumed run saves the same statistics as an uninterrupted one.
+    pub(crate) fn settle_ema_stats(&self) {
+        if self.g_ema.buffers.lock().unwrap().is_empty() {
+            return;
+        }
+        let b = self.cfg.batch;
+        let mut rng = Rng::derived(self.seed, STANDING_STREAM);
+        for k in 0..STANDING_BATCHES {
+            let z = Self::latents(&mut rng, &self.dev, b, self.z_dim);
+            let labels = self.labels.as_ref().map(|l| {
+                (0..b)
+                    .map(|_| l.labels[rng.below(l.labels.len())])
+                    .collect::<Vec<_>>()
+            });
+            let side = Side {
+                labels,
+                noise_seed: (self.g_ema.noise_inputs > 0).then(|| rng.next_u64()),
+                mix: None,
+            };
+            self.g_ema.accumulate_bn_stats(z, &side, k);
+        }
+    }
+
     fn latents(rng: &mut Rng, dev: &D, b: usize, z: usize) -> T4<f32, D> {
         let v = (0..b * z).map(|_| rng.normal() as f32).collect();
         dev.tensor_from_vec(v, (b, z, 1, 1))
@@ -494,7 +529,6 @@ impl<D: Dev<f32>> Trainer<D> {
             .into_iter()
             .map(|v| v as f64)
             .collect();
-        let z_ema = (!self.g_ema.buffers.lock().unwrap().is_empty()).then(|| z.clone());
         let fake = self
             .g
             .forward_side(z.traced(self.g.params.alloc_grads()), &g_side, true);
@@ -518,12 +552,6 @@ impl<D: Dev<f32>> Trainer<D> {
             Some(beta) => self.g_ema.ema_update(&self.g, beta),
             None => self.g_ema = self.g.clone(),
         }
-        if let Some(z) = z_ema {
-            // G_ema's batch norms keep running statistics of G_ema's own activations
-            // (G's would not match the averaged weights): one training-mode pass over this
-            // step's latents updates them
-            self.g_ema.forward_side(z, &g_side, true);
-        }
         self.step += 1;
         log.step = self.step;
         log
@@ -538,7 +566,12 @@ impl<D: Dev<f32>> Trainer<D> {
     /// [`Trainer::sample`] with the labels a conditional generator was given (balanced
     /// over the classes).
     pub fn sample_labelled(&self, n: usize, seed: u64, use_ema: bool) -> Samples {
-        let net = if use_ema { &self.g_ema } else { &self.g };
+        let net = if use_ema {
+            self.settle_ema_stats();
+            &self.g_ema
+        } else {
+            &self.g
+        };
         super::sample::sample_net(net, &self.dev, self.z_dim, self.shape, n, seed)
     }
 }

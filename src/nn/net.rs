@@ -72,6 +72,9 @@ struct Fwd<'a, E: Float, D: Dev<E>> {
     tangent: bool,
     /// Whether convolutions compute their weights' gradients.
     pg: ParamGrads,
+    /// Momentum of every batch norm's running-statistics update in this pass, in place
+    /// of the layer's own ([`Net::accumulate_bn_stats`]).
+    bn_momentum: Option<f64>,
 }
 
 /// What a pass does with the gates of its ReLU / LeakyReLU layers (see [`super::act`]).
@@ -214,6 +217,17 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
         self.run(&self.layers, x, train, &mut st)
     }
 
+    /// A training-mode pass over `x` (values discarded) whose batch norms fold this
+    /// batch's statistics into their running ones as term `k + 1` of an equal-weight
+    /// average (momentum `1 / (k + 1)`; `k = 0` replaces them): passes `k = 0..n` over
+    /// `n` batches leave the mean of their statistics, BigGAN's standing statistics
+    /// (PyTorch's batch norm with `momentum=None`).
+    pub fn accumulate_bn_stats(&self, x: T4<E, D>, side: &Side, k: usize) {
+        let mut st = self.fwd(side, Lin::Off, false, x.shape().0);
+        st.bn_momentum = Some(1.0 / (k + 1) as f64);
+        self.run(&self.layers, x, true, &mut st);
+    }
+
     /// [`Net::forward_side`] that also returns the gates of its ReLU / LeakyReLU layers,
     /// for tangent passes at this input.
     pub fn forward_recording<T: Tape<E, D> + 'static>(
@@ -294,6 +308,7 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
             lin,
             tangent,
             pg: ParamGrads::Computed,
+            bn_momentum: None,
         };
         if let Some((slot, k)) = self.label_slot {
             let labels = side

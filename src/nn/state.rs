@@ -212,13 +212,22 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
         Ok(())
     }
 
-    /// `self = beta * self + (1 - beta) * src` for parameters. Buffers (batch-norm running
-    /// statistics) are left alone: an averaged net keeps statistics of its own activations.
+    /// `self = beta * self + (1 - beta) * src` for parameters; the spectral-norm vectors
+    /// are copied from `src` and count as iterated for `self`'s weights (StyleGAN2-ADA and
+    /// StudioGAN copy G's buffers into G_ema the same way). Batch-norm running statistics
+    /// are left alone: an averaged net gets its own ([`Net::accumulate_bn_stats`]).
     pub fn ema_update(&mut self, src: &Net<E, D>, beta: f64) {
         // in place and parallel on the CPU ([`Dev::lerp_update`]); one scratch per call
         let mut buf = vec![];
         for (p, s) in self.params.tensors.iter_mut().zip(&src.params.tensors) {
             D::lerp_update(p, s, beta, &mut buf);
+        }
+        let version = self.params.version;
+        let from = src.sn.lock().unwrap();
+        for (dst, s) in self.sn.get_mut().unwrap().iter_mut().zip(from.iter()) {
+            dst.u.clone_from(&s.u);
+            dst.v.clone_from(&s.v);
+            dst.synced = Some(version);
         }
     }
 }

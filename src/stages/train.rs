@@ -55,7 +55,12 @@ pub struct LogRow {
 /// 5: a stride-1 conv with fewer outputs than inputs (the RGB head) runs as the
 ///    transposed conv that equals it, and the FIR up/down-sampling of the R3GAN and
 ///    StyleGAN nets is one CPU op: the same maths summed in another order.
-pub const VERSION: u32 = 5;
+/// 6: G_ema's batch norms get standing statistics when it is saved (16 batches of its
+///    own activations) instead of a training-mode pass every step, and G_ema copies G's
+///    spectral-norm vectors at each EMA update (before, they stayed at their first
+///    iteration). G and D train exactly as under 5; G_ema's samples change where G has
+///    batch norm or spectral norm.
+pub const VERSION: u32 = 6;
 
 pub struct Train;
 

@@ -21,9 +21,11 @@ impl<D: Dev<f32>> Trainer<D> {
         serde_json::to_string(&self.cfg).unwrap_or_default()
     }
 
-    /// Write G, G_ema, D, both Adam states, step, seed and RNG state as safetensors
-    /// (temp file + rename).
+    /// Write G, G_ema (its batch-norm statistics settled first:
+    /// [`Trainer::settle_ema_stats`]), D, both Adam states, step, seed and RNG state as
+    /// safetensors (temp file + rename).
     pub fn save_checkpoint(&self, path: &Path) -> Result<()> {
+        self.settle_ema_stats();
         let mut ts = vec![];
         for (prefix, net) in [("G.", &self.g), ("G_ema.", &self.g_ema), ("D.", &self.d)] {
             for mut t in net.to_named() {

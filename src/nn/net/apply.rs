@@ -147,7 +147,8 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
             } => {
                 let g = self.p::<T>(*gamma);
                 let bt = self.p::<T>(*beta);
-                self.bn(x, g, bt, *buf, *eps, *momentum, train)
+                let m = st.bn_momentum.unwrap_or(*momentum);
+                self.bn(x, g, bt, *buf, *eps, m, train)
             }
             Layer::LeakyRelu(a) => self.act(x, *a, st),
             Layer::Relu => self.act(x, 0.0, st),
@@ -290,7 +291,7 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
                             zero.retaped(),
                             *buf,
                             *eps,
-                            *momentum,
+                            st.bn_momentum.unwrap_or(*momentum),
                             train,
                         )
                     }
