@@ -45,6 +45,8 @@ mod conv_tests;
 #[cfg(test)]
 mod kernel_tests;
 #[cfg(test)]
+mod net_tests;
+#[cfg(test)]
 mod state_tests;
 #[cfg(test)]
 mod tests;
