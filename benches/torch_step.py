@@ -28,8 +28,11 @@ import argparse
 import copy
 import json
 import time
+import warnings
 from collections import OrderedDict
 
+# the CPU wheel warns at import when NumPy is missing; nothing here uses NumPy
+warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
