@@ -281,7 +281,7 @@ impl<D: Dev<f32>> Trainer<D> {
     /// read (sampled or saved) instead of tracked every step: they then describe the
     /// averaged weights, not a mix of past ones, a step runs one G pass fewer, and a
     /// resumed run saves the same statistics as an uninterrupted one.
-    pub(crate) fn settle_ema_stats(&self) {
+    pub fn settle_ema_stats(&self) {
         if self.g_ema.buffers.lock().unwrap().is_empty() {
             return;
         }
