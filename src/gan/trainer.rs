@@ -37,6 +37,16 @@ pub struct ClassLabels {
     pub classes: usize,
 }
 
+impl ClassLabels {
+    /// The labels of `b` random examples: draws from the data's label distribution, as
+    /// StyleGAN2-ADA does for G's labels, so a class the data lacks is never asked for.
+    fn draw(&self, rng: &mut Rng, b: usize) -> Vec<usize> {
+        (0..b)
+            .map(|_| self.labels[rng.below(self.labels.len())])
+            .collect()
+    }
+}
+
 /// What one [`Trainer::step`] did (the last D step's values when `d_steps > 1`).
 /// Non-finite values are returned as they are: the caller decides the run diverged.
 #[derive(Clone, Debug, PartialEq)]
@@ -253,11 +263,7 @@ impl<D: Dev<f32>> Trainer<D> {
     /// config uses, so unconditional runs without noise or mixing consume it exactly as
     /// before these existed.
     fn g_side(&mut self, b: usize) -> Side {
-        let labels = self.labels.as_ref().map(|l| {
-            (0..b)
-                .map(|_| l.labels[self.rng.below(l.labels.len())])
-                .collect::<Vec<_>>()
-        });
+        let labels = self.labels.as_ref().map(|l| l.draw(&mut self.rng, b));
         let noise_seed = (self.g.noise_inputs > 0).then(|| self.rng.next_u64());
         let p = self.cfg.generator.style_mixing.unwrap_or(0.0);
         let mut mix = None;
@@ -289,13 +295,8 @@ impl<D: Dev<f32>> Trainer<D> {
         let mut rng = Rng::derived(self.seed, STANDING_STREAM);
         for k in 0..STANDING_BATCHES {
             let z = Self::latents(&mut rng, &self.dev, b, self.z_dim);
-            let labels = self.labels.as_ref().map(|l| {
-                (0..b)
-                    .map(|_| l.labels[rng.below(l.labels.len())])
-                    .collect::<Vec<_>>()
-            });
             let side = Side {
-                labels,
+                labels: self.labels.as_ref().map(|l| l.draw(&mut rng, b)),
                 noise_seed: (self.g_ema.noise_inputs > 0).then(|| rng.next_u64()),
                 mix: None,
             };
