@@ -8,8 +8,14 @@ use super::losses::{penalty, penalty_value};
 use super::nets::{self, DataShape};
 use super::tests::net_cfg;
 use super::*;
-use crate::data::DataTensor;
 use crate::nn::{Cpu, Layer, LinearConfig, Net, NetBuilder, Rng, Side, T1, T4};
+
+/// `(|a - r|, |r|)`, Euclidean norms of the difference and of the reference.
+fn diff_and_norm(a: &[f64], r: &[f64]) -> (f64, f64) {
+    let diff = a.iter().zip(r).map(|(a, r)| (a - r).powi(2)).sum::<f64>();
+    let norm = r.iter().map(|v| v * v).sum::<f64>();
+    (diff.sqrt(), norm.sqrt())
+}
 
 /// grad_theta R (the penalty's HVP) vs central differences of R in parameter space, on a
 /// dozen entries of every parameter tensor.
@@ -287,13 +293,7 @@ fn penalty_grad_f32_vs_f64() {
         );
         let a: Vec<f64> = g32.iter().flat_map(|t| t.as_vec()).map(f64::from).collect();
         let r: Vec<f64> = g64.iter().flat_map(|t| t.as_vec()).collect();
-        let norm = r.iter().map(|v| v * v).sum::<f64>().sqrt();
-        let diff = a
-            .iter()
-            .zip(&r)
-            .map(|(a, r)| (a - r).powi(2))
-            .sum::<f64>()
-            .sqrt();
+        let (diff, norm) = diff_and_norm(&a, &r);
         assert!(
             diff <= 1e-4 * norm,
             "{cfg:?}: f32 vs f64 {:.2e}",
@@ -311,18 +311,7 @@ fn penalty_grad_f32_vs_f64() {
 fn d_step_reuses_the_loss_pass_exactly() {
     use super::losses::weighted_pass;
     let mut rng = Rng::new(21);
-    let data: Vec<f32> = rng
-        .normals(32 * 3 * 8 * 8)
-        .iter()
-        .map(|v| v.tanh() as f32)
-        .collect();
-    let td = DataTensor::Images {
-        values: data,
-        n: 32,
-        c: 3,
-        h: 8,
-        w: 8,
-    };
+    let td = super::tests::tanh_images(&mut rng, [32, 3, 8, 8]);
     let labels = ClassLabels {
         labels: (0..32).map(|i| i % 4).collect(),
         classes: 4,
@@ -393,13 +382,7 @@ fn d_step_reuses_the_loss_pass_exactly() {
             .flat_map(|t| t.as_vec())
             .map(f64::from)
             .collect();
-        let norm = r.iter().map(|v| v * v).sum::<f64>().sqrt();
-        let diff = a
-            .iter()
-            .zip(&r)
-            .map(|(a, r)| (a - r).powi(2))
-            .sum::<f64>()
-            .sqrt();
+        let (diff, norm) = diff_and_norm(&a, &r);
         assert!(
             diff <= 1e-5 * norm,
             "{loss} {pens} cond {cond}: {:.2e}",
