@@ -49,29 +49,7 @@ fn net_param_grads() {
         .sum::<(), Axis<0>>()
         .backward();
     let an = net.params.grads_of(&grads);
-    let h = 1e-6;
-    for (i, g) in an.iter().enumerate() {
-        let g = g.as_vec();
-        let base = net.params.tensors[i].as_vec();
-        for j in (0..base.len()).step_by(3) {
-            let mut n2 = net.clone();
-            let mut v = base.clone();
-            v[j] += h;
-            n2.params.tensors[i] = dev.tensor_from_vec(v.clone(), (v.len(),));
-            let lp = loss(&n2);
-            v[j] -= 2.0 * h;
-            n2.params.tensors[i] = dev.tensor_from_vec(v.clone(), (v.len(),));
-            let lm = loss(&n2);
-            let num = (lp - lm) / (2.0 * h);
-            let err = (num - g[j]).abs() / (1.0 + num.abs());
-            assert!(
-                err < 1e-6,
-                "{} [{j}]: {} vs {num}",
-                net.params.names[i],
-                g[j]
-            );
-        }
-    }
+    assert_fd_param_grads(&net, &an, loss);
 }
 
 /// Central differences of `sum(net(x)^2)` in every third element of every parameter
@@ -82,7 +60,6 @@ fn check_net_param_grads(net: &Net<F, Cpu>, x: &T4<F, Cpu>) {
 
 /// [`check_net_param_grads`] for a pass with side inputs (labels, noise, mixing).
 fn check_net_param_grads_side(net: &Net<F, Cpu>, x: &T4<F, Cpu>, side: &Side) {
-    let dev = dev();
     let b = x.shape().0;
     let n_out: usize = net.out_shape.iter().product();
     let loss = |net: &Net<F, Cpu>| -> F {
@@ -99,15 +76,24 @@ fn check_net_param_grads_side(net: &Net<F, Cpu>, x: &T4<F, Cpu>, side: &Side) {
         .sum::<(), Axis<0>>()
         .backward();
     let an = net.params.grads_of(&grads);
+    for (i, g) in an.iter().enumerate() {
+        assert!(
+            g.as_vec().iter().any(|v| v.abs() > 1e-9),
+            "{}: zero gradient",
+            net.params.names[i]
+        );
+    }
+    assert_fd_param_grads(net, &an, loss);
+}
+
+/// Central differences (step 1e-6) of `loss` in every third element of every parameter
+/// against the tape's gradients `an`, to 1e-6 relative.
+fn assert_fd_param_grads(net: &Net<F, Cpu>, an: &[T1<F, Cpu>], loss: impl Fn(&Net<F, Cpu>) -> F) {
+    let dev = dev();
     let h = 1e-6;
     for (i, g) in an.iter().enumerate() {
         let g = g.as_vec();
         let base = net.params.tensors[i].as_vec();
-        assert!(
-            g.iter().any(|v| v.abs() > 1e-9),
-            "{}: zero gradient",
-            net.params.names[i]
-        );
         for j in (0..base.len()).step_by(3) {
             let mut n2 = net.clone();
             let mut v = base.clone();
