@@ -18,6 +18,13 @@
 //! per group, so every group is one GEMM over the whole chunk (strided views of the same
 //! buffers; no transposed copies: the gemm crate takes any row and column strides).
 //!
+//! Where padding is a large share of the columns (a stride-2 4x4 kernel producing a 4x4
+//! map reads padding in a fifth of its (tap, position) pairs), the op uses the split
+//! layout of [`super::slots`] instead: positions grouped by the taps their windows have
+//! inside the image, each group multiplied with only those taps. [`Cols`] picks the
+//! layout from the shapes and gives both the same steps, so the ops below are written
+//! once.
+//!
 //! ## The three GEMMs of each op (per group `g`, per chunk)
 //!
 //! `conv2d`, weight `W (Cout, Cin/G, kh, kw)` seen as `(Cout, kk)` with `kk = Cin/G*kh*kw`:
@@ -59,11 +66,14 @@
 
 use dfdx::prelude::*;
 
+use std::borrow::Cow;
+
 use super::fused::Geom;
 use super::gemm::{grouped_matmul, grouped_weight_grad, GemmFloat, Op, Scratch};
 use super::host::{take, values, zeroed};
 use super::layout::{channel_sums, col2im_cb, from_cb, im2col_cb, to_cb, to_pc, Init};
 use super::ops::ParamGrads;
+use super::slots::{self, Dims, Plan};
 use super::{T1, T4};
 
 /// Largest working matrix (values) an op builds for one batch chunk, unless one sample
@@ -98,10 +108,6 @@ struct Shapes {
 }
 
 impl Shapes {
-    /// Rows of cols per group.
-    fn kk(&self) -> usize {
-        self.g.c / self.groups * self.g.kh * self.g.kw
-    }
     /// Output-side channels per group.
     fn og(&self) -> usize {
         self.co / self.groups
@@ -120,6 +126,146 @@ impl Shapes {
     /// The geometry of samples `b0..b0 + bc`.
     fn part(&self, bc: usize) -> Geom {
         Geom { b: bc, ..self.g }
+    }
+}
+
+/// The column layout of one op, chosen from its shapes: the plain one ([`super::layout`])
+/// or, where the padding is a large share of the work, the split one ([`super::slots`]),
+/// which multiplies only the taps inside the image. Each method is one step of the ops
+/// above in whichever layout; `m` is the output side's channels per group.
+struct Cols {
+    plan: Option<Plan>,
+    groups: usize,
+    m: usize,
+    /// Image-side channels per group.
+    cg: usize,
+    taps: usize,
+}
+
+impl Cols {
+    fn of(sh: &Shapes) -> Self {
+        Cols {
+            plan: Plan::worth(&sh.g, sh.chunk()),
+            groups: sh.groups,
+            m: sh.og(),
+            cg: sh.g.c / sh.groups,
+            taps: sh.g.kh * sh.g.kw,
+        }
+    }
+    fn dims(&self, b: usize) -> Dims {
+        Dims {
+            groups: self.groups,
+            m: self.m,
+            cg: self.cg,
+            taps: self.taps,
+            b,
+        }
+    }
+    /// The weight `(groups * m, cg * taps)` in the order the columns' rows are in.
+    fn weight<'a, E: GemmFloat>(&self, w: &'a [E]) -> Cow<'a, [E]> {
+        match self.plan {
+            None => Cow::Borrowed(w),
+            Some(_) => Cow::Owned(slots::permute_weight(
+                w,
+                (self.groups * self.m, self.cg, self.taps),
+            )),
+        }
+    }
+    /// Columns of the NCHW image chunk `img`.
+    fn im2col<E: GemmFloat>(&self, img: &[E], g: &Geom, cols: &mut [E]) {
+        let Some(plan) = &self.plan else {
+            return im2col_cb(img, g, cols);
+        };
+        let mut t = Scratch::take(img.len());
+        slots::transpose(img, (g.b, g.c * g.plane()), &mut t);
+        slots::im2col_slots(&t, g, self.groups, plan, cols);
+    }
+    /// The columns summed into the NCHW image chunk `img` per `init` (may clobber `cols`).
+    fn col2im<E: GemmFloat>(&self, cols: &mut [E], g: &Geom, img: &mut [E], init: Init<'_, E>) {
+        match &self.plan {
+            None => col2im_cb(cols, g, img, init),
+            Some(plan) => slots::col2im_slots(cols, g, self.groups, plan, img, init),
+        }
+    }
+    /// An output-side NCHW chunk `(b, c, p)` to its channel-major matrix `(c, n)`.
+    fn pack<E: GemmFloat>(&self, src: &[E], bcp: (usize, usize, usize), dst: &mut [E]) {
+        match &self.plan {
+            None => to_cb(src, bcp, dst),
+            Some(plan) => slots::to_slots(src, bcp, plan, dst),
+        }
+    }
+    /// The adjoint of [`Cols::pack`], per `init`.
+    fn unpack<E: GemmFloat>(
+        &self,
+        src: &[E],
+        bcp: (usize, usize, usize),
+        dst: &mut [E],
+        init: Init<'_, E>,
+    ) {
+        match &self.plan {
+            None => from_cb(src, bcp, dst, init),
+            Some(plan) => slots::from_slots(src, bcp, plan, dst, init),
+        }
+    }
+    /// The position-major matrix `(n, c)` of an output-side chunk, from the NCHW chunk
+    /// `src` or its channel-major matrix `cb` ([`Cols::pack`]).
+    fn pack_pos<E: GemmFloat>(
+        &self,
+        src: &[E],
+        cb: &[E],
+        (b, c, p): (usize, usize, usize),
+        dst: &mut [E],
+    ) {
+        match &self.plan {
+            None => to_pc(src, (b, c, p), dst),
+            Some(_) => slots::transpose(cb, (c, b * p), dst),
+        }
+    }
+    /// `yt_g = w_g @ cols_g` (`w` from [`Cols::weight`]) for a chunk of `b` samples.
+    fn forward<E: GemmFloat>(&self, b: usize, yt: &mut [E], w: &[E], cols: &[E]) {
+        let (kk, n) = (
+            self.cg * self.taps,
+            yt.len() / (self.groups * self.m).max(1),
+        );
+        match &self.plan {
+            None => grouped_matmul(
+                self.groups,
+                (self.m, n, kk),
+                yt,
+                false,
+                Op::N(w),
+                Op::N(cols),
+            ),
+            Some(plan) => slots::piece_forward(self.dims(b), plan, yt, w, cols),
+        }
+    }
+    /// `cols_g = w_g^T @ yt_g` for a chunk of `b` samples.
+    fn backward<E: GemmFloat>(&self, b: usize, cols: &mut [E], w: &[E], yt: &[E]) {
+        let (kk, n) = (
+            self.cg * self.taps,
+            yt.len() / (self.groups * self.m).max(1),
+        );
+        match &self.plan {
+            None => grouped_matmul(
+                self.groups,
+                (kk, n, self.m),
+                cols,
+                false,
+                Op::T(w),
+                Op::N(yt),
+            ),
+            Some(plan) => slots::piece_backward(self.dims(b), plan, cols, w, yt),
+        }
+    }
+    /// `dW_g^T += cols_g @ yp_g` into the weight gradient `dw` (PyTorch's order), with
+    /// `yp` from [`Cols::pack_pos`], for a chunk of `b` samples.
+    fn weight_grad<E: GemmFloat>(&self, b: usize, dw: &mut [E], cols: &[E], yp: &[E]) {
+        let kk = self.cg * self.taps;
+        let n = yp.len() / (self.groups * self.m).max(1);
+        match &self.plan {
+            None => grouped_weight_grad(self.groups, (kk, self.m, n), dw, cols, yp),
+            Some(plan) => slots::piece_weight_grad(self.dims(b), plan, dw, cols, yp),
+        }
     }
 }
 
@@ -200,38 +346,38 @@ where
     };
     let (x, w, b, mut tape) = split(x, w, b);
     let dev = x.device().clone();
-    let (g, p, kk, og) = (sh.g, sh.p(), sh.kk(), sh.og());
+    let (g, p) = (sh.g, sh.p());
     let (xs, ys) = (cin * g.plane(), cout * p);
     let chunk = sh.chunk();
+    let lay = Cols::of(&sh);
 
     let mut y = zeroed(bsz * ys);
-    {
+    // the weight in the columns' row order, kept for the backward
+    let wl: Vec<E> = {
         let xv = values(&x);
         let wv = values(&w);
+        let wl = lay.weight(&wv);
         let bv = b.as_ref().map(|b| values(b));
         for b0 in (0..bsz).step_by(chunk) {
             let bc = chunk.min(bsz - b0);
             let (gc, n) = (sh.part(bc), bc * p);
             let mut cols = Scratch::take(gc.cols_len());
-            im2col_cb(&xv[b0 * xs..(b0 + bc) * xs], &gc, &mut cols);
+            lay.im2col(&xv[b0 * xs..(b0 + bc) * xs], &gc, &mut cols);
             let mut yt = Scratch::take(cout * n);
             // yt_g (og x n) = W_g (og x kk) @ cols_g (kk x n)
-            grouped_matmul(
-                groups,
-                (og, n, kk),
-                &mut yt,
-                false,
-                Op::N(&wv),
-                Op::N(&cols),
-            );
-            from_cb(
+            lay.forward(bc, &mut yt, &wl, &cols);
+            lay.unpack(
                 &yt,
                 (bc, cout, p),
                 &mut y[b0 * ys..(b0 + bc) * ys],
                 Init::Set(bv.as_deref()),
             );
         }
-    }
+        match wl {
+            Cow::Owned(v) => v,
+            Cow::Borrowed(_) => vec![],
+        }
+    };
     let out: T4<E, Cpu> = dev.tensor_from_vec(y, (bsz, cout, g.ho, g.wo));
     let want = pg == ParamGrads::Computed;
     let (xg, wg, bg, outg) = (
@@ -243,6 +389,7 @@ where
     tape.add_backward_op(move |grads| {
         let xv = values(&x);
         let wv = values(&w);
+        let wl: &[E] = if lay.plan.is_some() { &wl } else { &wv };
         let mut db = vec![E::default(); if bg.is_some() { cout } else { 0 }];
         // the output gradient, taken: freed when done (see `host::take`)
         let dy_all = take(grads.get_or_alloc_mut(&outg)?);
@@ -251,33 +398,26 @@ where
             let (gc, n) = (sh.part(bc), bc * p);
             let dy = &dy_all[b0 * ys..(b0 + bc) * ys];
             let mut dyt = Scratch::take(cout * n);
-            to_cb(dy, (bc, cout, p), &mut dyt);
+            lay.pack(dy, (bc, cout, p), &mut dyt);
             if bg.is_some() {
                 channel_sums(dy, (bc, cout, p), &mut db);
             }
             let dyp = want.then(|| {
                 let mut dyp = Scratch::take(n * cout);
-                to_pc(dy, (bc, cout, p), &mut dyp);
+                lay.pack_pos(dy, &dyt, (bc, cout, p), &mut dyp);
                 dyp
             });
             let mut cols = Scratch::take(gc.cols_len());
             if let Some(dyp) = dyp {
-                im2col_cb(&xv[b0 * xs..(b0 + bc) * xs], &gc, &mut cols);
+                lay.im2col(&xv[b0 * xs..(b0 + bc) * xs], &gc, &mut cols);
                 let gw = grads.get_or_alloc_mut(&wg)?;
                 // dW_g^T (kk x og) += cols_g (kk x n) @ dyp_g (n x og)
-                grouped_weight_grad(groups, (kk, og, n), gw, &cols, &dyp);
+                lay.weight_grad(bc, gw, &cols, &dyp);
             }
             // dcols_g (kk x n) = W_g^T (kk x og) @ dyt_g (og x n), over cols
-            grouped_matmul(
-                groups,
-                (kk, n, og),
-                &mut cols,
-                false,
-                Op::T(&wv),
-                Op::N(&dyt),
-            );
+            lay.backward(bc, &mut cols, wl, &dyt);
             let gx = grads.get_or_alloc_mut(&xg)?;
-            col2im_cb(&mut cols, &gc, &mut gx[b0 * xs..(b0 + bc) * xs], Init::Add);
+            lay.col2im(&mut cols, &gc, &mut gx[b0 * xs..(b0 + bc) * xs], Init::Add);
         }
         if let Some(bg) = bg {
             for (a, v) in grads.get_or_alloc_mut(&bg)?.iter_mut().zip(db) {
@@ -373,38 +513,38 @@ where
     assert_eq!((sh.g.ho, sh.g.wo), (h, wd), "conv_transpose2d: geometry");
     let (x, w, b, mut tape) = split(x, w, b);
     let dev = x.device().clone();
-    let (g, p, okk, cig) = (sh.g, sh.p(), sh.kk(), sh.og());
+    let (g, p) = (sh.g, sh.p());
     let (xs, ys) = (cin * p, cout * g.plane());
     let chunk = sh.chunk();
+    let lay = Cols::of(&sh);
 
     let mut y = zeroed(bsz * ys);
-    {
+    // the weight in the columns' row order, kept for the backward
+    let wl: Vec<E> = {
         let xv = values(&x);
         let wv = values(&w);
+        let wl = lay.weight(&wv);
         let bv = b.as_ref().map(|b| values(b));
         for b0 in (0..bsz).step_by(chunk) {
             let bc = chunk.min(bsz - b0);
             let (gc, n) = (sh.part(bc), bc * p);
             let mut xt = Scratch::take(cin * n);
-            to_cb(&xv[b0 * xs..(b0 + bc) * xs], (bc, cin, p), &mut xt);
+            lay.pack(&xv[b0 * xs..(b0 + bc) * xs], (bc, cin, p), &mut xt);
             let mut cols = Scratch::take(gc.cols_len());
             // cols_g (okk x n) = W_g^T (okk x cig) @ xt_g (cig x n)
-            grouped_matmul(
-                groups,
-                (okk, n, cig),
-                &mut cols,
-                false,
-                Op::T(&wv),
-                Op::N(&xt),
-            );
-            col2im_cb(
+            lay.backward(bc, &mut cols, &wl, &xt);
+            lay.col2im(
                 &mut cols,
                 &gc,
                 &mut y[b0 * ys..(b0 + bc) * ys],
                 Init::Set(bv.as_deref()),
             );
         }
-    }
+        match wl {
+            Cow::Owned(v) => v,
+            Cow::Borrowed(_) => vec![],
+        }
+    };
     let out: T4<E, Cpu> = dev.tensor_from_vec(y, (bsz, cout, ho, wo));
     let want = pg == ParamGrads::Computed;
     let (xg, wg, bg, outg) = (
@@ -416,6 +556,7 @@ where
     tape.add_backward_op(move |grads| {
         let xv = values(&x);
         let wv = values(&w);
+        let wl: &[E] = if lay.plan.is_some() { &wl } else { &wv };
         let mut db = vec![E::default(); if bg.is_some() { cout } else { 0 }];
         // the output gradient, taken: freed when done (see `host::take`)
         let dy_all = take(grads.get_or_alloc_mut(&outg)?);
@@ -425,30 +566,29 @@ where
             let mut dcols = Scratch::take(gc.cols_len());
             {
                 let dy = &dy_all[b0 * ys..(b0 + bc) * ys];
-                im2col_cb(dy, &gc, &mut dcols);
+                lay.im2col(dy, &gc, &mut dcols);
                 if bg.is_some() {
                     channel_sums(dy, (bc, cout, g.plane()), &mut db);
                 }
             }
             let mut xt = Scratch::take(cin * n);
             if want {
-                to_pc(&xv[b0 * xs..(b0 + bc) * xs], (bc, cin, p), &mut xt);
+                let xc = &xv[b0 * xs..(b0 + bc) * xs];
+                // the split layout's position-major matrix is the channel-major one
+                // transposed: make that first (the plain one reads the chunk alone)
+                if lay.plan.is_some() {
+                    lay.pack(xc, (bc, cin, p), &mut xt);
+                }
+                let mut xp = Scratch::take(cin * n);
+                lay.pack_pos(xc, &xt, (bc, cin, p), &mut xp);
                 let gw = grads.get_or_alloc_mut(&wg)?;
-                // dW_g^T (okk x cig) += dcols_g (okk x n) @ xp_g (n x cig), with xp the
-                // chunk position-major (in xt's buffer)
-                grouped_weight_grad(groups, (okk, cig, n), gw, &dcols, &xt);
+                // dW_g^T (okk x cig) += dcols_g (okk x n) @ xp_g (n x cig)
+                lay.weight_grad(bc, gw, &dcols, &xp);
             }
             // dxt_g (cig x n) = W_g (cig x okk) @ dcols_g (okk x n), over xt
-            grouped_matmul(
-                groups,
-                (cig, n, okk),
-                &mut xt,
-                false,
-                Op::N(&wv),
-                Op::N(&dcols),
-            );
+            lay.forward(bc, &mut xt, wl, &dcols);
             let gx = grads.get_or_alloc_mut(&xg)?;
-            from_cb(
+            lay.unpack(
                 &xt,
                 (bc, cin, p),
                 &mut gx[b0 * xs..(b0 + bc) * xs],

@@ -2,13 +2,15 @@
 //! against the composed dfdx path (values and gradients), against central finite
 //! differences of a scalar loss (f64), conv2d against its adjoint (the transposed conv),
 //! the chunked path against the unchunked one, the input-gradient-only backward against
-//! the full one, and bit-identical results on 1 and 4 threads.
+//! the full one, and bit-identical results on 1 and 4 threads; each in both column
+//! layouts (plain, and split by padding: [`super::slots`]).
 
 use dfdx::prelude::*;
 
 use super::conv::{self, CHUNK_MAX_TEST};
 use super::gemm::GemmFloat;
 use super::ops::{self, IdxCache, ParamGrads, ParamGrads::Computed};
+use super::slots::SPLIT_TEST;
 use super::{Rng, T1, T4};
 
 type F = f64;
@@ -219,10 +221,20 @@ fn check_cases(transposed: bool, seed: u64) {
     }
 }
 
-/// One case against the composed path, finite differences and its chunked self.
+/// `f()` with the split column layout forced on or off on this thread.
+fn with_split<R>(split: bool, f: impl FnOnce() -> R) -> R {
+    SPLIT_TEST.with(|s| s.set(Some(split)));
+    let r = f();
+    SPLIT_TEST.with(|s| s.set(None));
+    r
+}
+
+/// One case, in both column layouts, against the composed path, finite differences and
+/// its chunked self.
 fn check_case(c: &Case, seed: u64, rng: &mut Rng) {
     let c = *c;
-    {
+    for split in [false, true] {
+        SPLIT_TEST.with(|s| s.set(Some(split)));
         let vals = random_vals(&c, seed);
         let fast = forward_backward(&c, true, &vals);
         let slow = forward_backward(&c, false, &vals);
@@ -246,6 +258,7 @@ fn check_case(c: &Case, seed: u64, rng: &mut Rng) {
         assert_eq!(frozen.1, fast.1, "frozen grad x, {c:?}");
         assert!(frozen.2.iter().all(|&v| v == 0.0), "frozen grad w, {c:?}");
         assert!(frozen.3.iter().all(|&v| v == 0.0), "frozen grad b, {c:?}");
+        SPLIT_TEST.with(|s| s.set(None));
     }
 }
 
@@ -375,23 +388,25 @@ fn conv_gemm_bit_identical_across_thread_counts() {
         let vals: [Vec<f32>; 3] = c
             .sizes()
             .map(|n| rng.normals(n).into_iter().map(|v| v as f32).collect());
-        let on = |threads: usize| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap()
-                .install(|| forward_backward(&c, true, &vals))
-        };
-        let one = on(1);
-        let four = on(4);
-        assert_eq!(one.0, four.0, "values, {c:?}");
-        assert_eq!(one.1, four.1, "grad x, {c:?}");
-        assert_eq!(one.2, four.2, "grad w, {c:?}");
-        assert_eq!(one.3, four.3, "grad b, {c:?}");
-        // and the f32 op agrees with the composed path
-        let slow = forward_backward(&c, false, &vals);
-        for (a, s) in one.0.iter().zip(&slow.0) {
-            assert!((a - s).abs() < 1e-3 * (1.0 + s.abs()), "{a} vs {s}, {c:?}");
+        for split in [false, true] {
+            let on = |threads: usize| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap()
+                    .install(|| with_split(split, || forward_backward(&c, true, &vals)))
+            };
+            let one = on(1);
+            let four = on(4);
+            assert_eq!(one.0, four.0, "values, split {split}, {c:?}");
+            assert_eq!(one.1, four.1, "grad x, split {split}, {c:?}");
+            assert_eq!(one.2, four.2, "grad w, split {split}, {c:?}");
+            assert_eq!(one.3, four.3, "grad b, split {split}, {c:?}");
+            // and the f32 op agrees with the composed path
+            let slow = forward_backward(&c, false, &vals);
+            for (a, s) in one.0.iter().zip(&slow.0) {
+                assert!((a - s).abs() < 1e-3 * (1.0 + s.abs()), "{a} vs {s}, {c:?}");
+            }
         }
     }
 }

@@ -290,7 +290,7 @@ pub(super) fn grouped_weight_grad<E: GemmFloat>(
 /// each product split among the threads. Every group is computed alike either way (gemm
 /// runs each output's depth loop in the same order), so the bits do not depend on the
 /// thread count.
-fn per_group<E: GemmFloat>(
+pub(super) fn per_group<E: GemmFloat>(
     groups: usize,
     (m, n, k): (usize, usize, usize),
     dst: &mut [E],

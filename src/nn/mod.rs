@@ -38,6 +38,7 @@ pub mod ops;
 pub mod params;
 pub mod resample;
 pub mod rng;
+pub mod slots;
 pub mod state;
 
 #[cfg(test)]
