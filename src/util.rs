@@ -27,8 +27,14 @@ pub fn atomic_write_with(
         .file_name()
         .with_context(|| format!("{} is not a file path", path.display()))?
         .to_string_lossy();
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}.tmp-"))
+    let prefix = format!(".{name}.tmp-");
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix);
+    // the permissions any new file gets (0666 less the umask), not a temporary file's
+    // owner-only 0600: tables and checkpoints are for colleagues' notebooks too
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    let mut tmp = builder
         .tempfile_in(dir)
         .with_context(|| format!("creating a temporary file for {}", path.display()))?;
     fill(tmp.as_file_mut())?;
@@ -149,6 +155,22 @@ mod tests {
             canonical_json(&a),
             r#"{"a":{"x":"s","y":[1,{"c":3,"d":2}]},"b":1}"#
         );
+    }
+
+    /// An atomically written file gets the permissions `File::create` would give it
+    /// (the umask's), not the temporary file's owner-only 0600.
+    #[cfg(unix)]
+    #[test]
+    fn atomic_write_gives_a_new_files_permissions() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let plain = d.path().join("plain.csv");
+        std::fs::File::create(&plain).unwrap();
+        let atomic = d.path().join("table.csv");
+        atomic_write(&atomic, b"a,b\n").unwrap();
+        assert_eq!(std::fs::read(&atomic).unwrap(), b"a,b\n");
+        assert_eq!(mode(&atomic), mode(&plain));
     }
 
     #[test]
