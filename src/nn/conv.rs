@@ -221,12 +221,14 @@ impl Cols {
             Some(_) => slots::transpose(cb, (c, b * p), dst),
         }
     }
+    /// Rows per group of the columns, and columns of an output-side matrix of `len`
+    /// values.
+    fn kk_n(&self, len: usize) -> (usize, usize) {
+        (self.cg * self.taps, len / (self.groups * self.m).max(1))
+    }
     /// `yt_g = w_g @ cols_g` (`w` from [`Cols::weight`]) for a chunk of `b` samples.
     fn forward<E: GemmFloat>(&self, b: usize, yt: &mut [E], w: &[E], cols: &[E]) {
-        let (kk, n) = (
-            self.cg * self.taps,
-            yt.len() / (self.groups * self.m).max(1),
-        );
+        let (kk, n) = self.kk_n(yt.len());
         match &self.plan {
             None => grouped_matmul(
                 self.groups,
@@ -241,10 +243,7 @@ impl Cols {
     }
     /// `cols_g = w_g^T @ yt_g` for a chunk of `b` samples.
     fn backward<E: GemmFloat>(&self, b: usize, cols: &mut [E], w: &[E], yt: &[E]) {
-        let (kk, n) = (
-            self.cg * self.taps,
-            yt.len() / (self.groups * self.m).max(1),
-        );
+        let (kk, n) = self.kk_n(yt.len());
         match &self.plan {
             None => grouped_matmul(
                 self.groups,
@@ -260,8 +259,7 @@ impl Cols {
     /// `dW_g^T += cols_g @ yp_g` into the weight gradient `dw` (PyTorch's order), with
     /// `yp` from [`Cols::pack_pos`], for a chunk of `b` samples.
     fn weight_grad<E: GemmFloat>(&self, b: usize, dw: &mut [E], cols: &[E], yp: &[E]) {
-        let kk = self.cg * self.taps;
-        let n = yp.len() / (self.groups * self.m).max(1);
+        let (kk, n) = self.kk_n(yp.len());
         match &self.plan {
             None => grouped_weight_grad(self.groups, (kk, self.m, n), dw, cols, yp),
             Some(plan) => slots::piece_weight_grad(self.dims(b), plan, dw, cols, yp),

@@ -188,6 +188,16 @@ fn pixel(g: &Geom, t: usize, (oy, ox): (usize, usize)) -> Option<(usize, usize)>
     (iy < g.h && ix < g.w).then_some((iy, ix))
 }
 
+/// `f((i, chunk i))` for the chunks of `dst` of `size` values, in parallel when `dst` has
+/// [`PAR_MIN`] values or more.
+fn for_chunks<E: Send>(dst: &mut [E], size: usize, f: impl Fn((usize, &mut [E])) + Send + Sync) {
+    if dst.len() >= PAR_MIN {
+        dst.par_chunks_mut(size).enumerate().for_each(f);
+    } else {
+        dst.chunks_mut(size).enumerate().for_each(f);
+    }
+}
+
 /// `dst (c x r) = src (r x c)` transposed, in tiles. Parallel over bands of `dst` rows.
 pub fn transpose<E: Float>(src: &[E], (r, c): (usize, usize), dst: &mut [E]) {
     assert_eq!(src.len(), r * c, "transpose: source length");
@@ -202,11 +212,7 @@ pub fn transpose<E: Float>(src: &[E], (r, c): (usize, usize), dst: &mut [E]) {
             transpose_tile(&src[c0..], c, (r0, r1), (0, c1 - c0), d, r, |d, v| *d = v);
         }
     };
-    if dst.len() >= PAR_MIN {
-        dst.par_chunks_mut(TILE * r).enumerate().for_each(band);
-    } else {
-        dst.chunks_mut(TILE * r).enumerate().for_each(band);
-    }
+    for_chunks(dst, TILE * r, band);
 }
 
 /// Rows of a cols block: `(group, tap, channel in group)` of row `r`, for `cg` channels
@@ -243,11 +249,7 @@ pub fn im2col_slots<E: Float>(img: &[E], g: &Geom, groups: usize, plan: &Plan, c
             }
         }
     };
-    if cols.len() >= PAR_MIN {
-        cols.par_chunks_mut(n).enumerate().for_each(row);
-    } else {
-        cols.chunks_mut(n).enumerate().for_each(row);
-    }
+    for_chunks(cols, n, row);
 }
 
 /// col2im in the split layout, the adjoint of [`im2col_slots`]: the pieces' blocks of
@@ -289,11 +291,7 @@ pub fn col2im_slots<E: GemmFloat>(
     if len == 0 {
         return;
     }
-    if acc.len() >= PAR_MIN {
-        acc.par_chunks_mut(len).enumerate().for_each(channel);
-    } else {
-        acc.chunks_mut(len).enumerate().for_each(channel);
-    }
+    for_chunks(&mut acc, len, channel);
     from_batch_last(&acc, (b, g.c, g.plane()), img, init);
 }
 
@@ -324,11 +322,7 @@ fn from_batch_last<E: Float>(
             }
         }
     };
-    if dst.len() >= PAR_MIN {
-        dst.par_chunks_mut(c * p).enumerate().for_each(sample);
-    } else {
-        dst.chunks_mut(c * p).enumerate().for_each(sample);
-    }
+    for_chunks(dst, c * p, sample);
 }
 
 /// The NCHW chunk `src (b, c, p)` to channel-major slots `dst (c, p * b)`: `dst[c, s * b +
@@ -347,11 +341,7 @@ pub fn to_slots<E: Float>(src: &[E], (b, c, p): (usize, usize, usize), plan: &Pl
             }
         }
     };
-    if dst.len() >= PAR_MIN {
-        dst.par_chunks_mut(p * b).enumerate().for_each(row);
-    } else {
-        dst.chunks_mut(p * b).enumerate().for_each(row);
-    }
+    for_chunks(dst, p * b, row);
 }
 
 /// The adjoint of [`to_slots`] into an NCHW chunk, per `init` (bias fused). Parallel over
@@ -384,11 +374,7 @@ pub fn from_slots<E: Float>(
             }
         }
     };
-    if dst.len() >= PAR_MIN {
-        dst.par_chunks_mut(c * p).enumerate().for_each(sample);
-    } else {
-        dst.chunks_mut(c * p).enumerate().for_each(sample);
-    }
+    for_chunks(dst, c * p, sample);
 }
 
 /// A weight `(o, cg, taps)` (PyTorch's order) with its rows permuted tap-major: `(o, taps,
@@ -404,13 +390,7 @@ pub fn permute_weight<E: Float>(w: &[E], (o, cg, taps): (usize, usize, usize)) -
             }
         }
     };
-    if out.len() >= PAR_MIN {
-        out.par_chunks_mut((cg * taps).max(1))
-            .enumerate()
-            .for_each(row);
-    } else {
-        out.chunks_mut((cg * taps).max(1)).enumerate().for_each(row);
-    }
+    for_chunks(&mut out, (cg * taps).max(1), row);
     out
 }
 
