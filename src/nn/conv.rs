@@ -21,7 +21,7 @@
 //! Where padding is a large share of the columns (a stride-2 4x4 kernel producing a 4x4
 //! map reads padding in a fifth of its (tap, position) pairs), the op uses the split
 //! layout of [`super::slots`] instead: positions grouped by the taps their windows have
-//! inside the image, each group multiplied with only those taps. [`Cols`] picks the
+//! inside the image, each group multiplied with only those taps. `Cols` picks the
 //! layout from the shapes and gives both the same steps, so the ops below are written
 //! once.
 //!

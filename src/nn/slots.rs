@@ -152,7 +152,7 @@ impl Plan {
     }
 
     /// The plan of `g` where the split layout pays for a chunk of `chunk` samples (at
-    /// least [`MIN_CHUNK`], at most [`MAX_WORK`] of the plain work), else `None`. Depends
+    /// least `MIN_CHUNK`, at most `MAX_WORK` of the plain work), else `None`. Depends
     /// on the shapes alone.
     pub fn worth(g: &Geom, chunk: usize) -> Option<Self> {
         #[cfg(test)]
