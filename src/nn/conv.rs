@@ -66,8 +66,6 @@
 
 use dfdx::prelude::*;
 
-use std::borrow::Cow;
-
 use super::fused::Geom;
 use super::gemm::{grouped_matmul, grouped_weight_grad, GemmFloat, Op, Scratch};
 use super::host::{take, values, zeroed};
@@ -161,15 +159,11 @@ impl Cols {
             b,
         }
     }
-    /// The weight `(groups * m, cg * taps)` in the order the columns' rows are in.
-    fn weight<'a, E: GemmFloat>(&self, w: &'a [E]) -> Cow<'a, [E]> {
-        match self.plan {
-            None => Cow::Borrowed(w),
-            Some(_) => Cow::Owned(slots::permute_weight(
-                w,
-                (self.groups * self.m, self.cg, self.taps),
-            )),
-        }
+    /// The weight `(groups * m, cg * taps)` permuted to the split columns' row order, or
+    /// `None` where the plain layout reads it as it is.
+    fn permuted<E: GemmFloat>(&self, w: &[E]) -> Option<Vec<E>> {
+        let shape = (self.groups * self.m, self.cg, self.taps);
+        self.plan.as_ref().map(|_| slots::permute_weight(w, shape))
     }
     /// Columns of the NCHW image chunk `img`.
     fn im2col<E: GemmFloat>(&self, img: &[E], g: &Geom, cols: &mut [E]) {
@@ -226,7 +220,7 @@ impl Cols {
     fn kk_n(&self, len: usize) -> (usize, usize) {
         (self.cg * self.taps, len / (self.groups * self.m).max(1))
     }
-    /// `yt_g = w_g @ cols_g` (`w` from [`Cols::weight`]) for a chunk of `b` samples.
+    /// `yt_g = w_g @ cols_g` (`w` from [`Cols::permuted`] or as it is) for a chunk of `b` samples.
     fn forward<E: GemmFloat>(&self, b: usize, yt: &mut [E], w: &[E], cols: &[E]) {
         let (kk, n) = self.kk_n(yt.len());
         match &self.plan {
@@ -350,11 +344,12 @@ where
     let lay = Cols::of(&sh);
 
     let mut y = zeroed(bsz * ys);
-    // the weight in the columns' row order, kept for the backward
-    let wl: Vec<E> = {
+    // the weight in the split columns' row order, kept for the backward
+    let wp = lay.permuted(&values(&w));
+    {
         let xv = values(&x);
         let wv = values(&w);
-        let wl = lay.weight(&wv);
+        let wl = wp.as_deref().unwrap_or(&wv);
         let bv = b.as_ref().map(|b| values(b));
         for b0 in (0..bsz).step_by(chunk) {
             let bc = chunk.min(bsz - b0);
@@ -363,7 +358,7 @@ where
             lay.im2col(&xv[b0 * xs..(b0 + bc) * xs], &gc, &mut cols);
             let mut yt = Scratch::take(cout * n);
             // yt_g (og x n) = W_g (og x kk) @ cols_g (kk x n)
-            lay.forward(bc, &mut yt, &wl, &cols);
+            lay.forward(bc, &mut yt, wl, &cols);
             lay.unpack(
                 &yt,
                 (bc, cout, p),
@@ -371,11 +366,7 @@ where
                 Init::Set(bv.as_deref()),
             );
         }
-        match wl {
-            Cow::Owned(v) => v,
-            Cow::Borrowed(_) => vec![],
-        }
-    };
+    }
     let out: T4<E, Cpu> = dev.tensor_from_vec(y, (bsz, cout, g.ho, g.wo));
     let want = pg == ParamGrads::Computed;
     let (xg, wg, bg, outg) = (
@@ -387,7 +378,7 @@ where
     tape.add_backward_op(move |grads| {
         let xv = values(&x);
         let wv = values(&w);
-        let wl: &[E] = if lay.plan.is_some() { &wl } else { &wv };
+        let wl = wp.as_deref().unwrap_or(&wv);
         let mut db = vec![E::default(); if bg.is_some() { cout } else { 0 }];
         // the output gradient, taken: freed when done (see `host::take`)
         let dy_all = take(grads.get_or_alloc_mut(&outg)?);
@@ -517,11 +508,12 @@ where
     let lay = Cols::of(&sh);
 
     let mut y = zeroed(bsz * ys);
-    // the weight in the columns' row order, kept for the backward
-    let wl: Vec<E> = {
+    // the weight in the split columns' row order, kept for the backward
+    let wp = lay.permuted(&values(&w));
+    {
         let xv = values(&x);
         let wv = values(&w);
-        let wl = lay.weight(&wv);
+        let wl = wp.as_deref().unwrap_or(&wv);
         let bv = b.as_ref().map(|b| values(b));
         for b0 in (0..bsz).step_by(chunk) {
             let bc = chunk.min(bsz - b0);
@@ -530,7 +522,7 @@ where
             lay.pack(&xv[b0 * xs..(b0 + bc) * xs], (bc, cin, p), &mut xt);
             let mut cols = Scratch::take(gc.cols_len());
             // cols_g (okk x n) = W_g^T (okk x cig) @ xt_g (cig x n)
-            lay.backward(bc, &mut cols, &wl, &xt);
+            lay.backward(bc, &mut cols, wl, &xt);
             lay.col2im(
                 &mut cols,
                 &gc,
@@ -538,11 +530,7 @@ where
                 Init::Set(bv.as_deref()),
             );
         }
-        match wl {
-            Cow::Owned(v) => v,
-            Cow::Borrowed(_) => vec![],
-        }
-    };
+    }
     let out: T4<E, Cpu> = dev.tensor_from_vec(y, (bsz, cout, ho, wo));
     let want = pg == ParamGrads::Computed;
     let (xg, wg, bg, outg) = (
@@ -554,7 +542,7 @@ where
     tape.add_backward_op(move |grads| {
         let xv = values(&x);
         let wv = values(&w);
-        let wl: &[E] = if lay.plan.is_some() { &wl } else { &wv };
+        let wl = wp.as_deref().unwrap_or(&wv);
         let mut db = vec![E::default(); if bg.is_some() { cout } else { 0 }];
         // the output gradient, taken: freed when done (see `host::take`)
         let dy_all = take(grads.get_or_alloc_mut(&outg)?);

@@ -292,37 +292,8 @@ pub fn col2im_slots<E: GemmFloat>(
         return;
     }
     for_chunks(&mut acc, len, channel);
-    from_batch_last(&acc, (b, g.c, g.plane()), img, init);
-}
-
-/// `src (c * p, b)` (batch innermost) to the NCHW chunk `dst (b, c, p)` per `init` (every
-/// plane of channel `c` starting at `bias[c]`). Parallel over samples.
-fn from_batch_last<E: Float>(
-    src: &[E],
-    (b, c, p): (usize, usize, usize),
-    dst: &mut [E],
-    init: Init<'_, E>,
-) {
-    let sample = |(bi, d): (usize, &mut [E])| {
-        for (ci, plane) in d.chunks_exact_mut(p).enumerate() {
-            let s = &src[ci * p * b + bi..];
-            let at = |i: usize| s[i * b];
-            match init {
-                Init::Set(bias) => {
-                    let b0 = bias.map_or(E::default(), |v| v[ci]);
-                    for (i, o) in plane.iter_mut().enumerate() {
-                        *o = b0 + at(i);
-                    }
-                }
-                Init::Add => {
-                    for (i, o) in plane.iter_mut().enumerate() {
-                        *o += at(i);
-                    }
-                }
-            }
-        }
-    };
-    for_chunks(dst, c * p, sample);
+    // the accumulator is (c, h * w, b): slots in plain position order
+    unslot(&acc, (b, g.c, g.plane()), None, img, init);
 }
 
 /// The NCHW chunk `src (b, c, p)` to channel-major slots `dst (c, p * b)`: `dst[c, s * b +
@@ -348,13 +319,26 @@ pub fn to_slots<E: Float>(src: &[E], (b, c, p): (usize, usize, usize), plan: &Pl
 /// samples.
 pub fn from_slots<E: Float>(
     src: &[E],
-    (b, c, p): (usize, usize, usize),
+    bcp: (usize, usize, usize),
     plan: &Plan,
     dst: &mut [E],
     init: Init<'_, E>,
 ) {
-    assert_eq!(src.len(), b * c * p, "from_slots: source length");
-    assert_eq!(dst.len(), b * c * p, "from_slots: destination length");
+    unslot(src, bcp, Some(&plan.order), dst, init)
+}
+
+/// `src (c, p * b)` (batch innermost, slot `s` holding position `order[s]`, or position
+/// `s` without an order) to the NCHW chunk `dst (b, c, p)` per `init`: every plane of
+/// channel `c` starts at `bias[c]`, or adds to what is there.
+fn unslot<E: Float>(
+    src: &[E],
+    (b, c, p): (usize, usize, usize),
+    order: Option<&[u32]>,
+    dst: &mut [E],
+    init: Init<'_, E>,
+) {
+    assert_eq!(src.len(), b * c * p, "unslot: source length");
+    assert_eq!(dst.len(), b * c * p, "unslot: destination length");
     if p == 0 || c == 0 {
         return;
     }
@@ -365,11 +349,11 @@ pub fn from_slots<E: Float>(
                 Init::Set(bias) => bias.map_or(E::default(), |v| v[ci]),
                 Init::Add => E::default(),
             };
-            for (si, &o) in plan.order.iter().enumerate() {
-                let v = s[si * b];
+            for si in 0..p {
+                let (o, v) = (order.map_or(si, |o| o[si] as usize), s[si * b]);
                 match init {
-                    Init::Set(_) => plane[o as usize] = b0 + v,
-                    Init::Add => plane[o as usize] += v,
+                    Init::Set(_) => plane[o] = b0 + v,
+                    Init::Add => plane[o] += v,
                 }
             }
         }
