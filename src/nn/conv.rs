@@ -30,8 +30,9 @@
 //! `conv2d`, weight `W (Cout, Cin/G, kh, kw)` seen as `(Cout, kk)` with `kk = Cin/G*kh*kw`:
 //! - forward: `yt_g = W_g @ cols_g`, then `y = from_cb(yt) + bias` (bias fused in the copy);
 //! - weight grad: `dW_g^T += cols_g @ dyp_g` with `dyp` the output gradient
-//!   position-major ([`to_pc`]; cols recomputed from `x`, accumulated in place into the
-//!   gradient; see `gemm::grouped_weight_grad` for why transposed);
+//!   position-major ([`to_pc`]; cols kept from the forward within a budget, else built
+//!   again from `x` (see `Kept`); accumulated in place into the gradient; see
+//!   `gemm::grouped_weight_grad` for why transposed);
 //! - input grad: `dcols_g = W_g^T @ dyt_g`, then `dx += col2im(dcols)`.
 //!
 //! `conv_transpose2d`, weight `W (Cin, Cout/G, kh, kw)` seen as `(Cin, okk)`: it is the
@@ -67,7 +68,7 @@
 use dfdx::prelude::*;
 
 use super::fused::Geom;
-use super::gemm::{grouped_matmul, grouped_weight_grad, GemmFloat, Op, Scratch};
+use super::gemm::{grouped_matmul, grouped_weight_grad, GemmFloat, Kept, Op, Scratch};
 use super::host::{take, values, zeroed};
 use super::layout::{channel_sums, col2im_cb, from_cb, im2col_cb, to_cb, to_pc, Init};
 use super::ops::ParamGrads;
@@ -346,6 +347,11 @@ where
     let mut y = zeroed(bsz * ys);
     // the weight in the split columns' row order, kept for the backward
     let wp = lay.permuted(&values(&w));
+    let want = pg == ParamGrads::Computed;
+    // the columns, kept for the weight gradient where the backward will want them
+    let mut kept = (T::OWNS_TAPE && want)
+        .then(|| Kept::reserve(g.cols_len()))
+        .flatten();
     {
         let xv = values(&x);
         let wv = values(&w);
@@ -365,10 +371,12 @@ where
                 &mut y[b0 * ys..(b0 + bc) * ys],
                 Init::Set(bv.as_deref()),
             );
+            if let Some(k) = &mut kept {
+                k.chunks.push_back(cols);
+            }
         }
     }
     let out: T4<E, Cpu> = dev.tensor_from_vec(y, (bsz, cout, g.ho, g.wo));
-    let want = pg == ParamGrads::Computed;
     let (xg, wg, bg, outg) = (
         x.ghost(),
         w.ghost(),
@@ -382,6 +390,7 @@ where
         let mut db = vec![E::default(); if bg.is_some() { cout } else { 0 }];
         // the output gradient, taken: freed when done (see `host::take`)
         let dy_all = take(grads.get_or_alloc_mut(&outg)?);
+        let mut kept = kept;
         for b0 in (0..bsz).step_by(chunk) {
             let bc = chunk.min(bsz - b0);
             let (gc, n) = (sh.part(bc), bc * p);
@@ -396,9 +405,14 @@ where
                 lay.pack_pos(dy, &dyt, (bc, cout, p), &mut dyp);
                 dyp
             });
-            let mut cols = Scratch::take(gc.cols_len());
+            let mut cols = match kept.as_mut() {
+                Some(k) => k.chunks.pop_front().expect("one kept chunk per chunk"),
+                None => Scratch::take(gc.cols_len()),
+            };
             if let Some(dyp) = dyp {
-                lay.im2col(&xv[b0 * xs..(b0 + bc) * xs], &gc, &mut cols);
+                if kept.is_none() {
+                    lay.im2col(&xv[b0 * xs..(b0 + bc) * xs], &gc, &mut cols);
+                }
                 let gw = grads.get_or_alloc_mut(&wg)?;
                 // dW_g^T (kk x og) += cols_g (kk x n) @ dyp_g (n x og)
                 lay.weight_grad(bc, gw, &cols, &dyp);

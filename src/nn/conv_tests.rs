@@ -8,7 +8,7 @@
 use dfdx::prelude::*;
 
 use super::conv::{self, CHUNK_MAX_TEST};
-use super::gemm::GemmFloat;
+use super::gemm::{kept_now, GemmFloat, Kept, KEEP_MAX};
 use super::ops::{self, IdxCache, ParamGrads, ParamGrads::Computed};
 use super::slots::SPLIT_TEST;
 use super::{Rng, T1, T4};
@@ -258,6 +258,12 @@ fn check_case(c: &Case, seed: u64, rng: &mut Rng) {
         assert_eq!(frozen.1, fast.1, "frozen grad x, {c:?}");
         assert!(frozen.2.iter().all(|&v| v == 0.0), "frozen grad w, {c:?}");
         assert!(frozen.3.iter().all(|&v| v == 0.0), "frozen grad b, {c:?}");
+        // no room to keep the forward's columns: the backward builds them again, and
+        // gives the same gradients bit for bit
+        let hold = Kept::<F>::reserve(KEEP_MAX).expect("an empty budget");
+        let rebuilt = forward_backward(&c, true, &vals);
+        drop(hold);
+        assert_eq!(rebuilt, fast, "columns rebuilt, {c:?}");
         SPLIT_TEST.with(|s| s.set(None));
     }
 }
@@ -409,6 +415,49 @@ fn conv_gemm_bit_identical_across_thread_counts() {
             }
         }
     }
+}
+
+/// A `conv2d` forward on a tape that wants the weight gradient keeps its columns (the
+/// whole batch's, in chunks) until its backward has run, or its tape is dropped; one that
+/// would pass the budget, or has no tape or a fixed weight, keeps none.
+#[test]
+fn conv2d_keeps_columns_for_its_backward_within_budget() {
+    let dev = Cpu::default();
+    let mut rng = Rng::new(5);
+    let x: T4<F, Cpu> = dev.tensor_from_vec(rng.normals(3 * 2 * 6 * 6), (3, 2, 6, 6));
+    let w: T4<F, Cpu> = dev.tensor_from_vec(rng.normals(4 * 2 * 9), (4, 2, 3, 3));
+    // rows cin * k * k = 18, columns b * ho * wo = 3 * 3 * 3 (stride 2, pad 1)
+    let cols = 18 * 27;
+    let fwd = |pg| {
+        let mut g = Gradients::leaky();
+        g.try_alloc_for(&w).unwrap();
+        conv::conv2d_op(x.clone().traced(g), w.retaped(), None, 2, 1, 1, pg)
+    };
+    assert_eq!(kept_now(), 0);
+    CHUNK_MAX_TEST.with(|m| m.set(Some(1)));
+    let y = fwd(Computed);
+    CHUNK_MAX_TEST.with(|m| m.set(None));
+    assert_eq!(kept_now(), cols, "kept while the tape waits");
+    let g = y.sum().backward();
+    assert_eq!(kept_now(), 0, "released by the backward");
+    assert!(g.get(&w).as_vec().iter().any(|&v| v != 0.0));
+    drop(fwd(Computed));
+    assert_eq!(kept_now(), 0, "released with an unused tape");
+    let frozen = fwd(ParamGrads::Skipped);
+    assert_eq!(kept_now(), 0, "a fixed weight needs no columns");
+    drop(frozen);
+    let plain = conv::conv2d_op(x.clone(), w.clone(), None, 2, 1, 1, Computed);
+    assert_eq!(kept_now(), 0, "no tape, no backward");
+    drop(plain);
+    let hold = Kept::<F>::reserve(KEEP_MAX - cols + 1).unwrap();
+    let y = fwd(Computed);
+    assert_eq!(
+        kept_now(),
+        KEEP_MAX - cols + 1,
+        "past the budget: nothing kept"
+    );
+    drop((y, hold));
+    assert_eq!(kept_now(), 0);
 }
 
 /// A backward releases each op output's gradient as soon as the op that made it has

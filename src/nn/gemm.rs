@@ -1,7 +1,7 @@
 //! Strided GEMMs on the `gemm` crate for the CPU convolutions ([`super::conv`]): a
 //! bounds-checked [`matmul`] on row/column-strided [`View`]s, its per-group form
-//! `grouped_matmul`, and the thread-local buffer pool ([`Scratch`]) their working
-//! matrices come from.
+//! `grouped_matmul`, the thread-local buffer pool ([`Scratch`]) their working matrices
+//! come from, and the budget of columns a forward keeps for its backward ([`Kept`]).
 //!
 //! Determinism: gemm splits the output among threads but runs each output's depth loop
 //! in one thread in the same order, whatever the thread count.
@@ -102,6 +102,54 @@ impl<E: GemmFloat> Drop for Scratch<E> {
                 p.push(v);
             }
         });
+    }
+}
+
+/// Most column values the `conv2d` forwards of one thread keep at once for their
+/// backwards (see [`Kept`]): 128 MiB of f32.
+pub const KEEP_MAX: usize = 1 << 25;
+
+thread_local! {
+    /// Column values this thread's [`Kept`] buffers hold now.
+    static KEPT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// A `conv2d` forward's columns ([`super::conv`]), kept for the weight gradient of its
+/// backward instead of being built again from the input there (an im2col per op and pass:
+/// 8% of a DCGAN-32 step). Only within the thread's budget ([`KEEP_MAX`]), so deep nets at large sizes
+/// keep the columns of their first layers and rebuild the rest; which ones are kept
+/// changes the speed and the memory, never a value.
+pub struct Kept<E: GemmFloat> {
+    pub chunks: std::collections::VecDeque<Scratch<E>>,
+    len: usize,
+}
+
+impl<E: GemmFloat> Kept<E> {
+    /// Room for `len` values in the budget, or `None`.
+    pub fn reserve(len: usize) -> Option<Self> {
+        KEPT.with(|k| {
+            let now = k.get();
+            (now + len <= KEEP_MAX).then(|| {
+                k.set(now + len);
+                Kept {
+                    chunks: Default::default(),
+                    len,
+                }
+            })
+        })
+    }
+}
+
+/// Column values this thread's `conv2d` forwards keep now.
+#[cfg(test)]
+pub fn kept_now() -> usize {
+    KEPT.with(|k| k.get())
+}
+
+impl<E: GemmFloat> Drop for Kept<E> {
+    fn drop(&mut self) {
+        // `try_with`: the counter may be gone while the thread exits
+        let _ = KEPT.try_with(|k| k.set(k.get().saturating_sub(self.len)));
     }
 }
 
