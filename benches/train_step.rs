@@ -116,8 +116,20 @@ fn vm_hwm_mib() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// The child: one net, one width; prints `RESULT {json}`.
+/// The child: one net, one width; prints `RESULT {json}`. It trains inside a pool of its
+/// own, as `ablate run` trains an instance (`engine::instance`): the step's parallel
+/// kernels are then forks on a worker, not jobs injected from outside the pool (each of
+/// those wakes a worker and puts the caller to sleep; 3-5% of a DCGAN-32 step).
 fn child(name: &str, width: usize, steps: usize) {
+    // RAYON_NUM_THREADS (set by the parent) sizes it, as `--threads` does an instance's
+    let pool = rayon::ThreadPoolBuilder::new()
+        .thread_name(|i| format!("ablate-work-{i}"))
+        .build()
+        .expect("a thread pool");
+    pool.install(|| train(name, width, steps));
+}
+
+fn train(name: &str, width: usize, steps: usize) {
     let n = 512;
     let mut rng = Rng::new(7);
     let data: Vec<f32> = (0..n * CH * RES * RES)
