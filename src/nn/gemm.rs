@@ -115,10 +115,14 @@ thread_local! {
 }
 
 /// A `conv2d` forward's columns ([`super::conv`]), kept for the weight gradient of its
-/// backward instead of being built again from the input there (an im2col per op and pass:
-/// 8% of a DCGAN-32 step). Only within the thread's budget ([`KEEP_MAX`]), so deep nets at large sizes
-/// keep the columns of their first layers and rebuild the rest; which ones are kept
-/// changes the speed and the memory, never a value.
+/// backward instead of being built again from the input there (an im2col per op and
+/// pass: 8% of a DCGAN-32 step). Only within the thread's budget ([`KEEP_MAX`]), so deep
+/// nets at large sizes keep the columns of their first layers and rebuild the rest;
+/// which ones are kept changes the speed and the memory, never a value. The budget is
+/// given back when the buffers drop: by the backward, or with a tape that is dropped
+/// unused. (A `Kept` dropped on another thread than the one that reserved it would leave
+/// that thread's budget spent: it would keep less, at no other cost. Forward and
+/// backward run on the training thread.)
 pub struct Kept<E: GemmFloat> {
     pub chunks: std::collections::VecDeque<Scratch<E>>,
     len: usize,
@@ -140,17 +144,17 @@ impl<E: GemmFloat> Kept<E> {
     }
 }
 
-/// Column values this thread's `conv2d` forwards keep now.
-#[cfg(test)]
-pub fn kept_now() -> usize {
-    KEPT.with(|k| k.get())
-}
-
 impl<E: GemmFloat> Drop for Kept<E> {
     fn drop(&mut self) {
         // `try_with`: the counter may be gone while the thread exits
         let _ = KEPT.try_with(|k| k.set(k.get().saturating_sub(self.len)));
     }
+}
+
+/// Column values this thread's `conv2d` forwards keep now.
+#[cfg(test)]
+pub fn kept_now() -> usize {
+    KEPT.with(|k| k.get())
 }
 
 /// A strided matrix view into a slice: element `(i, j)` at `off + i * rs + j * cs`.
