@@ -44,6 +44,7 @@ const AFTER: &str = "Examples:
   ablate report pipelines/quickstart.yaml        results/quickstart/report.html (ablate run keeps it current)
   ablate dag pipelines/r3gan-roadmap.yaml --format dot | dot -Tsvg > dag.svg
   ablate gc pipelines/*.yaml                     drop cache entries no pipeline uses
+  ablate gc --stale                              drop entries older stage versions left behind
   ablate verify pipelines/quickstart.yaml        re-hash its cached outputs (exit 1 if any changed)
 
 Exit codes: 0 ok, 1 an instance failed, 2 invalid pipeline/query/usage, 130 interrupted.";
@@ -169,11 +170,17 @@ enum Cmd {
         #[arg(long)]
         all: bool,
     },
-    /// Remove cache entries that none of the given pipelines reference.
+    /// Remove cache entries that none of the given pipelines reference, or (--stale)
+    /// those that older versions of their stages left behind.
     Gc {
         /// Every pipeline whose cache entries must be kept.
-        #[arg(required = true)]
+        #[arg(required_unless_present = "stale")]
         files: Vec<PathBuf>,
+        /// Remove, whatever the pipelines, the entries written by an older version of
+        /// their stage than this ablate's (after an upgrade that changed a computation,
+        /// nothing can use them again) and every entry computed from one.
+        #[arg(long, conflicts_with = "files")]
+        stale: bool,
         /// Only say what would be removed.
         #[arg(long)]
         dry_run: bool,
@@ -273,7 +280,7 @@ fn dispatch(cli: &Cli, reg: &Registry) -> Result<i32, Exit> {
             format,
             force,
         } => {
-            let plan = plan_with_force(file, reg, cache, force)?;
+            let plan = plan_with_force(file, reg, cache.clone(), force)?;
             match format {
                 PlanFormat::Json => {
                     println!(
@@ -306,7 +313,7 @@ fn dispatch(cli: &Cli, reg: &Registry) -> Result<i32, Exit> {
             slurm_poll,
             slurm_binary,
         } => {
-            let plan = plan_with_force(file, reg, cache, force)?;
+            let plan = plan_with_force(file, reg, cache.clone(), force)?;
             let (cached, to_run) = plan.counts();
             tracing::info!(
                 "{}: {} instances, {cached} cached, {to_run} to run",
@@ -383,6 +390,9 @@ fn dispatch(cli: &Cli, reg: &Registry) -> Result<i32, Exit> {
                 }
                 eprintln!("tables: {} (ablate show / ablate query)", results.display());
             }
+            if to_run > 0 {
+                gc::hint_stale(&cache, reg);
+            }
             Ok(if s.interrupted > 0 {
                 130
             } else if s.ok() {
@@ -452,7 +462,11 @@ fn dispatch(cli: &Cli, reg: &Registry) -> Result<i32, Exit> {
             }
             Ok(0)
         }
-        Cmd::Gc { files, dry_run } => gc::run(&cache, files, reg, *dry_run),
+        Cmd::Gc {
+            files,
+            stale,
+            dry_run,
+        } => gc::run(&cache, files, *stale, reg, *dry_run),
         Cmd::Verify { files, drop } => verify::run(&cache, files, reg, *drop),
         Cmd::Exec { kind, key } => {
             let out = engine::instance::exec(reg, &cache, kind, key, install_ctrlc());

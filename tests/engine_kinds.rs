@@ -477,6 +477,55 @@ fn gc_removes_only_unreferenced_entries_and_reports_bytes() {
     assert_eq!(run, vec!["a[x=9]", "b[x=9]", "t"]);
 }
 
+/// An entry an older version of its stage wrote (simulated: its manifest says version
+/// 0) is dead for every pipeline, and so is everything computed from it: `ablate run`
+/// says so with their size, and `ablate gc --stale` removes exactly those, no pipeline
+/// named.
+#[test]
+fn gc_stale_removes_older_versions_and_what_was_computed_from_them() {
+    let env = Env::new();
+    env.write("p.yaml", &chain(0));
+    assert_eq!(env.run(&["run", "p.yaml"]).0, 0);
+    let plan = plan_json(&env, "p.yaml");
+    let a1 = plan.iter().find(|r| r["instance"] == "a[x=1]").unwrap();
+    let manifest = env
+        .path()
+        .join("results/cache/slow")
+        .join(a1["key"].as_str().unwrap())
+        .join("manifest.json");
+    let mut m: Value = serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    m["version"] = 0.into();
+    std::fs::write(&manifest, m.to_string()).unwrap();
+
+    // a run that computes something mentions them: a[x=1], b[x=1] and t (b's gather)
+    let (code, _, err) = env.run(&["run", "p.yaml", "--force", "t"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("cache: 3 entries (") && err.contains("`ablate gc --stale` removes them"),
+        "{err}"
+    );
+    let (code, out, err) = env.run(&["gc", "--stale", "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("would remove 3 cache entries"), "{out}");
+    let (code, out, err) = env.run(&["gc", "--stale"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("removed 3 cache entries, freed "), "{out}");
+    let mut run: Vec<String> = plan_json(&env, "p.yaml")
+        .iter()
+        .filter(|r| r["status"] == "run")
+        .map(|r| r["instance"].as_str().unwrap().to_string())
+        .collect();
+    run.sort();
+    assert_eq!(run, vec!["a[x=1]", "b[x=1]", "t"]);
+    // nothing stale is left, and a run that recomputes them says nothing more
+    let (code, _, err) = env.run(&["run", "p.yaml"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("ablate gc --stale"), "{err}");
+    // `gc` needs pipelines or --stale, not both
+    assert_eq!(env.run(&["gc"]).0, 2);
+    assert_eq!(env.run(&["gc", "--stale", "p.yaml"]).0, 2);
+}
+
 #[test]
 fn two_processes_never_compute_one_instance_twice() {
     let env = Env::new();

@@ -10,7 +10,7 @@
 use super::cache::{disk_usage, Cache, MANIFEST};
 use super::memo::lock_of;
 use anyhow::{Context, Result};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::Path;
 
@@ -89,6 +89,47 @@ pub fn collect(cache: &Cache, keep: &HashSet<(String, String)>, dry_run: bool) -
     Ok(report)
 }
 
+/// The entries no pipeline can use again: written by an older version of their stage
+/// than `current` says (a stage's version is part of every key of its kind, so a bump
+/// leaves all its old entries behind), or computed from such an entry, however far
+/// upstream (their keys hold the old input keys). Entries of kinds `current` does not
+/// know, of newer versions (another ablate's) or without a readable manifest are not
+/// stale: only what this ablate can tell is dead.
+pub fn stale(
+    cache: &Cache,
+    current: impl Fn(&str) -> Option<u32>,
+) -> Result<Vec<(String, String, std::path::PathBuf)>> {
+    let entries = cache.entries()?;
+    let mut inputs: HashMap<&str, Vec<String>> = HashMap::new();
+    let mut dead: HashSet<&str> = HashSet::new();
+    for (kind, key, _) in &entries {
+        let Some(m) = cache.manifest(kind, key) else {
+            continue;
+        };
+        if current(kind).is_some_and(|v| m.version < v) {
+            dead.insert(key);
+        }
+        inputs.insert(key, m.inputs.into_iter().map(|i| i.key).collect());
+    }
+    // downstream of a dead entry is dead: spread until nothing changes
+    loop {
+        let more: Vec<&str> = inputs
+            .iter()
+            .filter(|(k, ins)| !dead.contains(*k) && ins.iter().any(|i| dead.contains(i.as_str())))
+            .map(|(k, _)| *k)
+            .collect();
+        if more.is_empty() {
+            break;
+        }
+        dead.extend(more);
+    }
+    let dead: HashSet<String> = dead.into_iter().map(String::from).collect();
+    Ok(entries
+        .into_iter()
+        .filter(|(_, key, _)| dead.contains(key))
+        .collect())
+}
+
 /// Remove an instance directory, manifest first.
 fn remove_dir(dir: &Path) -> Result<()> {
     let _ = std::fs::remove_file(dir.join(MANIFEST));
@@ -106,6 +147,58 @@ mod tests {
         std::fs::write(dir.join(MANIFEST), "{}").unwrap();
         std::fs::write(dir.join("out.bin"), [0u8; 100]).unwrap();
         dir
+    }
+
+    /// An entry with a manifest of `kind` at `version`, computed from `inputs`.
+    fn made(cache: &Cache, kind: &str, key: &str, version: u32, inputs: &[&str]) {
+        let dir = cache.dir(kind, key);
+        std::fs::create_dir_all(&dir).unwrap();
+        let inputs: Vec<_> = inputs
+            .iter()
+            .map(|k| serde_json::json!({"stage": "s", "key": k}))
+            .collect();
+        let m = serde_json::json!({
+            "kind": kind, "version": version, "key": key, "stage": "s", "label": "s",
+            "params": {}, "inputs": inputs, "outputs": {}, "status": "ok",
+            "timings": {"started": 0.0, "finished": 0.0, "wall_s": 0.0},
+            "device": "cpu", "crate_version": "0",
+        });
+        std::fs::write(dir.join(MANIFEST), m.to_string()).unwrap();
+        assert!(cache.manifest(kind, key).is_some(), "a readable manifest");
+    }
+
+    /// Stale: older than this ablate's version, and what was computed from such an entry
+    /// (two steps down). Not stale: the current version, a newer one, a kind this ablate
+    /// does not know, an entry without a manifest, and what was computed from those.
+    #[test]
+    fn stale_is_older_versions_and_their_descendants_only() {
+        let d = tempfile::tempdir().unwrap();
+        let cache = Cache::new(d.path());
+        let k = |c: char| c.to_string().repeat(64);
+        made(&cache, "train", &k('a'), 1, &[]); // older
+        made(&cache, "sample", &k('b'), 3, &[&k('a')]); // from an older one
+        made(&cache, "evaluate", &k('c'), 1, &[&k('b')]); // two steps down
+        made(&cache, "train", &k('d'), 2, &[]); // current
+        made(&cache, "train", &k('e'), 5, &[]); // newer (another ablate's)
+        made(&cache, "plugin", &k('f'), 0, &[]); // a kind this ablate lacks
+        made(&cache, "sample", &k('g'), 3, &[&k('d'), &k('e'), &k('f')]);
+        std::fs::create_dir_all(cache.dir("train", &k('h'))).unwrap(); // no manifest
+        let current = |kind: &str| match kind {
+            "train" => Some(2),
+            "sample" => Some(3),
+            "evaluate" => Some(1),
+            _ => None,
+        };
+        let mut got: Vec<String> = stale(&cache, current)
+            .unwrap()
+            .into_iter()
+            .map(|(kind, key, dir)| {
+                assert_eq!(dir, cache.dir(&kind, &key));
+                format!("{kind}/{}", &key[..1])
+            })
+            .collect();
+        got.sort();
+        assert_eq!(got, ["evaluate/c", "sample/b", "train/a"]);
     }
 
     /// What no pipeline keeps goes with its lock file; what another process is
