@@ -56,211 +56,29 @@
 //! Working matrices come from a small thread-local pool ([`Scratch`], in [`super::gemm`]
 //! with the strided GEMM wrappers), so a training step
 //! allocates only the op outputs. The batch is cut into chunks so that no working matrix
-//! exceeds [`CHUNK_MAX`] values (bounding the pool); the chunking depends only on the
-//! shapes. Every value is reduced in a fixed order: gemm splits the output among threads
+//! exceeds `cols::CHUNK_MAX` values (bounding the pool); the chunking depends only on
+//! the shapes. Every value is reduced in a fixed order: gemm splits the output among threads
 //! but runs each output's depth loop in one thread in the same order whatever the thread
 //! count, and the copy kernels sum every output element sequentially. The same inputs
 //! give bit-identical results on 1 or many threads.
 //!
 //! [`Dev::conv2d`]: super::Dev::conv2d
+//! [`im2col_cb`]: super::layout::im2col_cb
+//! [`col2im_cb`]: super::layout::col2im_cb
+//! [`to_cb`]: super::layout::to_cb
+//! [`from_cb`]: super::layout::from_cb
+//! [`to_pc`]: super::layout::to_pc
 //! [`Dev::conv_transpose2d`]: super::Dev::conv_transpose2d
 
 use dfdx::prelude::*;
 
+use super::cols::{Cols, Shapes};
 use super::fused::Geom;
-use super::gemm::{grouped_matmul, grouped_weight_grad, GemmFloat, Kept, Op, Scratch};
+use super::gemm::{GemmFloat, Kept, Scratch};
 use super::host::{take, values, zeroed};
-use super::layout::{channel_sums, col2im_cb, from_cb, im2col_cb, to_cb, to_pc, Init};
+use super::layout::{channel_sums, Init};
 use super::ops::ParamGrads;
-use super::slots::{self, Dims, Plan};
 use super::{T1, T4};
-
-/// Largest working matrix (values) an op builds for one batch chunk, unless one sample
-/// alone is larger.
-pub const CHUNK_MAX: usize = 1 << 21;
-
-#[cfg(test)]
-thread_local! {
-    /// Tests lower [`CHUNK_MAX`] on their thread to exercise the chunked path.
-    pub(crate) static CHUNK_MAX_TEST: std::cell::Cell<Option<usize>> =
-        const { std::cell::Cell::new(None) };
-}
-
-/// Samples per chunk for working matrices of `per_sample` values per sample.
-fn chunk_len(b: usize, per_sample: usize) -> usize {
-    #[cfg(test)]
-    let max = CHUNK_MAX_TEST.with(|c| c.get()).unwrap_or(CHUNK_MAX);
-    #[cfg(not(test))]
-    let max = CHUNK_MAX;
-    (max / per_sample.max(1)).clamp(1, b.max(1))
-}
-
-/// Shapes of one convolution (`conv2d`) or its adjoint (`conv_transpose2d`): `img` is the
-/// conv2d input side, `(oh, ow)` the conv2d output side.
-#[derive(Clone, Copy, Debug)]
-struct Shapes {
-    /// The im2col geometry of the whole batch (`c` channels of the image side).
-    g: Geom,
-    /// Channels on the "output" side (conv2d output / transposed-conv input).
-    co: usize,
-    groups: usize,
-}
-
-impl Shapes {
-    /// Output-side channels per group.
-    fn og(&self) -> usize {
-        self.co / self.groups
-    }
-    /// Positions per sample on the output side.
-    fn p(&self) -> usize {
-        self.g.ho * self.g.wo
-    }
-    /// Samples per chunk.
-    fn chunk(&self) -> usize {
-        let per = (self.g.c * self.g.kh * self.g.kw * self.p())
-            .max(self.co * self.p())
-            .max(self.g.plane() * self.g.c);
-        chunk_len(self.g.b, per)
-    }
-    /// The geometry of samples `b0..b0 + bc`.
-    fn part(&self, bc: usize) -> Geom {
-        Geom { b: bc, ..self.g }
-    }
-}
-
-/// The column layout of one op, chosen from its shapes: the plain one ([`super::layout`])
-/// or, where the padding is a large share of the work, the split one ([`super::slots`]),
-/// which multiplies only the taps inside the image. Each method is one step of the ops
-/// above in whichever layout; `m` is the output side's channels per group.
-struct Cols {
-    plan: Option<Plan>,
-    groups: usize,
-    m: usize,
-    /// Image-side channels per group.
-    cg: usize,
-    taps: usize,
-}
-
-impl Cols {
-    fn of(sh: &Shapes) -> Self {
-        Cols {
-            plan: Plan::worth(&sh.g, sh.chunk()),
-            groups: sh.groups,
-            m: sh.og(),
-            cg: sh.g.c / sh.groups,
-            taps: sh.g.kh * sh.g.kw,
-        }
-    }
-    fn dims(&self, b: usize) -> Dims {
-        Dims {
-            groups: self.groups,
-            m: self.m,
-            cg: self.cg,
-            taps: self.taps,
-            b,
-        }
-    }
-    /// The weight `(groups * m, cg * taps)` permuted to the split columns' row order, or
-    /// `None` where the plain layout reads it as it is.
-    fn permuted<E: GemmFloat>(&self, w: &[E]) -> Option<Vec<E>> {
-        let shape = (self.groups * self.m, self.cg, self.taps);
-        self.plan.as_ref().map(|_| slots::permute_weight(w, shape))
-    }
-    /// Columns of the NCHW image chunk `img`.
-    fn im2col<E: GemmFloat>(&self, img: &[E], g: &Geom, cols: &mut [E]) {
-        let Some(plan) = &self.plan else {
-            return im2col_cb(img, g, cols);
-        };
-        let mut t = Scratch::take(img.len());
-        slots::transpose(img, (g.b, g.c * g.plane()), &mut t);
-        slots::im2col_slots(&t, g, self.groups, plan, cols);
-    }
-    /// The columns summed into the NCHW image chunk `img` per `init` (may clobber `cols`).
-    fn col2im<E: GemmFloat>(&self, cols: &mut [E], g: &Geom, img: &mut [E], init: Init<'_, E>) {
-        match &self.plan {
-            None => col2im_cb(cols, g, img, init),
-            Some(plan) => slots::col2im_slots(cols, g, self.groups, plan, img, init),
-        }
-    }
-    /// An output-side NCHW chunk `(b, c, p)` to its channel-major matrix `(c, n)`.
-    fn pack<E: GemmFloat>(&self, src: &[E], bcp: (usize, usize, usize), dst: &mut [E]) {
-        match &self.plan {
-            None => to_cb(src, bcp, dst),
-            Some(plan) => slots::to_slots(src, bcp, plan, dst),
-        }
-    }
-    /// The adjoint of [`Cols::pack`], per `init`.
-    fn unpack<E: GemmFloat>(
-        &self,
-        src: &[E],
-        bcp: (usize, usize, usize),
-        dst: &mut [E],
-        init: Init<'_, E>,
-    ) {
-        match &self.plan {
-            None => from_cb(src, bcp, dst, init),
-            Some(plan) => slots::from_slots(src, bcp, plan, dst, init),
-        }
-    }
-    /// The position-major matrix `(n, c)` of an output-side chunk, from the NCHW chunk
-    /// `src` or its channel-major matrix `cb` ([`Cols::pack`]).
-    fn pack_pos<E: GemmFloat>(
-        &self,
-        src: &[E],
-        cb: &[E],
-        (b, c, p): (usize, usize, usize),
-        dst: &mut [E],
-    ) {
-        match &self.plan {
-            None => to_pc(src, (b, c, p), dst),
-            Some(_) => slots::transpose(cb, (c, b * p), dst),
-        }
-    }
-    /// Rows per group of the columns, and columns of an output-side matrix of `len`
-    /// values.
-    fn kk_n(&self, len: usize) -> (usize, usize) {
-        (self.cg * self.taps, len / (self.groups * self.m).max(1))
-    }
-    /// `yt_g = w_g @ cols_g` (`w` from [`Cols::permuted`] or as it is) for a chunk of `b` samples.
-    fn forward<E: GemmFloat>(&self, b: usize, yt: &mut [E], w: &[E], cols: &[E]) {
-        let (kk, n) = self.kk_n(yt.len());
-        match &self.plan {
-            None => grouped_matmul(
-                self.groups,
-                (self.m, n, kk),
-                yt,
-                false,
-                Op::N(w),
-                Op::N(cols),
-            ),
-            Some(plan) => slots::piece_forward(self.dims(b), plan, yt, w, cols),
-        }
-    }
-    /// `cols_g = w_g^T @ yt_g` for a chunk of `b` samples.
-    fn backward<E: GemmFloat>(&self, b: usize, cols: &mut [E], w: &[E], yt: &[E]) {
-        let (kk, n) = self.kk_n(yt.len());
-        match &self.plan {
-            None => grouped_matmul(
-                self.groups,
-                (kk, n, self.m),
-                cols,
-                false,
-                Op::T(w),
-                Op::N(yt),
-            ),
-            Some(plan) => slots::piece_backward(self.dims(b), plan, cols, w, yt),
-        }
-    }
-    /// `dW_g^T += cols_g @ yp_g` into the weight gradient `dw` (PyTorch's order), with
-    /// `yp` from [`Cols::pack_pos`], for a chunk of `b` samples.
-    fn weight_grad<E: GemmFloat>(&self, b: usize, dw: &mut [E], cols: &[E], yp: &[E]) {
-        let (kk, n) = self.kk_n(yp.len());
-        match &self.plan {
-            None => grouped_weight_grad(self.groups, (kk, self.m, n), dw, cols, yp),
-            Some(plan) => slots::piece_weight_grad(self.dims(b), plan, dw, cols, yp),
-        }
-    }
-}
 
 /// The three inputs of an op, tape split off and merged.
 type Split<E, T> = (T4<E, Cpu>, T4<E, Cpu>, Option<T1<E, Cpu>>, T);

@@ -7,7 +7,8 @@
 
 use dfdx::prelude::*;
 
-use super::conv::{self, CHUNK_MAX_TEST};
+use super::cols::CHUNK_MAX_TEST;
+use super::conv;
 use super::gemm::{kept_now, GemmFloat, Kept, KEEP_MAX};
 use super::ops::{self, IdxCache, ParamGrads, ParamGrads::Computed};
 use super::slots::SPLIT_TEST;

@@ -25,6 +25,7 @@
 
 pub mod act;
 pub mod builder;
+mod cols;
 pub mod cond;
 pub mod conv;
 pub mod fused;
