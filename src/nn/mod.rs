@@ -49,6 +49,8 @@ mod kernel_tests;
 #[cfg(test)]
 mod net_tests;
 #[cfg(test)]
+mod official_tests;
+#[cfg(test)]
 mod state_tests;
 #[cfg(test)]
 mod tests;
