@@ -12,7 +12,7 @@ use super::memo::lock_of;
 use anyhow::{Context, Result};
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// What a collection removed (or, dry, would remove).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -98,7 +98,7 @@ pub fn collect(cache: &Cache, keep: &HashSet<(String, String)>, dry_run: bool) -
 pub fn stale(
     cache: &Cache,
     current: impl Fn(&str) -> Option<u32>,
-) -> Result<Vec<(String, String, std::path::PathBuf)>> {
+) -> Result<Vec<(String, String, PathBuf)>> {
     let entries = cache.entries()?;
     let mut inputs: HashMap<&str, Vec<String>> = HashMap::new();
     let mut dead: HashSet<&str> = HashSet::new();
@@ -139,7 +139,6 @@ fn remove_dir(dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
 
     fn entry(cache: &Cache, kind: &str, key: &str) -> PathBuf {
         let dir = cache.dir(kind, key);
