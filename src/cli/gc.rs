@@ -17,25 +17,18 @@ pub(super) fn run(
     reg: &Registry,
     dry_run: bool,
 ) -> Result<i32, Exit> {
-    let mut keep = std::collections::HashSet::new();
-    if stale {
-        let dead: HashSet<String> = engine::gc::stale(cache, |k| current(reg, k))?
-            .into_iter()
-            .map(|(_, key, _)| key)
-            .collect();
-        for (kind, key, _) in cache.entries()? {
-            if !dead.contains(&key) {
-                keep.insert((kind, key));
+    let r = if stale {
+        engine::gc::collect_stale(cache, |k| current(reg, k), dry_run)?
+    } else {
+        let mut keep = HashSet::new();
+        for f in files {
+            let plan = Plan::new(f, reg, cache.clone(), &cwd(), &PlanOptions::default())?;
+            for (inst, it) in plan.ex.instances.iter().zip(&plan.items) {
+                keep.insert((inst.kind.clone(), it.key.clone()));
             }
         }
-    }
-    for f in files {
-        let plan = Plan::new(f, reg, cache.clone(), &cwd(), &PlanOptions::default())?;
-        for (inst, it) in plan.ex.instances.iter().zip(&plan.items) {
-            keep.insert((inst.kind.clone(), it.key.clone()));
-        }
-    }
-    let r = engine::gc::collect(cache, &keep, dry_run)?;
+        engine::gc::collect(cache, &keep, dry_run)?
+    };
     for (name, bytes) in &r.removed {
         tracing::info!(
             "{} {name} ({})",

@@ -130,6 +130,25 @@ pub fn stale(
         .collect())
 }
 
+/// [`collect`] of the [`stale`] entries: every other entry is kept.
+pub fn collect_stale(
+    cache: &Cache,
+    current: impl Fn(&str) -> Option<u32>,
+    dry_run: bool,
+) -> Result<GcReport> {
+    let dead: HashSet<String> = stale(cache, current)?
+        .into_iter()
+        .map(|(_, key, _)| key)
+        .collect();
+    let keep = cache
+        .entries()?
+        .into_iter()
+        .filter(|(_, key, _)| !dead.contains(key))
+        .map(|(kind, key, _)| (kind, key))
+        .collect();
+    collect(cache, &keep, dry_run)
+}
+
 /// Remove an instance directory, manifest first.
 fn remove_dir(dir: &Path) -> Result<()> {
     let _ = std::fs::remove_file(dir.join(MANIFEST));
