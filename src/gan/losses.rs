@@ -28,7 +28,8 @@
 use dfdx::prelude::*;
 
 use super::config::LossKind;
-use crate::nn::{Dev, Float, Linearisation, Net, Side, T1, T4};
+use crate::nn::ops::ParamGrads;
+use crate::nn::{Deferral, Dev, Float, Linearisation, Net, Side, T1, T4};
 
 fn softplus(x: f64) -> f64 {
     x.max(0.0) + (-x.abs()).exp().ln_1p()
@@ -110,11 +111,14 @@ pub fn weighted_pass<E: Float, D: Dev<E>>(
     want_x: bool,
     coef: impl FnOnce(&[f64]) -> Vec<f64>,
 ) -> PassOut<E, D> {
-    let (out, _) = pass(net, x, side, train, want_x, false, coef);
+    let (out, _) = pass(net, x, side, train, want_x, false, None, coef);
     out
 }
 
-/// [`weighted_pass`] that also records the pass's linearisation (`record`).
+/// [`weighted_pass`] that also records the pass's linearisation (`record`), its
+/// convolutions leaving their weight gradients to a tangent pass with `defer` (see
+/// [`tangent_grads`]; a recording pass of a net that [`Net::defers_penalties`]).
+#[allow(clippy::too_many_arguments)]
 pub fn pass<E: Float, D: Dev<E>>(
     net: &Net<E, D>,
     x: &T4<E, D>,
@@ -122,14 +126,17 @@ pub fn pass<E: Float, D: Dev<E>>(
     train: bool,
     want_x: bool,
     record: bool,
+    defer: Option<&Deferral>,
     coef: impl FnOnce(&[f64]) -> Vec<f64>,
 ) -> (PassOut<E, D>, Option<Linearisation<E, D>>) {
+    assert!(record || defer.is_none(), "a deferring pass records");
     let mut g = net.params.alloc_grads();
     if want_x {
         g.try_alloc_for(x).unwrap();
     }
     let (out, lin) = if record {
-        let (y, lin) = net.forward_recording(x.clone().traced(g), side, train);
+        let pg = defer.map_or(ParamGrads::Computed, |d| ParamGrads::Deferred(d.clone()));
+        let (y, lin) = net.forward_recording_pg(x.clone().traced(g), side, train, pg);
         (y, Some(lin))
     } else {
         (net.forward_side(x.clone().traced(g), side, train), None)
@@ -170,6 +177,13 @@ pub fn penalty_value<E: Float, D: Dev<E>>(
 /// The parameter gradient of `sum_i w_i J_i g_i` by one tangent pass, where `J_i` is D's
 /// input Jacobian at the input of the recording pass `lin` (see the module doc): with
 /// `w_i = 2/B` and `g_i = grad_x D(x_i)` it is `grad_theta mean_i ||grad_x D(x_i)||^2`.
+///
+/// With `defer`, the deferral of that recording pass: the convolutions' weight gradients
+/// of both passes, in one product each (`nn::defer`). That is the sum of the two passes'
+/// parameter gradients only where `w_i` is the recording pass's output gradient `c_i`
+/// (the loss's derivative), so the penalty's own weight goes into `g_i`: for `p_i J_i g_i`
+/// pass `w_i = c_i` and `g_i p_i / c_i`. The weight gradients the recording pass left
+/// out are only in the result.
 pub fn tangent_grads<E: Float, D: Dev<E>>(
     net: &Net<E, D>,
     g: &T4<E, D>,
@@ -177,15 +191,24 @@ pub fn tangent_grads<E: Float, D: Dev<E>>(
     train: bool,
     lin: &Linearisation<E, D>,
     w: &[f64],
+    defer: Option<&Deferral>,
 ) -> Vec<T1<E, D>> {
     let b = g.shape().0;
     assert_eq!(w.len(), b, "one weight per sample");
-    let out = net.forward_tangent(g.clone().traced(net.params.alloc_grads()), side, train, lin);
+    let pg = defer.map_or(ParamGrads::Computed, |d| ParamGrads::Fused(d.clone()));
+    let dx = g.clone().traced(net.params.alloc_grads());
+    let out = net.forward_tangent_pg(dx, side, train, lin, pg);
     let out = out.reshape_like(&(b,));
     let wt: T1<E, D> = net
         .dev
         .tensor_from_vec(w.iter().map(|&v| E::of(v)).collect(), (b,));
     let grads = (out * wt).sum::<(), Axis<0>>().backward();
+    if let Some(d) = defer {
+        assert!(
+            d.settled(),
+            "the tangent pass left deferred weight gradients"
+        );
+    }
     net.params.grads_of(&grads)
 }
 
@@ -201,10 +224,12 @@ pub fn penalty<E: Float, D: Dev<E>>(
 ) -> (f64, Vec<T1<E, D>>) {
     let bsz = x.shape().0;
     if net.is_piecewise_linear() {
-        let ((_, _, g), lin) = pass(net, x, side, train, true, true, |v| vec![1.0; v.len()]);
+        let ((_, _, g), lin) = pass(net, x, side, train, true, true, None, |v| {
+            vec![1.0; v.len()]
+        });
         let (g, lin) = (g.unwrap(), lin.unwrap());
         let w = vec![2.0 / bsz as f64; bsz];
-        let grads = tangent_grads(net, &g, side, train, &lin, &w);
+        let grads = tangent_grads(net, &g, side, train, &lin, &w, None);
         return (mean_sq_norm(&g), grads);
     }
     let (value, g) = penalty_value(net, x, side, train);

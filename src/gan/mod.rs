@@ -13,6 +13,8 @@ pub mod trainer;
 #[cfg(test)]
 mod cond_tests;
 #[cfg(test)]
+mod defer_tests;
+#[cfg(test)]
 mod nets_tests;
 #[cfg(test)]
 mod penalty_tests;

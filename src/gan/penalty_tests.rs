@@ -11,7 +11,7 @@ use super::*;
 use crate::nn::{Cpu, Layer, LinearConfig, Net, NetBuilder, Rng, Side, T1, T4};
 
 /// `(|a - r|, |r|)`, Euclidean norms of the difference and of the reference.
-fn diff_and_norm(a: &[f64], r: &[f64]) -> (f64, f64) {
+pub(super) fn diff_and_norm(a: &[f64], r: &[f64]) -> (f64, f64) {
     let diff = a.iter().zip(r).map(|(a, r)| (a - r).powi(2)).sum::<f64>();
     let norm = r.iter().map(|v| v * v).sum::<f64>();
     (diff.sqrt(), norm.sqrt())
@@ -59,7 +59,7 @@ fn check_penalty_grad(net: &Net<f64, Cpu>, x: &T4<f64, Cpu>, side: &Side) {
 /// Every parameter moved by `scale` standard normals: fix-up init zeroes the last conv of
 /// every residual branch and biases start at zero, so without this some parameters would
 /// not take part.
-fn jitter<E: crate::nn::Float>(net: &mut Net<E, Cpu>, rng: &mut Rng, scale: f64)
+pub(super) fn jitter<E: crate::nn::Float>(net: &mut Net<E, Cpu>, rng: &mut Rng, scale: f64)
 where
     Cpu: crate::nn::Dev<E>,
 {
@@ -76,7 +76,7 @@ where
 /// The discriminators of the penalty tests: every arch without batch norm (the only D
 /// layers that are not piecewise linear), resnet with spectral norm, and each as a
 /// projection discriminator, with inputs `[b, c, h, w]`.
-fn penalty_cases() -> Vec<(NetConfig, DataShape, [usize; 4], Option<usize>)> {
+pub(super) fn penalty_cases() -> Vec<(NetConfig, DataShape, [usize; 4], Option<usize>)> {
     let mut mlp = net_cfg(Arch::Mlp, None, 16);
     mlp.depth = Some(2);
     let mut resnet = net_cfg(Arch::Resnet, None, 4);
@@ -397,7 +397,7 @@ fn fixture_dir() -> std::path::PathBuf {
 }
 
 /// A fixture case's name, e.g. `r3gan-e-proj`.
-fn case_name(cfg: &NetConfig, classes: Option<usize>) -> String {
+pub(super) fn case_name(cfg: &NetConfig, classes: Option<usize>) -> String {
     let mut n = format!("{:?}", cfg.arch).to_lowercase();
     if let Some(v) = cfg.variant {
         n += &format!("-{v:?}").to_lowercase();

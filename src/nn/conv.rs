@@ -73,6 +73,7 @@
 use dfdx::prelude::*;
 
 use super::cols::{Cols, Shapes};
+use super::defer::Deferral;
 use super::fused::Geom;
 use super::gemm::{GemmFloat, Kept, Scratch};
 use super::host::{take, values, zeroed};
@@ -141,7 +142,9 @@ where
         // few outputs (an RGB head): the same conv as a transposed one, whose columns
         // have `cout * k * k` rows instead of `cin * k * k` (see the module doc)
         let wf = match pg {
-            ParamGrads::Computed => flip_transposed(w),
+            ParamGrads::Computed | ParamGrads::Deferred(_) | ParamGrads::Fused(_) => {
+                flip_transposed(w)
+            }
             ParamGrads::Skipped => {
                 // off the tape: nothing flows back to a fixed weight
                 let (w, tape) = w.split_tape();
@@ -165,7 +168,8 @@ where
     let mut y = zeroed(bsz * ys);
     // the weight in the split columns' row order, kept for the backward
     let wp = lay.permuted(&values(&w));
-    let want = pg == ParamGrads::Computed;
+    let mode = Mode::of(&pg, bsz * (xs + ys));
+    let want = mode.want();
     // the columns, kept for the weight gradient where the backward will want them
     let mut kept = (T::OWNS_TAPE && want)
         .then(|| Kept::reserve(g.cols_len()))
@@ -198,9 +202,25 @@ where
     let (xg, wg, bg, outg) = (
         x.ghost(),
         w.ghost(),
-        b.as_ref().map(|b| b.ghost()).filter(|_| want),
+        b.as_ref().map(|b| b.ghost()).filter(|_| mode.bias()),
         out.ghost(),
     );
+    if let Mode::Fused(held) = mode {
+        held.check(x.shape(), ys * bsz, "conv2d");
+        // the weight gradient now, so that neither the loss pass's values nor this
+        // pass's input outlive the forward (dW_g^T = cols_g(a + t') @ dyp_g, dy the loss pass's output gradient)
+        let mut dw = zeroed(w.shape().num_elements());
+        fused_weight_grad(&sh, &lay, &held.sum_with(&x), &held.dy, &mut dw);
+        drop(held);
+        tape.add_backward_op(move |grads| {
+            let gw = grads.get_or_alloc_mut(&wg)?;
+            for (a, v) in gw.iter_mut().zip(dw) {
+                *a += v;
+            }
+            Ok(())
+        });
+        return out.put_tape(tape);
+    }
     tape.add_backward_op(move |grads| {
         let xv = values(&x);
         let wv = values(&w);
@@ -245,9 +265,106 @@ where
                 *a += v;
             }
         }
+        mode.hold(x.clone(), dy_all);
         Ok(())
     });
     out.put_tape(tape)
+}
+
+/// How an op's backward treats its weight gradient.
+enum Mode<E: GemmFloat> {
+    /// Computed here (`true`, [`ParamGrads::Computed`]), or not at all (`false`,
+    /// [`ParamGrads::Skipped`]).
+    Here(bool),
+    /// Left in slot `.1` of the deferral.
+    Deferred(Deferral, usize),
+    /// Fused with the deferred one: what the loss pass held.
+    Fused(Held<E>),
+}
+
+/// What a deferring op leaves for the tangent pass: its input and its output gradient.
+struct Held<E: GemmFloat> {
+    x: T4<E, Cpu>,
+    dy: Vec<E>,
+}
+
+impl<E: GemmFloat> Mode<E>
+where
+    Cpu: Device<E>,
+{
+    /// The mode of an op whose input and output hold `len` values together. Where the
+    /// deferral has no room for them (or for an op before this one), the op computes
+    /// its weight gradient as usual, in both passes.
+    fn of(pg: &ParamGrads, len: usize) -> Self {
+        match pg {
+            ParamGrads::Computed => Mode::Here(true),
+            ParamGrads::Skipped => Mode::Here(false),
+            ParamGrads::Deferred(d) => d
+                .reserve(len)
+                .map_or(Mode::Here(true), |i| Mode::Deferred(d.clone(), i)),
+            ParamGrads::Fused(d) => d.next::<Held<E>>().map_or(Mode::Here(true), Mode::Fused),
+        }
+    }
+    /// Whether the backward computes the weight gradient.
+    fn want(&self) -> bool {
+        matches!(self, Mode::Here(true))
+    }
+    /// Whether the backward computes the bias gradient.
+    fn bias(&self) -> bool {
+        matches!(self, Mode::Here(true) | Mode::Deferred(..))
+    }
+    /// The deferring backward's last step: leave `x` and the output gradient `dy`.
+    fn hold(&self, x: T4<E, Cpu>, dy: Vec<E>) {
+        if let Mode::Deferred(d, i) = self {
+            d.hold(*i, Box::new(Held { x, dy }));
+        }
+    }
+}
+
+impl<E: GemmFloat> Held<E>
+where
+    Cpu: Device<E>,
+{
+    /// Panics unless the loss pass's op had input shape `x` and `dy` values out.
+    fn check(&self, x: &(usize, usize, usize, usize), dy: usize, op: &str) {
+        assert!(
+            self.x.shape() == x && self.dy.len() == dy,
+            "{op}: the tangent pass does not mirror its loss pass ({:?} vs {x:?})",
+            self.x.shape()
+        );
+    }
+    /// `a + t'`: the held input plus the tangent pass's input `t` of the same shape.
+    fn sum_with(&self, t: &T4<E, Cpu>) -> Vec<E> {
+        let (a, t) = (values(&self.x), values(t));
+        let mut u = Vec::with_capacity(a.len());
+        u.extend(a.iter().zip(t.iter()).map(|(&a, &t)| a + t));
+        u
+    }
+}
+
+/// `dW_g^T += cols_g(img) @ pos_g(outs)` over the whole batch, a chunk at a time: the
+/// weight gradient of either op from its image-side values `img` (conv2d: the input;
+/// transposed: the output gradient) and its output-side values `outs` (conv2d: the
+/// output gradient; transposed: the input), both NCHW.
+fn fused_weight_grad<E: GemmFloat>(sh: &Shapes, lay: &Cols, img: &[E], outs: &[E], gw: &mut [E]) {
+    let (g, p, co) = (sh.g, sh.p(), sh.co);
+    let (is, os) = (g.c * g.plane(), co * p);
+    let chunk = sh.chunk();
+    for b0 in (0..g.b).step_by(chunk) {
+        let bc = chunk.min(g.b - b0);
+        let (gc, n) = (sh.part(bc), bc * p);
+        let mut cols = Scratch::take(gc.cols_len());
+        lay.im2col(&img[b0 * is..(b0 + bc) * is], &gc, &mut cols);
+        let oc = &outs[b0 * os..(b0 + bc) * os];
+        // the split layout's position-major matrix is the channel-major one transposed
+        let mut cb = Scratch::take(if lay.plan.is_some() { co * n } else { 0 });
+        if lay.plan.is_some() {
+            lay.pack(oc, (bc, co, p), &mut cb);
+        }
+        let mut pos = Scratch::take(n * co);
+        lay.pack_pos(oc, &cb, (bc, co, p), &mut pos);
+        lay.weight_grad(bc, gw, &cols, &pos);
+    }
 }
 
 /// The weight `wf (Cin, Cout, k, k)` of the transposed conv that equals the stride-1
@@ -364,13 +481,30 @@ where
         }
     }
     let out: T4<E, Cpu> = dev.tensor_from_vec(y, (bsz, cout, ho, wo));
-    let want = pg == ParamGrads::Computed;
+    let mode = Mode::of(&pg, bsz * (xs + ys));
+    let want = mode.want();
     let (xg, wg, bg, outg) = (
         x.ghost(),
         w.ghost(),
-        b.as_ref().map(|b| b.ghost()).filter(|_| want),
+        b.as_ref().map(|b| b.ghost()).filter(|_| mode.bias()),
         out.ghost(),
     );
+    if let Mode::Fused(held) = mode {
+        held.check(x.shape(), ys * bsz, "conv_transpose2d");
+        // the weight gradient now, so that neither the loss pass's values nor this
+        // pass's input outlive the forward (dW_g^T = dcols_g @ xp_g(a + t'), dcols = im2col(dy) of the loss pass)
+        let mut dw = zeroed(w.shape().num_elements());
+        fused_weight_grad(&sh, &lay, &held.dy, &held.sum_with(&x), &mut dw);
+        drop(held);
+        tape.add_backward_op(move |grads| {
+            let gw = grads.get_or_alloc_mut(&wg)?;
+            for (a, v) in gw.iter_mut().zip(dw) {
+                *a += v;
+            }
+            Ok(())
+        });
+        return out.put_tape(tape);
+    }
     tape.add_backward_op(move |grads| {
         let xv = values(&x);
         let wv = values(&w);
@@ -418,6 +552,7 @@ where
                 *a += v;
             }
         }
+        mode.hold(x.clone(), dy_all);
         Ok(())
     });
     out.put_tape(tape)

@@ -211,6 +211,47 @@ pub enum Norm {
     Identity,
 }
 
+/// True when no layer with parameters other than a convolution runs before a convolution
+/// on the input's path (in pass order, a residual's body before its skip; label paths
+/// left out): such a layer would need the input gradients that convolutions completing a
+/// deferral do not send (see [`super::defer`]). Conservative: a parameter in one residual
+/// branch counts as before a convolution in the other.
+pub(super) fn defers(layers: &[Layer]) -> bool {
+    /// Walks `layers` backwards; `conv_after`: a convolution runs later in the pass.
+    fn walk(layers: &[Layer], conv_after: &mut bool) -> bool {
+        layers.iter().rev().all(|l| match l {
+            Layer::Conv { .. } | Layer::ConvT { .. } => {
+                *conv_after = true;
+                true
+            }
+            Layer::Linear { .. }
+            | Layer::ScaledLinear { .. }
+            | Layer::ParamScale { .. }
+            | Layer::BasisScale { .. }
+            | Layer::Noise { .. }
+            | Layer::BatchNorm { .. }
+            | Layer::CondNorm { .. }
+            | Layer::Const { .. } => !*conv_after,
+            Layer::Residual { body, skip } => walk(skip, conv_after) && walk(body, conv_after),
+            Layer::Project { head, .. } => walk(head, conv_after),
+            Layer::SetCtx { body, .. } | Layer::ConcatCtx { body, .. } => walk(body, conv_after),
+            Layer::LeakyRelu(_)
+            | Layer::Relu
+            | Layer::Tanh
+            | Layer::Scale(_)
+            | Layer::Up(_)
+            | Layer::AvgPool2
+            | Layer::Reshape(_)
+            | Layer::FirUp
+            | Layer::FirDown
+            | Layer::PixelNorm
+            | Layer::MixPoint { .. }
+            | Layer::SumPool => true,
+        })
+    }
+    walk(layers, &mut false)
+}
+
 /// True when every layer on the input's path is linear in it but for ReLU / LeakyReLU
 /// gates, so a tangent pass ([`Net::forward_tangent`]) computes the exact Jacobian-vector
 /// product. Label paths (projection embeddings) may hold anything: they do not see `x`.

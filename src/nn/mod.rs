@@ -28,6 +28,7 @@ pub mod builder;
 mod cols;
 pub mod cond;
 pub mod conv;
+pub mod defer;
 pub mod fused;
 pub mod gemm;
 pub mod host;
@@ -56,6 +57,7 @@ mod state_tests;
 mod tests;
 
 pub use builder::{ConvConfig, LinearConfig, NetBuilder};
+pub use defer::Deferral;
 pub use layer::{Layer, Norm, UpMode};
 pub use net::{Linearisation, Mix, Net, Side};
 pub use params::{load_safetensors, save_safetensors, Adam, AdamConfig, NamedTensor, ParamStore};
@@ -135,6 +137,9 @@ impl Float for f64 {
 /// with the device-specific versions of the hot spots: the default methods compose dfdx
 /// ops (they run anywhere); the CPU overrides them with fused, parallel custom ops.
 pub trait Dev<E: Float>: Device<E> {
+    /// Whether the convolutions can defer weight gradients to a tangent pass
+    /// ([`ops::ParamGrads::Deferred`], see [`defer`]); the composed ones cannot.
+    const DEFERS: bool = false;
     /// ReLU (`a = 0`) / LeakyReLU as the gated product `x * s(gate)`, `s(v) = 1` for
     /// `v > 0` else `a`, with `gate = x` when none is given. See [`act`].
     fn gated<T: Tape<E, Self>>(
@@ -288,6 +293,7 @@ pub trait Dev<E: Float>: Device<E> {
 macro_rules! cpu_dev {
     ($E:ty) => {
         impl Dev<$E> for Cpu {
+            const DEFERS: bool = true;
             fn gated<T: Tape<$E, Self>>(
                 x: T4<$E, Self, T>,
                 gate: Option<&T4<$E, Self>>,

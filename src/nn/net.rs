@@ -12,7 +12,7 @@ use std::sync::Mutex;
 
 use dfdx::prelude::*;
 
-use super::layer::{piecewise_linear, Layer};
+use super::layer::{defers, piecewise_linear, Layer};
 use super::ops::{IdxCache, ParamGrads};
 use super::params::ParamStore;
 use super::state::{BnStats, SnState};
@@ -197,7 +197,8 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
         side: &Side,
         train: bool,
     ) -> T4<E, D, T> {
-        self.pass(x, side, train, Lin::Off, false).0
+        self.pass(x, side, train, Lin::Off, false, ParamGrads::Computed)
+            .0
     }
 
     /// [`Net::forward_side`] of a net held fixed: the backward reaches the input (and
@@ -236,7 +237,21 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
         side: &Side,
         train: bool,
     ) -> (T4<E, D, T>, Linearisation<E, D>) {
-        let (y, lin) = self.pass(x, side, train, Lin::Record(vec![]), false);
+        self.forward_recording_pg(x, side, train, ParamGrads::Computed)
+    }
+
+    /// [`Net::forward_recording`] whose convolutions compute the gradients `pg` says:
+    /// with [`ParamGrads::Deferred`], their weight gradients are left to a tangent pass
+    /// with [`ParamGrads::Fused`] ([`super::defer`]; a net that
+    /// [`Net::defers_penalties`] only).
+    pub fn forward_recording_pg<T: Tape<E, D> + 'static>(
+        &self,
+        x: T4<E, D, T>,
+        side: &Side,
+        train: bool,
+        pg: ParamGrads,
+    ) -> (T4<E, D, T>, Linearisation<E, D>) {
+        let (y, lin) = self.pass(x, side, train, Lin::Record(vec![]), false, pg);
         let Lin::Record(gates) = lin else {
             unreachable!()
         };
@@ -258,6 +273,21 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
         train: bool,
         lin: &Linearisation<E, D>,
     ) -> T4<E, D, T> {
+        self.forward_tangent_pg(dx, side, train, lin, ParamGrads::Computed)
+    }
+
+    /// [`Net::forward_tangent`] whose convolutions compute the gradients `pg` says: with
+    /// [`ParamGrads::Fused`], the weight gradients of this pass and of the recording pass
+    /// that deferred them, in one product each, and no input gradients
+    /// ([`super::defer`]).
+    pub fn forward_tangent_pg<T: Tape<E, D> + 'static>(
+        &self,
+        dx: T4<E, D, T>,
+        side: &Side,
+        train: bool,
+        lin: &Linearisation<E, D>,
+        pg: ParamGrads,
+    ) -> T4<E, D, T> {
         assert!(
             self.is_piecewise_linear(),
             "tangent pass of a net that is not piecewise linear"
@@ -266,7 +296,7 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
             gates: &lin.gates,
             next: 0,
         };
-        let (y, rest) = self.pass(dx, side, train, replay, true);
+        let (y, rest) = self.pass(dx, side, train, replay, true, pg);
         if let Lin::Replay { next, .. } = rest {
             assert_eq!(next, lin.gates.len(), "linearisation of another net");
         }
@@ -280,6 +310,13 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
         piecewise_linear(&self.layers)
     }
 
+    /// True when a penalty's tangent pass may complete its loss pass's convolution weight
+    /// gradients ([`super::defer`]): a piecewise-linear net whose only parameters before
+    /// a convolution on the input's path are convolutions', on a device with such ops.
+    pub fn defers_penalties(&self) -> bool {
+        D::DEFERS && self.is_piecewise_linear() && defers(&self.layers)
+    }
+
     fn pass<'a, T: Tape<E, D> + 'static>(
         &self,
         x: T4<E, D, T>,
@@ -287,8 +324,10 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
         train: bool,
         lin: Lin<'a, E, D>,
         tangent: bool,
+        pg: ParamGrads,
     ) -> (T4<E, D, T>, Lin<'a, E, D>) {
         let mut st = self.fwd(side, lin, tangent, x.shape().0);
+        st.pg = pg;
         let y = self.run(&self.layers, x, train, &mut st);
         (y, st.lin)
     }

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use dfdx::prelude::*;
 
+use super::defer::Deferral;
 use super::fused::Geom;
 use super::{Dev, Float, T1, T2, T4};
 
@@ -52,7 +53,7 @@ impl<D: Storage<usize> + TensorFromVec<usize>> IdxCache<D> {
 }
 
 /// Which gradients a convolution's backward computes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum ParamGrads {
     /// The input's, the weight's and the bias's.
     #[default]
@@ -62,6 +63,23 @@ pub enum ParamGrads {
     /// allocated. The CPU op skips the weight gradient's GEMM, its im2col and the bias
     /// sums; the composed path (other devices) computes them anyway.
     Skipped,
+    /// A loss pass's: the input's and the bias's; the weight's is left to the tangent
+    /// pass that completes the [`Deferral`] (CPU ops only; see [`super::defer`]).
+    Deferred(Deferral),
+    /// A tangent pass's: the weight's, of this pass and of the loss pass that deferred
+    /// it, in one product; nothing reaches the input (see [`super::defer`]).
+    Fused(Deferral),
+}
+
+impl ParamGrads {
+    /// What ops off the input's path (a projection head's label embedding) compute: as
+    /// in an ordinary pass where this pass defers or fuses.
+    pub fn off_path(&self) -> Self {
+        match self {
+            Self::Deferred(_) | Self::Fused(_) => Self::Computed,
+            other => other.clone(),
+        }
+    }
 }
 
 /// Output size of a convolution along one axis.

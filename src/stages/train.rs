@@ -64,7 +64,11 @@ pub struct LogRow {
 ///    columns (4x4 maps of 3x3 and stride-2 4x4 kernels) multiply only the taps inside
 ///    the image (`nn::slots`): the same maths without the zero terms, summed in another
 ///    order.
-pub const VERSION: u32 = 7;
+/// 8: with R1/R2 on a piecewise-linear D, the loss pass leaves its convolution weight
+///    gradients to the penalty's tangent pass, which computes both in one product per
+///    convolution (`nn::defer`), and the tangent pass starts from the penalty's weighted
+///    input gradients: the same maths summed in another order.
+pub const VERSION: u32 = 8;
 
 pub struct Train;
 

@@ -126,7 +126,7 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
                 *stride,
                 *pad,
                 *groups,
-                st.pg,
+                st.pg.clone(),
                 &self.cache,
             ),
             Layer::ConvT { w, b, stride, pad } => ops::conv_transpose2d(
@@ -135,7 +135,7 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
                 b.filter(|_| !st.tangent).map(|b| self.p::<T>(b)),
                 *stride,
                 *pad,
-                st.pg,
+                st.pg.clone(),
                 &self.cache,
             ),
             Layer::BatchNorm {
@@ -241,8 +241,10 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
                 // the embedding is a factor of phi, not an additive constant: a tangent
                 // pass computes it as it is
                 let tangent = std::mem::replace(&mut st.tangent, false);
+                let off = st.pg.off_path();
+                let pg = std::mem::replace(&mut st.pg, off);
                 let e = self.run(embed, y, train, st);
-                st.tangent = tangent;
+                (st.tangent, st.pg) = (tangent, pg);
                 let proj = (phi * e)
                     .reshape_like(&(bsz, n))
                     .sum::<(usize,), Axis<1>>()
