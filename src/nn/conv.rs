@@ -77,6 +77,7 @@ use super::defer::Deferral;
 use super::fused::Geom;
 use super::gemm::{GemmFloat, Kept, Scratch};
 use super::host::{take, values, zeroed};
+use super::kernels::map_index;
 use super::layout::{channel_sums, Init};
 use super::ops::ParamGrads;
 use super::{T1, T4};
@@ -336,9 +337,7 @@ where
     /// `a + t'`: the held input plus the tangent pass's input `t` of the same shape.
     fn sum_with(&self, t: &T4<E, Cpu>) -> Vec<E> {
         let (a, t) = (values(&self.x), values(t));
-        let mut u = Vec::with_capacity(a.len());
-        u.extend(a.iter().zip(t.iter()).map(|(&a, &t)| a + t));
-        u
+        map_index(a.len(), |i| a[i] + t[i])
     }
 }
 

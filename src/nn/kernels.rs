@@ -22,6 +22,7 @@ use super::{Float, T1, T4};
 
 mod pointwise;
 mod resample;
+pub(crate) use pointwise::map_index;
 pub use pointwise::{add_op, tanh_op};
 pub use resample::{avg_pool2x2_op, separable_op, upsample_bilinear2x_op, upsample_nearest2x_op};
 

@@ -211,11 +211,12 @@ pub enum Norm {
     Identity,
 }
 
-/// True when no layer with parameters other than a convolution runs before a convolution
-/// on the input's path (in pass order, a residual's body before its skip; label paths
-/// left out): such a layer would need the input gradients that convolutions completing a
-/// deferral do not send (see [`super::defer`]). Conservative: a parameter in one residual
-/// branch counts as before a convolution in the other.
+/// True when the input's path has a convolution and no layer with parameters other than
+/// a convolution runs before one (in pass order, a residual's body before its skip; label
+/// paths left out): such a layer would need the input gradients that convolutions
+/// completing a deferral do not send (see [`super::defer`]), and a net without
+/// convolutions has nothing to defer. Conservative: a parameter in one residual branch
+/// counts as before a convolution in the other.
 pub(super) fn defers(layers: &[Layer]) -> bool {
     /// Walks `layers` backwards; `conv_after`: a convolution runs later in the pass.
     fn walk(layers: &[Layer], conv_after: &mut bool) -> bool {
@@ -249,7 +250,8 @@ pub(super) fn defers(layers: &[Layer]) -> bool {
             | Layer::SumPool => true,
         })
     }
-    walk(layers, &mut false)
+    let mut conv = false;
+    walk(layers, &mut conv) && conv
 }
 
 /// True when every layer on the input's path is linear in it but for ReLU / LeakyReLU

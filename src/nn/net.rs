@@ -311,8 +311,9 @@ impl<E: Float, D: Dev<E>> Net<E, D> {
     }
 
     /// True when a penalty's tangent pass may complete its loss pass's convolution weight
-    /// gradients ([`super::defer`]): a piecewise-linear net whose only parameters before
-    /// a convolution on the input's path are convolutions', on a device with such ops.
+    /// gradients ([`super::defer`]): a piecewise-linear net with convolutions, whose only
+    /// parameters before a convolution on the input's path are convolutions', on a
+    /// device with such ops.
     pub fn defers_penalties(&self) -> bool {
         D::DEFERS && self.is_piecewise_linear() && defers(&self.layers)
     }

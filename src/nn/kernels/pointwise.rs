@@ -9,7 +9,7 @@ use super::{add_into, take, values, CHUNK, PAR_MIN};
 use super::{Float, T4};
 
 /// `f(i)` for `i < n` into a new vector, in parallel fixed-size chunks when `n` is large.
-fn map_index<E: Float>(n: usize, f: impl Fn(usize) -> E + Sync + Send) -> Vec<E> {
+pub(crate) fn map_index<E: Float>(n: usize, f: impl Fn(usize) -> E + Sync + Send) -> Vec<E> {
     if n >= PAR_MIN {
         (0..n).into_par_iter().with_min_len(CHUNK).map(f).collect()
     } else {
