@@ -208,16 +208,16 @@ where
     );
     if let Mode::Fused(held) = mode {
         held.check(x.shape(), ys * bsz, "conv2d");
-        // the weight gradient now, so that neither the loss pass's values nor this
-        // pass's input outlive the forward (dW_g^T = cols_g(a + t') @ dyp_g, dy the loss pass's output gradient)
-        let mut dw = zeroed(w.shape().num_elements());
-        fused_weight_grad(&sh, &lay, &held.sum_with(&x), &held.dy, &mut dw);
-        drop(held);
+        // dW_g^T = cols_g(a + t') @ dyp_g, dy the loss pass's output gradient
+        let dw = fused_weight_grad(
+            &sh,
+            &lay,
+            &held.sum_with(&x),
+            &held.dy,
+            w.shape().num_elements(),
+        );
         tape.add_backward_op(move |grads| {
-            let gw = grads.get_or_alloc_mut(&wg)?;
-            for (a, v) in gw.iter_mut().zip(dw) {
-                *a += v;
-            }
+            add_into(grads.get_or_alloc_mut(&wg)?, dw);
             Ok(())
         });
         return out.put_tape(tape);
@@ -262,9 +262,7 @@ where
             lay.col2im(&mut cols, &gc, &mut gx[b0 * xs..(b0 + bc) * xs], Init::Add);
         }
         if let Some(bg) = bg {
-            for (a, v) in grads.get_or_alloc_mut(&bg)?.iter_mut().zip(db) {
-                *a += v;
-            }
+            add_into(grads.get_or_alloc_mut(&bg)?, db);
         }
         mode.hold(x.clone(), dy_all);
         Ok(())
@@ -341,11 +339,19 @@ where
     }
 }
 
-/// `dW_g^T += cols_g(img) @ pos_g(outs)` over the whole batch, a chunk at a time: the
-/// weight gradient of either op from its image-side values `img` (conv2d: the input;
-/// transposed: the output gradient) and its output-side values `outs` (conv2d: the
-/// output gradient; transposed: the input), both NCHW.
-fn fused_weight_grad<E: GemmFloat>(sh: &Shapes, lay: &Cols, img: &[E], outs: &[E], gw: &mut [E]) {
+/// A fused op's weight gradient (`len` values), `dW_g^T = cols_g(img) @ pos_g(outs)` over
+/// the whole batch, a chunk at a time, from its image-side values `img` (conv2d: the
+/// input; transposed: the output gradient) and its output-side values `outs` (conv2d: the
+/// output gradient; transposed: the input), both NCHW. Computed in the forward, so that
+/// neither the loss pass's values nor this pass's input outlive it; the backward adds it.
+fn fused_weight_grad<E: GemmFloat>(
+    sh: &Shapes,
+    lay: &Cols,
+    img: &[E],
+    outs: &[E],
+    len: usize,
+) -> Vec<E> {
+    let mut gw = zeroed(len);
     let (g, p, co) = (sh.g, sh.p(), sh.co);
     let (is, os) = (g.c * g.plane(), co * p);
     let chunk = sh.chunk();
@@ -362,7 +368,15 @@ fn fused_weight_grad<E: GemmFloat>(sh: &Shapes, lay: &Cols, img: &[E], outs: &[E
         }
         let mut pos = Scratch::take(n * co);
         lay.pack_pos(oc, &cb, (bc, co, p), &mut pos);
-        lay.weight_grad(bc, gw, &cols, &pos);
+        lay.weight_grad(bc, &mut gw, &cols, &pos);
+    }
+    gw
+}
+
+/// `acc += v`, element-wise.
+fn add_into<E: GemmFloat>(acc: &mut [E], v: Vec<E>) {
+    for (a, v) in acc.iter_mut().zip(v) {
+        *a += v;
     }
 }
 
@@ -490,16 +504,16 @@ where
     );
     if let Mode::Fused(held) = mode {
         held.check(x.shape(), ys * bsz, "conv_transpose2d");
-        // the weight gradient now, so that neither the loss pass's values nor this
-        // pass's input outlive the forward (dW_g^T = dcols_g @ xp_g(a + t'), dcols = im2col(dy) of the loss pass)
-        let mut dw = zeroed(w.shape().num_elements());
-        fused_weight_grad(&sh, &lay, &held.dy, &held.sum_with(&x), &mut dw);
-        drop(held);
+        // dW_g^T = dcols_g @ xp_g(a + t'), dcols = im2col(dy) of the loss pass
+        let dw = fused_weight_grad(
+            &sh,
+            &lay,
+            &held.dy,
+            &held.sum_with(&x),
+            w.shape().num_elements(),
+        );
         tape.add_backward_op(move |grads| {
-            let gw = grads.get_or_alloc_mut(&wg)?;
-            for (a, v) in gw.iter_mut().zip(dw) {
-                *a += v;
-            }
+            add_into(grads.get_or_alloc_mut(&wg)?, dw);
             Ok(())
         });
         return out.put_tape(tape);
@@ -547,9 +561,7 @@ where
             );
         }
         if let Some(bg) = bg {
-            for (a, v) in grads.get_or_alloc_mut(&bg)?.iter_mut().zip(db) {
-                *a += v;
-            }
+            add_into(grads.get_or_alloc_mut(&bg)?, db);
         }
         mode.hold(x.clone(), dy_all);
         Ok(())
