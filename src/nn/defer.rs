@@ -20,12 +20,13 @@
 //! ## How
 //!
 //! A [`Deferral`] is shared by the two passes. In the loss pass
-//! ([`super::ParamGrads::Deferred`]) each convolution takes a slot in forward order and
-//! its backward leaves its input and output gradient there instead of computing its
+//! ([`super::ops::ParamGrads::Deferred`]) each convolution takes a slot in forward order
+//! and its backward leaves its input and output gradient there instead of computing its
 //! weight gradient (input and bias gradients as usual). In the tangent pass
-//! ([`super::ParamGrads::Fused`]) the convolutions take the slots in the same order, and
-//! each backward computes the weight gradient of `a + t'` against the held output
-//! gradient; it sends no gradient to its input. Every other op runs as it would.
+//! ([`super::ops::ParamGrads::Fused`]) the convolutions take the slots in the same order,
+//! and each computes the weight gradient of `a + t'` against the held output gradient in
+//! its forward (so that neither outlives it; the backward only adds it) and sends no
+//! gradient to its input. Every other op runs as it would.
 //!
 //! The deferring convolutions are the first ones of the pass, as many as fit in
 //! [`DEFER_MAX`] values of inputs and output gradients (which the loss pass would have
