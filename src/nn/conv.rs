@@ -77,7 +77,7 @@ use super::defer::Deferral;
 use super::fused::Geom;
 use super::gemm::{GemmFloat, Kept, Scratch};
 use super::host::{take, values, zeroed};
-use super::kernels::map_index;
+use super::kernels::{add_into, map_index};
 use super::layout::{channel_sums, Init};
 use super::ops::ParamGrads;
 use super::{T1, T4};
@@ -217,7 +217,7 @@ where
             w.shape().num_elements(),
         );
         tape.add_backward_op(move |grads| {
-            add_into(grads.get_or_alloc_mut(&wg)?, dw);
+            add_into(grads.get_or_alloc_mut(&wg)?, &dw);
             Ok(())
         });
         return out.put_tape(tape);
@@ -262,9 +262,9 @@ where
             lay.col2im(&mut cols, &gc, &mut gx[b0 * xs..(b0 + bc) * xs], Init::Add);
         }
         if let Some(bg) = bg {
-            add_into(grads.get_or_alloc_mut(&bg)?, db);
+            add_into(grads.get_or_alloc_mut(&bg)?, &db);
         }
-        mode.hold(x.clone(), dy_all);
+        mode.hold(&x, dy_all);
         Ok(())
     });
     out.put_tape(tape)
@@ -313,9 +313,9 @@ where
         matches!(self, Mode::Here(true) | Mode::Deferred(..))
     }
     /// The deferring backward's last step: leave `x` and the output gradient `dy`.
-    fn hold(&self, x: T4<E, Cpu>, dy: Vec<E>) {
+    fn hold(&self, x: &T4<E, Cpu>, dy: Vec<E>) {
         if let Mode::Deferred(d, i) = self {
-            d.hold(*i, Box::new(Held { x, dy }));
+            d.hold(*i, Box::new(Held { x: x.clone(), dy }));
         }
     }
 }
@@ -371,13 +371,6 @@ fn fused_weight_grad<E: GemmFloat>(
         lay.weight_grad(bc, &mut gw, &cols, &pos);
     }
     gw
-}
-
-/// `acc += v`, element-wise.
-fn add_into<E: GemmFloat>(acc: &mut [E], v: Vec<E>) {
-    for (a, v) in acc.iter_mut().zip(v) {
-        *a += v;
-    }
 }
 
 /// The weight `wf (Cin, Cout, k, k)` of the transposed conv that equals the stride-1
@@ -513,7 +506,7 @@ where
             w.shape().num_elements(),
         );
         tape.add_backward_op(move |grads| {
-            add_into(grads.get_or_alloc_mut(&wg)?, dw);
+            add_into(grads.get_or_alloc_mut(&wg)?, &dw);
             Ok(())
         });
         return out.put_tape(tape);
@@ -561,9 +554,9 @@ where
             );
         }
         if let Some(bg) = bg {
-            add_into(grads.get_or_alloc_mut(&bg)?, db);
+            add_into(grads.get_or_alloc_mut(&bg)?, &db);
         }
-        mode.hold(x.clone(), dy_all);
+        mode.hold(&x, dy_all);
         Ok(())
     });
     out.put_tape(tape)

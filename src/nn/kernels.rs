@@ -67,7 +67,7 @@ where
 }
 
 /// `acc += add`, element-wise (parallel for large slices).
-fn add_into<E: Float>(acc: &mut [E], add: &[E]) {
+pub(crate) fn add_into<E: Float>(acc: &mut [E], add: &[E]) {
     assert_eq!(acc.len(), add.len());
     let f = |(a, b): (&mut [E], &[E])| {
         for (x, &y) in a.iter_mut().zip(b) {
